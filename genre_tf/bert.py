@@ -1,0 +1,137 @@
+"""A BERT encoder and preprocessor that save in TF-Hub's BERT format (hub.KerasLayer loads them)."""
+import dataclasses
+import math
+
+import tensorflow as tf
+import tensorflow_text as tf_text  # noqa: F401  registers the ops a preprocessor needs
+import tf_keras as keras
+
+
+@dataclasses.dataclass(frozen=True)
+class BertShape:
+    """The dimensions of a BERT encoder (MiniLM-L6: 30522 / 384 / 6 / 12 / 1536)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_layers: int = 6
+    num_heads: int = 12
+    intermediate_size: int = 1536
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    layer_norm_epsilon: float = 1e-12
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + tf.math.erf(x / math.sqrt(2.0)))  # exact GELU, as BERT's "gelu"
+
+
+@keras.utils.register_keras_serializable("genre_tf")
+class TransformerBlock(keras.layers.Layer):
+    """One post-layer-norm BERT block: self-attention and a GELU feed-forward network."""
+
+    def __init__(self, hidden_size, num_heads, intermediate_size, layer_norm_epsilon=1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.intermediate_size, self.layer_norm_epsilon = intermediate_size, layer_norm_epsilon
+        self.query, self.key, self.value, self.attention_output = (
+            keras.layers.Dense(hidden_size, name=name) for name in ("query", "key", "value", "attention_output"))
+        self.attention_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="attention_norm")
+        self.intermediate = keras.layers.Dense(intermediate_size, activation=_gelu, name="intermediate")
+        self.output_dense = keras.layers.Dense(hidden_size, name="output")
+        self.output_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="output_norm")
+
+    def _heads(self, x):
+        batch, length = tf.shape(x)[0], tf.shape(x)[1]
+        x = tf.reshape(x, [batch, length, self.num_heads, self.hidden_size // self.num_heads])
+        return tf.transpose(x, [0, 2, 1, 3])
+
+    def call(self, hidden, mask):
+        query, key, value = (self._heads(layer(hidden)) for layer in (self.query, self.key, self.value))
+        scale = 1.0 / math.sqrt(self.hidden_size // self.num_heads)
+        scores = tf.matmul(query, key, transpose_b=True) * scale
+        scores += (1.0 - tf.cast(mask[:, None, None, :], scores.dtype)) * -1e9
+        context = tf.matmul(tf.nn.softmax(scores, axis=-1), value)
+        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), tf.shape(hidden))
+        hidden = self.attention_norm(hidden + self.attention_output(context))
+        return self.output_norm(hidden + self.output_dense(self.intermediate(hidden)))
+
+    def get_config(self):
+        return dict(super().get_config(), hidden_size=self.hidden_size, num_heads=self.num_heads,
+                    intermediate_size=self.intermediate_size, layer_norm_epsilon=self.layer_norm_epsilon)
+
+
+@keras.utils.register_keras_serializable("genre_tf")
+class BertEmbeddings(keras.layers.Layer):
+    """Word + position + token-type embeddings, layer-normalised."""
+
+    def __init__(self, vocab_size, hidden_size, max_positions, type_vocab_size, layer_norm_epsilon=1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.config_values = dict(vocab_size=vocab_size, hidden_size=hidden_size, max_positions=max_positions,
+                                  type_vocab_size=type_vocab_size, layer_norm_epsilon=layer_norm_epsilon)
+        self.word = keras.layers.Embedding(vocab_size, hidden_size, name="word_embeddings")
+        self.position = keras.layers.Embedding(max_positions, hidden_size, name="position_embeddings")
+        self.token_type = keras.layers.Embedding(type_vocab_size, hidden_size, name="type_embeddings")
+        self.norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="embeddings_norm")
+
+    def call(self, word_ids, type_ids):
+        positions = tf.range(tf.shape(word_ids)[1])[None, :]
+        return self.norm(self.word(word_ids) + self.position(positions) + self.token_type(type_ids))
+
+    def get_config(self):
+        return dict(super().get_config(), **self.config_values)
+
+
+def build_bert_encoder(shape: BertShape = BertShape(), name: str = "bert_encoder") -> keras.Model:
+    """A BERT encoder with TF-Hub's interface: a dict of int32 ids in, pooled/sequence outputs out."""
+    inputs = {key: keras.Input(shape=(None,), dtype=tf.int32, name=key)
+              for key in ("input_word_ids", "input_mask", "input_type_ids")}
+    hidden = BertEmbeddings(shape.vocab_size, shape.hidden_size, shape.max_positions, shape.type_vocab_size,
+                            shape.layer_norm_epsilon, name="embeddings")(
+        inputs["input_word_ids"], inputs["input_type_ids"])
+    encoder_outputs = []
+    for index in range(shape.num_layers):
+        hidden = TransformerBlock(shape.hidden_size, shape.num_heads, shape.intermediate_size,
+                                  shape.layer_norm_epsilon, name=f"transformer_{index}")(hidden, inputs["input_mask"])
+        encoder_outputs.append(hidden)
+    first_token = keras.layers.Lambda(lambda x: x[:, 0, :], name="first_token")(hidden)
+    pooled = keras.layers.Dense(shape.hidden_size, activation="tanh", name="pooler")(first_token)
+    outputs = {"pooled_output": pooled, "sequence_output": hidden, "default": pooled,
+               "encoder_outputs": encoder_outputs}
+    return keras.Model(inputs, outputs, name=name)
+
+
+class BertPreprocessor(tf.Module):
+    """TF-Hub's BERT preprocessor interface: strings in, input_word_ids/mask/type_ids out."""
+
+    def __init__(self, vocab_path: str, seq_length: int = 128, lower_case: bool = True):
+        super().__init__(name="bert_preprocessor")
+        self.vocab_file = tf.saved_model.Asset(vocab_path)
+        with open(vocab_path, encoding="utf-8") as handle:
+            vocab = [line.rstrip("\n") for line in handle]
+        self.cls_id, self.sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
+        self.seq_length = seq_length
+        self.table = tf.lookup.StaticVocabularyTable(
+            tf.lookup.TextFileInitializer(self.vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                                          tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), num_oov_buckets=1)
+        self.tokenizer = tf_text.BertTokenizer(self.table, token_out_type=tf.int64, lower_case=lower_case,
+                                               unknown_token="[UNK]")
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def __call__(self, text):
+        tokens = self.tokenizer.tokenize(text).merge_dims(-2, -1)
+        tokens = tokens[:, : self.seq_length - 2]
+        ids, type_ids = tf_text.combine_segments([tokens], self.cls_id, self.sep_id)
+        word_ids, mask = tf_text.pad_model_inputs(ids, self.seq_length)
+        type_ids, _ = tf_text.pad_model_inputs(type_ids, self.seq_length)
+        return {"input_word_ids": tf.cast(word_ids, tf.int32), "input_mask": tf.cast(mask, tf.int32),
+                "input_type_ids": tf.cast(type_ids, tf.int32)}
+
+
+def save_hub_encoder(encoder: keras.Model, path: str) -> None:
+    """Save an encoder as a reusable SavedModel that hub.KerasLayer can fine-tune."""
+    tf.saved_model.save(encoder, path)
+
+
+def save_hub_preprocessor(vocab_path: str, path: str, seq_length: int = 128, lower_case: bool = True) -> None:
+    """Save a BertPreprocessor for `vocab_path` as a SavedModel that hub.KerasLayer loads."""
+    tf.saved_model.save(BertPreprocessor(vocab_path, seq_length, lower_case), path)

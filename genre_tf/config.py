@@ -1,0 +1,156 @@
+"""The training configuration: dataclass defaults in one place, a YAML/JSON file, key=value overrides."""
+import dataclasses
+import json
+import typing
+from typing import Dict, List, Tuple
+
+import yaml
+
+from genre_tf.encoders import PosterEncoderConfig, TextEncoderConfig
+from genre_tf.models import ModelConfig, validate_model_config
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on; defaults are the paper's Table 1 and sections 4-5."""
+
+    data: str = "demo"            # a prepared dataset folder, or "demo" for the embedded synthetic catalogue
+    run_dir: str = ""             # default: runs/<dataset>-<model>[-os]
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    text: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
+    poster: PosterEncoderConfig = dataclasses.field(default_factory=PosterEncoderConfig)
+    loss: str = "soft_f1"         # soft_f1 (equations 3-4) | bce | weighted_bce (inverse genre frequency)
+    learning_rate: float = 1e-4   # Adam
+    batch_size: int = 32          # the soft-F1 batch; per replica under a distribution strategy
+    epochs: int = 30
+    patience: int = 5             # early stopping on dev weighted F1
+    oversample: bool = False      # oversample the rarest genres in train (section 5.3.1)
+    oversample_genres: int = 6
+    oversample_fraction: float = 0.6  # copies added / train size (the paper: ~30,000 / ~49,000)
+    feature_cache: bool = True    # cache poster features and frozen plot embeddings beside the dataset
+    seed: int = 0
+    mixed_precision: bool = False  # float16 compute on GPU; the loss stays float32
+    xla: bool = False             # jit_compile the train step
+    distribute: str = "auto"      # auto (Mirrored on >1 GPU) | none | mirrored | multi_worker (TF_CONFIG)
+
+
+# The embedded demo must train in minutes on 2 CPU cores: shorter plots, small posters, a frozen
+# text encoder (cached embeddings). Keys set explicitly by the user win over these.
+DEMO_PRESET = {"text.seq_length": 64, "poster.image_size": 96, "poster.weights": "imagenet_or_random",
+               "model.fine_tune_text": False, "epochs": 40, "patience": 8}
+LOSSES = ("soft_f1", "bce", "weighted_bce")
+DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
+
+
+def _field_types(cls) -> Dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value, expected, key: str):
+    """Check and convert a parsed value to the field's type, with a clear error."""
+    origin = typing.get_origin(expected)
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{key} must be a list of integers, got {value!r}")
+        return tuple(value)
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is str and value is None:
+        return ""
+    if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
+        raise ValueError(f"{key} must be {expected.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(config: TrainConfig, overrides: Dict[str, object]) -> TrainConfig:
+    """Set dotted keys (model.kind, text.seq_length, ...) on a copy of config, type-checked."""
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model),
+                                 text=dataclasses.replace(config.text), poster=dataclasses.replace(config.poster))
+    for key, value in overrides.items():
+        target, name = config, key
+        if "." in key:
+            section, name = key.split(".", 1)
+            if section not in ("model", "text", "poster"):
+                raise ValueError(f"unknown option {key!r}; sections are model, text and poster")
+            target = getattr(config, section)
+        types = _field_types(type(target))
+        if name not in types:
+            raise ValueError(f"unknown option {key!r}; valid options: {', '.join(valid_keys())}")
+        setattr(target, name, _coerce(value, types[name], key))
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ValueError naming the first bad option value."""
+    validate_model_config(config.model)
+    checks = [(config.loss in LOSSES, f"loss must be one of {LOSSES}"),
+              (config.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
+              (config.learning_rate > 0, "learning_rate must be > 0"),
+              (config.batch_size >= 2, "batch_size must be >= 2 (soft-F1 is a batch statistic)"),
+              (config.epochs >= 1, "epochs must be >= 1"), (config.patience >= 1, "patience must be >= 1"),
+              (8 <= config.text.seq_length <= 512, "text.seq_length must be in [8, 512]"),
+              (config.text.pooling in ("mean", "pooled"), "text.pooling must be mean or pooled"),
+              (config.poster.image_size >= 32, "poster.image_size must be >= 32"),
+              (config.oversample_fraction >= 0, "oversample_fraction must be >= 0")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def valid_keys() -> List[str]:
+    """Every option key, dotted for the sections."""
+    keys = []
+    for name, value in _field_types(TrainConfig).items():
+        if dataclasses.is_dataclass(value):
+            keys += [f"{name}.{sub}" for sub in _field_types(value)]
+        else:
+            keys.append(name)
+    return keys
+
+
+def parse_override(text: str) -> Tuple[str, object]:
+    """'key=value' with the value read as YAML (numbers, true/false, [lists], strings)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected key=value, got {text!r}")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _flatten(tree: dict, prefix: str = "") -> Dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load_config(path: str = "", overrides: List[str] = ()) -> TrainConfig:
+    """Defaults, then the demo preset (when data is demo), then the file, then command-line overrides."""
+    explicit: Dict[str, object] = {}
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            tree = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
+        if not isinstance(tree, dict):
+            raise ValueError(f"{path}: a config file must hold a mapping of options")
+        explicit.update(_flatten(tree))
+    explicit.update(dict(parse_override(item) for item in overrides))
+    data = explicit.get("data", TrainConfig.data)
+    preset = {k: v for k, v in DEMO_PRESET.items() if k not in explicit} if data == "demo" else {}
+    return apply_overrides(TrainConfig(), {**preset, **explicit})
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def dump_config(config: TrainConfig, path: str) -> None:
+    """Write the resolved config as JSON (loadable again with load_config)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(config_to_dict(config), handle, indent=2)

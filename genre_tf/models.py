@@ -1,0 +1,111 @@
+"""The five models of the paper's Table 3 as Keras functional models with named inputs."""
+import dataclasses
+from typing import Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER_FEATURES
+
+MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which Table 3 model, and its head; the paper's choices are the defaults (sections 4.1-4.4)."""
+
+    kind: str = "integrated"      # most_common | poster | text_frozen | text_finetuned | integrated
+    text_units: Tuple[int, ...] = (1024, 5120)  # the BERT head's two dense layers (the paper gives 5120)
+    fusion_units: int = 1024      # the dense layer after concatenating with the 2048-d poster features
+    dropout: float = 0.5
+    l2: float = 1e-4
+    fine_tune_text: bool = True   # integrated only: fine-tune the BERT encoder (paper) or keep it frozen
+
+
+def validate_model_config(config: ModelConfig) -> None:
+    """Raise ValueError for an option value no model accepts."""
+    if config.kind not in MODEL_KINDS:
+        raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {config.kind!r}")
+    if not 0 <= config.dropout < 1:
+        raise ValueError(f"model.dropout must be in [0, 1), got {config.dropout}")
+    if config.l2 < 0 or config.fusion_units < 1 or any(u < 1 for u in config.text_units):
+        raise ValueError("model.l2 must be >= 0 and every layer width >= 1")
+
+
+def fine_tunes_text(config: ModelConfig) -> bool:
+    """Whether the model trains the text encoder (so plots, not cached embeddings, are its input)."""
+    return config.kind == "text_finetuned" or (config.kind == "integrated" and config.fine_tune_text)
+
+
+def uses_text(config: ModelConfig) -> bool:
+    return config.kind in ("text_frozen", "text_finetuned", "integrated")
+
+
+def uses_poster(config: ModelConfig) -> bool:
+    return config.kind in ("poster", "integrated")
+
+
+def _dense(units, config, name, activation="relu"):
+    return keras.layers.Dense(units, activation=activation, kernel_initializer="glorot_uniform",
+                              kernel_regularizer=keras.regularizers.L2(config.l2), name=name)
+
+
+def _text_head(vector, config: ModelConfig):
+    """Dropout and the two dense layers of section 4.3."""
+    x = keras.layers.Dropout(config.dropout, name="text_dropout")(vector)
+    for index, units in enumerate(config.text_units):
+        x = _dense(units, config, f"text_dense_{index}")(x)
+        x = keras.layers.Dropout(config.dropout, name=f"text_dense_{index}_dropout")(x)
+    return x
+
+
+def _output(x, num_genres, config):
+    return keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(
+        _dense(num_genres, config, "genre_logits", activation=None)(x))
+
+
+def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 2048,
+                text_encoder: keras.Model = None, genre_frequency: Sequence[float] = None) -> keras.Model:
+    """Build the Table 3 model `config.kind`.
+
+    Inputs are named as the tf.data keys: `plot_embedding` (cached frozen encoder) or `plot` (text
+    encoder inside, fine-tuned), and `poster_features` (cached ResNet50 features).
+    """
+    validate_model_config(config)
+    if config.kind == "most_common":
+        return build_most_common(num_genres, genre_frequency)
+    inputs, branches = [], []
+    if uses_text(config):
+        if fine_tunes_text(config):
+            if text_encoder is None:
+                raise ValueError(f"model {config.kind} fine-tunes the text encoder: pass text_encoder")
+            plot = keras.Input(shape=(), dtype=tf.string, name=PLOT)
+            vector = text_encoder(plot)
+            inputs.append(plot)
+        else:
+            vector = keras.Input(shape=(text_dim,), name=PLOT_EMBEDDING)
+            inputs.append(vector)
+        branches.append(_text_head(vector, config))
+    if uses_poster(config):
+        poster = keras.Input(shape=(poster_dim,), name=POSTER_FEATURES)
+        inputs.append(poster)
+        branches.append(poster)
+    if config.kind == "integrated":
+        x = keras.layers.Concatenate(name="concatenate")(branches)
+        x = _dense(config.fusion_units, config, "fusion_dense")(x)
+        x = keras.layers.Dropout(config.dropout, name="fusion_dropout")(x)
+    else:
+        x = branches[0]  # poster: features straight into the sigmoid layer (section 4.2)
+    return keras.Model(inputs, _output(x, num_genres, config), name=config.kind)
+
+
+def build_most_common(num_genres: int, genre_frequency: Sequence[float]) -> keras.Model:
+    """Model 0: predict, for every movie, each genre present in more than half of training (section 4.1)."""
+    if genre_frequency is None:
+        raise ValueError("most_common needs the training genre frequencies")
+    majority = (np.asarray(genre_frequency, dtype=np.float32) > 0.5).astype(np.float32)
+    plot = keras.Input(shape=(), dtype=tf.string, name=PLOT)  # read only for the batch size
+    constant = keras.layers.Lambda(
+        lambda x: tf.zeros([tf.shape(x)[0], 1]) + tf.constant(majority[None, :]), name="probabilities")(plot)
+    return keras.Model(plot, constant, name="most_common")

@@ -1,0 +1,228 @@
+"""Read a raw catalogue once, validate every record, split, and write a prepared dataset.
+
+    python -m genre_tf.prepare CATALOGUE --out DIR [--layout csv|mmimdb|jsonl] [--genreless drop]
+"""
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tqdm import tqdm
+
+from genre_tf.readers import SPLIT_NAMES, CsvColumns, read_catalogue
+from genre_tf.records import Movie, RawMovie, RecordError, Reject, ValidationRules, validate_movie
+from genre_tf.split import frequency_table, multi_hot, stratified_split, top_genres
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """How a raw catalogue becomes a prepared dataset; defaults follow the paper (sections 3, 5.3.1)."""
+
+    catalogue: str = ""            # a .csv, a .jsonl (or folder of train/dev/test.jsonl), or an MM-IMDb folder
+    out: str = ""                  # the prepared dataset folder to write
+    name: str = ""                 # shown in every report; defaults to the catalogue's name
+    layout: str = "auto"           # auto | csv | mmimdb | jsonl
+    poster_dir: str = ""           # where CSV/JSONL poster paths are relative to (default: beside the file)
+    columns: CsvColumns = dataclasses.field(default_factory=CsvColumns)
+    rules: ValidationRules = dataclasses.field(default_factory=ValidationRules)
+    num_genres: int = 10           # keep the most frequent genres, counted on the training part
+    genreless: str = "keep"        # movies with none of the kept genres: keep (all-zero labels, as the paper) | drop
+    fractions: Tuple[float, float, float] = (0.6, 0.2, 0.2)
+    seed: int = 0
+    shard_size: int = 2000
+    workers: int = 0               # poster decoding threads; 0 = one per core
+
+
+def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0,
+                 progress: bool = True) -> Tuple[List[Movie], List[Reject]]:
+    """Validate records in parallel, keeping order; duplicates of an earlier id are rejected."""
+    def check(record):
+        if isinstance(record, Reject):
+            return record
+        try:
+            return validate_movie(record, rules)
+        except RecordError as error:
+            return Reject(record.source, str(record.movie_id or ""), str(error))
+
+    movies, rejects, first_seen = [], [], {}
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        results = pool.map(check, records)
+        for result in tqdm(results, total=len(records), desc="validating", unit="movie",
+                           disable=not progress, mininterval=1.0):
+            if isinstance(result, Reject):
+                rejects.append(result)
+            elif result.movie_id in first_seen:
+                rejects.append(Reject(result.source, result.movie_id,
+                                      f"duplicate id (first seen at {first_seen[result.movie_id]})"))
+            else:
+                first_seen[result.movie_id] = result.source
+                movies.append(result)
+    return movies, rejects
+
+
+def resolve_split(movies: List[Movie], given: Optional[Dict[str, List[str]]], config: PrepareConfig,
+                  rejects: List[Reject]) -> Dict[str, List[str]]:
+    """The layout's own split restricted to valid movies, or a stratified split of them."""
+    if given is None:
+        return stratified_split([m.movie_id for m in movies], [m.genres for m in movies],
+                                config.fractions, config.seed)
+    valid = {movie.movie_id for movie in movies}
+    assigned = {movie_id for ids in given.values() for movie_id in ids}
+    for movie in movies:
+        if movie.movie_id not in assigned:
+            rejects.append(Reject(movie.source, movie.movie_id, "id is in no part of the given split"))
+    return {name: [movie_id for movie_id in given[name] if movie_id in valid] for name in SPLIT_NAMES}
+
+
+def apply_vocabulary(movies: List[Movie], split: Dict[str, List[str]], genres: List[str],
+                     policy: str, rejects: List[Reject]) -> Dict[str, List[str]]:
+    """Apply the genreless policy: keep movies without a kept genre, or drop them into the rejects."""
+    if policy not in ("keep", "drop"):
+        raise ValueError(f"genreless must be 'keep' or 'drop', got {policy!r}")
+    if policy == "keep":
+        return split
+    kept_genres = set(genres)
+    dropped = {}
+    for movie in movies:
+        if not kept_genres.intersection(movie.genres):
+            dropped[movie.movie_id] = movie
+            rejects.append(Reject(movie.source, movie.movie_id,
+                                  f"none of its genres {list(movie.genres)} is among the {len(genres)} kept"))
+    return {name: [i for i in ids if i not in dropped] for name, ids in split.items()}
+
+
+def write_prepared(movies: List[Movie], split: Dict[str, List[str]], genres: List[str],
+                   rejects: List[Reject], config: PrepareConfig, directory: str) -> dict:
+    """Write every artifact of a prepared dataset into `directory`; returns its metadata."""
+    from genre_tf.dataset import serialize_example, write_shards
+
+    by_id = {movie.movie_id: movie for movie in movies}
+    part_of = {movie_id: name for name, ids in split.items() for movie_id in ids}
+    with open(os.path.join(directory, "movies.jsonl"), "w", encoding="utf-8") as handle:
+        for movie in movies:
+            if movie.movie_id in part_of:
+                row = {k: v for k, v in dataclasses.asdict(movie).items() if k != "poster_jpeg"}
+                handle.write(json.dumps(dict(row, split=part_of[movie.movie_id]), ensure_ascii=False) + "\n")
+    with open(os.path.join(directory, "genres.txt"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(genres) + "\n")
+    with open(os.path.join(directory, "split.json"), "w", encoding="utf-8") as handle:
+        json.dump(split, handle)
+    write_rejects(rejects, os.path.join(directory, "rejects.csv"))
+    digest, shards, labels = hashlib.sha256(), {}, {}
+    for name in SPLIT_NAMES:
+        chosen = [by_id[movie_id] for movie_id in split[name]]
+        labels[name] = multi_hot([movie.genres for movie in chosen], genres)
+        examples = [serialize_example(m.movie_id, m.plot, m.poster_jpeg, row, m.year)
+                    for m, row in zip(chosen, labels[name])]
+        for example in examples:
+            digest.update(example)
+        shards[name] = write_shards(examples, directory, name, config.shard_size)
+    metadata = {
+        "name": config.name or os.path.basename(os.path.normpath(config.catalogue)),
+        "catalogue": os.path.abspath(config.catalogue), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "image_size": config.rules.image_size, "fingerprint": digest.hexdigest()[:16],
+        "counts": {name: len(split[name]) for name in SPLIT_NAMES} | {"rejected": len(rejects)},
+        "genres": genres, "shards": shards,
+        "config": json.loads(json.dumps(dataclasses.asdict(config), default=list)),
+    }
+    with open(os.path.join(directory, "dataset.json"), "w", encoding="utf-8") as handle:
+        json.dump(metadata, handle, indent=2)
+    print(frequency_table(genres, labels))
+    return metadata
+
+
+def write_rejects(rejects: List[Reject], path: str) -> None:
+    """The rejects report: one row per record not kept, with its source, id and reason."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["source", "movie_id", "reason"])
+        for reject in rejects:
+            writer.writerow([reject.source, reject.movie_id, reject.reason])
+
+
+def summarize_rejects(rejects: List[Reject], limit: int = 10) -> str:
+    """Counts of rejects by reason, and the first few records by name."""
+    counts: Dict[str, int] = {}
+    for reject in rejects:
+        kind = reject.reason.split(":")[0].split(" (")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    lines = [f"rejected {len(rejects)} record(s):"] + [f"  {n:6d}  {kind}" for kind, n in
+                                                      sorted(counts.items(), key=lambda item: -item[1])]
+    lines += [f"  {r.source} [{r.movie_id}]: {r.reason}" for r in rejects[:limit]]
+    if len(rejects) > limit:
+        lines.append(f"  ... {len(rejects) - limit} more in rejects.csv")
+    return "\n".join(lines)
+
+
+def prepare(config: PrepareConfig, progress: bool = True) -> dict:
+    """Read, validate, split and write a prepared dataset atomically; returns its metadata."""
+    if not config.catalogue or not config.out:
+        raise ValueError("prepare needs a catalogue and an output folder")
+    if os.path.exists(config.out):
+        raise FileExistsError(f"{config.out} already exists; remove it or choose another --out")
+    catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns)
+    movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress)
+    if not movies:
+        raise ValueError(f"no valid movie in {config.catalogue}\n{summarize_rejects(rejects)}")
+    split = resolve_split(movies, catalogue.split, config, rejects)
+    by_id = {movie.movie_id: movie for movie in movies}
+    genres = top_genres([by_id[movie_id].genres for movie_id in split["train"]], config.num_genres)
+    split = apply_vocabulary(movies, split, genres, config.genreless, rejects)
+    parent = os.path.dirname(os.path.abspath(config.out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
+    try:
+        metadata = write_prepared(movies, split, genres, rejects, config, staging)
+        os.rename(staging, config.out)  # the folder appears whole or not at all
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"prepared {sum(len(ids) for ids in split.values())} movies "
+          f"({', '.join(f'{n} {len(split[n])}' for n in SPLIT_NAMES)}) into {config.out}")
+    if rejects:
+        print(summarize_rejects(rejects))
+    return metadata
+
+
+def parse_args(argv=None) -> PrepareConfig:
+    """The command line of `python -m genre_tf.prepare`."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("catalogue")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--name", default="")
+    parser.add_argument("--layout", default="auto", choices=["auto", "csv", "mmimdb", "jsonl"])
+    parser.add_argument("--poster-dir", default="")
+    parser.add_argument("--column", action="append", default=[], metavar="FIELD=HEADER",
+                        help="map a CSV column, e.g. --column plot=Overview (fields: id title plot genres poster year language)")
+    parser.add_argument("--num-genres", type=int, default=10)
+    parser.add_argument("--genreless", default="keep", choices=["keep", "drop"])
+    parser.add_argument("--min-words", type=int, default=15)
+    parser.add_argument("--max-words", type=int, default=545)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    mapping = {}
+    for item in args.column:
+        field, _, header = item.partition("=")
+        if field not in {f.name for f in dataclasses.fields(CsvColumns)} or not header:
+            parser.error(f"--column {item!r}: expected FIELD=HEADER with FIELD one of id title plot genres poster year language")
+        mapping[field] = header
+    rules = ValidationRules(min_plot_words=args.min_words, max_plot_words=args.max_words,
+                            image_size=args.image_size)
+    return PrepareConfig(catalogue=args.catalogue, out=args.out, name=args.name, layout=args.layout,
+                         poster_dir=args.poster_dir, columns=CsvColumns(**mapping), rules=rules,
+                         num_genres=args.num_genres, genreless=args.genreless, seed=args.seed)
+
+
+if __name__ == "__main__":
+    try:
+        prepare(parse_args())
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,193 @@
+"""Readers for the three catalogue layouts: the paper's CSV, MM-IMDb folders, and MMF-style JSONL."""
+import csv
+import dataclasses
+import json
+import os
+from typing import Dict, Iterator, List, Optional, Union
+
+from genre_tf.records import RawMovie, Reject
+
+SPLIT_NAMES = ("train", "dev", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvColumns:
+    """Column names of the paper's CSV layout; change them to read a catalogue with other headers."""
+
+    id: str = "id"
+    title: str = "title"
+    plot: str = "plot"
+    genres: str = "genres"
+    poster: str = "poster"
+    year: str = "year"
+    language: str = "language"
+
+    required = ("id", "plot", "genres", "poster")
+
+
+@dataclasses.dataclass
+class Catalogue:
+    """What a reader found: records (raw or already rejected), and a split when the layout defines one."""
+
+    records: List[Union[RawMovie, Reject]]
+    split: Optional[Dict[str, List[str]]] = None
+
+
+def _has_undecodable(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def read_paper_csv(path: str, poster_dir: Optional[str] = None,
+                   columns: CsvColumns = CsvColumns()) -> Catalogue:
+    """Read the paper's layout: one CSV row per movie, posters relative to poster_dir."""
+    poster_dir = poster_dir or os.path.dirname(os.path.abspath(path))
+    records: List[Union[RawMovie, Reject]] = []
+    # surrogateescape keeps a row with bad bytes readable so that only that row is rejected.
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [getattr(columns, name) for name in CsvColumns.required
+                   if getattr(columns, name) not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; the header has {header}. "
+                             "Map columns with the column options (e.g. column.plot=Overview).")
+        for row in reader:
+            source = f"{path}:{reader.line_num}"
+            movie_id = (row.get(columns.id) or "").strip()
+            if any(value is None for value in row.values()) or None in row:
+                records.append(Reject(source, movie_id, "wrong number of fields in the row"))
+                continue
+            bad = [name for name, value in row.items() if _has_undecodable(value)]
+            if bad:
+                records.append(Reject(source, movie_id.encode("utf-8", "replace").decode(),
+                                      f"not valid UTF-8 in column(s) {bad}"))
+                continue
+            poster = row[columns.poster].strip()
+            records.append(RawMovie(
+                movie_id=movie_id, plot=row[columns.plot], genres=row[columns.genres],
+                poster=os.path.join(poster_dir, poster) if poster else None, source=source,
+                title=row.get(columns.title, ""), year=row.get(columns.year),
+                language=row.get(columns.language, "")))
+    return Catalogue(records)
+
+
+def _load_json(path: str):
+    with open(path, "rb") as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def _longest(value):
+    """MM-IMDb stores several plot versions; the paper-style single plot is the longest."""
+    if isinstance(value, list):
+        texts = [text for text in value if isinstance(text, str)]
+        return max(texts, key=len) if texts else ("" if not value else value)
+    return value
+
+
+def read_split_file(path: str) -> Dict[str, List[str]]:
+    """A split.json of train/dev/test id lists."""
+    split = _load_json(path)
+    if not isinstance(split, dict) or not all(isinstance(split.get(name), list) for name in SPLIT_NAMES):
+        raise ValueError(f"{path}: a split file needs 'train', 'dev' and 'test' lists of ids")
+    return {name: [str(movie_id) for movie_id in split[name]] for name in SPLIT_NAMES}
+
+
+def read_mmimdb(folder: str) -> Catalogue:
+    """Read MM-IMDb: <id>.json beside <id>.jpeg, with an optional split.json defining the split."""
+    records: List[Union[RawMovie, Reject]] = []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".json") or name == "split.json":
+            continue
+        path = os.path.join(folder, name)
+        movie_id = name[: -len(".json")]
+        try:
+            meta = _load_json(path)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            records.append(Reject(path, movie_id, f"unreadable JSON: {error}"))
+            continue
+        if not isinstance(meta, dict):
+            records.append(Reject(path, movie_id, "JSON is not an object"))
+            continue
+        poster = next((os.path.join(folder, movie_id + ext) for ext in (".jpeg", ".jpg", ".png")
+                       if os.path.exists(os.path.join(folder, movie_id + ext))),
+                      os.path.join(folder, movie_id + ".jpeg"))
+        records.append(RawMovie(movie_id=movie_id, plot=_longest(meta.get("plot", "")),
+                                genres=meta.get("genres", []), poster=poster, source=path,
+                                title=meta.get("title", ""), year=meta.get("year"),
+                                language=", ".join(meta.get("languages", []) or [])))
+    split_path = os.path.join(folder, "split.json")
+    return Catalogue(records, read_split_file(split_path) if os.path.exists(split_path) else None)
+
+
+def _read_jsonl_file(path: str, image_root: str) -> Iterator[Union[RawMovie, Reject]]:
+    with open(path, "rb") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            source = f"{path}:{line_number}"
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                yield Reject(source, "", f"unreadable JSON line: {error}")
+                continue
+            if not isinstance(item, dict):
+                yield Reject(source, "", "JSON line is not an object")
+                continue
+            image = item.get("image") or item.get("img")
+            yield RawMovie(movie_id=str(item.get("id", "")), plot=item.get("text", ""),
+                           genres=item.get("label", item.get("genres", [])),
+                           poster=os.path.join(image_root, image) if isinstance(image, str) and image else None,
+                           source=source, title=item.get("title", ""), year=item.get("year"))
+
+
+def read_jsonl(path: str, image_root: Optional[str] = None) -> Catalogue:
+    """Read MMF / Hugging Face style JSONL ({"id", "text", "image", "label"}).
+
+    A folder holding train.jsonl, dev.jsonl and test.jsonl defines the split by those files.
+    """
+    if os.path.isfile(path):
+        root = image_root or os.path.dirname(os.path.abspath(path))
+        return Catalogue(list(_read_jsonl_file(path, root)))
+    root = image_root or path
+    records: List[Union[RawMovie, Reject]] = []
+    split: Dict[str, List[str]] = {}
+    for name in SPLIT_NAMES:
+        file_path = os.path.join(path, f"{name}.jsonl")
+        if not os.path.exists(file_path):
+            raise ValueError(f"{path}: a JSONL folder needs train.jsonl, dev.jsonl and test.jsonl")
+        part = list(_read_jsonl_file(file_path, root))
+        split[name] = [record.movie_id for record in part if isinstance(record, RawMovie)]
+        records.extend(part)
+    return Catalogue(records, split)
+
+
+def detect_format(path: str) -> str:
+    """Guess the layout of a catalogue path: 'csv', 'mmimdb' or 'jsonl'."""
+    if os.path.isfile(path):
+        if path.endswith(".csv"):
+            return "csv"
+        if path.endswith(".jsonl"):
+            return "jsonl"
+    elif os.path.isdir(path):
+        names = os.listdir(path)
+        if any(name.endswith(".jsonl") for name in names):
+            return "jsonl"
+        if any(name.endswith(".json") for name in names):
+            return "mmimdb"
+    raise ValueError(f"cannot tell the layout of {path!r}: give a .csv file, a .jsonl file or folder, "
+                     "or an MM-IMDb folder of <id>.json and <id>.jpeg")
+
+
+def read_catalogue(path: str, layout: str = "auto", poster_dir: Optional[str] = None,
+                   columns: CsvColumns = CsvColumns()) -> Catalogue:
+    """Read a catalogue in any supported layout."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"catalogue not found: {path}")
+    layout = detect_format(path) if layout == "auto" else layout
+    if layout == "csv":
+        return read_paper_csv(path, poster_dir, columns)
+    if layout == "mmimdb":
+        return read_mmimdb(path)
+    if layout == "jsonl":
+        return read_jsonl(path, poster_dir)
+    raise ValueError(f"unknown layout {layout!r}: use auto, csv, mmimdb or jsonl")

@@ -1,0 +1,166 @@
+"""Movie records: what a reader yields, what validation keeps, and why a record was rejected."""
+import dataclasses
+import re
+from typing import Optional, Sequence, Union
+
+from genre_tf.images import PosterError, encode_poster, load_poster
+
+# IMDb's genre names, the vocabulary of the paper's data, MM-IMDb and the MMF converters.
+IMDB_GENRES = (
+    "Action", "Adult", "Adventure", "Animation", "Biography", "Comedy", "Crime", "Documentary",
+    "Drama", "Family", "Fantasy", "Film-Noir", "Game-Show", "History", "Horror", "Music", "Musical",
+    "Mystery", "News", "Reality-TV", "Romance", "Sci-Fi", "Short", "Sport", "Talk-Show", "Thriller",
+    "War", "Western",
+)
+GENRE_ALIASES = {"science fiction": "Sci-Fi", "scifi": "Sci-Fi", "film noir": "Film-Noir",
+                 "biopic": "Biography", "reality tv": "Reality-TV", "game show": "Game-Show",
+                 "talk show": "Talk-Show"}
+_GENRE_SEPARATORS = re.compile(r"[,|;]")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawMovie:
+    """One movie as a reader found it, before validation; `source` names its file and line."""
+
+    movie_id: str
+    plot: object
+    genres: object
+    poster: Union[str, bytes, None]  # a file path, or the encoded bytes themselves
+    source: str
+    title: str = ""
+    year: object = None
+    language: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Movie:
+    """A validated movie: non-empty plot, known genres, and a poster re-encoded at the prepared size."""
+
+    movie_id: str
+    title: str
+    plot: str
+    genres: tuple
+    poster_jpeg: bytes
+    year: Optional[int]
+    language: str
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+    """A record that was not kept, named by its source and id, with the reason."""
+
+    source: str
+    movie_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationRules:
+    """What a record must satisfy; the defaults are the paper's (section 3.2)."""
+
+    min_plot_words: int = 15
+    max_plot_words: int = 545
+    known_genres: Sequence[str] = IMDB_GENRES
+    image_size: int = 224
+    min_poster_side: int = 32
+
+
+class RecordError(ValueError):
+    """A record that fails validation, with the reason in its message."""
+
+
+def canonical_genre(name: str, known_genres: Sequence[str]) -> str:
+    """Map a genre string to its canonical spelling (case, aliases), or raise RecordError."""
+    key = name.strip().lower().replace("_", " ")
+    lookup = {genre.lower(): genre for genre in known_genres}
+    lookup.update({alias: genre for alias, genre in GENRE_ALIASES.items() if genre in known_genres})
+    if key.replace(" ", "-") in lookup:
+        return lookup[key.replace(" ", "-")]
+    if key in lookup:
+        return lookup[key]
+    raise RecordError(f"unknown genre {name.strip()!r}")
+
+
+def parse_genres(value, known_genres: Sequence[str]) -> tuple:
+    """Parse a genre list ('Drama, Comedy', 'Drama|Comedy' or a list) into unique canonical names."""
+    if isinstance(value, str):
+        parts = _GENRE_SEPARATORS.split(value) if value.strip() else []
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise RecordError(f"genres must be a string or a list, got {type(value).__name__}")
+    if not parts:
+        raise RecordError("no genres")
+    genres = []
+    for part in parts:
+        if not isinstance(part, str):
+            raise RecordError(f"genre {part!r} is not a string")
+        if not part.strip():
+            raise RecordError(f"blank genre in {value!r}")
+        genre = canonical_genre(part, known_genres)
+        if genre not in genres:
+            genres.append(genre)
+    return tuple(genres)
+
+
+def parse_year(value) -> Optional[int]:
+    """A release year as an int, None when absent; a malformed year is an error."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        year = int(str(value).strip()[:4]) if not isinstance(value, int) else value
+    except ValueError:
+        raise RecordError(f"year {value!r} is not a year") from None
+    if not 1850 <= year <= 2100:
+        raise RecordError(f"year {year} is out of range")
+    return year
+
+
+def check_plot(plot, rules: ValidationRules) -> str:
+    """Return the plot stripped, or raise RecordError if it is not text or outside the word limits."""
+    if not isinstance(plot, str):
+        raise RecordError(f"plot must be text, got {type(plot).__name__}")
+    if any("\udc80" <= ch <= "\udcff" for ch in plot):  # bytes smuggled in by surrogateescape
+        raise RecordError("plot is not valid UTF-8")
+    plot = " ".join(plot.split())
+    if not plot:
+        raise RecordError("empty plot")
+    words = len(plot.split(" "))
+    if words < rules.min_plot_words:
+        raise RecordError(f"plot too short: {words} words (min {rules.min_plot_words})")
+    if words > rules.max_plot_words:
+        raise RecordError(f"plot too long: {words} words (max {rules.max_plot_words})")
+    return plot
+
+
+def read_poster_bytes(poster) -> bytes:
+    """The encoded poster: the bytes given, or the file's contents."""
+    if isinstance(poster, bytes):
+        return poster
+    if not poster:
+        raise RecordError("no poster given")
+    try:
+        with open(poster, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise RecordError(f"poster file not found: {poster}") from None
+    except OSError as error:
+        raise RecordError(f"poster file unreadable: {poster}: {error.strerror}") from None
+
+
+def validate_movie(raw: RawMovie, rules: ValidationRules) -> Movie:
+    """Validate one raw record into a Movie, or raise RecordError naming the reason."""
+    movie_id = str(raw.movie_id or "").strip()
+    if not movie_id:
+        raise RecordError("empty id")
+    plot = check_plot(raw.plot, rules)
+    genres = parse_genres(raw.genres, rules.known_genres)
+    year = parse_year(raw.year)
+    try:
+        image = load_poster(read_poster_bytes(raw.poster), rules.min_poster_side)
+    except PosterError as error:
+        raise RecordError(str(error)) from None
+    return Movie(movie_id=movie_id, title=str(raw.title or "").strip(), plot=plot, genres=genres,
+                 poster_jpeg=encode_poster(image, rules.image_size), year=year,
+                 language=str(raw.language or "").strip(), source=raw.source)
