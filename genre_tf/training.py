@@ -153,13 +153,14 @@ class DevEvaluation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         probabilities = self.model.predict(self.dev_dataset, verbose=0)
         scores = f1_scores(self.dev_labels, probabilities >= 0.5)
-        learning_rate = float(keras.backend.get_value(self.model.optimizer.learning_rate))
+        optimizer = self.model.optimizer
         with self.writer.as_default(step=epoch):
             for name in ("weighted_f1", "macro_f1", "micro_f1", "samples_f1"):
                 tf.summary.scalar(f"dev/{name}", scores[name])
             for genre, value in zip(self.genres, scores["f1"]):
                 tf.summary.scalar(f"dev_genre_f1/{genre}", value)
-            tf.summary.scalar("learning_rate", learning_rate)
+            if optimizer is not None:
+                tf.summary.scalar("learning_rate", float(keras.backend.get_value(optimizer.learning_rate)))
         self.writer.flush()
         improved = scores["weighted_f1"] > self.state["best_weighted_f1"]
         if improved:
@@ -204,10 +205,12 @@ def train_repeat_counts(config: TrainConfig, prepared: PreparedDataset, train: d
     return repeat
 
 
-def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_labels: np.ndarray) -> keras.Model:
+def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_labels: np.ndarray,
+                       caches: Dict[str, tuple]) -> keras.Model:
     """The compiled model (inside the active distribution strategy's scope)."""
     text_encoder = build_text_encoder(config.text, trainable=True) if fine_tunes_text(config.model) else None
-    model = build_model(config.model, len(prepared.genres), text_dim=384, text_encoder=text_encoder,
+    text_dim = caches[PLOT_EMBEDDING][1].shape[1] if PLOT_EMBEDDING in caches else 0
+    model = build_model(config.model, len(prepared.genres), text_dim=text_dim, text_encoder=text_encoder,
                         genre_frequency=train_labels.mean(axis=0))
     if config.model.kind != "most_common":
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -228,7 +231,7 @@ def train(config: TrainConfig) -> str:
     caches = feature_caches(config, prepared) if config.feature_cache else {}
     strategy = make_strategy(config.distribute)
     with strategy.scope():
-        model = build_for_training(config, prepared, train["labels"])
+        model = build_for_training(config, prepared, train["labels"], caches)
     input_names = list(model.input_names)
     common = dict(input_names=input_names, image_size=config.poster.image_size, feature_caches=caches)
     global_batch = config.batch_size * strategy.num_replicas_in_sync

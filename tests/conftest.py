@@ -1,0 +1,94 @@
+"""Shared fixtures: an isolated cache, generated posters and catalogues, a tiny TF-Hub BERT."""
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+GENRES = ["Drama", "Comedy", "Action", "Horror"]
+WORDS = ["the", "a", "hero", "love", "fight", "ghost", "laugh", "family", "city", "night", "story", "dark"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Converted models, demo data and feature caches go to a per-session folder."""
+    os.environ["GENRE_TF_CACHE"] = str(tmp_path_factory.mktemp("genre_tf_cache"))
+    yield os.environ["GENRE_TF_CACHE"]
+
+
+def image_bytes(size=(40, 60), colour=(200, 30, 30), fmt="JPEG", mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour if mode != "L" else 128).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def plot_for(genres, rng, words=20) -> str:
+    """A plot whose first word reveals the first genre, so tiny models can learn something."""
+    cue = {"Drama": "family", "Comedy": "laugh", "Action": "fight", "Horror": "ghost"}[genres[0]]
+    return " ".join([cue] + list(rng.choice(WORDS, size=words - 1)))
+
+
+def random_genres(rng):
+    genres = [g for g in GENRES if rng.random() < 0.35]
+    return genres or [GENRES[int(rng.integers(len(GENRES)))]]
+
+
+def write_mmimdb(folder, count=200, seed=0):
+    """An MM-IMDb layout folder of `count` generated movies (no split.json)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for index in range(count):
+        genres = random_genres(rng)
+        colour = {"Drama": (90, 90, 90), "Comedy": (250, 220, 0), "Action": (250, 100, 0), "Horror": (5, 5, 5)}[genres[0]]
+        meta = {"plot": ["short.", plot_for(genres, rng)], "genres": genres, "title": f"M{index}", "year": 1990 + index % 30}
+        with open(os.path.join(folder, f"tt{index:07d}.json"), "w") as handle:
+            json.dump(meta, handle)
+        with open(os.path.join(folder, f"tt{index:07d}.jpeg"), "wb") as handle:
+            handle.write(image_bytes((48, 64), colour))
+    return folder
+
+
+def write_csv(path, rows, header=("id", "title", "plot", "genres", "poster", "year", "language"), encoding="utf-8"):
+    with open(path, "w", newline="", encoding=encoding) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_bert(tmp_path_factory):
+    """A tiny BERT saved in TF-Hub format (encoder + preprocessor), loaded like any TF-Hub handle."""
+    import genre_tf  # noqa: F401
+    import tf_keras as keras
+    from genre_tf.bert import BertShape, build_bert_encoder, save_hub_encoder, save_hub_preprocessor
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS
+    vocab_path = folder / "vocab.txt"
+    vocab_path.write_text("\n".join(vocab) + "\n")
+    keras.utils.set_random_seed(0)
+    encoder = build_bert_encoder(BertShape(vocab_size=len(vocab), hidden_size=8, num_layers=2, num_heads=2,
+                                           intermediate_size=16, max_positions=128))
+    save_hub_encoder(encoder, str(folder / "encoder"))
+    save_hub_preprocessor(str(vocab_path), str(folder / "preprocessor"), seq_length=128)
+    return str(folder / "encoder"), str(folder / "preprocessor")
+
+
+@pytest.fixture(scope="session")
+def small_prepared(tmp_path_factory):
+    """A prepared dataset of 120 generated MM-IMDb movies at 32x32 posters."""
+    import genre_tf  # noqa: F401
+    from genre_tf.prepare import PrepareConfig, prepare
+    from genre_tf.records import ValidationRules
+
+    root = tmp_path_factory.mktemp("small")
+    write_mmimdb(str(root / "raw"), count=120, seed=1)
+    prepare(PrepareConfig(catalogue=str(root / "raw"), out=str(root / "prepared"), name="small-test",
+                          rules=ValidationRules(image_size=32), num_genres=4), progress=False)
+    return str(root / "prepared")

@@ -1,0 +1,149 @@
+"""Readers, validation and every rejection reason; the prepared dataset round trip through tf.data."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import genre_tf  # noqa: F401
+from conftest import image_bytes, write_csv, write_mmimdb
+from genre_tf.images import PosterError, load_poster
+from genre_tf.prepare import PrepareConfig, prepare, validate_all
+from genre_tf.readers import read_catalogue
+from genre_tf.records import ValidationRules
+
+PLOT = " ".join(["word"] * 20)
+RULES = ValidationRules(image_size=32)
+
+
+def reasons(tmp_path, rows, encoding="utf-8"):
+    """Validate CSV rows; returns ({id: reason}, kept ids)."""
+    csv_path = write_csv(tmp_path / "c.csv", rows, encoding=encoding)
+    movies, rejects = validate_all(read_catalogue(str(csv_path)).records, RULES, progress=False)
+    return {r.movie_id: r.reason for r in rejects}, [m.movie_id for m in movies]
+
+
+def poster(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    return name
+
+
+def test_each_bad_record_is_named_with_its_reason_and_valid_ones_kept(tmp_path):
+    png = image_bytes(fmt="PNG")
+    cmyk = image_bytes(mode="CMYK", colour=(0, 255, 255, 0))
+    rows = [
+        ["good", "t", PLOT, "Drama, Comedy", poster(tmp_path, "good.jpg", image_bytes()), "1999", "en"],
+        ["corrupt", "t", PLOT, "Drama", poster(tmp_path, "c.jpg", b"\xff\xd8\xff\xe0garbage"), "", ""],
+        ["truncated", "t", PLOT, "Drama", poster(tmp_path, "t.png", png[: len(png) // 2]), "", ""],
+        ["empty_file", "t", PLOT, "Drama", poster(tmp_path, "e.jpg", b""), "", ""],
+        ["cmyk", "t", PLOT, "Horror|Drama", poster(tmp_path, "k.jpg", cmyk), "", ""],
+        ["tiny", "t", PLOT, "Drama", poster(tmp_path, "one.png", image_bytes((1, 1), fmt="PNG")), "", ""],
+        ["empty_plot", "t", "   ", "Drama", "good.jpg", "", ""],
+        ["long_plot", "t", " ".join(["w"] * 10_000), "Drama", "good.jpg", "", ""],
+        ["unknown", "t", PLOT, "Drama, Dramedy", "good.jpg", "", ""],
+        ["blank_genre", "t", PLOT, "Drama,,Comedy", "good.jpg", "", ""],
+        ["missing_file", "t", PLOT, "Drama", "nowhere.jpg", "", ""],
+        ["good", "t", PLOT, "Drama", "good.jpg", "", ""],
+    ]
+    rejected, kept = reasons(tmp_path, rows)
+    assert kept == ["good", "cmyk"]
+    assert rejected["corrupt"].startswith("poster does not decode")
+    assert rejected["truncated"].startswith("poster does not decode")
+    assert rejected["empty_file"] == "poster file is empty (0 bytes)"
+    assert rejected["tiny"] == "poster too small: 1x1 (min side 32)"
+    assert rejected["empty_plot"] == "empty plot"
+    assert rejected["long_plot"] == "plot too long: 10000 words (max 545)"
+    assert rejected["unknown"] == "unknown genre 'Dramedy'"
+    assert rejected["blank_genre"] == "blank genre in 'Drama,,Comedy'"
+    assert rejected["missing_file"].startswith("poster file not found")
+    assert rejected["good"].startswith("duplicate id (first seen at ")
+
+
+def test_non_utf8_row_is_rejected_and_the_others_kept(tmp_path):
+    poster(tmp_path, "p.jpg", image_bytes())
+    path = tmp_path / "latin1.csv"
+    text = f"id,title,plot,genres,poster\nok,t,{PLOT},Drama,p.jpg\nbad,Caf\xe9,{PLOT},Drama,p.jpg\n"
+    path.write_bytes(text.encode("latin-1"))
+    movies, rejects = validate_all(read_catalogue(str(path)).records, RULES, progress=False)
+    assert [m.movie_id for m in movies] == ["ok"]
+    assert rejects[0].source.endswith("latin1.csv:3") and "not valid UTF-8" in rejects[0].reason
+
+
+def test_missing_column_names_the_file_and_column(tmp_path):
+    path = write_csv(tmp_path / "m.csv", [["1", "t", "Drama", "p.jpg"]], header=("id", "title", "genres", "poster"))
+    with pytest.raises(ValueError, match=r"m.csv: missing column\(s\) \['plot'\]"):
+        read_catalogue(str(path))
+
+
+def test_posters_of_every_mode_become_rgb():
+    for data in (image_bytes(mode="CMYK", colour=(0, 0, 0, 0)), image_bytes(mode="L"),
+                 image_bytes(fmt="PNG", mode="RGBA", colour=(0, 0, 0, 0)), image_bytes(fmt="GIF"),
+                 image_bytes(fmt="BMP"), image_bytes(fmt="WEBP")):
+        image = load_poster(data)
+        assert image.mode == "RGB" and image.size == (40, 60)
+    # a fully transparent RGBA poster is composited on white, not black
+    assert load_poster(image_bytes(fmt="PNG", mode="RGBA", colour=(0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+    with pytest.raises(PosterError):
+        load_poster(b"not an image")
+
+
+def test_mmimdb_reader_takes_the_longest_plot_and_the_split_file(tmp_path):
+    folder = write_mmimdb(str(tmp_path / "mm"), count=6)
+    with open(os.path.join(folder, "split.json"), "w") as handle:
+        json.dump({"train": ["tt0000000", "tt0000001", "tt0000002", "tt0000003"], "dev": ["tt0000004"],
+                   "test": ["tt0000005"]}, handle)
+    (tmp_path / "mm" / "broken.json").write_text("{not json")
+    catalogue = read_catalogue(folder)
+    assert catalogue.split["dev"] == ["tt0000004"]
+    raw = [r for r in catalogue.records if getattr(r, "movie_id", "") == "tt0000000"][0]
+    assert len(raw.plot.split()) == 20
+    assert any(getattr(r, "reason", "").startswith("unreadable JSON") for r in catalogue.records)
+
+
+def test_jsonl_folder_defines_the_split(tmp_path):
+    (tmp_path / "img.jpg").write_bytes(image_bytes())
+    for split, ids in (("train", ["a", "b"]), ("dev", ["c"]), ("test", ["d"])):
+        lines = [json.dumps({"id": i, "text": PLOT, "image": "img.jpg", "label": ["Drama"]}) for i in ids]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines + ["{bad json"]) + "\n")
+    catalogue = read_catalogue(str(tmp_path))
+    assert catalogue.split == {"train": ["a", "b"], "dev": ["c"], "test": ["d"]}
+    movies, rejects = validate_all(catalogue.records, RULES, progress=False)
+    assert len(movies) == 4 and len(rejects) == 3 and "train.jsonl:3" in rejects[0].source
+
+
+def test_prepare_then_tf_data_round_trip(tmp_path):
+    from genre_tf.dataset import load_prepared, make_dataset
+
+    raw = write_mmimdb(str(tmp_path / "raw"), count=300, seed=3)
+    (tmp_path / "raw" / "tt9999999.json").write_text(json.dumps({"plot": ["x"], "genres": ["Drama"]}))
+    prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / "prep"), rules=ValidationRules(image_size=32),
+                          num_genres=3, genreless="drop"), progress=False)
+    prepared = load_prepared(str(tmp_path / "prep"))
+    rejects = (tmp_path / "prep" / "rejects.csv").read_text()
+    assert "tt9999999" in rejects and "plot too short: 1 words (min 15)" in rejects
+    kept = sum(len(ids) for ids in prepared.split.values())
+    dropped = rejects.count("is among the 3 kept")
+    assert kept + dropped == 300 and len(prepared.genres) == 3
+    dataset = make_dataset(prepared, "dev", 16, training=False, input_names=["movie_id", "plot", "poster"])
+    ids, labels = [], []
+    for inputs, batch_labels in dataset:
+        assert inputs["poster"].dtype.name == "uint8" and inputs["poster"].shape[1:] == (32, 32, 3)
+        ids += [i.decode() for i in inputs["movie_id"].numpy()]
+        labels.append(batch_labels.numpy())
+    assert ids == prepared.split["dev"]
+    genres_of = {m["movie_id"]: m["genres"] for m in prepared.movies()}
+    expected = [[float(g in genres_of[i]) for g in prepared.genres] for i in ids]
+    np.testing.assert_array_equal(np.concatenate(labels), expected)
+    train = make_dataset(prepared, "train", 16, training=True, input_names=["plot"])
+    sizes = [len(batch[1]) for batch in train]
+    assert set(sizes) == {16} and len(sizes) == len(prepared.split["train"]) // 16
+
+
+def test_prepare_refuses_an_existing_output_and_leaves_nothing_half_written(tmp_path):
+    raw = write_mmimdb(str(tmp_path / "raw"), count=30)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FileExistsError):
+        prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / "out")), progress=False)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".prepare-")]

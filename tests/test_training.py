@@ -1,0 +1,95 @@
+"""Every Table 3 model trains on tiny data; run directories, resume after interruption, the config."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import genre_tf  # noqa: F401
+from genre_tf.config import dump_config, load_config
+from genre_tf.training import DevEvaluation, best_checkpoint, train
+
+
+def tiny_config(small_prepared, tiny_hub_bert, run_dir, kind, *extra):
+    encoder, preprocessor = tiny_hub_bert
+    return load_config(overrides=[
+        f"data={small_prepared}", f"run_dir={run_dir}", f"model.kind={kind}", "model.text_units=[16, 8]",
+        "model.fusion_units=8", f"text.encoder={encoder}", f"text.preprocessor={preprocessor}",
+        "text.seq_length=128", "poster.weights=random", "poster.image_size=32", "batch_size=8", "epochs=2",
+        "learning_rate=0.001", *extra])
+
+
+@pytest.mark.parametrize("kind", ["most_common", "poster", "text_frozen", "text_finetuned", "integrated"])
+def test_each_model_trains_and_leaves_a_complete_run_directory(small_prepared, tiny_hub_bert, tmp_path, kind):
+    run_dir = train(tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / kind), kind))
+    final = json.load(open(os.path.join(run_dir, "final.json")))
+    state = json.load(open(os.path.join(run_dir, "training_state.json")))
+    assert final["model"] == kind and 0.0 <= final["best_dev_weighted_f1"] <= 1.0
+    assert len(state["history"]) == (1 if kind == "most_common" else 2)
+    assert open(os.path.join(run_dir, "genres.txt")).read() == open(os.path.join(small_prepared, "genres.txt")).read()
+    if kind == "most_common":
+        # the baseline predicts the genres of more than half of training: its score is the recorded baseline
+        assert final["best_dev_weighted_f1"] == pytest.approx(final["most_common_dev_weighted_f1"])
+    else:
+        assert os.path.exists(best_checkpoint(run_dir) + ".index")
+        assert os.listdir(os.path.join(run_dir, "logs", "dev"))
+
+
+def test_oversampling_writes_the_counts_and_trains(small_prepared, tiny_hub_bert, tmp_path, capsys):
+    run_dir = train(tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "os"), "poster", "oversample=true",
+                                "oversample_genres=2", "oversample_fraction=0.5"))
+    counts = json.load(open(os.path.join(run_dir, "oversampled_counts.json")))
+    assert sum(counts.values()) == len(counts) + round(0.5 * len(counts))
+    assert "train OS" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(small_prepared, tiny_hub_bert, tmp_path, monkeypatch):
+    config = tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "resume"), "poster", "epochs=4")
+    original = DevEvaluation.on_epoch_end
+
+    def crash_after_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(DevEvaluation, "on_epoch_end", crash_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    best_before = open(best_checkpoint(config.run_dir) + ".index", "rb").read()
+    assert not os.path.exists(os.path.join(config.run_dir, "final.json"))
+    monkeypatch.setattr(DevEvaluation, "on_epoch_end", original)
+    train(config)
+    epochs = [row["epoch"] for row in json.load(open(os.path.join(config.run_dir, "training_state.json")))["history"]]
+    assert epochs == [0, 1, 2, 3]  # epochs 0-1 were not trained again
+    assert best_before and os.path.exists(best_checkpoint(config.run_dir) + ".index")
+
+
+def test_resume_refuses_a_different_config(small_prepared, tiny_hub_bert, tmp_path):
+    config = tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "r"), "most_common")
+    train(config)
+    changed = tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "r"), "most_common", "seed=5")
+    with pytest.raises(ValueError, match="another config"):
+        train(changed)
+
+
+def test_config_round_trips_through_a_file(tmp_path):
+    config = load_config(overrides=["model.kind=poster", "model.text_units=[64, 32]", "oversample=true",
+                                    "text.pooling=pooled"])
+    dump_config(config, str(tmp_path / "config.json"))
+    assert load_config(str(tmp_path / "config.json")) == config
+    (tmp_path / "c.yaml").write_text("model:\n  kind: text_frozen\nepochs: 3\n")
+    loaded = load_config(str(tmp_path / "c.yaml"), ["epochs=4"])
+    assert (loaded.model.kind, loaded.epochs, loaded.text.seq_length) == ("text_frozen", 4, 64)  # demo preset
+
+
+@pytest.mark.parametrize("option, message", [
+    ("model.kind=bert", "model.kind must be one of"), ("epochs=abc", "epochs must be int"),
+    ("model.dropout=1.5", "dropout must be in"), ("batch_size=1", "batch_size must be >= 2"),
+    ("nonsense=1", "unknown option 'nonsense'"), ("text.pooling=max", "pooling must be"),
+])
+def test_bad_options_give_clear_errors(option, message, capsys):
+    import train as train_script
+
+    with pytest.raises(SystemExit):
+        train_script.main([option])
+    assert message in capsys.readouterr().err
