@@ -4,13 +4,15 @@
     python train.py data=prepared/mmimdb model.kind=text_finetuned oversample=true
 """
 import argparse
+import json
+import os
 import sys
 
 import genre_tf  # noqa: F401  selects tf-keras before TensorFlow loads
 
 
 def main(argv=None) -> int:
-    from genre_tf.config import TrainConfig, load_config, valid_keys
+    from genre_tf.config import load_config, valid_keys
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -26,8 +28,6 @@ def main(argv=None) -> int:
     from genre_tf.training import train
 
     run_dir = train(config)
-    import json, os
-
     with open(os.path.join(run_dir, "final.json"), encoding="utf-8") as handle:
         final = json.load(handle)
     print(f"\n{final['model']} on {final['dataset']}: dev weighted F1 {final['best_dev_weighted_f1']:.4f} "

@@ -2,7 +2,6 @@
 import io
 import warnings
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 # Pillow warns about, and refuses, decompression bombs; a poster never needs more than this.
@@ -55,8 +54,3 @@ def decode_poster(poster_bytes, image_size: int):
     image = tf.io.decode_image(poster_bytes, channels=3, expand_animations=False)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
-
-def poster_array(image: Image.Image) -> np.ndarray:
-    """The RGB pixels of a Pillow image as uint8 [height, width, 3]."""
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)

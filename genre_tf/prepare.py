@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from genre_tf.readers import SPLIT_NAMES, CsvColumns, read_catalogue
-from genre_tf.records import Movie, RawMovie, RecordError, Reject, ValidationRules, validate_movie
+from genre_tf.records import Movie, RecordError, Reject, ValidationRules, validate_movie
 from genre_tf.split import frequency_table, multi_hot, stratified_split, top_genres
 
 

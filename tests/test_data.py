@@ -1,11 +1,9 @@
 """Readers, validation and every rejection reason; the prepared dataset round trip through tf.data."""
-import io
 import json
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import genre_tf  # noqa: F401
 from conftest import image_bytes, write_csv, write_mmimdb
