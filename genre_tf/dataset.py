@@ -129,6 +129,10 @@ def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, trai
     if unknown:
         raise ValueError(f"the dataset cannot provide inputs {sorted(unknown)}; caches given: {sorted(lookups)}")
 
+    repeat_table = None if repeat_counts is None else tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(repeat_counts)),
+                                            tf.constant(list(repeat_counts.values()), tf.int64)), default_value=1)
+
     def parse(serialized):
         example = tf.io.parse_single_example(serialized, spec)
         inputs = {name: example[name] for name in input_names if name in example and name != POSTER}
@@ -137,14 +141,9 @@ def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, trai
                 inputs[name] = lookup(example[MOVIE_ID])
         if POSTER in input_names:
             inputs[POSTER] = decode_poster(example[POSTER], image_size)
-        if repeat_counts is not None:
+        if repeat_table is not None:
             inputs["_repeat"] = repeat_table.lookup(example[MOVIE_ID])
         return inputs, example["labels"]
-
-    if repeat_counts is not None:
-        repeat_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            tf.constant(list(repeat_counts)), tf.constant(list(repeat_counts.values()), tf.int64)),
-            default_value=1)
     files = prepared.shards(split)
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:

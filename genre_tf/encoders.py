@@ -1,5 +1,6 @@
 """The paper's two branches: a TF-Hub BERT text encoder and a ResNet50 poster encoder."""
 import dataclasses
+import functools
 import hashlib
 import os
 
@@ -101,13 +102,18 @@ def resnet50_weights_file(config: PosterEncoderConfig) -> str:
 
 
 def poster_weights_choice(config: PosterEncoderConfig) -> str:
-    """'random' or the weights file to load; the demo's imagenet_or_random falls back loudly."""
-    if config.weights == "random":
+    """'random' or the weights file to load; the demo's imagenet_or_random falls back loudly (once)."""
+    return _weights_choice(config.weights)
+
+
+@functools.lru_cache(maxsize=None)
+def _weights_choice(weights: str) -> str:
+    if weights == "random":
         return "random"
     try:
-        return resnet50_weights_file(config)
+        return resnet50_weights_file(PosterEncoderConfig(weights=weights))
     except RuntimeError as error:
-        if config.weights != "imagenet_or_random":
+        if weights != "imagenet_or_random":
             raise
         print(f"WARNING: {error}\nWARNING: the synthetic demo continues with RANDOM ResNet50 weights; "
               "poster scores are not representative of a pretrained encoder.")
@@ -130,8 +136,13 @@ def _random_resnet_file(config: PosterEncoderConfig) -> str:
 def poster_encoder_identity(config: PosterEncoderConfig) -> str:
     """A string that changes whenever the poster features would: part of the feature cache key."""
     choice = poster_weights_choice(config)
-    weights = f"random{config.seed}" if choice == "random" else sha256_of(choice)[:16]
+    weights = f"random{config.seed}" if choice == "random" else _file_digest(choice)
     return f"resnet50-{weights}-{config.image_size}"
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: str) -> str:
+    return sha256_of(path)[:16]
 
 
 def build_poster_encoder(config: PosterEncoderConfig, trainable: bool = False) -> keras.Model:

@@ -1,6 +1,7 @@
 """The paper's modified macro soft-F1 loss (equations 3-4), and weighted binary cross-entropy."""
 from typing import Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -56,7 +57,5 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
 
 def inverse_frequency_weights(labels) -> list:
     """Per-genre positive weights (negatives / positives), clipped to [1, 100]."""
-    import numpy as np
-
     positives = np.maximum(labels.sum(axis=0), 1.0)
     return np.clip((len(labels) - positives) / positives, 1.0, 100.0).tolist()

@@ -39,10 +39,12 @@ def fine_tunes_text(config: ModelConfig) -> bool:
 
 
 def uses_text(config: ModelConfig) -> bool:
+    """Whether the model reads the plot."""
     return config.kind in ("text_frozen", "text_finetuned", "integrated")
 
 
 def uses_poster(config: ModelConfig) -> bool:
+    """Whether the model reads the poster."""
     return config.kind in ("poster", "integrated")
 
 

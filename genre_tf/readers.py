@@ -5,7 +5,7 @@ import json
 import os
 from typing import Dict, Iterator, List, Optional, Union
 
-from genre_tf.records import RawMovie, Reject
+from genre_tf.records import RawMovie, Reject, has_undecodable
 
 SPLIT_NAMES = ("train", "dev", "test")
 
@@ -33,10 +33,6 @@ class Catalogue:
     split: Optional[Dict[str, List[str]]] = None
 
 
-def _has_undecodable(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
-
-
 def read_paper_csv(path: str, poster_dir: Optional[str] = None,
                    columns: CsvColumns = CsvColumns()) -> Catalogue:
     """Read the paper's layout: one CSV row per movie, posters relative to poster_dir."""
@@ -57,7 +53,7 @@ def read_paper_csv(path: str, poster_dir: Optional[str] = None,
             if any(value is None for value in row.values()) or None in row:
                 records.append(Reject(source, movie_id, "wrong number of fields in the row"))
                 continue
-            bad = [name for name, value in row.items() if _has_undecodable(value)]
+            bad = [name for name, value in row.items() if has_undecodable(value)]
             if bad:
                 records.append(Reject(source, movie_id.encode("utf-8", "replace").decode(),
                                       f"not valid UTF-8 in column(s) {bad}"))

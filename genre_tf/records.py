@@ -1,5 +1,6 @@
 """Movie records: what a reader yields, what validation keeps, and why a record was rejected."""
 import dataclasses
+import functools
 import re
 from typing import Optional, Sequence, Union
 
@@ -70,11 +71,22 @@ class RecordError(ValueError):
     """A record that fails validation, with the reason in its message."""
 
 
+def has_undecodable(text: str) -> bool:
+    """Whether text holds bytes that were not UTF-8 (kept as surrogates by errors='surrogateescape')."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+@functools.lru_cache(maxsize=8)
+def _genre_lookup(known_genres: tuple) -> dict:
+    lookup = {genre.lower(): genre for genre in known_genres}
+    lookup.update({alias: genre for alias, genre in GENRE_ALIASES.items() if genre in known_genres})
+    return lookup
+
+
 def canonical_genre(name: str, known_genres: Sequence[str]) -> str:
     """Map a genre string to its canonical spelling (case, aliases), or raise RecordError."""
     key = name.strip().lower().replace("_", " ")
-    lookup = {genre.lower(): genre for genre in known_genres}
-    lookup.update({alias: genre for alias, genre in GENRE_ALIASES.items() if genre in known_genres})
+    lookup = _genre_lookup(tuple(known_genres))
     if key.replace(" ", "-") in lookup:
         return lookup[key.replace(" ", "-")]
     if key in lookup:
@@ -121,7 +133,7 @@ def check_plot(plot, rules: ValidationRules) -> str:
     """Return the plot stripped, or raise RecordError if it is not text or outside the word limits."""
     if not isinstance(plot, str):
         raise RecordError(f"plot must be text, got {type(plot).__name__}")
-    if any("\udc80" <= ch <= "\udcff" for ch in plot):  # bytes smuggled in by surrogateescape
+    if has_undecodable(plot):
         raise RecordError("plot is not valid UTF-8")
     plot = " ".join(plot.split())
     if not plot:

@@ -42,6 +42,7 @@ def demo_dataset(config: demo.DemoConfig = demo.DemoConfig()) -> str:
 
 
 def open_dataset(config: TrainConfig) -> PreparedDataset:
+    """The prepared dataset a config names (the demo is prepared on first use)."""
     return load_prepared(demo_dataset() if config.data == "demo" else config.data)
 
 
@@ -107,6 +108,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def make_loss(config: TrainConfig, train_labels: np.ndarray) -> keras.losses.Loss:
+    """The configured loss; weighted_bce weights positives by inverse training frequency."""
     if config.loss == "soft_f1":
         return SoftF1Loss()
     if config.loss == "weighted_bce":

@@ -85,6 +85,9 @@ def test_missing_package_and_damaged_weights_say_how_to_install(monkeypatch, tmp
 def test_missing_handles_and_weights_give_clear_errors(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a URL nor a SavedModel folder"):
         build_text_encoder(TextEncoderConfig(encoder=str(tmp_path / "none"), preprocessor=str(tmp_path / "none")))
+    from genre_tf.encoders import _weights_choice
+
+    _weights_choice.cache_clear()  # the choice is memoised per process; this test changes HOME
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(RuntimeError, match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 and could not"):
