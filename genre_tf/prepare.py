@@ -79,6 +79,11 @@ def resolve_split(movies: List[Movie], given: Optional[Dict[str, List[str]]], co
     for movie in movies:
         if movie.movie_id not in assigned:
             rejects.append(Reject(movie.source, movie.movie_id, "id is in no part of the given split"))
+    seen = valid | {reject.movie_id for reject in rejects}
+    for name in SPLIT_NAMES:
+        for movie_id in given[name]:
+            if movie_id not in seen:
+                rejects.append(Reject(f"split ({name})", movie_id, "listed in the split but no record has this id"))
     return {name: [movie_id for movie_id in given[name] if movie_id in valid] for name in SPLIT_NAMES}
 
 

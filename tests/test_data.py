@@ -100,6 +100,17 @@ def test_mmimdb_reader_takes_the_longest_plot_and_the_split_file(tmp_path):
     assert any(getattr(r, "reason", "").startswith("unreadable JSON") for r in catalogue.records)
 
 
+def test_split_file_ids_without_a_record_are_reported(tmp_path):
+    folder = write_mmimdb(str(tmp_path / "mm"), count=40)
+    ids = sorted(name[:-5] for name in os.listdir(folder) if name.endswith(".json"))
+    with open(os.path.join(folder, "split.json"), "w") as handle:
+        json.dump({"train": ids[:30] + ["tt_ghost"], "dev": ids[30:35], "test": ids[35:]}, handle)
+    prepare(PrepareConfig(catalogue=folder, out=str(tmp_path / "prep"), rules=RULES, num_genres=3), progress=False)
+    rejects = (tmp_path / "prep" / "rejects.csv").read_text().splitlines()
+    assert rejects[1:] == ["split (train),tt_ghost,listed in the split but no record has this id"]
+    assert json.load(open(tmp_path / "prep" / "split.json"))["train"] == ids[:30]
+
+
 def test_jsonl_folder_defines_the_split(tmp_path):
     (tmp_path / "img.jpg").write_bytes(image_bytes())
     for split, ids in (("train", ["a", "b"]), ("dev", ["c"]), ("test", ["d"])):
