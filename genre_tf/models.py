@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER_FEATURES
+from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
 
 MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
 
@@ -67,32 +67,38 @@ def _output(x, num_genres, config):
         _dense(num_genres, config, "genre_logits", activation=None)(x))
 
 
+def _encoded_input(encoder, name: str, feature_name: str, dim: int):
+    """An encoder's raw input run through it, or (no encoder) a cached-feature input; returns (input, vector)."""
+    if encoder is None:
+        features = keras.Input(shape=(dim,), name=feature_name)
+        return features, features
+    raw = keras.Input(shape=encoder.input.shape[1:], dtype=encoder.input.dtype, name=name)
+    return raw, encoder(raw)
+
+
 def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 2048,
-                text_encoder: keras.Model = None, genre_frequency: Sequence[float] = None) -> keras.Model:
+                text_encoder: keras.Model = None, poster_encoder: keras.Model = None,
+                genre_frequency: Sequence[float] = None) -> keras.Model:
     """Build the Table 3 model `config.kind`.
 
-    Inputs are named as the tf.data keys: `plot_embedding` (cached frozen encoder) or `plot` (text
-    encoder inside, fine-tuned), and `poster_features` (cached ResNet50 features).
+    Inputs are named as the tf.data keys. With an encoder given, the model reads the raw input
+    (`plot` text, `poster` pixels) and runs the encoder inside; without one it reads cached features
+    (`plot_embedding`, `poster_features`). Fine-tuning the text encoder needs it inside.
     """
     validate_model_config(config)
     if config.kind == "most_common":
         return build_most_common(num_genres, genre_frequency)
     inputs, branches = [], []
     if uses_text(config):
-        if fine_tunes_text(config):
-            if text_encoder is None:
-                raise ValueError(f"model {config.kind} fine-tunes the text encoder: pass text_encoder")
-            plot = keras.Input(shape=(), dtype=tf.string, name=PLOT)
-            vector = text_encoder(plot)
-            inputs.append(plot)
-        else:
-            vector = keras.Input(shape=(text_dim,), name=PLOT_EMBEDDING)
-            inputs.append(vector)
+        if fine_tunes_text(config) and text_encoder is None:
+            raise ValueError(f"model {config.kind} fine-tunes the text encoder: pass text_encoder")
+        text_input, vector = _encoded_input(text_encoder, PLOT, PLOT_EMBEDDING, text_dim)
+        inputs.append(text_input)
         branches.append(_text_head(vector, config))
     if uses_poster(config):
-        poster = keras.Input(shape=(poster_dim,), name=POSTER_FEATURES)
-        inputs.append(poster)
-        branches.append(poster)
+        poster_input, features = _encoded_input(poster_encoder, POSTER, POSTER_FEATURES, poster_dim)
+        inputs.append(poster_input)
+        branches.append(features)
     if config.kind == "integrated":
         x = keras.layers.Concatenate(name="concatenate")(branches)
         x = _dense(config.fusion_units, config, "fusion_dense")(x)

@@ -86,7 +86,7 @@ def prepare_run_dir(config: TrainConfig, prepared: PreparedDataset) -> str:
 def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> Dict[str, tuple]:
     """The cached inputs this model reads: poster features and, for a frozen encoder, plot embeddings."""
     caches = {}
-    if uses_poster(config.model):
+    if uses_poster(config.model) and not config.poster.fine_tune_last_stage:
         key = cache_key(poster_encoder_identity(config.poster), prepared.fingerprint)
         caches[POSTER_FEATURES] = load_or_compute(
             prepared, POSTER_FEATURES, key, lambda: build_poster_encoder(config.poster), "poster",
@@ -209,11 +209,19 @@ def train_repeat_counts(config: TrainConfig, prepared: PreparedDataset, train: d
 
 def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_labels: np.ndarray,
                        caches: Dict[str, tuple]) -> keras.Model:
-    """The compiled model (inside the active distribution strategy's scope)."""
-    text_encoder = build_text_encoder(config.text, trainable=True) if fine_tunes_text(config.model) else None
+    """The compiled model (inside the active distribution strategy's scope).
+
+    Inputs without a cache are encoded inside the model: fine-tuned text, conv5 fine-tuning, or
+    feature_cache=false.
+    """
+    fine_tune = fine_tunes_text(config.model)
+    text_encoder = (build_text_encoder(config.text, trainable=fine_tune)
+                    if uses_text(config.model) and PLOT_EMBEDDING not in caches else None)
+    poster_encoder = (build_poster_encoder(config.poster)
+                      if uses_poster(config.model) and POSTER_FEATURES not in caches else None)
     text_dim = caches[PLOT_EMBEDDING][1].shape[1] if PLOT_EMBEDDING in caches else 0
     model = build_model(config.model, len(prepared.genres), text_dim=text_dim, text_encoder=text_encoder,
-                        genre_frequency=train_labels.mean(axis=0))
+                        poster_encoder=poster_encoder, genre_frequency=train_labels.mean(axis=0))
     if config.model.kind != "most_common":
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss=make_loss(config, train_labels), jit_compile=config.xla)
@@ -245,8 +253,10 @@ def train(config: TrainConfig) -> str:
         callback.on_epoch_end(0)
     else:
         repeat = train_repeat_counts(config, prepared, train, run_dir)
+        # Only small cached features are kept in memory; decoded posters and plots are re-read.
+        only_features = set(input_names) <= {PLOT_EMBEDDING, POSTER_FEATURES}
         train_dataset = make_dataset(prepared, "train", global_batch, training=True, repeat_counts=repeat,
-                                     cache=not fine_tunes_text(config.model), seed=config.seed, **common)
+                                     cache=only_features, seed=config.seed, **common)
         log_hparams(config, run_dir)
         callbacks = [keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")), callback,
                      keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0)]

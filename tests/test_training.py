@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 import genre_tf  # noqa: F401
@@ -61,6 +62,33 @@ def test_an_interrupted_run_resumes_where_it_stopped(small_prepared, tiny_hub_be
     epochs = [row["epoch"] for row in json.load(open(os.path.join(config.run_dir, "training_state.json")))["history"]]
     assert epochs == [0, 1, 2, 3]  # epochs 0-1 were not trained again
     assert best_before and os.path.exists(best_checkpoint(config.run_dir) + ".index")
+
+
+def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(small_prepared, tiny_hub_bert, tmp_path):
+    import tf_keras as keras
+
+    from genre_tf.training import build_for_training, open_dataset, split_labels
+
+    config = tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "nocache"), "integrated",
+                         "feature_cache=false", "model.fine_tune_text=false")
+    features_dir = os.path.join(small_prepared, "features")
+    cached_before = sorted(os.listdir(features_dir)) if os.path.exists(features_dir) else []
+    run_dir = train(config)
+    assert 0.0 <= json.load(open(os.path.join(run_dir, "final.json")))["best_dev_weighted_f1"] <= 1.0
+    assert (sorted(os.listdir(features_dir)) if os.path.exists(features_dir) else []) == cached_before
+
+    tuned = tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "conv5"), "poster",
+                        "poster.fine_tune_last_stage=true")
+    prepared = open_dataset(tuned)
+    model = build_for_training(tuned, prepared, split_labels(prepared, "train")["labels"], {})
+    assert model.input_names == ["poster"]
+    resnet = model.get_layer("poster_encoder").get_layer("resnet50")
+    conv1, conv5 = resnet.get_layer("conv1_conv").kernel, resnet.get_layer("conv5_block3_3_conv").kernel
+    before = conv1.numpy().copy(), conv5.numpy().copy()
+    posters = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3)).astype("uint8")
+    model.fit(posters, np.eye(4, dtype="float32")[np.arange(16) % 4], batch_size=8, epochs=1, verbose=0)
+    assert np.array_equal(conv1.numpy(), before[0]) and not np.array_equal(conv5.numpy(), before[1])
+    assert isinstance(model.get_layer("poster_encoder"), keras.Model)
 
 
 def test_resume_refuses_a_different_config(small_prepared, tiny_hub_bert, tmp_path):
