@@ -21,6 +21,7 @@ class ModelConfig:
     dropout: float = 0.5
     l2: float = 1e-4
     fine_tune_text: bool = True   # integrated only: fine-tune the BERT encoder (paper) or keep it frozen
+    branch_norm: bool = True      # integrated only: LayerNorm each branch before concatenating (false = the paper)
 
 
 def validate_model_config(config: ModelConfig) -> None:
@@ -100,6 +101,10 @@ def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poste
         inputs.append(poster_input)
         branches.append(features)
     if config.kind == "integrated":
+        if config.branch_norm:
+            # ResNet50 features are ~30x larger than the text head's output; unnormalised they swamp it.
+            branches = [keras.layers.LayerNormalization(name=f"{name}_norm")(branch)
+                        for name, branch in zip(("text", "poster"), branches)]
         x = keras.layers.Concatenate(name="concatenate")(branches)
         x = _dense(config.fusion_units, config, "fusion_dense")(x)
         x = keras.layers.Dropout(config.dropout, name="fusion_dropout")(x)
