@@ -158,4 +158,8 @@ def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, trai
     if training:
         size = sum(repeat_counts.values()) if repeat_counts else len(prepared.split[split])
         dataset = dataset.shuffle(min(size, 20_000), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    # Multi-worker training shards by batch: a split may have fewer files than there are workers.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)

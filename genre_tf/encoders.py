@@ -72,15 +72,29 @@ def build_text_encoder(config: TextEncoderConfig, trainable: bool = False) -> ke
                              name="preprocessor")([tokens])
     else:
         ids = hub.KerasLayer(preprocessor_handle, name="preprocessor")(plot)
-    outputs = hub.KerasLayer(encoder_handle, trainable=trainable, name="bert_encoder")(ids)
-    if config.pooling == "pooled":
+    encoder = hub.KerasLayer(encoder_handle, trainable=trainable, name="bert_encoder")
+    return keras.Model(plot, pool_encoder_outputs(encoder(ids), ids["input_mask"], config.pooling),
+                       name="text_encoder")
+
+
+def pool_encoder_outputs(outputs, input_mask, pooling: str):
+    """The plot vector from a TF-Hub BERT's outputs: pooled_output, or the masked mean of sequence_output."""
+    if pooling == "pooled":
         vector = outputs["pooled_output"]
     else:
-        mask = tf.cast(ids["input_mask"], outputs["sequence_output"].dtype)[:, :, None]
+        mask = tf.cast(input_mask, outputs["sequence_output"].dtype)[:, :, None]
         vector = tf.reduce_sum(outputs["sequence_output"] * mask, axis=1) / tf.maximum(
             tf.reduce_sum(mask, axis=1), 1.0)
-    vector = keras.layers.Activation("linear", dtype="float32", name=PLOT_EMBEDDING)(vector)
-    return keras.Model(plot, vector, name="text_encoder")
+    return keras.layers.Activation("linear", dtype="float32", name=PLOT_EMBEDDING)(vector)
+
+
+def token_id_encoder(text_encoder: keras.Model, config: TextEncoderConfig) -> keras.Model:
+    """The same encoder without its preprocessor: BERT token ids in, plot_embedding out (shared weights)."""
+    ids = {name: keras.Input(shape=(config.seq_length,), dtype=tf.int32, name=name)
+           for name in ("input_word_ids", "input_mask", "input_type_ids")}
+    outputs = text_encoder.get_layer("bert_encoder")(ids)
+    return keras.Model(ids, pool_encoder_outputs(outputs, ids["input_mask"], config.pooling),
+                       name="token_id_encoder")
 
 
 def resnet50_weights_file(config: PosterEncoderConfig) -> str:

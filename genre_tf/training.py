@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from typing import Dict, Optional
 
@@ -99,12 +100,35 @@ def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> Dict[str, 
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """TensorFlow's own distribution: Mirrored across local GPUs, MultiWorkerMirrored across machines."""
+    """TensorFlow's own distribution: Mirrored across local GPUs, MultiWorkerMirrored across machines.
+
+    multi_worker reads the cluster from TF_CONFIG and must be created before any other TensorFlow op.
+    """
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored" or (name == "auto" and len(tf.config.list_physical_devices("GPU")) > 1):
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process owns the run directory: always, except for non-chief multi-worker tasks."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def predict_all(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
+    """Probabilities for a whole (finite, ordered) dataset, computed locally in this process.
+
+    Every worker of a multi-worker run evaluates the whole dev set itself, so they take identical
+    early-stopping decisions without a collective.
+    """
+    step = tf.function(lambda inputs: model(inputs, training=False))
+    return np.concatenate([step(inputs).numpy() for inputs, _ in dataset])
 
 
 def make_loss(config: TrainConfig, train_labels: np.ndarray) -> keras.losses.Loss:
@@ -153,7 +177,7 @@ class DevEvaluation(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "dev"))
 
     def on_epoch_end(self, epoch, logs=None):
-        probabilities = self.model.predict(self.dev_dataset, verbose=0)
+        probabilities = predict_all(self.model, self.dev_dataset)
         scores = f1_scores(self.dev_labels, probabilities >= 0.5)
         optimizer = self.model.optimizer
         with self.writer.as_default(step=epoch):
@@ -230,16 +254,20 @@ def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_lab
 
 def train(config: TrainConfig) -> str:
     """Train one model as configured; returns its run directory (resumable if interrupted)."""
+    strategy = make_strategy(config.distribute)  # first: multi-worker must precede other ops
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     prepared = open_dataset(config)
-    run_dir = prepare_run_dir(config, prepared)
+    chief = is_chief(strategy)
+    # Non-chief workers run the same callbacks (saving may involve collectives) into a scratch folder.
+    shared_run_dir = config.run_dir or default_run_dir(config, prepared)
+    run_dir = (prepare_run_dir(dataclasses.replace(config, run_dir=shared_run_dir), prepared) if chief
+               else tempfile.mkdtemp(prefix="genre_tf_worker_"))
     print(f"dataset {prepared.name} ({'SYNTHETIC' if prepared.name == demo.DEMO_NAME else 'catalogue'}), "
           f"model {config.model.kind}, run directory {run_dir}")
     train, dev = split_labels(prepared, "train"), split_labels(prepared, "dev")
     caches = feature_caches(config, prepared) if config.feature_cache else {}
-    strategy = make_strategy(config.distribute)
     with strategy.scope():
         model = build_for_training(config, prepared, train["labels"], caches)
     input_names = list(model.input_names)
@@ -258,13 +286,18 @@ def train(config: TrainConfig) -> str:
         train_dataset = make_dataset(prepared, "train", global_batch, training=True, repeat_counts=repeat,
                                      cache=only_features, seed=config.seed, **common)
         log_hparams(config, run_dir)
-        callbacks = [keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")), callback,
+        # BackupAndRestore sends non-chief workers' writes to temporary folders itself.
+        callbacks = [keras.callbacks.BackupAndRestore(os.path.join(shared_run_dir, "backup")), callback,
                      keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0)]
         model.fit(train_dataset, epochs=config.epochs, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 2)
     summary = {"model": config.model.kind, "dataset": prepared.name, "seconds": round(time.time() - started, 1),
+               "replicas": strategy.num_replicas_in_sync, "global_batch": global_batch,
                "best_dev_weighted_f1": callback.state["best_weighted_f1"], "best_epoch": callback.state["best_epoch"] + 1,
                "most_common_dev_weighted_f1": most_common_score(train["labels"], dev["labels"])}
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return shared_run_dir
     with open(os.path.join(run_dir, "final.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
     return run_dir

@@ -92,3 +92,19 @@ def small_prepared(tmp_path_factory):
     prepare(PrepareConfig(catalogue=str(root / "raw"), out=str(root / "prepared"), name="small-test",
                           rules=ValidationRules(image_size=32), num_genres=4), progress=False)
     return str(root / "prepared")
+
+
+@pytest.fixture()
+def tiny_config(small_prepared, tiny_hub_bert, tmp_path):
+    """A factory of training configs for tiny models on small_prepared: tiny_config(kind, *overrides)."""
+    from genre_tf.config import load_config
+
+    encoder, preprocessor = tiny_hub_bert
+
+    def make(kind, *extra, run_dir=None):
+        return load_config(overrides=[
+            f"data={small_prepared}", f"run_dir={run_dir or tmp_path / kind}", f"model.kind={kind}",
+            "model.text_units=[16, 8]", "model.fusion_units=8", f"text.encoder={encoder}",
+            f"text.preprocessor={preprocessor}", "text.seq_length=128", "poster.weights=random",
+            "poster.image_size=32", "batch_size=8", "epochs=2", "learning_rate=0.001", *extra])
+    return make

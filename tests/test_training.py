@@ -10,18 +10,9 @@ from genre_tf.config import dump_config, load_config
 from genre_tf.training import DevEvaluation, best_checkpoint, train
 
 
-def tiny_config(small_prepared, tiny_hub_bert, run_dir, kind, *extra):
-    encoder, preprocessor = tiny_hub_bert
-    return load_config(overrides=[
-        f"data={small_prepared}", f"run_dir={run_dir}", f"model.kind={kind}", "model.text_units=[16, 8]",
-        "model.fusion_units=8", f"text.encoder={encoder}", f"text.preprocessor={preprocessor}",
-        "text.seq_length=128", "poster.weights=random", "poster.image_size=32", "batch_size=8", "epochs=2",
-        "learning_rate=0.001", *extra])
-
-
 @pytest.mark.parametrize("kind", ["most_common", "poster", "text_frozen", "text_finetuned", "integrated"])
-def test_each_model_trains_and_leaves_a_complete_run_directory(small_prepared, tiny_hub_bert, tmp_path, kind):
-    run_dir = train(tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / kind), kind))
+def test_each_model_trains_and_leaves_a_complete_run_directory(tiny_config, small_prepared, kind):
+    run_dir = train(tiny_config(kind))
     final = json.load(open(os.path.join(run_dir, "final.json")))
     state = json.load(open(os.path.join(run_dir, "training_state.json")))
     assert final["model"] == kind and 0.0 <= final["best_dev_weighted_f1"] <= 1.0
@@ -35,16 +26,16 @@ def test_each_model_trains_and_leaves_a_complete_run_directory(small_prepared, t
         assert os.listdir(os.path.join(run_dir, "logs", "dev"))
 
 
-def test_oversampling_writes_the_counts_and_trains(small_prepared, tiny_hub_bert, tmp_path, capsys):
-    run_dir = train(tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "os"), "poster", "oversample=true",
+def test_oversampling_writes_the_counts_and_trains(tiny_config, capsys):
+    run_dir = train(tiny_config("poster", "oversample=true",
                                 "oversample_genres=2", "oversample_fraction=0.5"))
     counts = json.load(open(os.path.join(run_dir, "oversampled_counts.json")))
     assert sum(counts.values()) == len(counts) + round(0.5 * len(counts))
     assert "train OS" in capsys.readouterr().out
 
 
-def test_an_interrupted_run_resumes_where_it_stopped(small_prepared, tiny_hub_bert, tmp_path, monkeypatch):
-    config = tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "resume"), "poster", "epochs=4")
+def test_an_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
+    config = tiny_config("poster", "epochs=4")
     original = DevEvaluation.on_epoch_end
 
     def crash_after_second_epoch(self, epoch, logs=None):
@@ -64,12 +55,12 @@ def test_an_interrupted_run_resumes_where_it_stopped(small_prepared, tiny_hub_be
     assert best_before and os.path.exists(best_checkpoint(config.run_dir) + ".index")
 
 
-def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(small_prepared, tiny_hub_bert, tmp_path):
+def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(tiny_config, small_prepared):
     import tf_keras as keras
 
     from genre_tf.training import build_for_training, open_dataset, split_labels
 
-    config = tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "nocache"), "integrated",
+    config = tiny_config("integrated",
                          "feature_cache=false", "model.fine_tune_text=false")
     features_dir = os.path.join(small_prepared, "features")
     cached_before = sorted(os.listdir(features_dir)) if os.path.exists(features_dir) else []
@@ -77,7 +68,7 @@ def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(small_prepared,
     assert 0.0 <= json.load(open(os.path.join(run_dir, "final.json")))["best_dev_weighted_f1"] <= 1.0
     assert (sorted(os.listdir(features_dir)) if os.path.exists(features_dir) else []) == cached_before
 
-    tuned = tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "conv5"), "poster",
+    tuned = tiny_config("poster",
                         "poster.fine_tune_last_stage=true")
     prepared = open_dataset(tuned)
     model = build_for_training(tuned, prepared, split_labels(prepared, "train")["labels"], {})
@@ -91,10 +82,10 @@ def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(small_prepared,
     assert isinstance(model.get_layer("poster_encoder"), keras.Model)
 
 
-def test_resume_refuses_a_different_config(small_prepared, tiny_hub_bert, tmp_path):
-    config = tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "r"), "most_common")
+def test_resume_refuses_a_different_config(tiny_config):
+    config = tiny_config("most_common")
     train(config)
-    changed = tiny_config(small_prepared, tiny_hub_bert, str(tmp_path / "r"), "most_common", "seed=5")
+    changed = tiny_config("most_common", "seed=5")
     with pytest.raises(ValueError, match="another config"):
         train(changed)
 
@@ -120,3 +111,18 @@ def test_bad_options_give_clear_errors(option, message, capsys):
     with pytest.raises(SystemExit):
         train_script.main([option])
     assert message in capsys.readouterr().err
+
+
+def test_two_workers_on_localhost_train_one_model(tiny_config, small_prepared, tiny_hub_bert):
+    from genre_tf.multiworker import run_workers
+
+    config = tiny_config("text_frozen")
+    encoder, preprocessor = tiny_hub_bert
+    overrides = [f"data={small_prepared}", f"run_dir={config.run_dir}", "model.kind=text_frozen",
+                 "model.text_units=[16, 8]", f"text.encoder={encoder}", f"text.preprocessor={preprocessor}",
+                 "text.seq_length=128", "batch_size=8", "epochs=2", "learning_rate=0.001"]
+    assert run_workers(overrides, workers=2, timeout=300) == [0, 0]
+    final = json.load(open(os.path.join(config.run_dir, "final.json")))
+    assert (final["replicas"], final["global_batch"]) == (2, 16)
+    assert len(json.load(open(os.path.join(config.run_dir, "training_state.json")))["history"]) == 2
+    assert os.path.exists(best_checkpoint(config.run_dir) + ".index")

@@ -1,0 +1,349 @@
+"""Evaluate a finished run: metrics on dev and test, dev-tuned thresholds, pictures and a report."""
+import dataclasses
+import json
+import os
+import shutil
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from genre_tf.config import TrainConfig, load_config
+from genre_tf.dataset import PreparedDataset, load_prepared, make_dataset
+from genre_tf.encoders import cache_key
+from genre_tf.metrics import distinct_combinations, f1_scores, predict_labels, ranking_scores, tune_thresholds
+from genre_tf.training import (best_checkpoint, build_for_training, demo_dataset, feature_caches, predict_all,
+                               split_labels)
+
+REPORT_FILES = ("report.md", "metrics.json", "cooccurrence.png", "per_genre_f1.png", "f1_by_year.png",
+                "pr_curves.png")
+NUM_EXAMPLES = 6
+
+
+@dataclasses.dataclass
+class RestoredRun:
+    """A trained run brought back: its config, dataset, model (best checkpoint) and feature caches."""
+
+    run_dir: str
+    config: TrainConfig
+    prepared: PreparedDataset
+    model: keras.Model
+    caches: Dict[str, tuple]
+
+
+def read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def restore_run(run_dir: str) -> RestoredRun:
+    """Rebuild a run's model and load its best checkpoint, after checking the dataset still matches."""
+    if not os.path.exists(os.path.join(run_dir, "config.json")):
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    checkpoint = best_checkpoint(run_dir)
+    config = load_config(os.path.join(run_dir, "config.json"))
+    recorded = read_json(os.path.join(run_dir, "dataset.json"))
+    prepared = load_prepared(demo_dataset() if config.data == "demo" else config.data)
+    with open(os.path.join(run_dir, "genres.txt"), encoding="utf-8") as handle:
+        run_genres = [line.strip() for line in handle if line.strip()]
+    if run_genres != prepared.genres:
+        raise ValueError(f"the dataset at {prepared.path} has genres {prepared.genres}, but the run was trained "
+                         f"on {run_genres}; evaluate it on the dataset it was trained on")
+    if recorded["split"] != prepared.split:
+        raise ValueError(f"the split of {prepared.path} differs from the one the run recorded in dataset.json")
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    caches = feature_caches(config, prepared) if config.feature_cache else {}
+    model = build_for_training(config, prepared, split_labels(prepared, "train")["labels"], caches)
+    if model.weights:
+        # Every layer of the rebuilt model must find its weights: a changed config fails here, loudly.
+        status = model.load_weights(checkpoint).expect_partial()  # the optimizer's slots are not needed
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as error:
+            raise ValueError(f"{checkpoint} does not fit the model that {run_dir}/config.json builds "
+                             f"(was it trained by another genre_tf version?): {str(error)[:300]}") from None
+    return RestoredRun(run_dir, config, prepared, model, caches)
+
+
+def predict_split(run: RestoredRun, split: str, batch_size: int = 64) -> Dict[str, np.ndarray]:
+    """Ids, multi-hot labels and predicted probabilities of one whole split, in split order."""
+    truth = split_labels(run.prepared, split)
+    if len(truth["ids"]) == 0:
+        raise ValueError(f"the {split} split of {run.prepared.path} is empty; nothing to evaluate")
+    dataset = make_dataset(run.prepared, split, batch_size, training=False, input_names=list(run.model.input_names),
+                           image_size=run.config.poster.image_size, feature_caches=run.caches)
+    return dict(truth, probabilities=predict_all(run.model, dataset))
+
+
+def cooccurrence(labels: np.ndarray) -> np.ndarray:
+    """How often each pair of genres appears together (the diagonal: each genre's count)."""
+    labels = labels.astype(np.int64)
+    return labels.T @ labels
+
+
+def year_buckets(years: Sequence[Optional[int]]) -> List[str]:
+    """Decade labels ('1990s'), 'unknown' where a movie has no year."""
+    return [f"{year // 10 * 10}s" if year else "unknown" for year in years]
+
+
+def scores_by_year(labels, predicted, years) -> List[dict]:
+    """Weighted F1 per release decade (the paper's Figure 6), with the number of movies in each."""
+    buckets = np.asarray(year_buckets(years))
+    rows = []
+    for bucket in sorted(set(buckets)):
+        rows_in = buckets == bucket
+        rows.append({"bucket": bucket, "movies": int(rows_in.sum()),
+                     "weighted_f1": f1_scores(labels[rows_in], predicted[rows_in])["weighted_f1"]})
+    return rows
+
+
+def _summary(scores: dict) -> dict:
+    return {key: scores[key] for key in ("weighted_f1", "macro_f1", "micro_f1", "samples_f1")}
+
+
+def compute_metrics(genres: Sequence[str], dev: dict, test: dict, movies: Dict[str, dict]) -> dict:
+    """Every number of the report. Thresholds are tuned on dev only and applied unchanged to test."""
+    thresholds = tune_thresholds(dev["labels"], dev["probabilities"])
+    result = {"genres": list(genres), "thresholds_from": "dev", "thresholds": thresholds.tolist(), "splits": {}}
+    for name, part in (("dev", dev), ("test", test)):
+        half_predictions = predict_labels(part["probabilities"], 0.5)
+        at_half = f1_scores(part["labels"], half_predictions)
+        tuned_predictions = predict_labels(part["probabilities"], thresholds)
+        tuned = f1_scores(part["labels"], tuned_predictions)
+        ranking = ranking_scores(part["labels"], part["probabilities"])
+        per_genre = [{"genre": genre, "support": int(tuned["support"][i]), "frequency": float(tuned["frequency"][i]),
+                      "precision": float(tuned["precision"][i]), "recall": float(tuned["recall"][i]),
+                      "f1": float(tuned["f1"][i]), "f1_at_0.5": float(at_half["f1"][i]),
+                      "frequency_x_f1": float(tuned["frequency"][i] * tuned["f1"][i]),
+                      "roc_auc": _number(ranking["roc_auc"][i]), "pr_auc": _number(ranking["pr_auc"][i]),
+                      "threshold": float(thresholds[i])} for i, genre in enumerate(genres)]
+        result["splits"][name] = {
+            "movies": len(part["ids"]), "at_0.5": _summary(at_half), "tuned": _summary(tuned), "per_genre": per_genre,
+            "distinct_combinations": {"truth": distinct_combinations(part["labels"]),
+                                      "predicted_at_0.5": distinct_combinations(half_predictions),
+                                      "predicted_tuned": distinct_combinations(tuned_predictions)},
+            "by_year": scores_by_year(part["labels"], tuned_predictions,
+                                      [movies[i].get("year") for i in part["ids"]])}
+    return result
+
+
+def _number(value: float) -> Optional[float]:
+    return None if np.isnan(value) else float(value)
+
+
+def choose_examples(test: dict, movies: Dict[str, dict], genres: Sequence[str], thresholds,
+                    count: int = NUM_EXAMPLES, seed: int = 0) -> List[dict]:
+    """A reproducible handful of test predictions with plot excerpts (the paper's Appendix A)."""
+    order = np.random.default_rng(seed).permutation(len(test["ids"]))[:count]
+    examples = []
+    for row in sorted(order):
+        movie = movies[test["ids"][row]]
+        words = movie["plot"].split()
+        probabilities = test["probabilities"][row]
+        examples.append({
+            "movie_id": movie["movie_id"], "title": movie.get("title", ""),
+            "plot_excerpt": " ".join(words[:40]) + (" ..." if len(words) > 40 else ""),
+            "true": [g for g, on in zip(genres, test["labels"][row]) if on],
+            "predicted": [g for g, p, t in zip(genres, probabilities, thresholds) if p >= t],
+            "probabilities": {g: round(float(p), 3) for g, p in zip(genres, probabilities)}})
+    return examples
+
+
+def draw_pictures(folder: str, genres: Sequence[str], metrics: dict, test: dict) -> Dict[str, str]:
+    """The report's PNGs; returns {name: path}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    thresholds = np.asarray(metrics["thresholds"])
+    predicted = predict_labels(test["probabilities"], thresholds)
+    paths = {name: os.path.join(folder, f"{name}.png") for name in
+             ("cooccurrence", "per_genre_f1", "f1_by_year", "pr_curves")}
+
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for axis, matrix, title in ((axes[0], cooccurrence(test["labels"]), "truth"),
+                                (axes[1], cooccurrence(predicted), "predicted (dev-tuned thresholds)")):
+        image = axis.imshow(matrix, cmap="viridis")
+        axis.set_xticks(range(len(genres)), genres, rotation=60, ha="right")
+        axis.set_yticks(range(len(genres)), genres)
+        axis.set_title(f"genre co-occurrence, test split: {title}")
+        for (i, j), value in np.ndenumerate(matrix):
+            axis.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                      color="white" if value < matrix.max() / 2 else "black")
+        figure.colorbar(image, ax=axis, fraction=0.046)
+    _save(figure, paths["cooccurrence"])
+
+    per_genre = metrics["splits"]["test"]["per_genre"]
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    x = np.arange(len(genres))
+    axis.bar(x - 0.2, [g["f1_at_0.5"] for g in per_genre], 0.4, label="threshold 0.5")
+    axis.bar(x + 0.2, [g["f1"] for g in per_genre], 0.4, label="dev-tuned thresholds")
+    axis.set_xticks(x, genres, rotation=45, ha="right")
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("F1 (test split)")
+    axis.set_title("per-genre F1 on the test split")
+    axis.legend()
+    _save(figure, paths["per_genre_f1"])
+
+    by_year = metrics["splits"]["test"]["by_year"]
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    axis.bar([row["bucket"] for row in by_year], [row["weighted_f1"] for row in by_year])
+    for index, row in enumerate(by_year):
+        axis.text(index, row["weighted_f1"] + 0.01, f"n={row['movies']}", ha="center", fontsize=8)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("weighted F1 (test, tuned thresholds)")
+    axis.set_title("weighted F1 by release decade")
+    plt.setp(axis.get_xticklabels(), rotation=45, ha="right")
+    _save(figure, paths["f1_by_year"])
+
+    columns = min(5, len(genres))
+    rows = -(-len(genres) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3 * rows), squeeze=False)
+    for index, genre in enumerate(genres):
+        axis = axes.flat[index]
+        truth = test["labels"][:, index]
+        if truth.min() != truth.max():
+            precision, recall, _ = precision_recall_curve(truth, test["probabilities"][:, index])
+            axis.plot(recall, precision)
+        axis.set_title(f"{genre} (AP {per_genre[index]['pr_auc'] or float('nan'):.2f})", fontsize=9)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1.02)
+        axis.set_xlabel("recall", fontsize=8)
+        axis.set_ylabel("precision", fontsize=8)
+    for axis in list(axes.flat)[len(genres):]:
+        axis.axis("off")
+    figure.suptitle("precision-recall per genre, test split")
+    _save(figure, paths["pr_curves"])
+    return paths
+
+
+def _save(figure, path: str) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
+def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures: Dict[str, str]) -> None:
+    """The pictures as TensorBoard images and the test PR curves in the PR-curves plugin."""
+    from tensorboard.plugins.pr_curve import summary as pr_summary
+
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "evaluation"))
+    with writer.as_default(step=0):
+        for name, path in pictures.items():
+            image = tf.io.decode_png(tf.io.read_file(path), channels=4)
+            tf.summary.image(f"evaluation/{name}", image[None])
+        for index, genre in enumerate(genres):
+            truth = test["labels"][:, index].astype(bool)
+            scores = test["probabilities"][:, index]
+            thresholds = np.linspace(0, 1, 51)
+            counts = [((scores >= t) & truth).sum() for t in thresholds], [((scores >= t) & ~truth).sum()
+                                                                           for t in thresholds]
+            tp, fp = (np.asarray(c, dtype=np.float64) for c in counts)
+            fn, tn = truth.sum() - tp, (~truth).sum() - fp
+            summary = pr_summary.raw_data_pb(
+                f"test/{genre}", true_positive_counts=tp, false_positive_counts=fp, true_negative_counts=tn,
+                false_negative_counts=fn, precision=tp / np.maximum(tp + fp, 1), recall=tp / np.maximum(tp + fn, 1),
+                num_thresholds=len(thresholds))
+            tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=0)
+    writer.close()
+
+
+def render_report(run: RestoredRun, metrics: dict) -> str:
+    """report.md: which split each number comes from, the tables, the pictures and examples."""
+    dev, test = metrics["splits"]["dev"], metrics["splits"]["test"]
+    lines = [f"# Evaluation of {os.path.basename(os.path.normpath(run.run_dir))}", "",
+             f"Model `{run.config.model.kind}`{' with oversampling' if run.config.oversample else ''} on dataset "
+             f"`{run.prepared.name}` (fingerprint {run.prepared.fingerprint[:12]}), best checkpoint by dev weighted F1. "
+             f"Dev: {dev['movies']} movies, test: {test['movies']} movies. Per-genre thresholds were tuned on the "
+             "**dev** split to maximise each genre's F1 and applied unchanged to **test**; test chose nothing.", "",
+             "| split | thresholds | weighted F1 (eq. 2) | macro F1 | micro F1 | samples F1 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, part in (("dev", dev), ("test", test)):
+        for label, key in (("0.5", "at_0.5"), ("tuned on dev", "tuned")):
+            s = part[key]
+            lines.append(f"| {name} | {label} | {s['weighted_f1']:.4f} | {s['macro_f1']:.4f} | "
+                         f"{s['micro_f1']:.4f} | {s['samples_f1']:.4f} |")
+    lines += ["", "## Per genre (test split, dev-tuned thresholds; the paper's Table 4)", "",
+              "| genre | support | frequency | precision | recall | F1 | F1 @0.5 | frequency x F1 | ROC-AUC | PR-AUC "
+              "| threshold |", "| --- " * 11 + "|"]
+    for g in test["per_genre"]:
+        lines.append(f"| {g['genre']} | {g['support']} | {g['frequency']:.3f} | {g['precision']:.3f} | "
+                     f"{g['recall']:.3f} | {g['f1']:.3f} | {g['f1_at_0.5']:.3f} | {g['frequency_x_f1']:.3f} | "
+                     f"{_fmt(g['roc_auc'])} | {_fmt(g['pr_auc'])} | {g['threshold']:.2f} |")
+    combos = test["distinct_combinations"]
+    lines += ["", "## Genre combinations (test split)", "",
+              f"Distinct combinations in the truth: {combos['truth']}; predicted at 0.5: "
+              f"{combos['predicted_at_0.5']}; predicted with tuned thresholds: {combos['predicted_tuned']}.", "",
+              "![co-occurrence](cooccurrence.png)", "", "![per-genre F1](per_genre_f1.png)", "",
+              "## By release decade (test split, tuned thresholds)", "", "| decade | movies | weighted F1 |",
+              "| --- | --- | --- |"]
+    lines += [f"| {row['bucket']} | {row['movies']} | {row['weighted_f1']:.3f} |" for row in test["by_year"]]
+    lines += ["", "![F1 by year](f1_by_year.png)", "", "![PR curves](pr_curves.png)", "",
+              "## Example predictions (test split, chosen with a fixed seed)", ""]
+    for example in metrics["examples"]:
+        lines += [f"**{example['title'] or example['movie_id']}** ({example['movie_id']})  ",
+                  f"> {example['plot_excerpt']}", "",
+                  f"true: {', '.join(example['true']) or '(none)'}; predicted: "
+                  f"{', '.join(example['predicted']) or '(none)'}", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def evaluate_run(run_dir: str) -> dict:
+    """Write report.md, metrics.json and the PNGs into run_dir; returns the metrics.
+
+    Everything is computed and written to a staging folder first, so a failure leaves no partial report.
+    """
+    run = restore_run(run_dir)
+    dev, test = predict_split(run, "dev"), predict_split(run, "test")
+    movies = {movie["movie_id"]: movie for movie in run.prepared.movies()}
+    metrics = compute_metrics(run.prepared.genres, dev, test, movies)
+    metrics.update(run_dir=os.path.abspath(run_dir), model=run.config.model.kind, oversample=run.config.oversample,
+                   dataset={"name": run.prepared.name, "path": os.path.abspath(run.prepared.path),
+                            "fingerprint": run.prepared.fingerprint},
+                   split_digest=cache_key(json.dumps(run.prepared.split, sort_keys=True)),
+                   examples=choose_examples(test, movies, run.prepared.genres, metrics["thresholds"]))
+    staging = os.path.join(run_dir, ".evaluation.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        pictures = draw_pictures(staging, run.prepared.genres, metrics, test)
+        with open(os.path.join(staging, "metrics.json"), "w", encoding="utf-8") as handle:
+            json.dump(metrics, handle, indent=1)
+        with open(os.path.join(staging, "report.md"), "w", encoding="utf-8") as handle:
+            handle.write(render_report(run, metrics))
+        for name in REPORT_FILES:
+            os.replace(os.path.join(staging, name), os.path.join(run_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_tensorboard(run_dir, run.prepared.genres, test,
+                      {name: os.path.join(run_dir, f"{name}.png") for name in pictures})
+    return metrics
+
+
+def comparison_table(metrics_list: Sequence[dict]) -> str:
+    """The paper's Table 3 across runs, which must share one dataset and split."""
+    first = metrics_list[0]
+    for other in metrics_list[1:]:
+        if other["dataset"]["fingerprint"] != first["dataset"]["fingerprint"] or other["split_digest"] != first["split_digest"]:
+            raise ValueError(f"{other['run_dir']} was evaluated on {other['dataset']['name']} with another split or "
+                             f"data than {first['run_dir']} ({first['dataset']['name']}); their numbers do not compare")
+    lines = [f"Dataset `{first['dataset']['name']}` (fingerprint {first['dataset']['fingerprint'][:12]}), test split "
+             f"({first['splits']['test']['movies']} movies); thresholds tuned on dev.", "",
+             "| model | oversampled | weighted F1 @0.5 | weighted F1 tuned | macro F1 tuned | micro F1 tuned |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for m in metrics_list:
+        test = m["splits"]["test"]
+        lines.append(f"| {m['model']} | {'yes' if m['oversample'] else 'no'} | {test['at_0.5']['weighted_f1']:.4f} | "
+                     f"{test['tuned']['weighted_f1']:.4f} | {test['tuned']['macro_f1']:.4f} | "
+                     f"{test['tuned']['micro_f1']:.4f} |")
+    return "\n".join(lines) + "\n"

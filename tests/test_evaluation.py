@@ -1,0 +1,122 @@
+"""evaluate.py: metrics by hand, thresholds from dev only, every promised file, clear refusals."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import f1_score
+
+import genre_tf  # noqa: F401
+from genre_tf.evaluation import REPORT_FILES, compute_metrics, evaluate_run, predict_split, restore_run
+from genre_tf.metrics import tune_thresholds
+from genre_tf.training import train
+
+from conftest import write_mmimdb
+
+
+def hand_sets():
+    dev = {"ids": ["d0", "d1", "d2", "d3"], "labels": np.array([[1, 0], [1, 1], [0, 0], [0, 1]]),
+           "probabilities": np.array([[0.9, 0.6], [0.3, 0.7], [0.2, 0.1], [0.1, 0.8]])}
+    test = {"ids": ["t0", "t1", "t2"], "labels": np.array([[1, 1], [0, 1], [1, 0]]),
+            "probabilities": np.array([[0.25, 0.65], [0.22, 0.9], [0.1, 0.2]])}
+    movies = {"t0": {"year": 1995}, "t1": {"year": 2001}, "t2": {"year": None},
+              "d0": {"year": 1990}, "d1": {"year": 1991}, "d2": {"year": 1992}, "d3": {"year": 1993}}
+    return dev, test, movies
+
+
+def test_metrics_by_hand_with_thresholds_tuned_on_dev_only():
+    dev, test, movies = hand_sets()
+    metrics = compute_metrics(["A", "B"], dev, test, movies)
+    # dev: A is separated by any threshold in (0.2, 0.3], B by (0.6, 0.7]: the first candidates win
+    assert metrics["thresholds"] == [0.21, 0.61] and metrics["thresholds_from"] == "dev"
+    assert metrics["thresholds"] != tune_thresholds(test["labels"], test["probabilities"]).tolist()
+    tuned, half = metrics["splits"]["test"]["tuned"], metrics["splits"]["test"]["at_0.5"]
+    # test, tuned: A predicted [1, 1, 0] -> F1 0.5; B predicted [1, 1, 0] -> F1 1; supports 2 and 2
+    assert tuned["weighted_f1"] == pytest.approx(0.75) and tuned["macro_f1"] == pytest.approx(0.75)
+    assert tuned["micro_f1"] == pytest.approx(6 / 8)
+    assert half["weighted_f1"] == pytest.approx(0.5)  # A predicts nothing at 0.5
+    predicted = (test["probabilities"] >= np.array([0.21, 0.61])).astype(int)
+    assert tuned["weighted_f1"] == pytest.approx(f1_score(test["labels"], predicted, average="weighted"))
+    assert tuned["samples_f1"] == pytest.approx(f1_score(test["labels"], predicted, average="samples"))
+    combos = metrics["splits"]["test"]["distinct_combinations"]
+    assert combos == {"truth": 3, "predicted_at_0.5": 2, "predicted_tuned": 2}
+    years = {row["bucket"]: row["movies"] for row in metrics["splits"]["test"]["by_year"]}
+    assert years == {"1990s": 1, "2000s": 1, "unknown": 1}
+    genre_a = metrics["splits"]["test"]["per_genre"][0]
+    assert (genre_a["precision"], genre_a["recall"], genre_a["support"]) == (0.5, 0.5, 2)
+    assert genre_a["frequency_x_f1"] == pytest.approx(2 / 3 * 0.5)
+
+
+@pytest.fixture()
+def trained_run(tiny_config):
+    return train(tiny_config("poster", "epochs=3"))
+
+
+def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
+    metrics = evaluate_run(trained_run)
+    for name in REPORT_FILES:
+        path = os.path.join(trained_run, name)
+        assert os.path.getsize(path) > 0
+        if name.endswith(".png"):
+            with Image.open(path) as image:
+                image.verify()
+                assert image.format == "PNG" and min(image.size) > 100
+    run = restore_run(trained_run)
+    dev = predict_split(run, "dev")
+    assert metrics["thresholds"] == tune_thresholds(dev["labels"], dev["probabilities"]).tolist()
+    assert json.load(open(os.path.join(trained_run, "metrics.json")))["splits"]["test"]["movies"] == len(
+        run.prepared.split["test"])
+    report = open(os.path.join(trained_run, "report.md")).read()
+    assert "tuned on the **dev** split" in report and "![co-occurrence](cooccurrence.png)" in report
+    assert len(metrics["examples"]) == 6 and metrics["examples"] == evaluate_run(trained_run)["examples"]
+    assert os.listdir(os.path.join(trained_run, "logs", "evaluation"))
+
+
+def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config, capsys):
+    import evaluate
+
+    other = train(tiny_config("most_common"))
+    assert evaluate.main([trained_run, other, "--table"]) == 0
+    table = capsys.readouterr().out
+    assert "| poster | no |" in table and "| most_common | no |" in table
+    moved = trained_run + "-elsewhere"
+    shutil.copytree(trained_run, moved)
+    metrics = json.load(open(os.path.join(moved, "metrics.json")))
+    metrics["split_digest"] = "another split"
+    json.dump(metrics, open(os.path.join(moved, "metrics.json"), "w"))
+    assert evaluate.main([trained_run, moved, "--table"]) == 2
+    assert "do not compare" in capsys.readouterr().err
+
+
+def test_bad_runs_give_clear_errors_and_no_partial_report(trained_run, tiny_config, tmp_path):
+    no_checkpoint = str(tmp_path / "no-checkpoint")
+    shutil.copytree(trained_run, no_checkpoint)
+    shutil.rmtree(os.path.join(no_checkpoint, "checkpoints"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        evaluate_run(no_checkpoint)
+
+    other_genres = str(tmp_path / "other-genres")
+    shutil.copytree(trained_run, other_genres)
+    with open(os.path.join(other_genres, "genres.txt"), "w") as handle:
+        handle.write("Drama\nWestern\nMusical\nHorror\n")
+    with pytest.raises(ValueError, match="has genres"):
+        evaluate_run(other_genres)
+    for folder in (no_checkpoint, other_genres):
+        assert not any(os.path.exists(os.path.join(folder, name)) for name in REPORT_FILES)
+
+
+def test_an_empty_test_split_is_refused(tiny_config, tmp_path):
+    from genre_tf.prepare import PrepareConfig, prepare
+    from genre_tf.records import ValidationRules
+
+    raw = write_mmimdb(str(tmp_path / "raw"), count=40, seed=3)
+    ids = sorted(name[:-5] for name in os.listdir(raw) if name.endswith(".json"))
+    json.dump({"train": ids[:30], "dev": ids[30:], "test": []}, open(os.path.join(raw, "split.json"), "w"))
+    prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / "prepared"), name="no-test",
+                          rules=ValidationRules(image_size=32), num_genres=4), progress=False)
+    run_dir = train(tiny_config("most_common", f"data={tmp_path / 'prepared'}"))
+    with pytest.raises(ValueError, match="test split .* is empty"):
+        evaluate_run(run_dir)
+    assert not os.path.exists(os.path.join(run_dir, "report.md"))
