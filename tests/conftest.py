@@ -94,17 +94,23 @@ def small_prepared(tmp_path_factory):
     return str(root / "prepared")
 
 
-@pytest.fixture()
-def tiny_config(small_prepared, tiny_hub_bert, tmp_path):
-    """A factory of training configs for tiny models on small_prepared: tiny_config(kind, *overrides)."""
+@pytest.fixture(scope="session")
+def make_tiny_config(small_prepared, tiny_hub_bert):
+    """A factory of training configs for tiny models on small_prepared: make(kind, *overrides, run_dir=...)."""
     from genre_tf.config import load_config
 
     encoder, preprocessor = tiny_hub_bert
 
-    def make(kind, *extra, run_dir=None):
+    def make(kind, *extra, run_dir):
         return load_config(overrides=[
-            f"data={small_prepared}", f"run_dir={run_dir or tmp_path / kind}", f"model.kind={kind}",
+            f"data={small_prepared}", f"run_dir={run_dir}", f"model.kind={kind}",
             "model.text_units=[16, 8]", "model.fusion_units=8", f"text.encoder={encoder}",
             f"text.preprocessor={preprocessor}", "text.seq_length=128", "poster.weights=random",
             "poster.image_size=32", "batch_size=8", "epochs=2", "learning_rate=0.001", *extra])
     return make
+
+
+@pytest.fixture()
+def tiny_config(make_tiny_config, tmp_path):
+    """make_tiny_config with the run directory tmp_path/<kind>: tiny_config(kind, *overrides)."""
+    return lambda kind, *extra: make_tiny_config(kind, *extra, run_dir=tmp_path / kind)

@@ -1,0 +1,37 @@
+"""Export a trained run as a SavedModel version for TF Serving.
+
+    python export/export_savedmodel.py --run runs/synthetic-demo-integrated --out models/genre_tf
+    python export/export_savedmodel.py --run RUN_DIR --out MODEL_BASE --token-ids   # tokenise client-side
+
+Writes MODEL_BASE/<next integer version>/ atomically (staged beside it, then renamed). See
+export/README.md for serving it.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import genre_tf  # noqa: E402,F401  selects tf-keras before TensorFlow loads
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a trained run directory")
+    parser.add_argument("--out", required=True, help="MODEL_BASE: the folder TF Serving watches")
+    parser.add_argument("--version", type=int, default=None, help="default: one more than the latest")
+    parser.add_argument("--model-name", default="genre_tf", help="the name in the warmup requests")
+    parser.add_argument("--token-ids", action="store_true",
+                        help="take BERT token ids instead of plot text (servers without tensorflow-text ops)")
+    args = parser.parse_args(argv)
+    from genre_tf.serving import export_run
+
+    try:
+        export_run(args.run, args.out, token_ids=args.token_ids, model_name=args.model_name, version=args.version)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""export/: the SavedModel contract, checked in a fresh process without genre_tf, clients and predict."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import genre_tf  # noqa: F401
+from genre_tf.evaluation import predict_split, restore_run
+from genre_tf.serving import export_run, latest_version
+from genre_tf.training import train
+
+from conftest import image_bytes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "export"))
+import client  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(make_tiny_config, tmp_path_factory):
+    """An integrated model (fine-tuned tiny BERT + ResNet50 at 32 px) trained one epoch and exported."""
+    root = tmp_path_factory.mktemp("export")
+    run_dir = train(make_tiny_config("integrated", "epochs=1", run_dir=root / "run"))
+    return run_dir, export_run(run_dir, str(root / "models"))
+
+
+def raw_split(prepared_path: str, split: str):
+    """Plot strings and the prepared poster bytes of a split, in split order."""
+    from genre_tf.dataset import load_prepared
+
+    prepared = load_prepared(prepared_path)
+    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in ("plot", "poster")}
+    records = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(prepared.shards(split))]
+    return [r["plot"].numpy() for r in records], [r["poster"].numpy() for r in records]
+
+
+FRESH_PROCESS = textwrap.dedent("""
+    import json, sys
+    import numpy as np, tensorflow as tf, tensorflow_text  # noqa: F401
+    sys.path.insert(0, sys.argv[3])
+    import client
+    inputs = np.load(sys.argv[2], allow_pickle=True)
+    serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+    plots, posters = list(inputs["plots"]), list(inputs["posters"])
+    full = serve(plot=tf.constant(plots), poster=tf.constant(posters))
+    body = client.rest_body([p.decode() for p in plots], posters)
+    rest = serve(**{k: tf.constant(v) for k, v in client.decode_rest_body(body).items()})
+    odd = serve(plot=tf.constant([plots[0], b"", plots[0], b""]),
+                poster=tf.constant([b"\\xff\\xd8 not a jpeg", posters[0], b"", b""]))
+    json.dump({"probabilities": full["probabilities"].numpy().tolist(),
+               "rest_probabilities": rest["probabilities"].numpy().tolist(),
+               "genres": [g.decode() for g in full["genres"].numpy()],
+               "odd_used": [u.decode() for u in odd["inputs_used"].numpy()],
+               "odd_finite": bool(np.isfinite(odd["probabilities"].numpy()).all()),
+               "training_code_loaded": any(m.startswith("genre_tf") for m in sys.modules)}, sys.stdout)
+""")
+
+
+def test_fresh_process_matches_the_in_memory_model_and_survives_bad_inputs(exported, small_prepared, tmp_path):
+    run_dir, version_dir = exported
+    expected = predict_split(restore_run(run_dir), "dev")["probabilities"]
+    plots, posters = raw_split(small_prepared, "dev")
+    np.savez(tmp_path / "inputs.npz", plots=np.array(plots, dtype=object), posters=np.array(posters, dtype=object))
+    script = tmp_path / "fresh.py"
+    script.write_text(FRESH_PROCESS)
+    done = subprocess.run([sys.executable, str(script), version_dir, str(tmp_path / "inputs.npz"),
+                           os.path.join(ROOT, "export")], capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=""), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not result["training_code_loaded"]
+    assert np.abs(np.array(result["probabilities"]) - expected).max() < 1e-5
+    assert np.array_equal(result["rest_probabilities"], result["probabilities"])
+    info = json.load(open(os.path.join(version_dir, "assets.extra", "export_info.json")))
+    predicted = expected >= np.array(info["thresholds"])
+    assert result["genres"] == [", ".join(g for g, on in zip(info["genres"], row) if on) for row in predicted]
+    assert result["odd_used"] == ["plot", "poster", "plot", "none"] and result["odd_finite"]
+
+
+def test_saved_model_cli_shows_the_serving_contract(exported):
+    _, version_dir = exported
+    assert os.path.basename(version_dir) == "1"
+    assert not [name for name in os.listdir(os.path.dirname(version_dir)) if name.startswith(".staging")]
+    shown = subprocess.run(["saved_model_cli", "show", "--dir", version_dir, "--all"], capture_output=True,
+                           text=True, timeout=120).stdout
+    default = shown.split("signature_def['serving_default']")[1]
+    for name, dtype, shape in (("plot", "DT_STRING", "(-1)"), ("poster", "DT_STRING", "(-1)"),
+                               ("probabilities", "DT_FLOAT", "(-1, 4)"), ("genres", "DT_STRING", "(-1)"),
+                               ("inputs_used", "DT_STRING", "(-1)")):
+        block = default.split(f"['{name}'] tensor_info:")[1]
+        assert f"dtype: {dtype}" in block.split("name:")[0] and f"shape: {shape}" in block.split("name:")[0]
+    features = shown.split("signature_def['with_poster_features']")[1]
+    assert "shape: (-1, 2048)" in features.split("['poster_features'] tensor_info:")[1].split("name:")[0]
+    info = json.load(open(os.path.join(version_dir, "assets.extra", "export_info.json")))
+    assert "WordpieceTokenizeWithOffsets" in info["non_stock_ops"]
+    assert not any(hasattr(tf.raw_ops, op) for op in info["non_stock_ops"])
+
+
+def test_warmup_requests_parse_and_run(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    _, version_dir = exported
+    serve = tf.saved_model.load(version_dir).signatures["serving_default"]
+    path = os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    assert [len(log.predict_log.request.inputs["plot"].string_val) for log in logs] == [1, 4]
+    for log in logs:
+        request = log.predict_log.request
+        assert request.model_spec.signature_name == "serving_default"
+        inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+        assert serve(**inputs)["inputs_used"].numpy().tolist() == [b"plot+poster"] * len(inputs["plot"])
+
+
+def test_features_signature_and_grpc_request(exported):
+    _, version_dir = exported
+    loaded = tf.saved_model.load(version_dir)
+    plots = ["a ghost in the dark night", "laugh with the family"]
+    request = client.grpc_request(plots, [image_bytes(), None])
+    assert [v.decode() for v in tf.make_ndarray(request.inputs["plot"])] == plots
+    assert tf.make_ndarray(request.inputs["poster"])[1] == b""
+    features = np.zeros([2, 2048], np.float32)
+    with_features = loaded.signatures["with_poster_features"](plot=tf.constant(plots), poster_features=features)
+    from_bytes = loaded.signatures["serving_default"](plot=tf.constant(plots), poster=tf.constant([b"", b""]))
+    # all-zero features mean "no poster": both fall back to the mean training poster
+    assert np.allclose(with_features["probabilities"], from_bytes["probabilities"], atol=1e-6)
+    assert with_features["inputs_used"].numpy().tolist() == [b"plot", b"plot"]
+
+
+@pytest.fixture(scope="module")
+def text_exports(make_tiny_config, tmp_path_factory):
+    """A frozen-text model exported twice: plot strings in (version 1), token ids in (version 2)."""
+    root = tmp_path_factory.mktemp("text_export")
+    run_dir = train(make_tiny_config("text_frozen", "epochs=1", run_dir=root / "run"))
+    base = str(root / "models")
+    text_dir = export_run(run_dir, base)
+    os.makedirs(os.path.join(base, ".staging-9-1"))  # a crashed export's leftovers are not a version
+    return run_dir, text_dir, export_run(run_dir, base, token_ids=True)
+
+
+def test_token_id_export_matches_the_text_export_and_versions_count_up(text_exports):
+    import tensorflow_hub as hub
+
+    run_dir, text_dir, token_dir = text_exports
+    assert [os.path.basename(text_dir), os.path.basename(token_dir)] == ["1", "2"]
+    assert latest_version(os.path.dirname(token_dir)) == token_dir
+    with pytest.raises(FileExistsError):
+        export_run(run_dir, os.path.dirname(token_dir), version=2)
+    info = json.load(open(os.path.join(token_dir, "assets.extra", "export_info.json")))
+    assert info["token_id_inputs"] and info["non_stock_ops"] == []
+    plots = tf.constant(["a ghost in the dark night", "laugh with the family", ""])
+    posters = tf.constant([image_bytes(), b"", b""])
+    ids = hub.load(info["text_preprocessor_handle"])(plots)
+    by_ids = tf.saved_model.load(token_dir).signatures["serving_default"](**ids, poster=posters)
+    by_text = tf.saved_model.load(text_dir).signatures["serving_default"](plot=plots, poster=posters)
+    assert np.abs(by_ids["probabilities"].numpy() - by_text["probabilities"].numpy()).max() < 1e-5
+    # a text-only model has the same signature, ignores posters and says when it had no plot
+    assert by_text["inputs_used"].numpy().tolist() == by_ids["inputs_used"].numpy().tolist() == [
+        b"plot", b"plot", b"none"]
+
+
+def test_poster_only_model_exports_with_the_same_signature(tiny_config, tmp_path):
+    version_dir = export_run(train(tiny_config("poster", "epochs=1")), str(tmp_path / "models"))
+    serve = tf.saved_model.load(version_dir).signatures["serving_default"]
+    assert sorted(serve.structured_input_signature[1]) == ["plot", "poster"]
+    used = serve(plot=tf.constant(["a ghost story", "a ghost story"]), poster=tf.constant([image_bytes(), b"??"]))
+    assert used["inputs_used"].numpy().tolist() == [b"poster", b"none"]
+
+
+def test_predict_command_reads_a_csv_and_names_missing_posters(exported, tmp_path, capsys):
+    from genre_tf.predict import main
+
+    poster = tmp_path / "poster.jpg"
+    poster.write_bytes(image_bytes())
+    (tmp_path / "movies.csv").write_text(f"id,plot,poster\nm1,a ghost in the dark night,{poster}\n"
+                                         f"m2,laugh with the family,{tmp_path / 'missing.jpg'}\n")
+    assert main(["--model", os.path.dirname(exported[1]), "--csv", str(tmp_path / "movies.csv"), "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [(r["movie"], r["inputs_used"]) for r in rows] == [("m1", "plot+poster"), ("m2", "plot")]
+    assert "missing.jpg not found" in captured.err and len(rows[0]["probabilities"]) == 4
