@@ -95,18 +95,22 @@ def small_prepared(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def make_tiny_config(small_prepared, tiny_hub_bert):
+def tiny_overrides(tiny_hub_bert):
+    """train.py options for tiny models: tiny BERT, random ResNet50 at 32 px, small heads and batches."""
+    encoder, preprocessor = tiny_hub_bert
+    return ["model.text_units=[16, 8]", "model.fusion_units=8", f"text.encoder={encoder}",
+            f"text.preprocessor={preprocessor}", "text.seq_length=128", "poster.weights=random",
+            "poster.image_size=32", "batch_size=8", "epochs=2", "learning_rate=0.001"]
+
+
+@pytest.fixture(scope="session")
+def make_tiny_config(small_prepared, tiny_overrides):
     """A factory of training configs for tiny models on small_prepared: make(kind, *overrides, run_dir=...)."""
     from genre_tf.config import load_config
 
-    encoder, preprocessor = tiny_hub_bert
-
     def make(kind, *extra, run_dir):
-        return load_config(overrides=[
-            f"data={small_prepared}", f"run_dir={run_dir}", f"model.kind={kind}",
-            "model.text_units=[16, 8]", "model.fusion_units=8", f"text.encoder={encoder}",
-            f"text.preprocessor={preprocessor}", "text.seq_length=128", "poster.weights=random",
-            "poster.image_size=32", "batch_size=8", "epochs=2", "learning_rate=0.001", *extra])
+        return load_config(overrides=[f"data={small_prepared}", f"run_dir={run_dir}", f"model.kind={kind}",
+                                      *tiny_overrides, *extra])
     return make
 
 

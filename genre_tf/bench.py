@@ -1,0 +1,254 @@
+"""Where genre_tf stands: the paper's Table 3 reproduced in one command, and speed and memory.
+
+    python -m genre_tf.bench table3 --quick            # the embedded demo, short schedules, minutes on a CPU
+    python -m genre_tf.bench table3 --data prepared/mmimdb
+    python -m genre_tf.bench speed                     # training, input pipeline, memory, serving
+    python -m genre_tf.bench all --quick               # both, into one dated benchmarks/ file
+
+Every figure is measured in the run that prints it. Results are written as markdown and JSON.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
+QUICK = ["epochs=10", "patience=4"]
+PUBLISHED = ("Published on MM-IMDb (their own split; not comparable with other data): GMU (Arevalo et al. 2017) "
+             "weighted F1 0.617, macro 0.541; MMBT (Kiela et al. 2019) micro 0.668, macro 0.616. The paper's best: "
+             "weighted F1 0.453 (integrated, oversampled) on its own IMDb catalogue.")
+
+
+def _config(data: str, kind: str, oversample: bool, run_dir: str, overrides: Sequence[str]):
+    from genre_tf.config import load_config
+
+    return load_config(overrides=[f"data={data}", f"model.kind={kind}", f"oversample={str(oversample).lower()}",
+                                  f"run_dir={run_dir}", *overrides])
+
+
+def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "", kinds: Sequence[str] = KINDS
+           ) -> dict:
+    """Train and evaluate every model with and without oversampling on one split; returns the table."""
+    from genre_tf.evaluation import evaluate_run
+    from genre_tf.training import train
+
+    runs_root = runs_root or os.path.join("runs", f"table3-{datetime.date.today().isoformat()}")
+    rows, metrics_by_run = [], []
+    for kind in kinds:
+        for oversample in (False, True):
+            run_dir = os.path.join(runs_root, f"{kind}{'-os' if oversample else ''}")
+            if os.path.exists(run_dir) and not os.path.exists(os.path.join(run_dir, "final.json")):
+                shutil.rmtree(run_dir)  # an interrupted earlier attempt: start this row again
+            started = time.time()
+            print(f"\n=== table3: {kind}, oversampling {'yes' if oversample else 'no'} ===", flush=True)
+            run_dir = train(_config(data, kind, oversample, run_dir, overrides))
+            metrics = evaluate_run(run_dir)
+            test = metrics["splits"]["test"]
+            rows.append({"model": kind, "oversampled": oversample, "run_dir": run_dir,
+                         "seconds": round(time.time() - started, 1),
+                         "weighted_f1_at_0.5": test["at_0.5"]["weighted_f1"],
+                         "weighted_f1_tuned": test["tuned"]["weighted_f1"],
+                         "macro_f1_tuned": test["tuned"]["macro_f1"], "micro_f1_tuned": test["tuned"]["micro_f1"],
+                         "macro_f1_at_0.5": test["at_0.5"]["macro_f1"], "micro_f1_at_0.5": test["at_0.5"]["micro_f1"],
+                         "per_genre_f1_tuned": {g["genre"]: g["f1"] for g in test["per_genre"]}})
+            metrics_by_run.append(metrics)
+    first = metrics_by_run[0]
+    if len({(m["dataset"]["fingerprint"], m["split_digest"]) for m in metrics_by_run}) != 1:
+        raise RuntimeError("the table's runs did not share one dataset and split")
+    return {"dataset": first["dataset"]["name"], "fingerprint": first["dataset"]["fingerprint"],
+            "split_digest": first["split_digest"], "test_movies": first["splits"]["test"]["movies"],
+            "genres": first["genres"], "overrides": list(overrides), "rows": rows}
+
+
+def table3_markdown(table: dict) -> str:
+    """Table 3 and the per-genre table as markdown, stating the dataset and split."""
+    lines = [f"Dataset `{table['dataset']}` (fingerprint {table['fingerprint'][:12]}, split {table['split_digest']}), "
+             f"test split of {table['test_movies']} movies; per-genre thresholds tuned on dev. "
+             f"Options: {' '.join(table['overrides']) or 'defaults'}.", "",
+             "| model | oversampled | weighted F1 @0.5 | weighted F1 tuned | macro F1 tuned | micro F1 tuned | wall time |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in table["rows"]:
+        lines.append(f"| {row['model']} | {'yes' if row['oversampled'] else 'no'} | {row['weighted_f1_at_0.5']:.4f} | "
+                     f"{row['weighted_f1_tuned']:.4f} | {row['macro_f1_tuned']:.4f} | {row['micro_f1_tuned']:.4f} | "
+                     f"{row['seconds']:.0f} s |")
+    genres = table["genres"]
+    lines += ["", "Per-genre F1 on test (tuned thresholds):", "",
+              "| model | OS | " + " | ".join(genres) + " |", "| --- " * (len(genres) + 2) + "|"]
+    for row in table["rows"]:
+        lines.append(f"| {row['model']} | {'yes' if row['oversampled'] else 'no'} | "
+                     + " | ".join(f"{row['per_genre_f1_tuned'][g]:.3f}" for g in genres) + " |")
+    return "\n".join(lines + ["", PUBLISHED]) + "\n"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def training_throughput(config, steps: int = 6, warmup: int = 2) -> Dict[str, float]:
+    """Training examples/s of one model, and the input pipeline's examples/s alone, on the train split."""
+    import tensorflow as tf
+
+    from genre_tf.dataset import make_dataset
+    from genre_tf.training import build_for_training, feature_caches, open_dataset, split_labels
+
+    prepared = open_dataset(config)
+    caches = feature_caches(config, prepared) if config.feature_cache else {}
+    model = build_for_training(config, prepared, split_labels(prepared, "train")["labels"], caches)
+    dataset = make_dataset(prepared, "train", config.batch_size, training=True, input_names=list(model.input_names),
+                           image_size=config.poster.image_size, feature_caches=caches, seed=0).repeat()
+    batches = iter(dataset)
+    step = model.make_train_function()  # what fit runs each step, reading from the prefetching iterator
+    for _ in range(warmup):
+        step(batches)
+    started = time.perf_counter()
+    for _ in range(steps):
+        logs = step(batches)
+    float(logs["loss"])  # wait for the last step
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(steps * 4):
+        tf.nest.map_structure(lambda t: t.numpy(), next(batches))
+    pipeline_seconds = time.perf_counter() - started
+    return {"train_examples_per_s": steps * config.batch_size / train_seconds,
+            "pipeline_examples_per_s": steps * 4 * config.batch_size / pipeline_seconds}
+
+
+def serving_latency(model_dir: str, plots: List[str], posters: List[bytes], calls: int = 40) -> Dict[str, float]:
+    """p50/p95 latency of serving_default at batch 1 and examples/s at batch 32, on the loaded SavedModel."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    one = dict(plot=tf.constant(plots[:1]), poster=tf.constant(posters[:1]))
+    batch = dict(plot=tf.constant((plots * 32)[:32]), poster=tf.constant((posters * 32)[:32]))
+    for inputs in (one, batch, one):
+        serve(**inputs)
+    latencies = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        serve(**one)["probabilities"].numpy()
+        latencies.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    for _ in range(5):
+        serve(**batch)["probabilities"].numpy()
+    return {"batch1_p50_ms": float(np.percentile(latencies, 50) * 1000),
+            "batch1_p95_ms": float(np.percentile(latencies, 95) * 1000),
+            "batch32_examples_per_s": 5 * 32 / (time.perf_counter() - started)}
+
+
+SPEED_MODELS = [  # (label, extra options); feature caches on and off for each
+    ("poster", ["model.kind=poster"]),
+    ("text_frozen", ["model.kind=text_frozen"]),
+    ("text_finetuned", ["model.kind=text_finetuned"]),
+    ("integrated (frozen text, demo preset)", ["model.kind=integrated"]),
+    ("integrated (fine-tuned text)", ["model.kind=integrated", "model.fine_tune_text=true"]),
+]
+
+
+def speed(data: str = "demo", overrides: Sequence[str] = (), serve_run: str = "") -> dict:
+    """Training and pipeline examples/s per model with and without caches, peak memory, serving latency."""
+    from genre_tf.config import load_config
+    from genre_tf.serving import export_run
+
+    rows = []
+    for label, extra in SPEED_MODELS:
+        for cached in (True, False):
+            config = load_config(overrides=[f"data={data}", *extra, f"feature_cache={str(cached).lower()}",
+                                            *overrides])
+            print(f"speed: {label}, feature caches {'on' if cached else 'off'}", flush=True)
+            rows.append({"model": label, "feature_cache": cached, **training_throughput(config)})
+    result = {"training": rows, "peak_rss_mib_after_training": peak_rss_mib()}
+    if serve_run:
+        import tensorflow as tf
+
+        from genre_tf.evaluation import restore_run
+
+        base = tempfile.mkdtemp(prefix="genre_tf_serving_bench_")
+        try:
+            model_dir = export_run(serve_run, base)
+            run = restore_run(serve_run)
+            spec = {name: tf.io.FixedLenFeature([], tf.string) for name in ("plot", "poster")}
+            records = [tf.io.parse_single_example(r, spec) for r in
+                       tf.data.TFRecordDataset(run.prepared.shards("test")).take(32)]
+            result["serving"] = dict(serving_latency(model_dir, [r["plot"].numpy().decode() for r in records],
+                                                     [r["poster"].numpy() for r in records]),
+                                     model=run.config.model.kind, run_dir=serve_run)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def speed_markdown(result: dict) -> str:
+    lines = ["| model | feature caches | training examples/s | input pipeline examples/s |", "| --- | --- | --- | --- |"]
+    for row in result["training"]:
+        lines.append(f"| {row['model']} | {'on' if row['feature_cache'] else 'off'} | "
+                     f"{row['train_examples_per_s']:.1f} | {row['pipeline_examples_per_s']:.0f} |")
+    lines += ["", f"Peak resident memory of the benchmark process: {result['peak_rss_mib']:.0f} MiB "
+              f"({result['peak_rss_mib_after_training']:.0f} MiB after the training measurements)."]
+    if "serving" in result:
+        s = result["serving"]
+        lines += ["", f"Serving (`{s['model']}` SavedModel, loaded in process, plot + poster bytes): batch 1 "
+                  f"p50 {s['batch1_p50_ms']:.1f} ms, p95 {s['batch1_p95_ms']:.1f} ms; batch 32 "
+                  f"{s['batch32_examples_per_s']:.1f} examples/s."]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return (f"{platform.node() or 'host'}: {os.cpu_count()} CPU cores, "
+            f"{'GPU: ' + ', '.join(g.name for g in gpus) if gpus else 'no GPU'}; TensorFlow {tf.__version__}, "
+            f"Python {platform.python_version()}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("table3", "speed", "all"))
+    parser.add_argument("--data", default="demo", help="a prepared dataset, or demo")
+    parser.add_argument("--quick", action="store_true", help=f"short schedules ({' '.join(QUICK)})")
+    parser.add_argument("--out", default="benchmarks", help="where the dated markdown and JSON go")
+    parser.add_argument("--runs", default="", help="where table3's runs go (default runs/table3-<date>)")
+    parser.add_argument("--serve-run", default="", help="speed: the run to export and time serving "
+                        "(default: table3's integrated run when measured together)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="train.py options for every run")
+    args = parser.parse_args(argv)
+    import genre_tf  # noqa: F401
+
+    overrides = [*(QUICK if args.quick else []), *args.overrides]
+    stamp = datetime.date.today().isoformat()
+    report = {"date": stamp, "machine": machine(), "command": " ".join(["python -m genre_tf.bench", *sys.argv[1:]])}
+    sections = [f"# genre_tf benchmark, {stamp}", "", f"Machine: {report['machine']}.",
+                f"Command: `{report['command']}`.", ""]
+    if args.what in ("table3", "all"):
+        report["table3"] = table3(args.data, overrides, args.runs)
+        sections += ["## Table 3", "", table3_markdown(report["table3"])]
+    if args.what in ("speed", "all"):
+        serve_run = args.serve_run or next((row["run_dir"] for row in report.get("table3", {}).get("rows", [])
+                          if row["model"] == "integrated" and not row["oversampled"]), "")
+        report["speed"] = speed(args.data, [o for o in overrides if not o.startswith(("epochs", "patience"))],
+                                serve_run)
+        sections += ["## Speed and memory", "", speed_markdown(report["speed"])]
+    os.makedirs(args.out, exist_ok=True)
+    name = os.path.join(args.out, f"{stamp}-{args.what}{'-quick' if args.quick else ''}")
+    with open(f"{name}.json", "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=1)
+    with open(f"{name}.md", "w", encoding="utf-8") as handle:
+        handle.write("\n".join(sections))
+    print("\n".join(sections))
+    print(f"written: {name}.md and {name}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
