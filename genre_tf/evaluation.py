@@ -13,7 +13,7 @@ from genre_tf.config import TrainConfig, load_config
 from genre_tf.dataset import PreparedDataset, load_prepared, make_dataset
 from genre_tf.encoders import cache_key
 from genre_tf.metrics import distinct_combinations, f1_scores, predict_labels, ranking_scores, tune_thresholds
-from genre_tf.training import (best_checkpoint, build_for_training, demo_dataset, feature_caches, predict_all,
+from genre_tf.training import (best_checkpoint, build_for_training, demo_dataset, feature_caches, make_predictor,
                                split_labels)
 
 REPORT_FILES = ("report.md", "metrics.json", "cooccurrence.png", "per_genre_f1.png", "f1_by_year.png",
@@ -74,7 +74,7 @@ def predict_split(run: RestoredRun, split: str, batch_size: int = 64) -> Dict[st
         raise ValueError(f"the {split} split of {run.prepared.path} is empty; nothing to evaluate")
     dataset = make_dataset(run.prepared, split, batch_size, training=False, input_names=list(run.model.input_names),
                            image_size=run.config.poster.image_size, feature_caches=run.caches)
-    return dict(truth, probabilities=predict_all(run.model, dataset))
+    return dict(truth, probabilities=make_predictor(run.model)(dataset))
 
 
 def cooccurrence(labels: np.ndarray) -> np.ndarray:

@@ -121,14 +121,14 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0
 
 
-def predict_all(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """Probabilities for a whole (finite, ordered) dataset, computed locally in this process.
+def make_predictor(model: keras.Model):
+    """A function from a (finite, ordered) dataset to the model's probabilities, computed locally.
 
     Every worker of a multi-worker run evaluates the whole dev set itself, so they take identical
-    early-stopping decisions without a collective.
+    early-stopping decisions without a collective. The step is traced once per predictor.
     """
-    step = tf.function(lambda inputs: model(inputs, training=False))
-    return np.concatenate([step(inputs).numpy() for inputs, _ in dataset])
+    step = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
+    return lambda dataset: np.concatenate([step(inputs).numpy() for inputs, _ in dataset])
 
 
 def make_loss(config: TrainConfig, train_labels: np.ndarray) -> keras.losses.Loss:
@@ -169,6 +169,7 @@ class DevEvaluation(keras.callbacks.Callback):
         super().__init__()
         self.dev_dataset, self.dev_labels, self.genres = dev_dataset, dev_labels, genres
         self.run_dir, self.patience = run_dir, patience
+        self.predict = None
         self.state_path = os.path.join(run_dir, "training_state.json")
         self.state = {"best_weighted_f1": -1.0, "best_epoch": -1, "history": []}
         if os.path.exists(self.state_path):
@@ -177,7 +178,9 @@ class DevEvaluation(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "dev"))
 
     def on_epoch_end(self, epoch, logs=None):
-        probabilities = predict_all(self.model, self.dev_dataset)
+        if self.predict is None:
+            self.predict = make_predictor(self.model)
+        probabilities = self.predict(self.dev_dataset)
         scores = f1_scores(self.dev_labels, probabilities >= 0.5)
         optimizer = self.model.optimizer
         with self.writer.as_default(step=epoch):

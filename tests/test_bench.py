@@ -23,6 +23,15 @@ def test_table3_has_every_model_with_and_without_oversampling(small_prepared, ti
 
 def test_training_throughput_is_measured(make_tiny_config, tmp_path):
     figures = training_throughput(make_tiny_config("integrated", "model.fine_tune_text=false", run_dir=tmp_path),
-                                  steps=2, warmup=1)
+                                  steps=2, warmup=1, min_seconds=0.1)
     assert all(math.isfinite(v) and v > 0 for v in figures.values())
     assert set(figures) == {"train_examples_per_s", "pipeline_examples_per_s"}
+
+
+def test_table3_reuses_finished_rows_with_the_same_options(small_prepared, tiny_overrides, tmp_path, capsys):
+    options = [*tiny_overrides, "oversample_genres=2"]
+    first = table3(small_prepared, options, runs_root=str(tmp_path), kinds=["most_common"])
+    assert "reusing" not in capsys.readouterr().out
+    again = table3(small_prepared, options, runs_root=str(tmp_path), kinds=["most_common"])
+    assert capsys.readouterr().out.count("reusing the finished run") == 2
+    assert [row["weighted_f1_at_0.5"] for row in again["rows"]] == [row["weighted_f1_at_0.5"] for row in first["rows"]]
