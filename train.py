@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     from genre_tf.training import train
 
     run_dir = train(config)
+    if not os.path.exists(os.path.join(run_dir, "final.json")):
+        print(f"worker finished; the chief multi-worker task writes the results to {run_dir}")
+        return 0
     with open(os.path.join(run_dir, "final.json"), encoding="utf-8") as handle:
         final = json.load(handle)
     print(f"\n{final['model']} on {final['dataset']}: dev weighted F1 {final['best_dev_weighted_f1']:.4f} "
