@@ -120,9 +120,13 @@ def training_throughput(config, steps: int = 6, warmup: int = 2, min_seconds: fl
     from genre_tf.dataset import make_dataset
     from genre_tf.training import build_for_training, feature_caches, open_dataset, split_labels
 
+    import tf_keras as keras
+
     prepared = open_dataset(config)
     caches = feature_caches(config, prepared) if config.feature_cache else {}
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
     model = build_for_training(config, prepared, split_labels(prepared, "train")["labels"], caches)
+    keras.mixed_precision.set_global_policy("float32")
     dataset = make_dataset(prepared, "train", config.batch_size, training=True, input_names=list(model.input_names),
                            image_size=config.poster.image_size, feature_caches=caches, seed=0).repeat()
     batches = iter(dataset)
