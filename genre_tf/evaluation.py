@@ -33,8 +33,13 @@ class RestoredRun:
 
 
 def read_json(path: str) -> dict:
+    """A JSON file, with an error naming the file when it is damaged."""
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is damaged (not JSON: {error}); rerun the step that writes it") from None
+
 
 
 def restore_run(run_dir: str) -> RestoredRun:

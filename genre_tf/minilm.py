@@ -123,3 +123,37 @@ def minilm_handles(seq_length: int = 128) -> Tuple[str, str]:
         print(f"converting {PACKAGE} into TF-Hub SavedModels under {out_dir} (once)")
         convert_bert_folder(package_model_dir(), out_dir, seq_length, WEIGHTS_SHA256)
     return os.path.join(out_dir, "encoder"), os.path.join(out_dir, "preprocessor")
+
+
+def check_against_reference(fixture_path: str) -> dict:
+    """Largest differences between this conversion and a reference file of all-MiniLM-L6-v2 outputs
+    (sentences, ids, masks, pooled/mean/first-token values), such as ../shared/fixtures' one."""
+    import tensorflow as tf
+    import tensorflow_hub as hub
+
+    from genre_tf.encoders import TextEncoderConfig, build_text_encoder
+
+    with open(fixture_path, encoding="utf-8") as handle:
+        reference = json.load(handle)
+    sentences = tf.constant(reference["sentences"])
+    encoder, preprocessor = minilm_handles(128)
+    ids = hub.KerasLayer(preprocessor)(sentences)
+    outputs = hub.KerasLayer(encoder)(ids)
+    mean = build_text_encoder(TextEncoderConfig(seq_length=128))(sentences)
+    return {"ids_equal": bool(np.array_equal(ids["input_word_ids"], reference["input_word_ids"])
+                              and np.array_equal(ids["input_mask"], reference["input_mask"])),
+            "mean_pooled": float(np.abs(mean - np.asarray(reference["mean_pooled"])).max()),
+            "pooled_output": float(np.abs(outputs["pooled_output"] - np.asarray(reference["pooled_output"])).max()),
+            "first_token": float(np.abs(outputs["sequence_output"][:, 0, :8]
+                                        - np.asarray(reference["sequence_output_first_token_first8"])).max())}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "--check":
+        sys.exit("usage: python -m genre_tf.minilm --check REFERENCE.json")
+    result = check_against_reference(sys.argv[2])
+    print(json.dumps(result))
+    sys.exit(0 if result["ids_equal"] and max(result[k] for k in ("mean_pooled", "pooled_output", "first_token")) < 1e-4
+             else 1)

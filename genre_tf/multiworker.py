@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="train.py options")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     codes = run_workers(args.overrides, args.workers)
     print(f"worker exit codes: {codes}")
     return max(codes, key=abs)

@@ -11,50 +11,68 @@ import csv
 import json
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 
-def read_inputs(args) -> List[Tuple[str, str, Optional[bytes]]]:
-    """(label, plot, poster bytes or None) for each movie asked about."""
-    def poster_bytes(path: str) -> Optional[bytes]:
-        if not path:
-            return None
-        if not os.path.exists(path):
-            print(f"warning: poster {path} not found; predicting from the plot", file=sys.stderr)
-            return None
-        with open(path, "rb") as handle:
-            return handle.read()
+def read_inputs(args) -> List[dict]:
+    """One dict per movie asked about: label, plot, poster path and poster bytes (None when absent)."""
+    def movie(label: str, plot: Optional[str], poster_path: Optional[str]) -> dict:
+        poster = None
+        if poster_path:
+            if os.path.exists(poster_path):
+                with open(poster_path, "rb") as handle:
+                    poster = handle.read()
+            else:
+                print(f"warning: {label}: poster {poster_path} not found; predicting from the plot", file=sys.stderr)
+        return {"label": label, "plot": plot or "", "poster_path": poster_path or "", "poster": poster}
 
-    if args.csv:
+    if not args.csv:
+        return [movie("movie", args.plot, args.poster)]
+    try:
         with open(args.csv, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
-        if rows and "plot" not in rows[0]:
-            raise ValueError(f"{args.csv} needs a 'plot' column (and optionally 'poster')")
-        return [(row.get("id") or row.get("title") or f"row {index + 2}", row["plot"],
-                 poster_bytes(row.get("poster", ""))) for index, row in enumerate(rows)]
-    return [("movie", args.plot, poster_bytes(args.poster))]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{args.csv} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not rows:
+        raise ValueError(f"{args.csv} has no movies (a header line, then one row per movie)")
+    if "plot" not in rows[0]:
+        raise ValueError(f"{args.csv} needs a 'plot' column (and optionally 'poster'); it has {list(rows[0])}")
+    return [movie(row.get("id") or row.get("title") or f"{args.csv} line {index + 2}", row["plot"], row.get("poster"))
+            for index, row in enumerate(rows)]
 
 
-def predict(model_dir: str, movies: List[Tuple[str, str, Optional[bytes]]]) -> List[dict]:
-    """Run serving_default on the movies; returns one dict per movie."""
+def predict(model_dir: str, movies: List[dict]) -> List[dict]:
+    """Run serving_default on the movies; returns one dict per movie and warns about unused inputs."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  registers the tokenizer ops the export uses
 
-    with open(os.path.join(model_dir, "assets.extra", "export_info.json"), encoding="utf-8") as handle:
+    info_path = os.path.join(model_dir, "assets.extra", "export_info.json")
+    if not os.path.exists(info_path):
+        raise FileNotFoundError(f"{model_dir} is not a genre_tf export (no assets.extra/export_info.json)")
+    with open(info_path, encoding="utf-8") as handle:
         info = json.load(handle)
     signature = tf.saved_model.load(model_dir).signatures["serving_default"]
-    plots = tf.constant([plot for _, plot, _ in movies])
-    posters = tf.constant([poster or b"" for _, _, poster in movies])
+    plots = tf.constant([m["plot"] for m in movies])
+    posters = tf.constant([m["poster"] or b"" for m in movies])
     if info["token_id_inputs"]:
         import tensorflow_hub as hub
 
         outputs = signature(**hub.load(info["text_preprocessor_handle"])(plots), poster=posters)
     else:
         outputs = signature(plot=plots, poster=posters)
-    return [{"movie": label, "genres": outputs["genres"][i].numpy().decode("utf-8"),
-             "inputs_used": outputs["inputs_used"][i].numpy().decode("utf-8"),
-             "probabilities": dict(zip(info["genres"], outputs["probabilities"][i].numpy().round(4).tolist()))}
-            for i, (label, _, _) in enumerate(movies)]
+    results = []
+    for i, m in enumerate(movies):
+        used = outputs["inputs_used"][i].numpy().decode("utf-8")
+        if m["poster"] is not None and "poster" not in used:
+            print(f"warning: {m['label']}: poster {m['poster_path']} could not be decoded; predicted from "
+                  f"{used if used != 'none' else 'neither input'}", file=sys.stderr)
+        if not m["plot"].strip():
+            print(f"warning: {m['label']}: empty plot; predicted from {used if used != 'none' else 'neither input'}",
+                  file=sys.stderr)
+        results.append({"movie": m["label"], "genres": outputs["genres"][i].numpy().decode("utf-8"),
+                        "inputs_used": used,
+                        "probabilities": dict(zip(info["genres"], outputs["probabilities"][i].numpy().round(4).tolist()))})
+    return results
 
 
 def main(argv=None) -> int:

@@ -88,6 +88,10 @@ def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config
     json.dump(metrics, open(os.path.join(moved, "metrics.json"), "w"))
     assert evaluate.main([trained_run, moved, "--table"]) == 2
     assert "do not compare" in capsys.readouterr().err
+    with open(os.path.join(moved, "metrics.json"), "w") as handle:
+        handle.write('{"splits": ')
+    assert evaluate.main([trained_run, moved, "--table"]) == 2
+    assert f"{os.path.join(moved, 'metrics.json')} is damaged" in capsys.readouterr().err
 
 
 def test_bad_runs_give_clear_errors_and_no_partial_report(trained_run, tiny_config, tmp_path):

@@ -182,4 +182,30 @@ def test_predict_command_reads_a_csv_and_names_missing_posters(exported, tmp_pat
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.strip().splitlines()]
     assert [(r["movie"], r["inputs_used"]) for r in rows] == [("m1", "plot+poster"), ("m2", "plot")]
-    assert "missing.jpg not found" in captured.err and len(rows[0]["probabilities"]) == 4
+    assert "m2: poster" in captured.err and "missing.jpg not found" in captured.err
+    assert len(rows[0]["probabilities"]) == 4
+
+
+def test_predict_names_bad_rows_and_keeps_the_good_ones(exported, tmp_path, capsys):
+    from genre_tf.predict import main
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    good = tmp_path / "good.jpg"
+    good.write_bytes(image_bytes())
+    (tmp_path / "movies.csv").write_text(f"id,plot,poster\nok,a ghost in the dark night,{good}\n"
+                                         f"bad-poster,laugh with the family,{broken}\nno-plot,,{good}\nshort\n")
+    model = os.path.dirname(exported[1])
+    assert main(["--model", model, "--csv", str(tmp_path / "movies.csv"), "--json"]) == 0
+    captured = capsys.readouterr()
+    used = [(r["movie"], r["inputs_used"]) for r in map(json.loads, captured.out.strip().splitlines())]
+    assert used == [("ok", "plot+poster"), ("bad-poster", "plot"), ("no-plot", "poster"), ("short", "none")]
+    assert "bad-poster: poster" in captured.err and "could not be decoded" in captured.err
+    assert "no-plot: empty plot" in captured.err and "short: empty plot; predicted from neither input" in captured.err
+    (tmp_path / "empty.csv").write_text("id,plot,poster\n")
+    (tmp_path / "noplot.csv").write_text("id,overview\nx,some text\n")
+    (tmp_path / "latin1.csv").write_bytes("id,plot\nx,Am\xe9lie\n".encode("latin-1"))
+    for name, message in (("empty.csv", "has no movies"), ("noplot.csv", "needs a 'plot' column"),
+                          ("latin1.csv", "is not UTF-8")):
+        assert main(["--model", model, "--csv", str(tmp_path / name)]) == 2
+        assert message in capsys.readouterr().err
