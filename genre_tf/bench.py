@@ -44,7 +44,7 @@ def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "
     reused, so an interrupted table resumes.
     """
     from genre_tf.config import config_to_dict
-    from genre_tf.evaluation import evaluate_run, read_json
+    from genre_tf.evaluation import check_same_split, evaluate_run, read_json, table3_row
     from genre_tf.models import fine_tunes_text
     from genre_tf.training import train
 
@@ -67,18 +67,10 @@ def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "
                 run_dir = train(config)
             seconds = read_json(os.path.join(run_dir, "final.json"))["seconds"]  # the training loop's wall time
             metrics = evaluate_run(run_dir)
-            test = metrics["splits"]["test"]
-            rows.append({"model": kind, "oversampled": oversample, "run_dir": run_dir,
-                         "seconds": seconds,
-                         "weighted_f1_at_0.5": test["at_0.5"]["weighted_f1"],
-                         "weighted_f1_tuned": test["tuned"]["weighted_f1"],
-                         "macro_f1_tuned": test["tuned"]["macro_f1"], "micro_f1_tuned": test["tuned"]["micro_f1"],
-                         "macro_f1_at_0.5": test["at_0.5"]["macro_f1"], "micro_f1_at_0.5": test["at_0.5"]["micro_f1"],
-                         "per_genre_f1_tuned": {g["genre"]: g["f1"] for g in test["per_genre"]}})
+            rows.append(dict(table3_row(metrics), run_dir=run_dir, seconds=seconds))
             metrics_by_run.append(metrics)
+    check_same_split(metrics_by_run)
     first = metrics_by_run[0]
-    if len({(m["dataset"]["fingerprint"], m["split_digest"]) for m in metrics_by_run}) != 1:
-        raise RuntimeError("the table's runs did not share one dataset and split")
     return {"dataset": first["dataset"]["name"], "fingerprint": first["dataset"]["fingerprint"],
             "split_digest": first["split_digest"], "test_movies": first["splits"]["test"]["movies"],
             "genres": first["genres"], "overrides": list(overrides), "quick": quick, "rows": rows}
@@ -86,16 +78,12 @@ def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "
 
 def table3_markdown(table: dict) -> str:
     """Table 3 and the per-genre table as markdown, stating the dataset and split."""
+    from genre_tf.evaluation import table3_lines
+
     quick = " Quick mode: the models that fine-tune BERT ran " + " ".join(QUICK) + "." if table["quick"] else ""
     lines = [f"Dataset `{table['dataset']}` (fingerprint {table['fingerprint'][:12]}, split {table['split_digest']}), "
              f"test split of {table['test_movies']} movies; per-genre thresholds tuned on dev. "
-             f"Options: {' '.join(table['overrides']) or 'defaults'}.{quick}", "",
-             "| model | oversampled | weighted F1 @0.5 | weighted F1 tuned | macro F1 tuned | micro F1 tuned | training time |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for row in table["rows"]:
-        lines.append(f"| {row['model']} | {'yes' if row['oversampled'] else 'no'} | {row['weighted_f1_at_0.5']:.4f} | "
-                     f"{row['weighted_f1_tuned']:.4f} | {row['macro_f1_tuned']:.4f} | {row['micro_f1_tuned']:.4f} | "
-                     f"{row['seconds']:.0f} s |")
+             f"Options: {' '.join(table['overrides']) or 'defaults'}.{quick}", "", *table3_lines(table["rows"])]
     genres = table["genres"]
     lines += ["", "Per-genre F1 on test (tuned thresholds):", "",
               "| model | OS | " + " | ".join(genres) + " |", "| --- " * (len(genres) + 2) + "|"]
@@ -193,20 +181,16 @@ def speed(data: str = "demo", overrides: Sequence[str] = (), serve_run: str = ""
             rows.append({"model": label, "feature_cache": cached, **training_throughput(config)})
     result = {"training": rows, "peak_rss_mib_after_training": peak_rss_mib()}
     if serve_run:
-        import tensorflow as tf
-
-        from genre_tf.evaluation import restore_run
+        from genre_tf.dataset import raw_examples
+        from genre_tf.training import open_dataset
 
         base = tempfile.mkdtemp(prefix="genre_tf_serving_bench_")
         try:
             model_dir = export_run(serve_run, base)
-            run = restore_run(serve_run)
-            spec = {name: tf.io.FixedLenFeature([], tf.string) for name in ("plot", "poster")}
-            records = [tf.io.parse_single_example(r, spec) for r in
-                       tf.data.TFRecordDataset(run.prepared.shards("test")).take(32)]
-            result["serving"] = dict(serving_latency(model_dir, [r["plot"].numpy().decode() for r in records],
-                                                     [r["poster"].numpy() for r in records]),
-                                     model=run.config.model.kind, run_dir=serve_run)
+            served = load_config(os.path.join(serve_run, "config.json"))
+            plots, posters = raw_examples(open_dataset(served), "test", limit=32)
+            result["serving"] = dict(serving_latency(model_dir, plots, posters), model=served.model.kind,
+                                     run_dir=serve_run)
         finally:
             shutil.rmtree(base, ignore_errors=True)
     result["peak_rss_mib"] = peak_rss_mib()

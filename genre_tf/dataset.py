@@ -95,6 +95,14 @@ def load_prepared(path: str) -> PreparedDataset:
     return PreparedDataset(path=path, genres=genres, split=split, metadata=metadata)
 
 
+def raw_examples(prepared: PreparedDataset, split: str, limit: Optional[int] = None):
+    """(plot texts, poster bytes as stored) of a split, in split order: what a serving client sends."""
+    spec = {PLOT: _PARSE_SPEC[PLOT], POSTER: _PARSE_SPEC[POSTER]}
+    records = tf.data.TFRecordDataset(prepared.shards(split)).take(-1 if limit is None else limit)
+    parsed = [tf.io.parse_single_example(record, spec) for record in records]
+    return [p[PLOT].numpy().decode("utf-8") for p in parsed], [p[POSTER].numpy() for p in parsed]
+
+
 def make_lookup(ids: Sequence[str], values: np.ndarray, name: str):
     """A function mapping a movie_id tensor to its row of `values` (a feature cache)."""
     table = tf.lookup.StaticHashTable(

@@ -41,7 +41,6 @@ def read_json(path: str) -> dict:
             raise ValueError(f"{path} is damaged (not JSON: {error}); rerun the step that writes it") from None
 
 
-
 def restore_run(run_dir: str) -> RestoredRun:
     """Rebuild a run's model and load its best checkpoint, after checking the dataset still matches."""
     if not os.path.exists(os.path.join(run_dir, "config.json")):
@@ -335,20 +334,42 @@ def evaluate_run(run_dir: str) -> dict:
     return metrics
 
 
-def comparison_table(metrics_list: Sequence[dict]) -> str:
-    """The paper's Table 3 across runs, which must share one dataset and split."""
+def check_same_split(metrics_list: Sequence[dict]) -> None:
+    """Refuse to compare runs evaluated on different data or splits."""
     first = metrics_list[0]
     for other in metrics_list[1:]:
         if other["dataset"]["fingerprint"] != first["dataset"]["fingerprint"] or other["split_digest"] != first["split_digest"]:
             raise ValueError(f"{other['run_dir']} was evaluated on {other['dataset']['name']} with another split or "
                              f"data than {first['run_dir']} ({first['dataset']['name']}); their numbers do not compare")
+
+
+def table3_row(metrics: dict) -> dict:
+    """One run's line of Table 3: test-split scores at 0.5 and at dev-tuned thresholds."""
+    test = metrics["splits"]["test"]
+    return {"model": metrics["model"], "oversampled": metrics["oversample"],
+            "weighted_f1_at_0.5": test["at_0.5"]["weighted_f1"], "weighted_f1_tuned": test["tuned"]["weighted_f1"],
+            "macro_f1_tuned": test["tuned"]["macro_f1"], "micro_f1_tuned": test["tuned"]["micro_f1"],
+            "macro_f1_at_0.5": test["at_0.5"]["macro_f1"], "micro_f1_at_0.5": test["at_0.5"]["micro_f1"],
+            "per_genre_f1_tuned": {g["genre"]: g["f1"] for g in test["per_genre"]}}
+
+
+def table3_lines(rows: Sequence[dict]) -> List[str]:
+    """Table 3 as markdown lines; a training-time column when the rows carry `seconds`."""
+    timed = all("seconds" in row for row in rows)
+    lines = ["| model | oversampled | weighted F1 @0.5 | weighted F1 tuned | macro F1 tuned | micro F1 tuned |"
+             + (" training time |" if timed else ""), "| --- " * (7 if timed else 6) + "|"]
+    for row in rows:
+        lines.append(f"| {row['model']} | {'yes' if row['oversampled'] else 'no'} | {row['weighted_f1_at_0.5']:.4f} | "
+                     f"{row['weighted_f1_tuned']:.4f} | {row['macro_f1_tuned']:.4f} | {row['micro_f1_tuned']:.4f} |"
+                     + (f" {row['seconds']:.0f} s |" if timed else ""))
+    return lines
+
+
+def comparison_table(metrics_list: Sequence[dict]) -> str:
+    """The paper's Table 3 across runs, which must share one dataset and split."""
+    check_same_split(metrics_list)
+    first = metrics_list[0]
     lines = [f"Dataset `{first['dataset']['name']}` (fingerprint {first['dataset']['fingerprint'][:12]}), test split "
              f"({first['splits']['test']['movies']} movies); thresholds tuned on dev.", "",
-             "| model | oversampled | weighted F1 @0.5 | weighted F1 tuned | macro F1 tuned | micro F1 tuned |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for m in metrics_list:
-        test = m["splits"]["test"]
-        lines.append(f"| {m['model']} | {'yes' if m['oversample'] else 'no'} | {test['at_0.5']['weighted_f1']:.4f} | "
-                     f"{test['tuned']['weighted_f1']:.4f} | {test['tuned']['macro_f1']:.4f} | "
-                     f"{test['tuned']['micro_f1']:.4f} |")
+             *table3_lines([table3_row(m) for m in metrics_list])]
     return "\n".join(lines) + "\n"

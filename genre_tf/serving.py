@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from genre_tf.dataset import MOVIE_ID, PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, make_dataset
+from genre_tf.dataset import MOVIE_ID, PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, make_dataset, raw_examples
 from genre_tf.encoders import build_poster_encoder, build_text_encoder, token_id_encoder
 from genre_tf.images import decode_poster
 from genre_tf.metrics import tune_thresholds
@@ -80,13 +80,12 @@ def serving_parts(run, token_ids: bool = False) -> ServingParts:
     dev = predict_split(run, "dev")
     text_encoder = poster_encoder = None
     text_mean, poster_mean = np.zeros(0, np.float32), np.zeros(0, np.float32)
+    names = [layer.name for layer in run.model.layers]
     if uses_text(config.model):
-        names = [layer.name for layer in run.model.layers]
         text_encoder = run.model.get_layer("text_encoder") if "text_encoder" in names else build_text_encoder(
             config.text)
         text_mean = _train_mean(run, text_encoder, PLOT_EMBEDDING, PLOT)
     if uses_poster(config.model):
-        names = [layer.name for layer in run.model.layers]
         poster_encoder = (run.model.get_layer("poster_encoder") if "poster_encoder" in names
                           else build_poster_encoder(config.poster))
         poster_mean = _train_mean(run, poster_encoder, POSTER_FEATURES, POSTER)
@@ -270,13 +269,9 @@ def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_
             tf.saved_model.save(module, staging, signatures=signatures)
         extra = os.path.join(staging, "assets.extra")
         os.makedirs(extra, exist_ok=True)
-        sample = run.prepared.movies()[:4]
-        poster = next(iter(make_dataset(run.prepared, "train", 1, training=False, input_names=[POSTER],
-                                        image_size=run.config.poster.image_size)))[0]
-        poster_bytes = tf.io.encode_jpeg(poster[POSTER][0]).numpy()
+        plots, posters = raw_examples(run.prepared, "train", limit=4)
         with tf.io.TFRecordWriter(os.path.join(extra, "tf_serving_warmup_requests")) as writer:
-            for record in warmup_requests(parts.seq_length, token_ids, model_name, poster_bytes,
-                                          [movie["plot"] for movie in sample]):
+            for record in warmup_requests(parts.seq_length, token_ids, model_name, posters[0], plots):
                 writer.write(record)
         info = {"model": parts.kind, "genres": parts.genres, "thresholds": parts.thresholds.tolist(),
                 "thresholds_from": "dev", "run_dir": os.path.abspath(run_dir), "dataset": run.prepared.name,

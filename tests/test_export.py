@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import genre_tf  # noqa: F401
+from genre_tf.dataset import load_prepared, raw_examples
 from genre_tf.evaluation import predict_split, restore_run
 from genre_tf.serving import export_run, latest_version
 from genre_tf.training import train
@@ -27,16 +28,6 @@ def exported(make_tiny_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     run_dir = train(make_tiny_config("integrated", "epochs=1", run_dir=root / "run"))
     return run_dir, export_run(run_dir, str(root / "models"))
-
-
-def raw_split(prepared_path: str, split: str):
-    """Plot strings and the prepared poster bytes of a split, in split order."""
-    from genre_tf.dataset import load_prepared
-
-    prepared = load_prepared(prepared_path)
-    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in ("plot", "poster")}
-    records = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(prepared.shards(split))]
-    return [r["plot"].numpy() for r in records], [r["poster"].numpy() for r in records]
 
 
 FRESH_PROCESS = textwrap.dedent("""
@@ -64,8 +55,9 @@ FRESH_PROCESS = textwrap.dedent("""
 def test_fresh_process_matches_the_in_memory_model_and_survives_bad_inputs(exported, small_prepared, tmp_path):
     run_dir, version_dir = exported
     expected = predict_split(restore_run(run_dir), "dev")["probabilities"]
-    plots, posters = raw_split(small_prepared, "dev")
-    np.savez(tmp_path / "inputs.npz", plots=np.array(plots, dtype=object), posters=np.array(posters, dtype=object))
+    plots, posters = raw_examples(load_prepared(small_prepared), "dev")
+    np.savez(tmp_path / "inputs.npz", plots=np.array([p.encode() for p in plots], dtype=object),
+             posters=np.array(posters, dtype=object))
     script = tmp_path / "fresh.py"
     script.write_text(FRESH_PROCESS)
     done = subprocess.run([sys.executable, str(script), version_dir, str(tmp_path / "inputs.npz"),
