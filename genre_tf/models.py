@@ -1,52 +1,12 @@
 """The five models of the paper's Table 3 as Keras functional models with named inputs."""
-import dataclasses
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from genre_tf.config import MODEL_KINDS, ModelConfig, fine_tunes_text, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
-
-MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """Which Table 3 model, and its head; the paper's choices are the defaults (sections 4.1-4.4)."""
-
-    kind: str = "integrated"      # most_common | poster | text_frozen | text_finetuned | integrated
-    text_units: Tuple[int, ...] = (1024, 5120)  # the BERT head's two dense layers (the paper gives 5120)
-    fusion_units: int = 1024      # the dense layer after concatenating with the 2048-d poster features
-    dropout: float = 0.5
-    l2: float = 1e-4
-    fine_tune_text: bool = True   # integrated only: fine-tune the BERT encoder (paper) or keep it frozen
-    branch_norm: bool = True      # integrated only: LayerNorm each branch before concatenating (false = the paper)
-
-
-def validate_model_config(config: ModelConfig) -> None:
-    """Raise ValueError for an option value no model accepts."""
-    if config.kind not in MODEL_KINDS:
-        raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {config.kind!r}")
-    if not 0 <= config.dropout < 1:
-        raise ValueError(f"model.dropout must be in [0, 1), got {config.dropout}")
-    if config.l2 < 0 or config.fusion_units < 1 or any(u < 1 for u in config.text_units):
-        raise ValueError("model.l2 must be >= 0 and every layer width >= 1")
-
-
-def fine_tunes_text(config: ModelConfig) -> bool:
-    """Whether the model trains the text encoder (so plots, not cached embeddings, are its input)."""
-    return config.kind == "text_finetuned" or (config.kind == "integrated" and config.fine_tune_text)
-
-
-def uses_text(config: ModelConfig) -> bool:
-    """Whether the model reads the plot."""
-    return config.kind in ("text_frozen", "text_finetuned", "integrated")
-
-
-def uses_poster(config: ModelConfig) -> bool:
-    """Whether the model reads the poster."""
-    return config.kind in ("poster", "integrated")
 
 
 def _dense(units, config, name, activation="relu"):
@@ -77,7 +37,7 @@ def _encoded_input(encoder, name: str, feature_name: str, dim: int):
     return raw, encoder(raw)
 
 
-def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 2048,
+def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 1280,
                 text_encoder: keras.Model = None, poster_encoder: keras.Model = None,
                 genre_frequency: Sequence[float] = None) -> keras.Model:
     """Build the Table 3 model `config.kind`.
@@ -86,7 +46,8 @@ def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poste
     (`plot` text, `poster` pixels) and runs the encoder inside; without one it reads cached features
     (`plot_embedding`, `poster_features`). Fine-tuning the text encoder needs it inside.
     """
-    validate_model_config(config)
+    if config.kind not in MODEL_KINDS:
+        raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {config.kind!r}")
     if config.kind == "most_common":
         return build_most_common(num_genres, genre_frequency)
     inputs, branches = [], []
@@ -102,7 +63,7 @@ def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poste
         branches.append(features)
     if config.kind == "integrated":
         if config.branch_norm:
-            # ResNet50 features are ~30x larger than the text head's output; unnormalised they swamp it.
+            # CNN features (ResNet50's ~30x) are larger than the text head's output; unnormalised they swamp it.
             branches = [keras.layers.LayerNormalization(name=f"{name}_norm")(branch)
                         for name, branch in zip(("text", "poster"), branches)]
         x = keras.layers.Concatenate(name="concatenate")(branches)

@@ -1,6 +1,6 @@
 """The exported model for TF Serving: raw plot text and poster bytes in, genre probabilities out.
 
-The SavedModel holds the whole path (BERT preprocessing, poster decoding and ResNet50
+The SavedModel holds the whole path (BERT preprocessing, poster decoding and the CNN's
 preprocessing, the encoders and the trained head), the genre names and the thresholds tuned on dev.
 A missing or undecodable poster is replaced by the mean training poster features, and an empty
 plot by the mean training plot embedding, so every example gets a prediction; `inputs_used` says
@@ -21,7 +21,10 @@ from genre_tf.dataset import MOVIE_ID, PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEAT
 from genre_tf.encoders import build_poster_encoder, build_text_encoder, token_id_encoder
 from genre_tf.images import decode_poster
 from genre_tf.metrics import tune_thresholds
-from genre_tf.models import build_model, uses_poster, uses_text
+from genre_tf.baselines import degenerate_genres
+from genre_tf.config import uses_poster, uses_text
+from genre_tf.files import read_json
+from genre_tf.models import build_model
 
 FEATURES_SIGNATURE = "with_poster_features"
 TOKEN_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
@@ -43,14 +46,15 @@ class ServingParts:
     image_size: int
     seq_length: int
     token_ids: bool = False
+    degenerate: List[dict] = dataclasses.field(default_factory=list)  # genres the thresholds predict for ~everyone
 
 
-def head_of(model: keras.Model, config, num_genres: int, text_dim: int) -> keras.Model:
+def head_of(model: keras.Model, config, num_genres: int, text_dim: int, poster_dim: int) -> keras.Model:
     """The trained model's layers after the encoders, as a model over cached-feature inputs."""
     # The same layers over cached-feature inputs: a fine-tuned text head is the frozen one's architecture.
     kind = "text_frozen" if config.model.kind == "text_finetuned" else config.model.kind
     head = build_model(dataclasses.replace(config.model, kind=kind, fine_tune_text=False), num_genres,
-                       text_dim=text_dim)
+                       text_dim=text_dim, poster_dim=poster_dim)
     for layer in head.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
@@ -89,12 +93,14 @@ def serving_parts(run, token_ids: bool = False) -> ServingParts:
         poster_encoder = (run.model.get_layer("poster_encoder") if "poster_encoder" in names
                           else build_poster_encoder(config.poster))
         poster_mean = _train_mean(run, poster_encoder, POSTER_FEATURES, POSTER)
-    head = head_of(run.model, config, len(run.prepared.genres), text_dim=len(text_mean) or 384)
+    head = head_of(run.model, config, len(run.prepared.genres), text_dim=len(text_mean) or 384,
+                   poster_dim=len(poster_mean) or 1)
     if token_ids and text_encoder is not None:
         text_encoder = token_id_encoder(text_encoder, config.text)
-    return ServingParts(config.model.kind, list(run.prepared.genres), tune_thresholds(dev["labels"], dev["probabilities"]),
-                        head, text_encoder, poster_encoder, text_mean, poster_mean, config.poster.image_size,
-                        config.text.seq_length, token_ids)
+    thresholds = tune_thresholds(dev["labels"], dev["probabilities"])
+    return ServingParts(config.model.kind, list(run.prepared.genres), thresholds, head, text_encoder, poster_encoder,
+                        text_mean, poster_mean, config.poster.image_size, config.text.seq_length, token_ids,
+                        degenerate_genres(dev["probabilities"], thresholds, run.prepared.genres))
 
 
 class GenreModel(tf.Module):
@@ -108,7 +114,7 @@ class GenreModel(tf.Module):
         self.text_mean = tf.constant(parts.text_mean, tf.float32)
         self.poster_mean = tf.constant(parts.poster_mean, tf.float32)
         self.image_size, self.token_ids = parts.image_size, parts.token_ids
-        self.poster_dim = int(parts.head.get_layer(POSTER_FEATURES).output.shape[-1]) if parts.poster_encoder else 2048
+        self.poster_dim = int(parts.head.get_layer(POSTER_FEATURES).output.shape[-1]) if parts.poster_encoder else 1
 
     def decode_posters(self, poster):
         """uint8 [batch, size, size, 3] and a decoded flag; undecodable or empty bytes give zeros and False."""
@@ -164,7 +170,7 @@ class GenreModel(tf.Module):
         return self._predict(text_inputs, poster_features, has_poster)
 
     def signatures(self, seq_length: int) -> Dict[str, tf.types.experimental.ConcreteFunction]:
-        """serving_default (text + poster bytes) and with_poster_features (text + 2048-d features)."""
+        """serving_default (text + poster bytes) and with_poster_features (text + CNN features)."""
         poster = tf.TensorSpec([None], tf.string, name=POSTER)
         features = tf.TensorSpec([None, self.poster_dim], tf.float32, name=POSTER_FEATURES)
         if self.token_ids:
@@ -274,11 +280,11 @@ def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_
             for record in warmup_requests(parts.seq_length, token_ids, model_name, posters[0], plots):
                 writer.write(record)
         info = {"model": parts.kind, "genres": parts.genres, "thresholds": parts.thresholds.tolist(),
-                "thresholds_from": "dev", "run_dir": os.path.abspath(run_dir), "dataset": run.prepared.name,
+                "thresholds_from": "dev", "degenerate_genres": parts.degenerate,
+                "run_dir": os.path.abspath(run_dir), "dataset": run.prepared.name,
                 "token_id_inputs": token_ids, "text_preprocessor_handle": text_preprocessor_handle(run.config),
                 "seq_length": parts.seq_length, "image_size": parts.image_size,
-                "text_encoder": run.config.text.encoder or "all-MiniLM-L6-v2 (offline conversion)",
-                "text_preprocessor": run.config.text.preprocessor or "all-MiniLM-L6-v2 (offline conversion)",
+                "encoders": read_json(os.path.join(run_dir, "encoders.json")),
                 "signatures": ["serving_default", FEATURES_SIGNATURE], "non_stock_ops": non_stock_ops(staging)}
         with open(os.path.join(extra, "export_info.json"), "w", encoding="utf-8") as handle:
             json.dump(info, handle, indent=1)

@@ -13,15 +13,15 @@ import tensorflow as tf
 import tf_keras as keras
 
 from genre_tf import demo
-from genre_tf.config import TrainConfig, config_to_dict, dump_config
+from genre_tf.config import TrainConfig, config_to_dict, dump_config, fine_tunes_text, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER_FEATURES, PreparedDataset, load_prepared, make_dataset
-from genre_tf.encoders import (build_poster_encoder, build_text_encoder, cache_key, poster_encoder_identity,
-                               text_encoder_identity)
+from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_encoders,
+                               poster_encoder_identity, resolve_backbone, text_encoder_identity)
 from genre_tf.features import load_or_compute
 from genre_tf.losses import SoftF1Loss, WeightedBinaryCrossentropy, inverse_frequency_weights
 from genre_tf.metrics import f1_scores
-from genre_tf.minilm import cache_root
-from genre_tf.models import build_model, fine_tunes_text, uses_poster, uses_text
+from genre_tf.files import cache_key, cache_root, read_json, write_json
+from genre_tf.models import build_model
 from genre_tf.split import frequency_table, multi_hot, oversample_counts
 
 BEST = "best"
@@ -32,7 +32,7 @@ def demo_dataset(config: demo.DemoConfig = demo.DemoConfig()) -> str:
     from genre_tf.prepare import PrepareConfig, prepare
     from genre_tf.records import ValidationRules
 
-    root = os.path.join(cache_root(), "demo", cache_key(json.dumps(dataclasses.asdict(config)), "v1"))
+    root = os.path.join(cache_root(), "demo", cache_key(json.dumps(dataclasses.asdict(config)), "v2"))
     prepared = os.path.join(root, "prepared")
     if not os.path.exists(prepared):
         print(f"generating the SYNTHETIC demo catalogue ({config.num_movies} movies) under {root}")
@@ -69,18 +69,24 @@ def prepare_run_dir(config: TrainConfig, prepared: PreparedDataset) -> str:
     run_dir = config.run_dir or default_run_dir(config, prepared)
     config_path = os.path.join(run_dir, "config.json")
     resolved = dataclasses.replace(config, run_dir=run_dir)
+    encoders = describe_encoders(config.model, config.text, config.poster)
     if os.path.exists(config_path):
         with open(config_path, encoding="utf-8") as handle:
             if json.load(handle) != config_to_dict(resolved):
                 raise ValueError(f"{run_dir} holds a run with another config; choose another run_dir")
+        recorded = read_json(os.path.join(run_dir, "encoders.json"))
+        if recorded != encoders:
+            raise ValueError(f"{run_dir} was trained with encoders {recorded}, but this machine resolves the same "
+                             f"config to {encoders}; set poster.backbone explicitly or choose another run_dir")
         print(f"resuming the run in {run_dir}")
         return run_dir
     os.makedirs(run_dir, exist_ok=True)
     dump_config(resolved, config_path)
+    write_json(os.path.join(run_dir, "encoders.json"), encoders)
     shutil.copy(os.path.join(prepared.path, "genres.txt"), os.path.join(run_dir, "genres.txt"))
-    with open(os.path.join(run_dir, "dataset.json"), "w", encoding="utf-8") as handle:
-        json.dump({"path": os.path.abspath(prepared.path), "name": prepared.name,
-                   "fingerprint": prepared.fingerprint, "split": prepared.split}, handle)
+    write_json(os.path.join(run_dir, "dataset.json"), {
+        "path": os.path.abspath(prepared.path), "name": prepared.name, "fingerprint": prepared.fingerprint,
+        "split": prepared.split})
     return run_dir
 
 
@@ -216,7 +222,8 @@ def log_hparams(config: TrainConfig, run_dir: str) -> None:
     flat = {"model": config.model.kind, "loss": config.loss, "learning_rate": config.learning_rate,
             "batch_size": config.batch_size, "dropout": config.model.dropout, "l2": config.model.l2,
             "oversample": config.oversample, "fine_tune_text": fine_tunes_text(config.model),
-            "seq_length": config.text.seq_length, "poster_weights": config.poster.weights}
+            "seq_length": config.text.seq_length, "poster_backbone": resolve_backbone(config.poster),
+            "poster_weights": config.poster.weights}
     with tf.summary.create_file_writer(os.path.join(run_dir, "logs", "hparams")).as_default():
         hp.hparams(flat, trial_id=os.path.basename(os.path.normpath(run_dir)))
 
@@ -247,8 +254,10 @@ def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_lab
     poster_encoder = (build_poster_encoder(config.poster)
                       if uses_poster(config.model) and POSTER_FEATURES not in caches else None)
     text_dim = caches[PLOT_EMBEDDING][1].shape[1] if PLOT_EMBEDDING in caches else 0
-    model = build_model(config.model, len(prepared.genres), text_dim=text_dim, text_encoder=text_encoder,
-                        poster_encoder=poster_encoder, genre_frequency=train_labels.mean(axis=0))
+    poster_dim = caches[POSTER_FEATURES][1].shape[1] if POSTER_FEATURES in caches else 0
+    model = build_model(config.model, len(prepared.genres), text_dim=text_dim, poster_dim=poster_dim,
+                        text_encoder=text_encoder, poster_encoder=poster_encoder,
+                        genre_frequency=train_labels.mean(axis=0))
     if config.model.kind != "most_common":
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss=make_loss(config, train_labels), jit_compile=config.xla)
@@ -269,6 +278,8 @@ def train(config: TrainConfig) -> str:
                else tempfile.mkdtemp(prefix="genre_tf_worker_"))
     print(f"dataset {prepared.name} ({'SYNTHETIC' if prepared.name == demo.DEMO_NAME else 'catalogue'}), "
           f"model {config.model.kind}, run directory {run_dir}")
+    for branch, info in describe_encoders(config.model, config.text, config.poster).items():
+        print(f"{branch} encoder: " + ", ".join(f"{key} {value}" for key, value in info.items() if key != "identity"))
     train, dev = split_labels(prepared, "train"), split_labels(prepared, "dev")
     caches = feature_caches(config, prepared) if config.feature_cache else {}
     with strategy.scope():

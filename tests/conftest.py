@@ -96,10 +96,10 @@ def small_prepared(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_overrides(tiny_hub_bert):
-    """train.py options for tiny models: tiny BERT, random ResNet50 at 32 px, small heads and batches."""
+    """train.py options for tiny models: tiny BERT, random EfficientNet-Lite0 at 32 px, small heads and batches."""
     encoder, preprocessor = tiny_hub_bert
     return ["model.text_units=[16, 8]", "model.fusion_units=8", f"text.encoder={encoder}",
-            f"text.preprocessor={preprocessor}", "text.seq_length=128", "poster.weights=random",
+            f"text.preprocessor={preprocessor}", "text.seq_length=128", "poster.backbone=efficientnet_lite0", "poster.weights=random",
             "poster.image_size=32", "batch_size=8", "epochs=2", "learning_rate=0.001"]
 
 

@@ -8,8 +8,9 @@ import tensorflow as tf
 
 import genre_tf  # noqa: F401
 import tf_keras as keras
-from genre_tf.encoders import (PosterEncoderConfig, TextEncoderConfig, build_poster_encoder, build_text_encoder,
-                               poster_weights_choice)
+from genre_tf.config import PosterEncoderConfig, TextEncoderConfig
+from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_poster_encoder,
+                               poster_encoder_identity, resolve_backbone)
 from genre_tf.features import cache_path, load_or_compute
 
 
@@ -155,24 +156,35 @@ def test_missing_package_and_damaged_weights_say_how_to_install(monkeypatch, tmp
 def test_missing_handles_and_weights_give_clear_errors(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a URL nor a SavedModel folder"):
         build_text_encoder(TextEncoderConfig(encoder=str(tmp_path / "none"), preprocessor=str(tmp_path / "none")))
-    from genre_tf.encoders import _weights_choice
-
-    _weights_choice.cache_clear()  # the choice is memoised per process; this test changes HOME
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    with pytest.raises(RuntimeError, match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 and could not"):
-        poster_weights_choice(PosterEncoderConfig(weights="imagenet"))
-    assert poster_weights_choice(PosterEncoderConfig(weights="imagenet_or_random")) == "random"
+    with pytest.raises(RuntimeError, match=r"notop.h5 and could not be downloaded.*poster.backbone=efficientnet_lite0"):
+        describe_poster_encoder(PosterEncoderConfig(backbone="resnet50"))
     with pytest.raises(FileNotFoundError, match="poster.weights file not found"):
-        poster_weights_choice(PosterEncoderConfig(weights=str(tmp_path / "w.h5")))
+        describe_poster_encoder(PosterEncoderConfig(weights=str(tmp_path / "w.h5")))
+    with pytest.raises(ValueError, match="efficientnet_lite0 takes poster.weights=imagenet or random"):
+        describe_poster_encoder(PosterEncoderConfig(backbone="efficientnet_lite0", weights="other.h5"))
 
 
-def test_poster_encoder_gives_2048_features_reproducibly():
-    config = PosterEncoderConfig(weights="random", image_size=32)
+def test_auto_backbone_is_resnet50_only_where_its_imagenet_weights_are(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    offline = describe_poster_encoder(PosterEncoderConfig())
+    assert offline["backbone"] == "efficientnet_lite0" and offline["feature_dim"] == 1280
+    assert "EfficientNet-Lite0 ImageNet" in offline["weights"] and offline["identity"].startswith("efficientnet_lite0-")
+    (tmp_path / ".keras" / "models").mkdir(parents=True)
+    (tmp_path / ".keras" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"x")
+    assert resolve_backbone(PosterEncoderConfig()) == "resnet50"
+    assert resolve_backbone(PosterEncoderConfig(backbone="efficientnet_lite0")) == "efficientnet_lite0"
+
+
+@pytest.mark.parametrize("backbone, dim", [("resnet50", 2048), ("efficientnet_lite0", 1280)])
+def test_random_poster_encoders_are_reproducible_and_keyed_by_backbone(backbone, dim):
+    config = PosterEncoderConfig(backbone=backbone, weights="random", image_size=32)
     posters = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("uint8")
     first, second = build_poster_encoder(config)(posters), build_poster_encoder(config)(posters)
-    assert first.shape == (2, 2048)
+    assert first.shape == (2, dim)
     np.testing.assert_allclose(first, second, rtol=1e-6)  # random weights are saved once per seed
+    assert poster_encoder_identity(config) == f"{backbone}-random0-32"  # caches never mix backbones
 
 
 def test_feature_cache_is_reused_and_keyed_by_encoder(small_prepared):

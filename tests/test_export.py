@@ -87,7 +87,7 @@ def test_saved_model_cli_shows_the_serving_contract(exported):
         block = default.split(f"['{name}'] tensor_info:")[1]
         assert f"dtype: {dtype}" in block.split("name:")[0] and f"shape: {shape}" in block.split("name:")[0]
     features = shown.split("signature_def['with_poster_features']")[1]
-    assert "shape: (-1, 2048)" in features.split("['poster_features'] tensor_info:")[1].split("name:")[0]
+    assert "shape: (-1, 1280)" in features.split("['poster_features'] tensor_info:")[1].split("name:")[0]
     info = json.load(open(os.path.join(version_dir, "assets.extra", "export_info.json")))
     assert "WordpieceTokenizeWithOffsets" in info["non_stock_ops"]
     assert not any(hasattr(tf.raw_ops, op) for op in info["non_stock_ops"])
@@ -115,7 +115,7 @@ def test_features_signature_and_grpc_request(exported):
     request = client.grpc_request(plots, [image_bytes(), None])
     assert [v.decode() for v in tf.make_ndarray(request.inputs["plot"])] == plots
     assert tf.make_ndarray(request.inputs["poster"])[1] == b""
-    features = np.zeros([2, 2048], np.float32)
+    features = np.zeros([2, 1280], np.float32)
     with_features = loaded.signatures["with_poster_features"](plot=tf.constant(plots), poster_features=features)
     from_bytes = loaded.signatures["serving_default"](plot=tf.constant(plots), poster=tf.constant([b"", b""]))
     # all-zero features mean "no poster": both fall back to the mean training poster

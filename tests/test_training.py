@@ -73,12 +73,12 @@ def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(tiny_config, sm
     prepared = open_dataset(tuned)
     model = build_for_training(tuned, prepared, split_labels(prepared, "train")["labels"], {})
     assert model.input_names == ["poster"]
-    resnet = model.get_layer("poster_encoder").get_layer("resnet50")
-    conv1, conv5 = resnet.get_layer("conv1_conv").kernel, resnet.get_layer("conv5_block3_3_conv").kernel
-    before = conv1.numpy().copy(), conv5.numpy().copy()
+    backbone = model.get_layer("poster_encoder").get_layer("efficientnet_lite0")
+    stem, last = backbone.get_layer("conv_stem").kernel, backbone.get_layer("blocks_15_project_conv").kernel
+    before = stem.numpy().copy(), last.numpy().copy()
     posters = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3)).astype("uint8")
     model.fit(posters, np.eye(4, dtype="float32")[np.arange(16) % 4], batch_size=8, epochs=1, verbose=0)
-    assert np.array_equal(conv1.numpy(), before[0]) and not np.array_equal(conv5.numpy(), before[1])
+    assert np.array_equal(stem.numpy(), before[0]) and not np.array_equal(last.numpy(), before[1])
     assert isinstance(model.get_layer("poster_encoder"), keras.Model)
 
 
