@@ -103,6 +103,19 @@ def raw_examples(prepared: PreparedDataset, split: str, limit: Optional[int] = N
     return [p[PLOT].numpy().decode("utf-8") for p in parsed], [p[POSTER].numpy() for p in parsed]
 
 
+def split_plots(prepared: PreparedDataset, split: str) -> List[str]:
+    """Every plot of a split, in split order (for classic models)."""
+    plot_of = {movie["movie_id"]: movie["plot"] for movie in prepared.movies()}
+    return [plot_of[movie_id] for movie_id in prepared.split[split]]
+
+
+def split_posters(prepared: PreparedDataset, split: str, image_size: int, batch_size: int = 64) -> np.ndarray:
+    """Every poster of a split decoded to uint8 [movies, size, size, 3], in split order (for classic models)."""
+    dataset = make_dataset(prepared, split, batch_size, training=False, input_names=[POSTER], image_size=image_size)
+    batches = [inputs[POSTER].numpy() for inputs, _ in dataset]
+    return np.concatenate(batches) if batches else np.zeros((0, image_size, image_size, 3), np.uint8)
+
+
 def make_lookup(ids: Sequence[str], values: np.ndarray, name: str):
     """A function mapping a movie_id tensor to its row of `values` (a feature cache)."""
     table = tf.lookup.StaticHashTable(

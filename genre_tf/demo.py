@@ -106,8 +106,8 @@ def make_poster(genres: list, rng: np.random.Generator, signal: float, size: int
 
 BROKEN_ROWS = [  # (why it is broken, plot, genres, poster bytes); shows the rejects report working
     ("empty plot", "", "Drama", None),
-    ("unknown genre", "A synthetic plot about a town that waits for a train that never comes, "
-     "told over many quiet days and nights.", "Dramedy", None),
+    ("no genres", "A synthetic plot about a town that waits for a train that never comes, "
+     "told over many quiet days and nights.", "", None),
     ("undecodable poster", "A synthetic plot about a lighthouse keeper who counts ships through "
      "a long and lonely winter by the sea.", "Drama", b"\xff\xd8\xff\xe0 not really a jpeg"),
 ]

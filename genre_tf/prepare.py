@@ -12,13 +12,14 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
 from genre_tf.readers import SPLIT_NAMES, CsvColumns, read_catalogue
-from genre_tf.records import Movie, RecordError, Reject, ValidationRules, validate_movie
+from genre_tf.records import Movie, RecordError, Reject, ValidationRules, genre_key, validate_movie
 from genre_tf.split import frequency_table, multi_hot, stratified_split, top_genres
 
 
@@ -34,6 +35,7 @@ class PrepareConfig:
     columns: CsvColumns = dataclasses.field(default_factory=CsvColumns)
     rules: ValidationRules = dataclasses.field(default_factory=ValidationRules)
     num_genres: int = 10           # keep the most frequent genres, counted on the training part
+    genres: Tuple[str, ...] = ()   # a closed vocabulary instead (matched ignoring case); num_genres is then unused
     genreless: str = "keep"        # movies with none of the kept genres: keep (all-zero labels, as the paper) | drop
     fractions: Tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 0
@@ -87,25 +89,62 @@ def resolve_split(movies: List[Movie], given: Optional[Dict[str, List[str]]], co
     return {name: [movie_id for movie_id in given[name] if movie_id in valid] for name in SPLIT_NAMES}
 
 
+def unify_spellings(movies: List[Movie]) -> List[Movie]:
+    """Spell each genre one way: the catalogue's most common spelling among those equal ignoring case."""
+    spellings: Dict[str, Counter] = {}
+    for movie in movies:
+        for genre in movie.genres:
+            spellings.setdefault(genre_key(genre), Counter())[genre] += 1
+    chosen = {key: min(counts, key=lambda name: (-counts[name], name)) for key, counts in spellings.items()}
+    return [dataclasses.replace(movie, genres=tuple(chosen[genre_key(g)] for g in movie.genres)) for movie in movies]
+
+
+def choose_vocabulary(train_genres: List[tuple], config: PrepareConfig) -> List[str]:
+    """The genres to predict: the closed list given, or the most frequent ones on the training part."""
+    if not config.genres:
+        return top_genres(train_genres, config.num_genres)
+    spelled = {genre_key(g): g for movie in train_genres for g in movie}
+    missing = [g for g in config.genres if genre_key(g) not in spelled]
+    if missing:
+        raise ValueError(f"--genres names {missing}, which no training movie has; the catalogue's most frequent "
+                         f"genres are {top_genres(train_genres, 20)}")
+    return [spelled[genre_key(g)] for g in config.genres]
+
+
 def apply_vocabulary(movies: List[Movie], split: Dict[str, List[str]], genres: List[str],
-                     policy: str, rejects: List[Reject]) -> Dict[str, List[str]]:
-    """Apply the genreless policy: keep movies without a kept genre, or drop them into the rejects."""
+                     policy: str, rejects: List[Reject]) -> Tuple[Dict[str, List[str]], dict]:
+    """Apply the genreless policy; returns the split and counts for the summary.
+
+    A movie is never rejected for carrying a genre outside the vocabulary; one with none of the
+    vocabulary's genres is kept with no label (the paper) or dropped into the rejects.
+    """
     if policy not in ("keep", "drop"):
         raise ValueError(f"genreless must be 'keep' or 'drop', got {policy!r}")
-    if policy == "keep":
-        return split
     kept_genres = set(genres)
-    dropped = {}
-    for movie in movies:
-        if not kept_genres.intersection(movie.genres):
-            dropped[movie.movie_id] = movie
-            rejects.append(Reject(movie.source, movie.movie_id,
-                                  f"none of its genres {list(movie.genres)} is among the {len(genres)} kept"))
-    return {name: [i for i in ids if i not in dropped] for name, ids in split.items()}
+    in_split = {movie_id for ids in split.values() for movie_id in ids}
+    chosen = [movie for movie in movies if movie.movie_id in in_split]
+    genreless = [movie for movie in chosen if not kept_genres.intersection(movie.genres)]
+    counts = {"with_other_genres_too": sum(1 for m in chosen if set(m.genres) - kept_genres
+                                           and kept_genres.intersection(m.genres)),
+              "with_none_of_the_genres": len(genreless), "genreless_policy": policy}
+    if policy == "keep":
+        return split, counts
+    for movie in genreless:
+        rejects.append(Reject(movie.source, movie.movie_id,
+                              f"none of its genres {list(movie.genres)} is among the {len(genres)} kept"))
+    dropped = {movie.movie_id for movie in genreless}
+    return {name: [i for i in ids if i not in dropped] for name, ids in split.items()}, counts
+
+
+def genre_counts(movies: List[Movie], ids: List[str]) -> Dict[str, int]:
+    """How many of the given movies carry each genre, most frequent first."""
+    wanted = set(ids)
+    counts = Counter(genre for movie in movies if movie.movie_id in wanted for genre in movie.genres)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def write_prepared(movies: List[Movie], split: Dict[str, List[str]], genres: List[str],
-                   rejects: List[Reject], config: PrepareConfig, directory: str) -> dict:
+                   rejects: List[Reject], config: PrepareConfig, directory: str, vocabulary: dict) -> dict:
     """Write every artifact of a prepared dataset into `directory`; returns its metadata."""
     from genre_tf.dataset import serialize_example, write_shards
 
@@ -135,7 +174,7 @@ def write_prepared(movies: List[Movie], split: Dict[str, List[str]], genres: Lis
         "catalogue": os.path.abspath(config.catalogue), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "image_size": config.rules.image_size, "fingerprint": digest.hexdigest()[:16],
         "counts": {name: len(split[name]) for name in SPLIT_NAMES} | {"rejected": len(rejects)},
-        "genres": genres, "shards": shards,
+        "genres": genres, "vocabulary": vocabulary, "shards": shards,
         "config": json.loads(json.dumps(dataclasses.asdict(config), default=list)),
     }
     with open(os.path.join(directory, "dataset.json"), "w", encoding="utf-8") as handle:
@@ -177,23 +216,38 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress)
     if not movies:
         raise ValueError(f"no valid movie in {config.catalogue}\n{summarize_rejects(rejects)}")
+    movies = unify_spellings(movies)
     split = resolve_split(movies, catalogue.split, config, rejects)
     by_id = {movie.movie_id: movie for movie in movies}
-    genres = top_genres([by_id[movie_id].genres for movie_id in split["train"]], config.num_genres)
-    split = apply_vocabulary(movies, split, genres, config.genreless, rejects)
+    genres = choose_vocabulary([by_id[movie_id].genres for movie_id in split["train"]], config)
+    split, vocabulary = apply_vocabulary(movies, split, genres, config.genreless, rejects)
+    vocabulary.update(rule=f"the closed list {list(config.genres)}" if config.genres else
+                      f"the {len(genres)} most frequent genres of the training part",
+                      train_genre_counts=genre_counts(movies, split["train"]))
     parent = os.path.dirname(os.path.abspath(config.out))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
     try:
-        metadata = write_prepared(movies, split, genres, rejects, config, staging)
+        metadata = write_prepared(movies, split, genres, rejects, config, staging, vocabulary)
         os.rename(staging, config.out)  # the folder appears whole or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"prepared {sum(len(ids) for ids in split.values())} movies "
           f"({', '.join(f'{n} {len(split[n])}' for n in SPLIT_NAMES)}) into {config.out}")
+    print(vocabulary_summary(genres, vocabulary))
     if rejects:
         print(summarize_rejects(rejects))
     return metadata
+
+
+def vocabulary_summary(genres: List[str], vocabulary: dict) -> str:
+    """The genre rule in words, with counts: what was kept, what was outside the vocabulary."""
+    others = [g for g in vocabulary["train_genre_counts"] if g not in genres]
+    what = "kept with no label (--genreless keep)" if vocabulary["genreless_policy"] == "keep" else "dropped"
+    return (f"genres: {vocabulary['rule']}: {', '.join(genres)}.\n"
+            f"  other genres in train (not predicted): {', '.join(others) or 'none'}.\n"
+            f"  {vocabulary['with_other_genres_too']} movie(s) also carry genres outside the vocabulary: kept.\n"
+            f"  {vocabulary['with_none_of_the_genres']} movie(s) carry none of its genres: {what}.")
 
 
 def parse_args(argv=None) -> PrepareConfig:
@@ -206,7 +260,10 @@ def parse_args(argv=None) -> PrepareConfig:
     parser.add_argument("--poster-dir", default="")
     parser.add_argument("--column", action="append", default=[], metavar="FIELD=HEADER",
                         help="map a CSV column, e.g. --column plot=Overview (fields: id title plot genres poster year language)")
-    parser.add_argument("--num-genres", type=int, default=10)
+    parser.add_argument("--num-genres", type=int, default=10, help="predict the N most frequent genres of train")
+    parser.add_argument("--genres", default="", help="a closed vocabulary instead, e.g. Drama,Comedy,Horror")
+    parser.add_argument("--genre-alias", action="append", default=[], metavar="NAME=GENRE",
+                        help="merge a catalogue spelling into a genre, e.g. --genre-alias 'Science Fiction=Sci-Fi'")
     parser.add_argument("--genreless", default="keep", choices=["keep", "drop"])
     parser.add_argument("--min-words", type=int, default=15)
     parser.add_argument("--max-words", type=int, default=545)
@@ -219,11 +276,20 @@ def parse_args(argv=None) -> PrepareConfig:
         if field not in {f.name for f in dataclasses.fields(CsvColumns)} or not header:
             parser.error(f"--column {item!r}: expected FIELD=HEADER with FIELD one of id title plot genres poster year language")
         mapping[field] = header
+    aliases = []
+    for item in args.genre_alias:
+        name, _, genre = item.partition("=")
+        if not name.strip() or not genre.strip():
+            parser.error(f"--genre-alias {item!r}: expected NAME=GENRE, e.g. 'Science Fiction=Sci-Fi'")
+        aliases.append((name.strip(), genre.strip()))
+    genres = tuple(g.strip() for g in args.genres.split(",") if g.strip())
+    if args.num_genres < 1:
+        parser.error(f"--num-genres must be at least 1, got {args.num_genres}")
     rules = ValidationRules(min_plot_words=args.min_words, max_plot_words=args.max_words,
-                            image_size=args.image_size)
+                            image_size=args.image_size, genre_aliases=tuple(aliases))
     return PrepareConfig(catalogue=args.catalogue, out=args.out, name=args.name, layout=args.layout,
                          poster_dir=args.poster_dir, columns=CsvColumns(**mapping), rules=rules,
-                         num_genres=args.num_genres, genreless=args.genreless, seed=args.seed)
+                         num_genres=args.num_genres, genres=genres, genreless=args.genreless, seed=args.seed)
 
 
 if __name__ == "__main__":

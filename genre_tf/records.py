@@ -2,20 +2,10 @@
 import dataclasses
 import functools
 import re
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from genre_tf.images import PosterError, encode_poster, load_poster
 
-# IMDb's genre names, the vocabulary of the paper's data, MM-IMDb and the MMF converters.
-IMDB_GENRES = (
-    "Action", "Adult", "Adventure", "Animation", "Biography", "Comedy", "Crime", "Documentary",
-    "Drama", "Family", "Fantasy", "Film-Noir", "Game-Show", "History", "Horror", "Music", "Musical",
-    "Mystery", "News", "Reality-TV", "Romance", "Sci-Fi", "Short", "Sport", "Talk-Show", "Thriller",
-    "War", "Western",
-)
-GENRE_ALIASES = {"science fiction": "Sci-Fi", "scifi": "Sci-Fi", "film noir": "Film-Noir",
-                 "biopic": "Biography", "reality tv": "Reality-TV", "game show": "Game-Show",
-                 "talk show": "Talk-Show"}
 _GENRE_SEPARATORS = re.compile(r"[,|;]")
 
 
@@ -35,7 +25,7 @@ class RawMovie:
 
 @dataclasses.dataclass(frozen=True)
 class Movie:
-    """A validated movie: non-empty plot, known genres, and a poster re-encoded at the prepared size."""
+    """A validated movie: non-empty plot, non-blank genres, and a poster re-encoded at the prepared size."""
 
     movie_id: str
     title: str
@@ -62,7 +52,8 @@ class ValidationRules:
 
     min_plot_words: int = 15
     max_plot_words: int = 545
-    known_genres: Sequence[str] = IMDB_GENRES
+    # Catalogue spellings merged into one genre, matched ignoring case: (("Science Fiction", "Sci-Fi"),).
+    genre_aliases: Tuple[Tuple[str, str], ...] = ()
     image_size: int = 224
     min_poster_side: int = 32
 
@@ -76,26 +67,22 @@ def has_undecodable(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
+def genre_key(name: str) -> str:
+    """The identity of a genre name: case, surrounding and repeated spaces do not matter."""
+    return " ".join(name.split()).casefold()
+
+
 @functools.lru_cache(maxsize=8)
-def _genre_lookup(known_genres: tuple) -> dict:
-    lookup = {genre.lower(): genre for genre in known_genres}
-    lookup.update({alias: genre for alias, genre in GENRE_ALIASES.items() if genre in known_genres})
-    return lookup
+def _alias_lookup(aliases: tuple) -> dict:
+    return {genre_key(alias): " ".join(target.split()) for alias, target in aliases}
 
 
-def canonical_genre(name: str, known_genres: Sequence[str]) -> str:
-    """Map a genre string to its canonical spelling (case, aliases), or raise RecordError."""
-    key = name.strip().lower().replace("_", " ")
-    lookup = _genre_lookup(tuple(known_genres))
-    if key.replace(" ", "-") in lookup:
-        return lookup[key.replace(" ", "-")]
-    if key in lookup:
-        return lookup[key]
-    raise RecordError(f"unknown genre {name.strip()!r}")
+def parse_genres(value, aliases: Sequence[Tuple[str, str]] = ()) -> tuple:
+    """Parse a genre list ('Drama, Comedy', 'Drama|Comedy' or a list) into unique names, any vocabulary.
 
-
-def parse_genres(value, known_genres: Sequence[str]) -> tuple:
-    """Parse a genre list ('Drama, Comedy', 'Drama|Comedy' or a list) into unique canonical names."""
+    Names are stripped and their inner spaces collapsed; an alias maps to its target. Which spelling
+    of a name differing only in case wins is decided over the whole catalogue (`unify_spellings`).
+    """
     if isinstance(value, str):
         parts = _GENRE_SEPARATORS.split(value) if value.strip() else []
     elif isinstance(value, (list, tuple)):
@@ -104,15 +91,19 @@ def parse_genres(value, known_genres: Sequence[str]) -> tuple:
         raise RecordError(f"genres must be a string or a list, got {type(value).__name__}")
     if not parts:
         raise RecordError("no genres")
-    genres = []
+    lookup = _alias_lookup(tuple(aliases))
+    genres, seen = [], set()
     for part in parts:
         if not isinstance(part, str):
             raise RecordError(f"genre {part!r} is not a string")
         if not part.strip():
             raise RecordError(f"blank genre in {value!r}")
-        genre = canonical_genre(part, known_genres)
-        if genre not in genres:
-            genres.append(genre)
+        if has_undecodable(part):
+            raise RecordError("genre is not valid UTF-8")
+        name = lookup.get(genre_key(part), " ".join(part.split()))
+        if genre_key(name) not in seen:
+            seen.add(genre_key(name))
+            genres.append(name)
     return tuple(genres)
 
 
@@ -167,7 +158,7 @@ def validate_movie(raw: RawMovie, rules: ValidationRules) -> Movie:
     if not movie_id:
         raise RecordError("empty id")
     plot = check_plot(raw.plot, rules)
-    genres = parse_genres(raw.genres, rules.known_genres)
+    genres = parse_genres(raw.genres, rules.genre_aliases)
     year = parse_year(raw.year)
     try:
         image = load_poster(read_poster_bytes(raw.poster), rules.min_poster_side)

@@ -1,4 +1,5 @@
 """Readers, validation and every rejection reason; the prepared dataset round trip through tf.data."""
+import dataclasses
 import json
 import os
 
@@ -46,14 +47,13 @@ def test_each_bad_record_is_named_with_its_reason_and_valid_ones_kept(tmp_path):
         ["good", "t", PLOT, "Drama", "good.jpg", "", ""],
     ]
     rejected, kept = reasons(tmp_path, rows)
-    assert kept == ["good", "cmyk"]
+    assert kept == ["good", "cmyk", "unknown"]  # any genre name is valid: catalogues bring their own
     assert rejected["corrupt"].startswith("poster does not decode")
     assert rejected["truncated"].startswith("poster does not decode")
     assert rejected["empty_file"] == "poster file is empty (0 bytes)"
     assert rejected["tiny"] == "poster too small: 1x1 (min side 32)"
     assert rejected["empty_plot"] == "empty plot"
     assert rejected["long_plot"] == "plot too long: 10000 words (max 545)"
-    assert rejected["unknown"] == "unknown genre 'Dramedy'"
     assert rejected["blank_genre"] == "blank genre in 'Drama,,Comedy'"
     assert rejected["missing_file"].startswith("poster file not found")
     assert rejected["good"].startswith("duplicate id (first seen at ")
@@ -156,3 +156,37 @@ def test_prepare_refuses_an_existing_output_and_leaves_nothing_half_written(tmp_
     with pytest.raises(FileExistsError):
         prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / "out")), progress=False)
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".prepare-")]
+
+
+def test_open_vocabulary_keeps_every_genre_name_and_merges_case_and_aliases(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    train = ["Drama|Children", " drama |Comedy", "DRAMA, Science  Fiction", "comedy;Sci-Fi", "Children", "Film-Noir",
+             "Drama|Comedy", "Comedy", "Drama", "Sci-fi"]
+    for movie_id, genres in [(f"m{i}", g) for i, g in enumerate(train)] + [("d0", "Drama"), ("t0", "Comedy")]:
+        (raw / f"{movie_id}.json").write_text(json.dumps({"plot": PLOT, "genres": genres}))
+        (raw / f"{movie_id}.jpeg").write_bytes(image_bytes())
+    (raw / "split.json").write_text(json.dumps({"train": [f"m{i}" for i in range(10)], "dev": ["d0"], "test": ["t0"]}))
+    config = PrepareConfig(catalogue=str(raw), out=str(tmp_path / "prep"), num_genres=3,
+                           rules=ValidationRules(image_size=32, genre_aliases=(("science fiction", "Sci-Fi"),)))
+    metadata = prepare(config, progress=False)
+    from genre_tf.dataset import load_prepared
+
+    prepared = load_prepared(str(tmp_path / "prep"))
+    assert metadata["counts"]["rejected"] == 0  # no movie is lost for a genre name
+    # Drama 5 (any case), Comedy 4, Sci-Fi 3 (alias merged, the majority spelling wins), Children 2, Film-Noir 1
+    assert prepared.genres == ["Drama", "Comedy", "Sci-Fi"]
+    vocabulary = metadata["vocabulary"]
+    assert vocabulary["train_genre_counts"] == {"Drama": 5, "Comedy": 4, "Sci-Fi": 3, "Children": 2, "Film-Noir": 1}
+    assert vocabulary["with_other_genres_too"] == 1 and vocabulary["with_none_of_the_genres"] == 2
+    labels = {m["movie_id"]: m["genres"] for m in prepared.movies()}
+    assert labels["m1"] == ["Drama", "Comedy"] and labels["m3"] == ["Comedy", "Sci-Fi"] and labels["m4"] == ["Children"]
+
+    closed = dataclasses.replace(config, out=str(tmp_path / "closed"), genres=("children", "drama"), genreless="drop")
+    metadata = prepare(closed, progress=False)
+    assert metadata["genres"] == ["Children", "Drama"]  # the catalogue's spelling, in the order given
+    rejects = (tmp_path / "closed" / "rejects.csv").read_text()
+    # m3, m5, m7, m9 and t0 carry neither Children nor Drama
+    assert rejects.count("is among the 2 kept") == 5 and metadata["counts"]["train"] == 6
+    with pytest.raises(ValueError, match=r"--genres names \['Western'\], which no training movie has"):
+        prepare(dataclasses.replace(config, out=str(tmp_path / "w"), genres=("Western",)), progress=False)
