@@ -11,7 +11,8 @@ import tf_keras as keras
 
 from genre_tf.config import TrainConfig, load_config
 from genre_tf.dataset import PreparedDataset, load_prepared, make_dataset
-from genre_tf.encoders import cache_key
+from genre_tf.baselines import METRICS, best_floor, constant_floors, degenerate_genres, lift_rows
+from genre_tf.files import cache_key, read_json
 from genre_tf.metrics import distinct_combinations, f1_scores, predict_labels, ranking_scores, tune_thresholds
 from genre_tf.training import (best_checkpoint, build_for_training, demo_dataset, feature_caches, make_predictor,
                                split_labels)
@@ -30,15 +31,6 @@ class RestoredRun:
     prepared: PreparedDataset
     model: keras.Model
     caches: Dict[str, tuple]
-
-
-def read_json(path: str) -> dict:
-    """A JSON file, with an error naming the file when it is damaged."""
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is damaged (not JSON: {error}); rerun the step that writes it") from None
 
 
 def restore_run(run_dir: str) -> RestoredRun:
@@ -131,6 +123,14 @@ def compute_metrics(genres: Sequence[str], dev: dict, test: dict, movies: Dict[s
             "by_year": scores_by_year(part["labels"], tuned_predictions,
                                       [movies[i].get("year") for i in part["ids"]])}
     return result
+
+
+def reference_scores(train_labels: np.ndarray, dev: dict, test: dict, genres: Sequence[str], metrics: dict) -> dict:
+    """The honest floors on this split, the model's lift over the best one, and its degenerate genres."""
+    floors = constant_floors(train_labels, dev["labels"], test["labels"], genres)
+    tuned = metrics["splits"]["test"]["tuned"]
+    return {"floors": floors, "lift": {name: tuned[name] - best_floor(floors, name) for name in METRICS},
+            "degenerate": degenerate_genres(dev["probabilities"], metrics["thresholds"], genres)}
 
 
 def _number(value: float) -> Optional[float]:
@@ -233,12 +233,15 @@ def _save(figure, path: str) -> None:
     plt.close(figure)
 
 
-def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures: Dict[str, str]) -> None:
+def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures: Dict[str, str],
+                      metrics: dict) -> None:
     """The pictures as TensorBoard images and the test PR curves in the PR-curves plugin."""
     from tensorboard.plugins.pr_curve import summary as pr_summary
 
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "evaluation"))
     with writer.as_default(step=0):
+        tf.summary.text("evaluation/floors_and_lift", "\n".join(floor_lines(metrics)))
+        tf.summary.text("evaluation/degenerate_genres", "\n".join(degenerate_lines(metrics["degenerate"])))
         for name, path in pictures.items():
             image = tf.io.decode_png(tf.io.read_file(path), channels=4)
             tf.summary.image(f"evaluation/{name}", image[None])
@@ -273,6 +276,7 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
             s = part[key]
             lines.append(f"| {name} | {label} | {s['weighted_f1']:.4f} | {s['macro_f1']:.4f} | "
                          f"{s['micro_f1']:.4f} | {s['samples_f1']:.4f} |")
+    lines += ["", *floor_lines(metrics), "", *degenerate_lines(metrics["degenerate"])]
     lines += ["", "## Per genre (test split, dev-tuned thresholds; the paper's Table 4)", "",
               "| genre | support | frequency | precision | recall | F1 | F1 @0.5 | frequency x F1 | ROC-AUC | PR-AUC "
               "| threshold |", "| --- " * 11 + "|"]
@@ -298,6 +302,28 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def floor_lines(metrics: dict) -> List[str]:
+    """The floors on the same split and this model's lift over the best of them, as markdown."""
+    lines = ["## Floors: what predicting without looking at a movie scores on this split", "",
+             "| floor (test split) | weighted F1 | macro F1 | micro F1 | samples F1 |", "| --- | --- | --- | --- | --- |"]
+    for floor in metrics["floors"]:
+        lines.append(f"| {floor['model']} | " + " | ".join(f"{floor['test']['tuned'][m]:.4f}" for m in METRICS) + " |")
+    lift = metrics["lift"]
+    return lines + ["", "Lift of this model (test, dev-tuned thresholds) over the best floor: " + ", ".join(
+        f"{name.replace('_f1', '')} {lift[name]:+.4f}" for name in METRICS) + ". Judge a model by this lift: "
+        "weighted F1 rewards predicting the frequent genres for every movie."]
+
+
+def degenerate_lines(degenerate: Sequence[dict]) -> List[str]:
+    """Genres whose dev-tuned threshold predicts them for nearly every movie, as markdown."""
+    if not degenerate:
+        return ["Degenerate genres: none (no tuned threshold predicts a genre for 90% or more of dev)."]
+    return ["Degenerate genres: the dev-tuned threshold predicts these for 90% or more of dev movies, so the model "
+            "adds nothing for them beyond always saying yes: " + ", ".join(
+                f"{d['genre']} (threshold {d['threshold']:.2f}, {d['share_predicted']:.0%} of dev)" for d in degenerate)
+            + "."]
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -311,6 +337,8 @@ def evaluate_run(run_dir: str) -> dict:
     dev, test = predict_split(run, "dev"), predict_split(run, "test")
     movies = {movie["movie_id"]: movie for movie in run.prepared.movies()}
     metrics = compute_metrics(run.prepared.genres, dev, test, movies)
+    metrics.update(reference_scores(split_labels(run.prepared, "train")["labels"], dev, test, run.prepared.genres,
+                                    metrics))
     metrics.update(run_dir=os.path.abspath(run_dir), model=run.config.model.kind, oversample=run.config.oversample,
                    dataset={"name": run.prepared.name, "path": os.path.abspath(run.prepared.path),
                             "fingerprint": run.prepared.fingerprint},
@@ -330,7 +358,7 @@ def evaluate_run(run_dir: str) -> dict:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_tensorboard(run_dir, run.prepared.genres, test,
-                      {name: os.path.join(run_dir, f"{name}.png") for name in pictures})
+                      {name: os.path.join(run_dir, f"{name}.png") for name in pictures}, metrics)
     return metrics
 
 
@@ -344,32 +372,41 @@ def check_same_split(metrics_list: Sequence[dict]) -> None:
 
 
 def table3_row(metrics: dict) -> dict:
-    """One run's line of Table 3: test-split scores at 0.5 and at dev-tuned thresholds."""
-    test = metrics["splits"]["test"]
-    return {"model": metrics["model"], "oversampled": metrics["oversample"],
-            "weighted_f1_at_0.5": test["at_0.5"]["weighted_f1"], "weighted_f1_tuned": test["tuned"]["weighted_f1"],
-            "macro_f1_tuned": test["tuned"]["macro_f1"], "micro_f1_tuned": test["tuned"]["micro_f1"],
-            "macro_f1_at_0.5": test["at_0.5"]["macro_f1"], "micro_f1_at_0.5": test["at_0.5"]["micro_f1"],
-            "per_genre_f1_tuned": {g["genre"]: g["f1"] for g in test["per_genre"]}}
+    """One run's line of Table 3, in the row schema of genre_tf.baselines (dev and test, at 0.5 and tuned)."""
+    splits = metrics["splits"]
+    return {"model": metrics["model"], "kind": "deep", "oversampled": metrics["oversample"],
+            "dev": {key: splits["dev"][key] for key in ("at_0.5", "tuned")},
+            "test": {key: splits["test"][key] for key in ("at_0.5", "tuned")},
+            "thresholds": metrics["thresholds"], "degenerate": metrics.get("degenerate", []),
+            "per_genre_f1_tuned": {g["genre"]: g["f1"] for g in splits["test"]["per_genre"]}}
 
 
 def table3_lines(rows: Sequence[dict]) -> List[str]:
-    """Table 3 as markdown lines; a training-time column when the rows carry `seconds`."""
+    """Table 3 as markdown: test scores, and each model's lift over the best floor on every metric.
+
+    Floors, classic and deep rows share one schema; a time column appears when every row has `seconds`.
+    """
     timed = all("seconds" in row for row in rows)
-    lines = ["| model | oversampled | weighted F1 @0.5 | weighted F1 tuned | macro F1 tuned | micro F1 tuned |"
-             + (" training time |" if timed else ""), "| --- " * (7 if timed else 6) + "|"]
+    lines = ["| model | OS | weighted F1 @0.5 | weighted F1 | macro F1 | micro F1 | samples F1 | "
+             "lift over best floor (weighted / macro / micro / samples) |" + (" time |" if timed else ""),
+             "| --- " * (9 if timed else 8) + "|"]
     for row in rows:
-        lines.append(f"| {row['model']} | {'yes' if row['oversampled'] else 'no'} | {row['weighted_f1_at_0.5']:.4f} | "
-                     f"{row['weighted_f1_tuned']:.4f} | {row['macro_f1_tuned']:.4f} | {row['micro_f1_tuned']:.4f} |"
+        tuned = row["test"]["tuned"]
+        lift = " / ".join(f"{row['lift'][m]:+.3f}" for m in METRICS) if "lift" in row else "-"
+        oversampled = {True: "yes", False: "no"}.get(row.get("oversampled"), "-")
+        lines.append(f"| {row['model']} | {oversampled} | {row['test']['at_0.5']['weighted_f1']:.4f} | "
+                     + " | ".join(f"{tuned[m]:.4f}" for m in METRICS) + f" | {lift} |"
                      + (f" {row['seconds']:.0f} s |" if timed else ""))
     return lines
 
 
 def comparison_table(metrics_list: Sequence[dict]) -> str:
-    """The paper's Table 3 across runs, which must share one dataset and split."""
+    """The paper's Table 3 across runs, which must share one dataset and split, under the split's floors."""
     check_same_split(metrics_list)
     first = metrics_list[0]
+    floors = first["floors"]
+    rows = lift_rows([table3_row(m) for m in metrics_list], floors)
     lines = [f"Dataset `{first['dataset']['name']}` (fingerprint {first['dataset']['fingerprint'][:12]}), test split "
-             f"({first['splits']['test']['movies']} movies); thresholds tuned on dev.", "",
-             *table3_lines([table3_row(m) for m in metrics_list])]
+             f"({first['splits']['test']['movies']} movies); thresholds tuned on dev; floors scored on the same split.",
+             "", *table3_lines([*floors, *rows])]
     return "\n".join(lines) + "\n"

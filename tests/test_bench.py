@@ -1,23 +1,54 @@
 """genre_tf.bench: Table 3 has every row, and every figure is a measurement."""
 import math
 
+import numpy as np
+import pytest
+
 import genre_tf  # noqa: F401
 from genre_tf.bench import KINDS, table3, table3_markdown, training_throughput
 
 
-def test_table3_has_every_model_with_and_without_oversampling(small_prepared, tiny_overrides, tmp_path):
+def test_table3_has_floors_classic_rows_and_every_model(small_prepared, tiny_overrides, tmp_path):
+    from sklearn.metrics import f1_score
+
+    from genre_tf.baselines import METRICS, score_probabilities, tfidf_logistic
+    from genre_tf.dataset import split_plots
+    from genre_tf.dataset import load_prepared
+    from genre_tf.training import split_labels
+
     table = table3(small_prepared, [*tiny_overrides, "epochs=1", "oversample_genres=2"], runs_root=str(tmp_path))
-    assert [(row["model"], row["oversampled"]) for row in table["rows"]] == [
+    deep = [row for row in table["rows"] if row["kind"] == "deep"]
+    assert [(row["model"], row["oversampled"]) for row in deep] == [
         (kind, oversample) for kind in KINDS for oversample in (False, True)]
     assert table["dataset"] == "small-test" and table["test_movies"] == 25
+    assert [row["model"] for row in table["floors"]] == [
+        "floor: every genre", "floor: most common genre", "floor: best constant set (dev)"]
+    # the floors are what scikit-learn computes for constant predictions on the same test split
+    labels = split_labels(load_prepared(small_prepared), "test")["labels"]
+    everything = table["floors"][0]["test"]["tuned"]
+    for average in ("weighted", "macro", "micro", "samples"):
+        expected = f1_score(labels, np.ones_like(labels), average=average, zero_division=0)
+        assert everything[f"{average}_f1"] == pytest.approx(expected, abs=1e-9)
+    best = {m: max(floor["test"]["tuned"][m] for floor in table["floors"]) for m in METRICS}
     for row in table["rows"]:
-        scores = [row[k] for k in ("weighted_f1_at_0.5", "weighted_f1_tuned", "macro_f1_tuned", "micro_f1_tuned")]
-        assert all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores) and row["seconds"] > 0
+        assert row["lift"] == pytest.approx({m: row["test"]["tuned"][m] - best[m] for m in METRICS})
+        assert all(0.0 <= row["test"][key][m] <= 1.0 for key in ("at_0.5", "tuned") for m in METRICS)
+    # the classic plot row is TF-IDF + logistic regression fitted on this split's train plots, in split order
+    prepared = load_prepared(small_prepared)
+    plots = {split: split_plots(prepared, split) for split in ("train", "dev", "test")}
+    truth = {split: split_labels(prepared, split)["labels"] for split in ("train", "dev", "test")}
+    dev, test = tfidf_logistic(plots["train"], truth["train"], plots["dev"], truth["dev"], plots["test"])
+    tfidf = next(row for row in table["rows"] if row["model"].startswith("classic: TF-IDF"))
+    assert tfidf["test"] == score_probabilities("x", truth["dev"], dev, truth["test"], test)["test"]
+    assert tfidf["test"]["tuned"] != table["floors"][0]["test"]["tuned"]
+    for row in deep:
+        assert row["seconds"] > 0 or row["model"] == "most_common"  # it trains nothing: 0.0 s after rounding
         assert sorted(row["per_genre_f1_tuned"]) == sorted(table["genres"])
-    baseline = [row for row in table["rows"] if row["model"] == "most_common"]
-    assert baseline[0]["weighted_f1_at_0.5"] == baseline[1]["weighted_f1_at_0.5"]  # oversampling cannot move it
+    baseline = [row for row in deep if row["model"] == "most_common"]
+    assert baseline[0]["test"]["at_0.5"] == baseline[1]["test"]["at_0.5"]  # oversampling cannot move it
     markdown = table3_markdown(table)
     assert markdown.count("| no |") == 10 and markdown.count("| yes |") == 10  # Table 3 and per-genre rows
+    assert "| floor: every genre | - |" in markdown and "| integrated | 0.429 | 0.453 |" in markdown
     assert "nan" not in markdown and "TODO" not in markdown and "small-test" in markdown
 
 
@@ -34,4 +65,4 @@ def test_table3_reuses_finished_rows_with_the_same_options(small_prepared, tiny_
     assert "reusing" not in capsys.readouterr().out
     again = table3(small_prepared, options, runs_root=str(tmp_path), kinds=["most_common"])
     assert capsys.readouterr().out.count("reusing the finished run") == 2
-    assert [row["weighted_f1_at_0.5"] for row in again["rows"]] == [row["weighted_f1_at_0.5"] for row in first["rows"]]
+    assert [row["test"] for row in again["rows"]] == [row["test"] for row in first["rows"]]
