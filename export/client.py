@@ -10,20 +10,21 @@ import base64
 import json
 import sys
 import urllib.request
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 
-def rest_body(plots: Sequence[str], posters: Sequence[Optional[bytes]], signature: str = "serving_default") -> str:
+def rest_body(plots: Sequence[str], posters: Sequence[bytes | None], signature: str = "serving_default") -> str:
     """TF Serving's row-format JSON: {"instances": [{"plot": ..., "poster": {"b64": ...}}]}.
 
     A missing poster is sent as empty bytes; the model then predicts from the plot.
     """
     instances = [{"plot": plot, "poster": {"b64": base64.b64encode(poster or b"").decode("ascii")}}
-                 for plot, poster in zip(plots, posters)]
+                 for plot, poster in zip(plots, posters, strict=True)]
     return json.dumps({"signature_name": signature, "instances": instances})
 
 
-def decode_rest_body(body: str) -> Dict[str, List]:
+def decode_rest_body(body: str) -> dict[str, list]:
     """What TF Serving does with a row-format body: {"b64": ...} becomes bytes, rows become columns."""
     instances = json.loads(body)["instances"]
 
@@ -40,7 +41,7 @@ def post_rest(url: str, body: str, model_name: str = "genre_tf", timeout: float 
         return json.loads(reply.read())
 
 
-def grpc_request(plots: Sequence[str], posters: Sequence[Optional[bytes]], model_name: str = "genre_tf",
+def grpc_request(plots: Sequence[str], posters: Sequence[bytes | None], model_name: str = "genre_tf",
                  signature: str = "serving_default"):
     """A tensorflow_serving PredictRequest with string tensors `plot` and `poster`."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", required=True)
     parser.add_argument("--poster", default="", help="an image file (optional)")
     args = parser.parse_args(argv)
-    poster = open(args.poster, "rb").read() if args.poster else b""
+    poster = Path(args.poster).read_bytes() if args.poster else b""
     if args.rest:
         print(json.dumps(post_rest(args.rest, rest_body([args.plot], [poster]), args.model_name), indent=1))
     else:

@@ -3,6 +3,7 @@
     python -m genre_tf.bench table3 --quick            # the embedded demo, short schedules, minutes on a CPU
     python -m genre_tf.bench table3 --data prepared/mmimdb
     python -m genre_tf.bench speed                     # training, input pipeline, memory, serving
+    python -m genre_tf.bench encoders                  # each encoder alone: posters/s and plots/s at batch 1 and 32
     python -m genre_tf.bench all --quick               # both, into one dated benchmarks/ file
 
 Every figure is measured in the run that prints it. Results are written as markdown and JSON.
@@ -17,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,11 +33,26 @@ PUBLISHED = ("Published on MM-IMDb (their own split; not comparable with other d
              "weighted F1 0.453 (integrated, oversampled) on its own IMDb catalogue.")
 
 
+def for_kind(overrides: Sequence[str], kind: str) -> list[str]:
+    """The options that apply to one model: plain `key=value` ones, and `KIND:key=value` ones for that kind."""
+    chosen = []
+    for item in overrides:
+        prefix, sep, rest = item.partition(":")
+        if sep and "=" not in prefix:
+            if prefix not in KINDS:
+                raise ValueError(f"{item!r}: {prefix!r} is not a model kind; kinds are {', '.join(KINDS)}")
+            if prefix == kind:
+                chosen.append(rest)
+        else:
+            chosen.append(item)
+    return chosen
+
+
 def _config(data: str, kind: str, oversample: bool, run_dir: str, overrides: Sequence[str]):
     from genre_tf.config import load_config
 
     return load_config(overrides=[f"data={data}", f"model.kind={kind}", f"oversample={str(oversample).lower()}",
-                                  f"run_dir={run_dir}", *overrides])
+                                  f"run_dir={run_dir}", *for_kind(overrides, kind)])
 
 
 def reference_rows(data: str, overrides: Sequence[str] = ()):
@@ -115,11 +131,11 @@ def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "
 def table3_markdown(table: dict) -> str:
     """Table 3 under its floors and classic rows, the paper's numbers beside ours, and per-genre F1."""
     from genre_tf.baselines import METRICS
+    from genre_tf.encoders import encoders_summary
     from genre_tf.evaluation import table3_lines
 
     quick = " Quick mode: the models that fine-tune BERT ran " + " ".join(QUICK) + "." if table["quick"] else ""
-    encoders = "; ".join(f"{branch}: " + ", ".join(f"{k} {v}" for k, v in info.items() if k != "identity")
-                         for branch, info in table["encoders"].items())
+    encoders = encoders_summary(table["encoders"])
     lines = [f"Dataset `{table['dataset']}` (fingerprint {table['fingerprint'][:12]}, split {table['split_digest']}), "
              f"test split of {table['test_movies']} movies; per-genre thresholds tuned on dev, applied unchanged to "
              f"test. Options: {' '.join(table['overrides']) or 'defaults'}.{quick} Encoders: {encoders}.", "",
@@ -130,10 +146,12 @@ def table3_markdown(table: dict) -> str:
               "above the best floor by " + ", ".join(f"{best['lift'][m]:+.3f} {m.replace('_f1', '')}" for m in METRICS)
               + " F1."]
     lines += ["", "Beside the paper's Table 3 (weighted F1; the paper's on its own validation split, ours on this "
-              "test split at 0.5, the paper's setting):", "", "| model | paper, no OS | paper, OS | ours, no OS | ours, OS |",
+              "test split at 0.5, the paper's setting):", "",
+              "| model | paper, no OS | paper, OS | ours, no OS | ours, OS |",
               "| --- | --- | --- | --- | --- |"]
     for kind, (paper, paper_os) in PAPER_TABLE3.items():
-        ours = {row["oversampled"]: f"{row['test']['at_0.5']['weighted_f1']:.3f}" for row in deep if row["model"] == kind}
+        ours = {row["oversampled"]: f"{row['test']['at_0.5']['weighted_f1']:.3f}"
+                for row in deep if row["model"] == kind}
         lines.append(f"| {kind} | {paper:.3f} | {'-' if paper_os is None else f'{paper_os:.3f}'} | "
                      f"{ours.get(False, '-')} | {ours.get(True, '-')} |")
     genres = table["genres"]
@@ -150,7 +168,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def training_throughput(config, steps: int = 6, warmup: int = 2, min_seconds: float = 5.0) -> Dict[str, float]:
+def training_throughput(config, steps: int = 6, warmup: int = 2, min_seconds: float = 5.0) -> dict[str, float]:
     """Training examples/s of one model, and the input pipeline's examples/s alone, on the train split.
 
     Each figure runs at least `steps` batches and at least `min_seconds`.
@@ -188,7 +206,7 @@ def training_throughput(config, steps: int = 6, warmup: int = 2, min_seconds: fl
             "pipeline_examples_per_s": count * config.batch_size / (time.perf_counter() - started)}
 
 
-def serving_latency(model_dir: str, plots: List[str], posters: List[bytes], calls: int = 40) -> Dict[str, float]:
+def serving_latency(model_dir: str, plots: list[str], posters: list[bytes], calls: int = 40) -> dict[str, float]:
     """p50/p95 latency of serving_default at batch 1 and examples/s at batch 32, on the loaded SavedModel."""
     import tensorflow as tf
 
@@ -208,6 +226,62 @@ def serving_latency(model_dir: str, plots: List[str], posters: List[bytes], call
     return {"batch1_p50_ms": float(np.percentile(latencies, 50) * 1000),
             "batch1_p95_ms": float(np.percentile(latencies, 95) * 1000),
             "batch32_examples_per_s": 5 * 32 / (time.perf_counter() - started)}
+
+
+def median_seconds(function, calls: int, warmup: int = 2) -> float:
+    """The median wall time of `calls` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def encoder_speed(image_size: int = 224, seq_length: int = 128, calls: int = 9) -> list[dict]:
+    """Examples/s of each encoder alone at batch 1 and 32: the poster backbones, MiniLM embedding and fine-tuning.
+
+    ResNet50 is timed with random weights (speed does not depend on them; its ImageNet file may be absent).
+    """
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from genre_tf.config import PosterEncoderConfig, TextEncoderConfig
+    from genre_tf.encoders import build_poster_encoder, build_text_encoder
+
+    rows, rng = [], np.random.default_rng(0)
+    for backbone, weights in (("efficientnet_lite0", "imagenet"), ("resnet50", "random")):
+        encoder = build_poster_encoder(PosterEncoderConfig(backbone=backbone, weights=weights, image_size=image_size))
+        step = tf.function(lambda x, encoder=encoder: encoder(x, training=False))
+        for batch in (1, 32):
+            posters = tf.constant(rng.integers(0, 255, (batch, image_size, image_size, 3), dtype=np.uint8))
+            seconds = median_seconds(lambda posters=posters, step=step: step(posters).numpy(), calls)
+            rows.append({"encoder": f"{backbone} features, {image_size} px", "batch": batch,
+                         "examples_per_s": batch / seconds, "ms_per_call": seconds * 1000})
+    text = build_text_encoder(TextEncoderConfig(seq_length=seq_length))
+    embed = tf.function(lambda x: text(x, training=False))
+    for batch in (1, 32):
+        plots = tf.constant([" ".join(["story"] * 150)] * batch)
+        seconds = median_seconds(lambda plots=plots: embed(plots).numpy(), calls)
+        rows.append({"encoder": f"MiniLM-L6 embedding, {seq_length} tokens", "batch": batch,
+                     "examples_per_s": batch / seconds, "ms_per_call": seconds * 1000})
+    tuned = build_text_encoder(TextEncoderConfig(seq_length=seq_length), trainable=True)
+    model = keras.Model(tuned.input, keras.layers.Dense(10, activation="sigmoid")(tuned.output))
+    model.compile(keras.optimizers.Adam(1e-4), "binary_crossentropy")
+    plots, labels = tf.constant([" ".join(["story"] * 150)] * 32), np.zeros((32, 10), np.float32)
+    seconds = median_seconds(lambda: model.train_on_batch(plots, labels), max(3, calls // 3))
+    rows.append({"encoder": f"MiniLM-L6 fine-tuning step, {seq_length} tokens", "batch": 32,
+                 "examples_per_s": 32 / seconds, "ms_per_call": seconds * 1000})
+    return rows
+
+
+def encoders_markdown(rows: list[dict]) -> str:
+    """The encoder speed table."""
+    lines = ["| encoder | batch | examples/s | ms per call |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['encoder']} | {r['batch']} | {r['examples_per_s']:.1f} | {r['ms_per_call']:.1f} |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 SPEED_MODELS = [  # (label, extra options); feature caches on and off for each
@@ -250,7 +324,8 @@ def speed(data: str = "demo", overrides: Sequence[str] = (), serve_run: str = ""
 
 
 def speed_markdown(result: dict) -> str:
-    lines = ["| model | feature caches | training examples/s | input pipeline examples/s |", "| --- | --- | --- | --- |"]
+    lines = ["| model | feature caches | training examples/s | input pipeline examples/s |",
+             "| --- | --- | --- | --- |"]
     for row in result["training"]:
         lines.append(f"| {row['model']} | {'on' if row['feature_cache'] else 'off'} | "
                      f"{row['train_examples_per_s']:.1f} | {row['pipeline_examples_per_s']:.0f} |")
@@ -275,7 +350,7 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("table3", "speed", "all"))
+    parser.add_argument("what", choices=("table3", "speed", "encoders", "all"))
     parser.add_argument("--data", default="demo", help="a prepared dataset, or demo")
     parser.add_argument("--quick", action="store_true",
                         help=f"short schedules ({' '.join(QUICK)}) for the models that fine-tune BERT")
@@ -283,8 +358,9 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default="", help="where table3's runs go (default runs/table3-<date>)")
     parser.add_argument("--serve-run", default="", help="speed: the run to export and time serving "
                         "(default: table3's integrated run when measured together)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="train.py options for every run")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", metavar="[KIND:]key=value",
+                        help="train.py options for every run, or for one model kind (text_finetuned:epochs=8)")
+    args = parser.parse_intermixed_args(argv)  # options may come after the key=value list
     import genre_tf  # noqa: F401
 
     stamp = datetime.date.today().isoformat()
@@ -299,8 +375,12 @@ def main(argv=None) -> int:
                           if row["model"] == "integrated" and not row["oversampled"]), "")
         report["speed"] = speed(args.data, args.overrides, serve_run)
         sections += ["## Speed and memory", "", speed_markdown(report["speed"])]
+    if args.what in ("encoders", "all"):
+        report["encoders"] = encoder_speed()
+        sections += ["## Encoders alone", "", encoders_markdown(report["encoders"])]
     os.makedirs(args.out, exist_ok=True)
-    name = os.path.join(args.out, f"{stamp}-{args.what}{'-quick' if args.quick else ''}")
+    dataset = "" if args.data == "demo" else "-" + os.path.basename(os.path.normpath(args.data))
+    name = os.path.join(args.out, f"{stamp}-{args.what}{'-quick' if args.quick else ''}{dataset}")
     with open(f"{name}.json", "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=1)
     with open(f"{name}.md", "w", encoding="utf-8") as handle:

@@ -5,7 +5,6 @@ This module imports no TensorFlow, so `python train.py --help` and option errors
 import dataclasses
 import json
 import typing
-from typing import Dict, List, Tuple
 
 import yaml
 
@@ -18,7 +17,7 @@ class ModelConfig:
     """Which Table 3 model, and its head; the paper's choices are the defaults (sections 4.1-4.4)."""
 
     kind: str = "integrated"      # most_common | poster | text_frozen | text_finetuned | integrated
-    text_units: Tuple[int, ...] = (1024, 5120)  # the BERT head's two dense layers (the paper gives 5120)
+    text_units: tuple[int, ...] = (1024, 5120)  # the BERT head's two dense layers (the paper gives 5120)
     fusion_units: int = 1024      # the dense layer after concatenating with the poster features
     dropout: float = 0.5
     l2: float = 1e-4
@@ -96,15 +95,16 @@ LOSSES = ("soft_f1", "bce", "weighted_bce")
 DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
 
 
-def _field_types(cls) -> Dict[str, object]:
+def _field_types(cls) -> dict[str, object]:
     return typing.get_type_hints(cls)
 
 
 def _coerce(value, expected, key: str):
     """Check and convert a parsed value to the field's type, with a clear error."""
     origin = typing.get_origin(expected)
-    if origin in (tuple, Tuple):
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if origin in (tuple, tuple):
+        integers = all(isinstance(v, int) and not isinstance(v, bool) for v in value or ())
+        if not isinstance(value, (list, tuple)) or not integers:
             raise ValueError(f"{key} must be a list of integers, got {value!r}")
         return tuple(value)
     if expected is bool:
@@ -120,7 +120,7 @@ def _coerce(value, expected, key: str):
     return value
 
 
-def apply_overrides(config: TrainConfig, overrides: Dict[str, object]) -> TrainConfig:
+def apply_overrides(config: TrainConfig, overrides: dict[str, object]) -> TrainConfig:
     """Set dotted keys (model.kind, text.seq_length, ...) on a copy of config, type-checked."""
     config = dataclasses.replace(config, model=dataclasses.replace(config.model),
                                  text=dataclasses.replace(config.text), poster=dataclasses.replace(config.poster))
@@ -161,7 +161,7 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(message)
 
 
-def valid_keys() -> List[str]:
+def valid_keys() -> list[str]:
     """Every option key, dotted for the sections."""
     keys = []
     for name, value in _field_types(TrainConfig).items():
@@ -172,7 +172,7 @@ def valid_keys() -> List[str]:
     return keys
 
 
-def parse_override(text: str) -> Tuple[str, object]:
+def parse_override(text: str) -> tuple[str, object]:
     """'key=value' with the value read as YAML (numbers, true/false, [lists], strings)."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
@@ -180,7 +180,7 @@ def parse_override(text: str) -> Tuple[str, object]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def _flatten(tree: dict, prefix: str = "") -> Dict[str, object]:
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
@@ -190,9 +190,9 @@ def _flatten(tree: dict, prefix: str = "") -> Dict[str, object]:
     return flat
 
 
-def load_config(path: str = "", overrides: List[str] = ()) -> TrainConfig:
+def load_config(path: str = "", overrides: list[str] = ()) -> TrainConfig:
     """Defaults, then the demo preset (when data is demo), then the file, then command-line overrides."""
-    explicit: Dict[str, object] = {}
+    explicit: dict[str, object] = {}
     if path:
         with open(path, encoding="utf-8") as handle:
             tree = yaml.safe_load(handle) or {}  # YAML is a superset of JSON

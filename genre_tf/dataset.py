@@ -2,7 +2,7 @@
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -25,7 +25,7 @@ def _bytes(value: bytes) -> tf.train.Feature:
 
 
 def serialize_example(movie_id: str, plot: str, poster_jpeg: bytes, labels: np.ndarray,
-                      year: Optional[int]) -> bytes:
+                      year: int | None) -> bytes:
     """One prepared movie as a serialized tf.train.Example."""
     feature = {
         MOVIE_ID: _bytes(movie_id.encode("utf-8")),
@@ -37,7 +37,7 @@ def serialize_example(movie_id: str, plot: str, poster_jpeg: bytes, labels: np.n
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_shards(examples: Sequence[bytes], directory: str, split: str, shard_size: int) -> List[str]:
+def write_shards(examples: Sequence[bytes], directory: str, split: str, shard_size: int) -> list[str]:
     """Write serialized examples into `split-00000-of-0000N.tfrecord` shards; returns the file names."""
     num_shards = max(1, -(-len(examples) // shard_size))
     names = []
@@ -55,8 +55,8 @@ class PreparedDataset:
     """A prepared dataset folder, as `genre_tf.prepare` wrote it."""
 
     path: str
-    genres: List[str]
-    split: Dict[str, List[str]]
+    genres: list[str]
+    split: dict[str, list[str]]
     metadata: dict
 
     @property
@@ -71,10 +71,10 @@ class PreparedDataset:
     def fingerprint(self) -> str:
         return self.metadata["fingerprint"]
 
-    def shards(self, split: str) -> List[str]:
+    def shards(self, split: str) -> list[str]:
         return [os.path.join(self.path, name) for name in self.metadata["shards"][split]]
 
-    def movies(self) -> List[dict]:
+    def movies(self) -> list[dict]:
         """The validated records (id, title, plot, genres, year, language, split), in file order."""
         with open(os.path.join(self.path, "movies.jsonl"), encoding="utf-8") as handle:
             return [json.loads(line) for line in handle]
@@ -95,7 +95,7 @@ def load_prepared(path: str) -> PreparedDataset:
     return PreparedDataset(path=path, genres=genres, split=split, metadata=metadata)
 
 
-def raw_examples(prepared: PreparedDataset, split: str, limit: Optional[int] = None):
+def raw_examples(prepared: PreparedDataset, split: str, limit: int | None = None):
     """(plot texts, poster bytes as stored) of a split, in split order: what a serving client sends."""
     spec = {PLOT: _PARSE_SPEC[PLOT], POSTER: _PARSE_SPEC[POSTER]}
     records = tf.data.TFRecordDataset(prepared.shards(split)).take(-1 if limit is None else limit)
@@ -103,7 +103,7 @@ def raw_examples(prepared: PreparedDataset, split: str, limit: Optional[int] = N
     return [p[PLOT].numpy().decode("utf-8") for p in parsed], [p[POSTER].numpy() for p in parsed]
 
 
-def split_plots(prepared: PreparedDataset, split: str) -> List[str]:
+def split_plots(prepared: PreparedDataset, split: str) -> list[str]:
     """Every plot of a split, in split order (for classic models)."""
     plot_of = {movie["movie_id"]: movie["plot"] for movie in prepared.movies()}
     return [plot_of[movie_id] for movie_id in prepared.split[split]]
@@ -132,9 +132,9 @@ def make_lookup(ids: Sequence[str], values: np.ndarray, name: str):
 
 
 def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, training: bool,
-                 input_names: Sequence[str], image_size: Optional[int] = None,
-                 feature_caches: Optional[Dict[str, tuple]] = None,
-                 repeat_counts: Optional[Dict[str, int]] = None, cache: bool = False,
+                 input_names: Sequence[str], image_size: int | None = None,
+                 feature_caches: dict[str, tuple] | None = None,
+                 repeat_counts: dict[str, int] | None = None, cache: bool = False,
                  seed: int = 0) -> tf.data.Dataset:
     """Batches of ({input_name: tensor}, multi-hot labels) for one split.
 

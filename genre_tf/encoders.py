@@ -144,7 +144,7 @@ def poster_encoder_identity(config: PosterEncoderConfig) -> str:
     return f"{backbone}-{weights}-{config.image_size}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _random_weights_file(backbone: str, image_size: int, seed: int) -> str:
     """Random weights are drawn once per seed and saved, so caches and exports agree across processes."""
     path = os.path.join(cache_root(), backbone, f"random-seed{seed}-{image_size}.h5")
@@ -161,7 +161,8 @@ def _backbone_network(backbone: str, image_size: int) -> keras.Model:
         resnet = keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
                                              input_shape=(image_size, image_size, 3))
         pixels = keras.Input((image_size, image_size, 3), name="pixels")
-        return keras.Model(pixels, resnet(keras.applications.resnet50.preprocess_input(pixels)), name="resnet50_backbone")
+        features = resnet(keras.applications.resnet50.preprocess_input(pixels))
+        return keras.Model(pixels, features, name="resnet50_backbone")
     from genre_tf.efficientnet import build_efficientnet_lite0
 
     return build_efficientnet_lite0(image_size=image_size)
@@ -224,3 +225,9 @@ def describe_encoders(model: ModelConfig, text: TextEncoderConfig, poster: Poste
     if uses_poster(model):
         info["poster"] = describe_poster_encoder(poster)
     return info
+
+
+def encoders_summary(info: dict) -> str:
+    """describe_encoders' record in one line, for logs, reports and benchmark files."""
+    return "; ".join(f"{branch}: " + ", ".join(f"{key} {value}" for key, value in fields.items() if key != "identity")
+                     for branch, fields in info.items()) or "none (a constant predictor)"

@@ -3,7 +3,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -12,6 +12,7 @@ import tf_keras as keras
 from genre_tf.config import TrainConfig, load_config
 from genre_tf.dataset import PreparedDataset, load_prepared, make_dataset
 from genre_tf.baselines import METRICS, best_floor, constant_floors, degenerate_genres, lift_rows
+from genre_tf.encoders import encoders_summary
 from genre_tf.files import cache_key, read_json
 from genre_tf.metrics import distinct_combinations, f1_scores, predict_labels, ranking_scores, tune_thresholds
 from genre_tf.training import (best_checkpoint, build_for_training, demo_dataset, feature_caches, make_predictor,
@@ -30,7 +31,8 @@ class RestoredRun:
     config: TrainConfig
     prepared: PreparedDataset
     model: keras.Model
-    caches: Dict[str, tuple]
+    caches: dict[str, tuple]
+    encoders: dict  # encoders.json: which text encoder and poster backbone, with which weights
 
 
 def restore_run(run_dir: str) -> RestoredRun:
@@ -60,10 +62,10 @@ def restore_run(run_dir: str) -> RestoredRun:
         except AssertionError as error:
             raise ValueError(f"{checkpoint} does not fit the model that {run_dir}/config.json builds "
                              f"(was it trained by another genre_tf version?): {str(error)[:300]}") from None
-    return RestoredRun(run_dir, config, prepared, model, caches)
+    return RestoredRun(run_dir, config, prepared, model, caches, read_json(os.path.join(run_dir, "encoders.json")))
 
 
-def predict_split(run: RestoredRun, split: str, batch_size: int = 64) -> Dict[str, np.ndarray]:
+def predict_split(run: RestoredRun, split: str, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Ids, multi-hot labels and predicted probabilities of one whole split, in split order."""
     truth = split_labels(run.prepared, split)
     if len(truth["ids"]) == 0:
@@ -79,12 +81,12 @@ def cooccurrence(labels: np.ndarray) -> np.ndarray:
     return labels.T @ labels
 
 
-def year_buckets(years: Sequence[Optional[int]]) -> List[str]:
+def year_buckets(years: Sequence[int | None]) -> list[str]:
     """Decade labels ('1990s'), 'unknown' where a movie has no year."""
     return [f"{year // 10 * 10}s" if year else "unknown" for year in years]
 
 
-def scores_by_year(labels, predicted, years) -> List[dict]:
+def scores_by_year(labels, predicted, years) -> list[dict]:
     """Weighted F1 per release decade (the paper's Figure 6), with the number of movies in each."""
     buckets = np.asarray(year_buckets(years))
     rows = []
@@ -99,7 +101,7 @@ def _summary(scores: dict) -> dict:
     return {key: scores[key] for key in ("weighted_f1", "macro_f1", "micro_f1", "samples_f1")}
 
 
-def compute_metrics(genres: Sequence[str], dev: dict, test: dict, movies: Dict[str, dict]) -> dict:
+def compute_metrics(genres: Sequence[str], dev: dict, test: dict, movies: dict[str, dict]) -> dict:
     """Every number of the report. Thresholds are tuned on dev only and applied unchanged to test."""
     thresholds = tune_thresholds(dev["labels"], dev["probabilities"])
     result = {"genres": list(genres), "thresholds_from": "dev", "thresholds": thresholds.tolist(), "splits": {}}
@@ -133,12 +135,12 @@ def reference_scores(train_labels: np.ndarray, dev: dict, test: dict, genres: Se
             "degenerate": degenerate_genres(dev["probabilities"], metrics["thresholds"], genres)}
 
 
-def _number(value: float) -> Optional[float]:
+def _number(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def choose_examples(test: dict, movies: Dict[str, dict], genres: Sequence[str], thresholds,
-                    count: int = NUM_EXAMPLES, seed: int = 0) -> List[dict]:
+def choose_examples(test: dict, movies: dict[str, dict], genres: Sequence[str], thresholds,
+                    count: int = NUM_EXAMPLES, seed: int = 0) -> list[dict]:
     """A reproducible handful of test predictions with plot excerpts (the paper's Appendix A)."""
     order = np.random.default_rng(seed).permutation(len(test["ids"]))[:count]
     examples = []
@@ -149,13 +151,13 @@ def choose_examples(test: dict, movies: Dict[str, dict], genres: Sequence[str], 
         examples.append({
             "movie_id": movie["movie_id"], "title": movie.get("title", ""),
             "plot_excerpt": " ".join(words[:40]) + (" ..." if len(words) > 40 else ""),
-            "true": [g for g, on in zip(genres, test["labels"][row]) if on],
-            "predicted": [g for g, p, t in zip(genres, probabilities, thresholds) if p >= t],
-            "probabilities": {g: round(float(p), 3) for g, p in zip(genres, probabilities)}})
+            "true": [g for g, on in zip(genres, test["labels"][row], strict=True) if on],
+            "predicted": [g for g, p, t in zip(genres, probabilities, thresholds, strict=True) if p >= t],
+            "probabilities": {g: round(float(p), 3) for g, p in zip(genres, probabilities, strict=True)}})
     return examples
 
 
-def draw_pictures(folder: str, genres: Sequence[str], metrics: dict, test: dict) -> Dict[str, str]:
+def draw_pictures(folder: str, genres: Sequence[str], metrics: dict, test: dict) -> dict[str, str]:
     """The report's PNGs; returns {name: path}."""
     import matplotlib
 
@@ -233,7 +235,7 @@ def _save(figure, path: str) -> None:
     plt.close(figure)
 
 
-def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures: Dict[str, str],
+def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures: dict[str, str],
                       metrics: dict) -> None:
     """The pictures as TensorBoard images and the test PR curves in the PR-curves plugin."""
     from tensorboard.plugins.pr_curve import summary as pr_summary
@@ -266,7 +268,8 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
     dev, test = metrics["splits"]["dev"], metrics["splits"]["test"]
     lines = [f"# Evaluation of {os.path.basename(os.path.normpath(run.run_dir))}", "",
              f"Model `{run.config.model.kind}`{' with oversampling' if run.config.oversample else ''} on dataset "
-             f"`{run.prepared.name}` (fingerprint {run.prepared.fingerprint[:12]}), best checkpoint by dev weighted F1. "
+             f"`{run.prepared.name}` (fingerprint {run.prepared.fingerprint[:12]}), best checkpoint by dev "
+             f"weighted F1. Encoders: {encoders_summary(run.encoders)}. "
              f"Dev: {dev['movies']} movies, test: {test['movies']} movies. Per-genre thresholds were tuned on the "
              "**dev** split to maximise each genre's F1 and applied unchanged to **test**; test chose nothing.", "",
              "| split | thresholds | weighted F1 (eq. 2) | macro F1 | micro F1 | samples F1 |",
@@ -302,10 +305,11 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def floor_lines(metrics: dict) -> List[str]:
+def floor_lines(metrics: dict) -> list[str]:
     """The floors on the same split and this model's lift over the best of them, as markdown."""
     lines = ["## Floors: what predicting without looking at a movie scores on this split", "",
-             "| floor (test split) | weighted F1 | macro F1 | micro F1 | samples F1 |", "| --- | --- | --- | --- | --- |"]
+             "| floor (test split) | weighted F1 | macro F1 | micro F1 | samples F1 |",
+             "| --- | --- | --- | --- | --- |"]
     for floor in metrics["floors"]:
         lines.append(f"| {floor['model']} | " + " | ".join(f"{floor['test']['tuned'][m]:.4f}" for m in METRICS) + " |")
     lift = metrics["lift"]
@@ -314,7 +318,7 @@ def floor_lines(metrics: dict) -> List[str]:
         "weighted F1 rewards predicting the frequent genres for every movie."]
 
 
-def degenerate_lines(degenerate: Sequence[dict]) -> List[str]:
+def degenerate_lines(degenerate: Sequence[dict]) -> list[str]:
     """Genres whose dev-tuned threshold predicts them for nearly every movie, as markdown."""
     if not degenerate:
         return ["Degenerate genres: none (no tuned threshold predicts a genre for 90% or more of dev)."]
@@ -366,7 +370,8 @@ def check_same_split(metrics_list: Sequence[dict]) -> None:
     """Refuse to compare runs evaluated on different data or splits."""
     first = metrics_list[0]
     for other in metrics_list[1:]:
-        if other["dataset"]["fingerprint"] != first["dataset"]["fingerprint"] or other["split_digest"] != first["split_digest"]:
+        same_data = other["dataset"]["fingerprint"] == first["dataset"]["fingerprint"]
+        if not same_data or other["split_digest"] != first["split_digest"]:
             raise ValueError(f"{other['run_dir']} was evaluated on {other['dataset']['name']} with another split or "
                              f"data than {first['run_dir']} ({first['dataset']['name']}); their numbers do not compare")
 
@@ -381,7 +386,7 @@ def table3_row(metrics: dict) -> dict:
             "per_genre_f1_tuned": {g["genre"]: g["f1"] for g in splits["test"]["per_genre"]}}
 
 
-def table3_lines(rows: Sequence[dict]) -> List[str]:
+def table3_lines(rows: Sequence[dict]) -> list[str]:
     """Table 3 as markdown: test scores, and each model's lift over the best floor on every metric.
 
     Floors, classic and deep rows share one schema; a time column appears when every row has `seconds`.

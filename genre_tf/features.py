@@ -1,6 +1,5 @@
 """Feature caches: poster features and frozen plot embeddings, computed once per dataset and encoder."""
 import os
-from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -16,7 +15,7 @@ def cache_path(prepared: PreparedDataset, name: str, key: str) -> str:
 
 
 def compute_features(prepared: PreparedDataset, encoder, input_name: str, batch_size: int = 32,
-                     image_size: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+                     image_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Run `encoder` over every split of the dataset; returns (movie ids, float32 features)."""
     ids, rows = [], []
     total = sum(len(prepared.split[name]) for name in SPLIT_NAMES)
@@ -33,7 +32,7 @@ def compute_features(prepared: PreparedDataset, encoder, input_name: str, batch_
 
 
 def load_or_compute(prepared: PreparedDataset, name: str, key: str, encoder_factory, input_name: str,
-                    batch_size: int = 32, image_size: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 32, image_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The cached (ids, features) for this dataset and encoder, computing and saving them if absent.
 
     The file is written under a temporary name and renamed, so a half-written cache is never read.

@@ -23,7 +23,7 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def short_digest(path: str) -> str:
     """The first 16 hex digits of a file's sha256, computed once per process."""
     return sha256_of(path)[:16]

@@ -1,5 +1,5 @@
 """The paper's modified macro soft-F1 loss (equations 3-4), and weighted binary cross-entropy."""
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -40,7 +40,7 @@ class SoftF1Loss(keras.losses.Loss):
 class WeightedBinaryCrossentropy(keras.losses.Loss):
     """Binary cross-entropy with each genre's positives weighted (e.g. by inverse frequency, as MMBT)."""
 
-    def __init__(self, positive_weights: Optional[Sequence[float]] = None, name: str = "weighted_bce", **kwargs):
+    def __init__(self, positive_weights: Sequence[float] | None = None, name: str = "weighted_bce", **kwargs):
         super().__init__(name=name, **kwargs)
         self.positive_weights = None if positive_weights is None else [float(w) for w in positive_weights]
 

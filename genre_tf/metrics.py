@@ -1,19 +1,19 @@
 """Multi-label metrics over a whole evaluated set: the paper's weighted F1 (eq. 2) and the usual others."""
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 EPSILON = 1e-16  # the paper's perturbation in equation 1
 
 
-def per_genre_counts(labels: np.ndarray, predicted: np.ndarray) -> Dict[str, np.ndarray]:
+def per_genre_counts(labels: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
     """True positives, false positives, false negatives and support per genre (0/1 arrays in)."""
     labels, predicted = labels.astype(bool), predicted.astype(bool)
     return {"tp": (labels & predicted).sum(0), "fp": (~labels & predicted).sum(0),
             "fn": (labels & ~predicted).sum(0), "support": labels.sum(0)}
 
 
-def f1_scores(labels: np.ndarray, predicted: np.ndarray) -> Dict[str, object]:
+def f1_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, object]:
     """Per-genre precision/recall/F1 and the weighted (paper), macro, micro and samples F1."""
     if labels.shape != predicted.shape or labels.ndim != 2:
         raise ValueError(f"labels {labels.shape} and predictions {predicted.shape} must be equal [movies, genres]")
@@ -55,7 +55,7 @@ def tune_thresholds(labels: np.ndarray, probabilities: np.ndarray,
     return thresholds
 
 
-def ranking_scores(labels: np.ndarray, probabilities: np.ndarray) -> Dict[str, np.ndarray]:
+def ranking_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
     """Per-genre ROC-AUC and PR-AUC (average precision); NaN where a genre has one class only."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 

@@ -1,5 +1,5 @@
 """The five models of the paper's Table 3 as Keras functional models with named inputs."""
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -65,7 +65,7 @@ def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poste
         if config.branch_norm:
             # CNN features (ResNet50's ~30x) are larger than the text head's output; unnormalised they swamp it.
             branches = [keras.layers.LayerNormalization(name=f"{name}_norm")(branch)
-                        for name, branch in zip(("text", "poster"), branches)]
+                        for name, branch in zip(("text", "poster"), branches, strict=True)]
         x = keras.layers.Concatenate(name="concatenate")(branches)
         x = _dense(config.fusion_units, config, "fusion_dense")(x)
         x = keras.layers.Dropout(config.dropout, name="fusion_dropout")(x)

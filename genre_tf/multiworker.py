@@ -13,12 +13,12 @@ import os
 import socket
 import subprocess
 import sys
-from typing import List, Sequence
+from collections.abc import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_ports(count: int) -> List[int]:
+def free_ports(count: int) -> list[int]:
     """Ports the OS reports free on 127.0.0.1 right now."""
     sockets = [socket.socket() for _ in range(count)]
     for sock in sockets:
@@ -29,14 +29,14 @@ def free_ports(count: int) -> List[int]:
     return ports
 
 
-def tf_configs(count: int) -> List[str]:
+def tf_configs(count: int) -> list[str]:
     """One TF_CONFIG per worker of a local cluster."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(count)]
     return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
             for index in range(count)]
 
 
-def run_workers(overrides: Sequence[str], workers: int = 2, timeout: float = 1800) -> List[int]:
+def run_workers(overrides: Sequence[str], workers: int = 2, timeout: float = 1800) -> list[int]:
     """Start the workers, stream the chief's output, wait for all; returns their exit codes."""
     processes = []
     for index, tf_config in enumerate(tf_configs(workers)):

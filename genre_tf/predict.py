@@ -11,12 +11,11 @@ import csv
 import json
 import os
 import sys
-from typing import List, Optional
 
 
-def read_inputs(args) -> List[dict]:
+def read_inputs(args) -> list[dict]:
     """One dict per movie asked about: label, plot, poster path and poster bytes (None when absent)."""
-    def movie(label: str, plot: Optional[str], poster_path: Optional[str]) -> dict:
+    def movie(label: str, plot: str | None, poster_path: str | None) -> dict:
         poster = None
         if poster_path:
             if os.path.exists(poster_path):
@@ -41,7 +40,7 @@ def read_inputs(args) -> List[dict]:
             for index, row in enumerate(rows)]
 
 
-def predict(model_dir: str, movies: List[dict]) -> List[dict]:
+def predict(model_dir: str, movies: list[dict]) -> list[dict]:
     """Run serving_default on the movies; returns one dict per movie and warns about unused inputs."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  registers the tokenizer ops the export uses
@@ -71,7 +70,8 @@ def predict(model_dir: str, movies: List[dict]) -> List[dict]:
                   file=sys.stderr)
         results.append({"movie": m["label"], "genres": outputs["genres"][i].numpy().decode("utf-8"),
                         "inputs_used": used,
-                        "probabilities": dict(zip(info["genres"], outputs["probabilities"][i].numpy().round(4).tolist()))})
+                        "probabilities": dict(zip(info["genres"], outputs["probabilities"][i].numpy().round(4).tolist(),
+                                                  strict=True))})
     return results
 
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from tqdm import tqdm
 
@@ -35,16 +35,16 @@ class PrepareConfig:
     columns: CsvColumns = dataclasses.field(default_factory=CsvColumns)
     rules: ValidationRules = dataclasses.field(default_factory=ValidationRules)
     num_genres: int = 10           # keep the most frequent genres, counted on the training part
-    genres: Tuple[str, ...] = ()   # a closed vocabulary instead (matched ignoring case); num_genres is then unused
+    genres: tuple[str, ...] = ()   # a closed vocabulary instead (matched ignoring case); num_genres is then unused
     genreless: str = "keep"        # movies with none of the kept genres: keep (all-zero labels, as the paper) | drop
-    fractions: Tuple[float, float, float] = (0.6, 0.2, 0.2)
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     seed: int = 0
     shard_size: int = 2000
     workers: int = 0               # poster decoding threads; 0 = one per core
 
 
 def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0,
-                 progress: bool = True) -> Tuple[List[Movie], List[Reject]]:
+                 progress: bool = True) -> tuple[list[Movie], list[Reject]]:
     """Validate records in parallel, keeping order; duplicates of an earlier id are rejected."""
     def check(record):
         if isinstance(record, Reject):
@@ -70,8 +70,8 @@ def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0,
     return movies, rejects
 
 
-def resolve_split(movies: List[Movie], given: Optional[Dict[str, List[str]]], config: PrepareConfig,
-                  rejects: List[Reject]) -> Dict[str, List[str]]:
+def resolve_split(movies: list[Movie], given: dict[str, list[str]] | None, config: PrepareConfig,
+                  rejects: list[Reject]) -> dict[str, list[str]]:
     """The layout's own split restricted to valid movies, or a stratified split of them."""
     if given is None:
         return stratified_split([m.movie_id for m in movies], [m.genres for m in movies],
@@ -89,9 +89,9 @@ def resolve_split(movies: List[Movie], given: Optional[Dict[str, List[str]]], co
     return {name: [movie_id for movie_id in given[name] if movie_id in valid] for name in SPLIT_NAMES}
 
 
-def unify_spellings(movies: List[Movie]) -> List[Movie]:
+def unify_spellings(movies: list[Movie]) -> list[Movie]:
     """Spell each genre one way: the catalogue's most common spelling among those equal ignoring case."""
-    spellings: Dict[str, Counter] = {}
+    spellings: dict[str, Counter] = {}
     for movie in movies:
         for genre in movie.genres:
             spellings.setdefault(genre_key(genre), Counter())[genre] += 1
@@ -99,7 +99,7 @@ def unify_spellings(movies: List[Movie]) -> List[Movie]:
     return [dataclasses.replace(movie, genres=tuple(chosen[genre_key(g)] for g in movie.genres)) for movie in movies]
 
 
-def choose_vocabulary(train_genres: List[tuple], config: PrepareConfig) -> List[str]:
+def choose_vocabulary(train_genres: list[tuple], config: PrepareConfig) -> list[str]:
     """The genres to predict: the closed list given, or the most frequent ones on the training part."""
     if not config.genres:
         return top_genres(train_genres, config.num_genres)
@@ -111,8 +111,8 @@ def choose_vocabulary(train_genres: List[tuple], config: PrepareConfig) -> List[
     return [spelled[genre_key(g)] for g in config.genres]
 
 
-def apply_vocabulary(movies: List[Movie], split: Dict[str, List[str]], genres: List[str],
-                     policy: str, rejects: List[Reject]) -> Tuple[Dict[str, List[str]], dict]:
+def apply_vocabulary(movies: list[Movie], split: dict[str, list[str]], genres: list[str],
+                     policy: str, rejects: list[Reject]) -> tuple[dict[str, list[str]], dict]:
     """Apply the genreless policy; returns the split and counts for the summary.
 
     A movie is never rejected for carrying a genre outside the vocabulary; one with none of the
@@ -136,15 +136,15 @@ def apply_vocabulary(movies: List[Movie], split: Dict[str, List[str]], genres: L
     return {name: [i for i in ids if i not in dropped] for name, ids in split.items()}, counts
 
 
-def genre_counts(movies: List[Movie], ids: List[str]) -> Dict[str, int]:
+def genre_counts(movies: list[Movie], ids: list[str]) -> dict[str, int]:
     """How many of the given movies carry each genre, most frequent first."""
     wanted = set(ids)
     counts = Counter(genre for movie in movies if movie.movie_id in wanted for genre in movie.genres)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def write_prepared(movies: List[Movie], split: Dict[str, List[str]], genres: List[str],
-                   rejects: List[Reject], config: PrepareConfig, directory: str, vocabulary: dict) -> dict:
+def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: list[str],
+                   rejects: list[Reject], config: PrepareConfig, directory: str, vocabulary: dict) -> dict:
     """Write every artifact of a prepared dataset into `directory`; returns its metadata."""
     from genre_tf.dataset import serialize_example, write_shards
 
@@ -165,7 +165,7 @@ def write_prepared(movies: List[Movie], split: Dict[str, List[str]], genres: Lis
         chosen = [by_id[movie_id] for movie_id in split[name]]
         labels[name] = multi_hot([movie.genres for movie in chosen], genres)
         examples = [serialize_example(m.movie_id, m.plot, m.poster_jpeg, row, m.year)
-                    for m, row in zip(chosen, labels[name])]
+                    for m, row in zip(chosen, labels[name], strict=True)]
         for example in examples:
             digest.update(example)
         shards[name] = write_shards(examples, directory, name, config.shard_size)
@@ -183,7 +183,7 @@ def write_prepared(movies: List[Movie], split: Dict[str, List[str]], genres: Lis
     return metadata
 
 
-def write_rejects(rejects: List[Reject], path: str) -> None:
+def write_rejects(rejects: list[Reject], path: str) -> None:
     """The rejects report: one row per record not kept, with its source, id and reason."""
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
@@ -192,9 +192,9 @@ def write_rejects(rejects: List[Reject], path: str) -> None:
             writer.writerow([reject.source, reject.movie_id, reject.reason])
 
 
-def summarize_rejects(rejects: List[Reject], limit: int = 10) -> str:
+def summarize_rejects(rejects: list[Reject], limit: int = 10) -> str:
     """Counts of rejects by reason, and the first few records by name."""
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for reject in rejects:
         kind = reject.reason.split(":")[0].split(" (")[0]
         counts[kind] = counts.get(kind, 0) + 1
@@ -240,7 +240,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     return metadata
 
 
-def vocabulary_summary(genres: List[str], vocabulary: dict) -> str:
+def vocabulary_summary(genres: list[str], vocabulary: dict) -> str:
     """The genre rule in words, with counts: what was kept, what was outside the vocabulary."""
     others = [g for g in vocabulary["train_genre_counts"] if g not in genres]
     what = "kept with no label (--genreless keep)" if vocabulary["genreless_policy"] == "keep" else "dropped"
@@ -259,7 +259,8 @@ def parse_args(argv=None) -> PrepareConfig:
     parser.add_argument("--layout", default="auto", choices=["auto", "csv", "mmimdb", "jsonl"])
     parser.add_argument("--poster-dir", default="")
     parser.add_argument("--column", action="append", default=[], metavar="FIELD=HEADER",
-                        help="map a CSV column, e.g. --column plot=Overview (fields: id title plot genres poster year language)")
+                        help="map a CSV column, e.g. --column plot=Overview "
+                             "(fields: id title plot genres poster year language)")
     parser.add_argument("--num-genres", type=int, default=10, help="predict the N most frequent genres of train")
     parser.add_argument("--genres", default="", help="a closed vocabulary instead, e.g. Drama,Comedy,Horror")
     parser.add_argument("--genre-alias", action="append", default=[], metavar="NAME=GENRE",
@@ -274,7 +275,8 @@ def parse_args(argv=None) -> PrepareConfig:
     for item in args.column:
         field, _, header = item.partition("=")
         if field not in {f.name for f in dataclasses.fields(CsvColumns)} or not header:
-            parser.error(f"--column {item!r}: expected FIELD=HEADER with FIELD one of id title plot genres poster year language")
+            parser.error(f"--column {item!r}: expected FIELD=HEADER with FIELD one of "
+                         "id title plot genres poster year language")
         mapping[field] = header
     aliases = []
     for item in args.genre_alias:

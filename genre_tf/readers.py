@@ -3,7 +3,7 @@ import csv
 import dataclasses
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Union
+from collections.abc import Iterator
 
 from genre_tf.records import RawMovie, Reject, has_undecodable
 
@@ -29,15 +29,15 @@ class CsvColumns:
 class Catalogue:
     """What a reader found: records (raw or already rejected), and a split when the layout defines one."""
 
-    records: List[Union[RawMovie, Reject]]
-    split: Optional[Dict[str, List[str]]] = None
+    records: list[RawMovie | Reject]
+    split: dict[str, list[str]] | None = None
 
 
-def read_paper_csv(path: str, poster_dir: Optional[str] = None,
+def read_paper_csv(path: str, poster_dir: str | None = None,
                    columns: CsvColumns = CsvColumns()) -> Catalogue:
     """Read the paper's layout: one CSV row per movie, posters relative to poster_dir."""
     poster_dir = poster_dir or os.path.dirname(os.path.abspath(path))
-    records: List[Union[RawMovie, Reject]] = []
+    records: list[RawMovie | Reject] = []
     # surrogateescape keeps a row with bad bytes readable so that only that row is rejected.
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
@@ -76,11 +76,11 @@ def _longest(value):
     """MM-IMDb stores several plot versions; the paper-style single plot is the longest."""
     if isinstance(value, list):
         texts = [text for text in value if isinstance(text, str)]
-        return max(texts, key=len) if texts else ("" if not value else value)
+        return max(texts, key=len) if texts else (value or "")
     return value
 
 
-def read_split_file(path: str) -> Dict[str, List[str]]:
+def read_split_file(path: str) -> dict[str, list[str]]:
     """A split.json of train/dev/test id lists."""
     split = _load_json(path)
     if not isinstance(split, dict) or not all(isinstance(split.get(name), list) for name in SPLIT_NAMES):
@@ -90,7 +90,7 @@ def read_split_file(path: str) -> Dict[str, List[str]]:
 
 def read_mmimdb(folder: str) -> Catalogue:
     """Read MM-IMDb: <id>.json beside <id>.jpeg, with an optional split.json defining the split."""
-    records: List[Union[RawMovie, Reject]] = []
+    records: list[RawMovie | Reject] = []
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".json") or name == "split.json":
             continue
@@ -115,7 +115,7 @@ def read_mmimdb(folder: str) -> Catalogue:
     return Catalogue(records, read_split_file(split_path) if os.path.exists(split_path) else None)
 
 
-def _read_jsonl_file(path: str, image_root: str) -> Iterator[Union[RawMovie, Reject]]:
+def _read_jsonl_file(path: str, image_root: str) -> Iterator[RawMovie | Reject]:
     with open(path, "rb") as handle:
         for line_number, line in enumerate(handle, start=1):
             source = f"{path}:{line_number}"
@@ -136,7 +136,7 @@ def _read_jsonl_file(path: str, image_root: str) -> Iterator[Union[RawMovie, Rej
                            source=source, title=item.get("title", ""), year=item.get("year"))
 
 
-def read_jsonl(path: str, image_root: Optional[str] = None) -> Catalogue:
+def read_jsonl(path: str, image_root: str | None = None) -> Catalogue:
     """Read MMF / Hugging Face style JSONL ({"id", "text", "image", "label"}).
 
     A folder holding train.jsonl, dev.jsonl and test.jsonl defines the split by those files.
@@ -145,8 +145,8 @@ def read_jsonl(path: str, image_root: Optional[str] = None) -> Catalogue:
         root = image_root or os.path.dirname(os.path.abspath(path))
         return Catalogue(list(_read_jsonl_file(path, root)))
     root = image_root or path
-    records: List[Union[RawMovie, Reject]] = []
-    split: Dict[str, List[str]] = {}
+    records: list[RawMovie | Reject] = []
+    split: dict[str, list[str]] = {}
     for name in SPLIT_NAMES:
         file_path = os.path.join(path, f"{name}.jsonl")
         if not os.path.exists(file_path):
@@ -174,7 +174,7 @@ def detect_format(path: str) -> str:
                      "or an MM-IMDb folder of <id>.json and <id>.jpeg")
 
 
-def read_catalogue(path: str, layout: str = "auto", poster_dir: Optional[str] = None,
+def read_catalogue(path: str, layout: str = "auto", poster_dir: str | None = None,
                    columns: CsvColumns = CsvColumns()) -> Catalogue:
     """Read a catalogue in any supported layout."""
     if not os.path.exists(path):

@@ -2,7 +2,7 @@
 import dataclasses
 import functools
 import re
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 from genre_tf.images import PosterError, encode_poster, load_poster
 
@@ -16,7 +16,7 @@ class RawMovie:
     movie_id: str
     plot: object
     genres: object
-    poster: Union[str, bytes, None]  # a file path, or the encoded bytes themselves
+    poster: str | bytes | None  # a file path, or the encoded bytes themselves
     source: str
     title: str = ""
     year: object = None
@@ -32,7 +32,7 @@ class Movie:
     plot: str
     genres: tuple
     poster_jpeg: bytes
-    year: Optional[int]
+    year: int | None
     language: str
     source: str
 
@@ -53,7 +53,7 @@ class ValidationRules:
     min_plot_words: int = 15
     max_plot_words: int = 545
     # Catalogue spellings merged into one genre, matched ignoring case: (("Science Fiction", "Sci-Fi"),).
-    genre_aliases: Tuple[Tuple[str, str], ...] = ()
+    genre_aliases: tuple[tuple[str, str], ...] = ()
     image_size: int = 224
     min_poster_side: int = 32
 
@@ -77,7 +77,7 @@ def _alias_lookup(aliases: tuple) -> dict:
     return {genre_key(alias): " ".join(target.split()) for alias, target in aliases}
 
 
-def parse_genres(value, aliases: Sequence[Tuple[str, str]] = ()) -> tuple:
+def parse_genres(value, aliases: Sequence[tuple[str, str]] = ()) -> tuple:
     """Parse a genre list ('Drama, Comedy', 'Drama|Comedy' or a list) into unique names, any vocabulary.
 
     Names are stripped and their inner spaces collapsed; an alias maps to its target. Which spelling
@@ -107,7 +107,7 @@ def parse_genres(value, aliases: Sequence[Tuple[str, str]] = ()) -> tuple:
     return tuple(genres)
 
 
-def parse_year(value) -> Optional[int]:
+def parse_year(value) -> int | None:
     """A release year as an int, None when absent; a malformed year is an error."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import time
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -36,17 +36,17 @@ class ServingParts:
     """What the serving graph is made of, taken from a restored run."""
 
     kind: str
-    genres: List[str]
+    genres: list[str]
     thresholds: np.ndarray
     head: keras.Model                   # cached-feature inputs (plot_embedding, poster_features) -> probabilities
-    text_encoder: Optional[keras.Model]  # plot -> plot_embedding (or token ids -> plot_embedding)
-    poster_encoder: Optional[keras.Model]  # uint8 poster -> poster_features
+    text_encoder: keras.Model | None  # plot -> plot_embedding (or token ids -> plot_embedding)
+    poster_encoder: keras.Model | None  # uint8 poster -> poster_features
     text_mean: np.ndarray
     poster_mean: np.ndarray
     image_size: int
     seq_length: int
     token_ids: bool = False
-    degenerate: List[dict] = dataclasses.field(default_factory=list)  # genres the thresholds predict for ~everyone
+    degenerate: list[dict] = dataclasses.field(default_factory=list)  # genres the thresholds predict for ~everyone
 
 
 def head_of(model: keras.Model, config, num_genres: int, text_dim: int, poster_dim: int) -> keras.Model:
@@ -169,7 +169,7 @@ class GenreModel(tf.Module):
         has_poster = tf.reduce_any(tf.not_equal(poster_features, 0.0), axis=1)  # all zeros: no poster
         return self._predict(text_inputs, poster_features, has_poster)
 
-    def signatures(self, seq_length: int) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+    def signatures(self, seq_length: int) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """serving_default (text + poster bytes) and with_poster_features (text + CNN features)."""
         poster = tf.TensorSpec([None], tf.string, name=POSTER)
         features = tf.TensorSpec([None, self.poster_dim], tf.float32, name=POSTER_FEATURES)
@@ -177,10 +177,12 @@ class GenreModel(tf.Module):
             specs = [tf.TensorSpec([None, seq_length], tf.int32, name=name) for name in TOKEN_INPUTS]
 
             def default(input_word_ids, input_mask, input_type_ids, poster):
-                return self.serve(dict(zip(TOKEN_INPUTS, (input_word_ids, input_mask, input_type_ids))), poster)
+                ids = dict(zip(TOKEN_INPUTS, (input_word_ids, input_mask, input_type_ids), strict=True))
+                return self.serve(ids, poster)
 
             def with_features(input_word_ids, input_mask, input_type_ids, poster_features):
-                return self.serve_features(dict(zip(TOKEN_INPUTS, (input_word_ids, input_mask, input_type_ids))),
+                ids = dict(zip(TOKEN_INPUTS, (input_word_ids, input_mask, input_type_ids), strict=True))
+                return self.serve_features(ids,
                                            poster_features)
         else:
             specs = [tf.TensorSpec([None], tf.string, name=PLOT)]
@@ -196,7 +198,7 @@ class GenreModel(tf.Module):
                 FEATURES_SIGNATURE: self.serve_with_features.get_concrete_function()}
 
 
-def non_stock_ops(export_dir: str) -> List[str]:
+def non_stock_ops(export_dir: str) -> list[str]:
     """Op types in the SavedModel's graphs that stock TensorFlow does not register (e.g. tensorflow-text's)."""
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -214,7 +216,7 @@ def non_stock_ops(export_dir: str) -> List[str]:
 
 
 def warmup_requests(seq_length: int, token_ids: bool, model_name: str, poster_bytes: bytes,
-                    plots: Sequence[str]) -> List[bytes]:
+                    plots: Sequence[str]) -> list[bytes]:
     """Serialized PredictionLogs for assets.extra/tf_serving_warmup_requests (batch sizes 1 and all)."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -254,7 +256,7 @@ def _without_keras_traces():
 
 
 def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_name: str = "genre_tf",
-               version: Optional[int] = None) -> str:
+               version: int | None = None) -> str:
     """Export a trained run as MODEL_BASE/<version>/, written beside it first and renamed into place."""
     from genre_tf.evaluation import restore_run
 

@@ -1,6 +1,6 @@
 """Multi-label stratified splitting, the top-K genre vocabulary, and the paper's oversampling."""
 from collections import Counter
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from iterstrat.ml_stratifiers import IterativeStratification
@@ -20,7 +20,7 @@ def multi_hot(genre_lists: Sequence[Sequence[str]], genres: Sequence[str]) -> np
 
 
 def stratified_split(ids: Sequence[str], genre_lists: Sequence[Sequence[str]],
-                     fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0) -> Dict[str, List[str]]:
+                     fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0) -> dict[str, list[str]]:
     """Split ids into train/dev/test by iterative stratification (Sechidis et al. 2011), deterministically."""
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) <= 0:
         raise ValueError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
@@ -30,12 +30,12 @@ def stratified_split(ids: Sequence[str], genre_lists: Sequence[Sequence[str]],
     order = np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")
     folds = IterativeStratification(labels[order].astype(bool), np.asarray(fractions), np.random.RandomState(seed))
     split = {name: [] for name in SPLIT_NAMES}
-    for position, fold in zip(order, folds):
+    for position, fold in zip(order, folds, strict=True):
         split[SPLIT_NAMES[fold]].append(ids[position])
     return split
 
 
-def top_genres(genre_lists: Sequence[Sequence[str]], count: int) -> List[str]:
+def top_genres(genre_lists: Sequence[Sequence[str]], count: int) -> list[str]:
     """The `count` most frequent genres, most frequent first (ties broken by name)."""
     counts = Counter(genre for movie in genre_lists for genre in movie)
     return [genre for genre, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:count]]
@@ -66,7 +66,7 @@ def oversample_counts(labels: np.ndarray, num_rare: int = 6, added_fraction: flo
     return counts
 
 
-def frequency_table(genres: Sequence[str], columns: Dict[str, np.ndarray]) -> str:
+def frequency_table(genres: Sequence[str], columns: dict[str, np.ndarray]) -> str:
     """The paper's Table 2: each genre's frequency (share of movies) in several label sets."""
     names = list(columns)
     lines = ["genre        " + "".join(f"{name:>14}" for name in names)]

@@ -6,7 +6,6 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -15,7 +14,7 @@ import tf_keras as keras
 from genre_tf import demo
 from genre_tf.config import TrainConfig, config_to_dict, dump_config, fine_tunes_text, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER_FEATURES, PreparedDataset, load_prepared, make_dataset
-from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_encoders,
+from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_encoders, encoders_summary,
                                poster_encoder_identity, resolve_backbone, text_encoder_identity)
 from genre_tf.features import load_or_compute
 from genre_tf.losses import SoftF1Loss, WeightedBinaryCrossentropy, inverse_frequency_weights
@@ -27,8 +26,9 @@ from genre_tf.split import frequency_table, multi_hot, oversample_counts
 BEST = "best"
 
 
-def demo_dataset(config: demo.DemoConfig = demo.DemoConfig()) -> str:
+def demo_dataset(config: demo.DemoConfig | None = None) -> str:
     """The prepared synthetic demo catalogue, generated and prepared once into the cache."""
+    config = config or demo.DemoConfig()
     from genre_tf.prepare import PrepareConfig, prepare
     from genre_tf.records import ValidationRules
 
@@ -47,7 +47,7 @@ def open_dataset(config: TrainConfig) -> PreparedDataset:
     return load_prepared(demo_dataset() if config.data == "demo" else config.data)
 
 
-def split_labels(prepared: PreparedDataset, split: str) -> Dict[str, np.ndarray]:
+def split_labels(prepared: PreparedDataset, split: str) -> dict[str, np.ndarray]:
     """Ids and multi-hot labels of one split, in the split's order."""
     genres_of = {movie["movie_id"]: movie["genres"] for movie in prepared.movies()}
     ids = prepared.split[split]
@@ -90,7 +90,7 @@ def prepare_run_dir(config: TrainConfig, prepared: PreparedDataset) -> str:
     return run_dir
 
 
-def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> Dict[str, tuple]:
+def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> dict[str, tuple]:
     """The cached inputs this model reads: poster features and, for a frozen encoder, plot embeddings."""
     caches = {}
     if uses_poster(config.model) and not config.poster.fine_tune_last_stage:
@@ -192,7 +192,7 @@ class DevEvaluation(keras.callbacks.Callback):
         with self.writer.as_default(step=epoch):
             for name in ("weighted_f1", "macro_f1", "micro_f1", "samples_f1"):
                 tf.summary.scalar(f"dev/{name}", scores[name])
-            for genre, value in zip(self.genres, scores["f1"]):
+            for genre, value in zip(self.genres, scores["f1"], strict=True):
                 tf.summary.scalar(f"dev_genre_f1/{genre}", value)
             if optimizer is not None:
                 tf.summary.scalar("learning_rate", float(keras.backend.get_value(optimizer.learning_rate)))
@@ -228,21 +228,21 @@ def log_hparams(config: TrainConfig, run_dir: str) -> None:
         hp.hparams(flat, trial_id=os.path.basename(os.path.normpath(run_dir)))
 
 
-def train_repeat_counts(config: TrainConfig, prepared: PreparedDataset, train: dict, run_dir: str) -> Optional[dict]:
+def train_repeat_counts(config: TrainConfig, prepared: PreparedDataset, train: dict, run_dir: str) -> dict | None:
     """Oversampling as copies per training id; prints the paper's Table 2 before and after."""
     if not config.oversample:
         return None
     counts = oversample_counts(train["labels"], config.oversample_genres, config.oversample_fraction, config.seed)
     print(frequency_table(prepared.genres, {"train": train["labels"],
                                             "train OS": np.repeat(train["labels"], counts, axis=0)}))
-    repeat = {movie_id: int(n) for movie_id, n in zip(train["ids"], counts)}
+    repeat = {movie_id: int(n) for movie_id, n in zip(train["ids"], counts, strict=True)}
     with open(os.path.join(run_dir, "oversampled_counts.json"), "w", encoding="utf-8") as handle:
         json.dump(repeat, handle)
     return repeat
 
 
 def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_labels: np.ndarray,
-                       caches: Dict[str, tuple]) -> keras.Model:
+                       caches: dict[str, tuple]) -> keras.Model:
     """The compiled model (inside the active distribution strategy's scope).
 
     Inputs without a cache are encoded inside the model: fine-tuned text, conv5 fine-tuning, or
@@ -278,8 +278,7 @@ def train(config: TrainConfig) -> str:
                else tempfile.mkdtemp(prefix="genre_tf_worker_"))
     print(f"dataset {prepared.name} ({'SYNTHETIC' if prepared.name == demo.DEMO_NAME else 'catalogue'}), "
           f"model {config.model.kind}, run directory {run_dir}")
-    for branch, info in describe_encoders(config.model, config.text, config.poster).items():
-        print(f"{branch} encoder: " + ", ".join(f"{key} {value}" for key, value in info.items() if key != "identity"))
+    print(f"encoders: {encoders_summary(describe_encoders(config.model, config.text, config.poster))}")
     train, dev = split_labels(prepared, "train"), split_labels(prepared, "dev")
     caches = feature_caches(config, prepared) if config.feature_cache else {}
     with strategy.scope():
@@ -307,7 +306,8 @@ def train(config: TrainConfig) -> str:
                   verbose=1 if sys.stdout.isatty() else 2)
     summary = {"model": config.model.kind, "dataset": prepared.name, "seconds": round(time.time() - started, 1),
                "replicas": strategy.num_replicas_in_sync, "global_batch": global_batch,
-               "best_dev_weighted_f1": callback.state["best_weighted_f1"], "best_epoch": callback.state["best_epoch"] + 1,
+               "best_dev_weighted_f1": callback.state["best_weighted_f1"],
+               "best_epoch": callback.state["best_epoch"] + 1,
                "most_common_dev_weighted_f1": most_common_score(train["labels"], dev["labels"])}
     if not chief:
         shutil.rmtree(run_dir, ignore_errors=True)

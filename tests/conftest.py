@@ -44,8 +44,10 @@ def write_mmimdb(folder, count=200, seed=0):
     os.makedirs(folder, exist_ok=True)
     for index in range(count):
         genres = random_genres(rng)
-        colour = {"Drama": (90, 90, 90), "Comedy": (250, 220, 0), "Action": (250, 100, 0), "Horror": (5, 5, 5)}[genres[0]]
-        meta = {"plot": ["short.", plot_for(genres, rng)], "genres": genres, "title": f"M{index}", "year": 1990 + index % 30}
+        colour = {"Drama": (90, 90, 90), "Comedy": (250, 220, 0), "Action": (250, 100, 0),
+                  "Horror": (5, 5, 5)}[genres[0]]
+        meta = {"plot": ["short.", plot_for(genres, rng)], "genres": genres, "title": f"M{index}",
+                "year": 1990 + index % 30}
         with open(os.path.join(folder, f"tt{index:07d}.json"), "w") as handle:
             json.dump(meta, handle)
         with open(os.path.join(folder, f"tt{index:07d}.jpeg"), "wb") as handle:
@@ -99,7 +101,8 @@ def tiny_overrides(tiny_hub_bert):
     """train.py options for tiny models: tiny BERT, random EfficientNet-Lite0 at 32 px, small heads and batches."""
     encoder, preprocessor = tiny_hub_bert
     return ["model.text_units=[16, 8]", "model.fusion_units=8", f"text.encoder={encoder}",
-            f"text.preprocessor={preprocessor}", "text.seq_length=128", "poster.backbone=efficientnet_lite0", "poster.weights=random",
+            f"text.preprocessor={preprocessor}", "text.seq_length=128", "poster.backbone=efficientnet_lite0",
+            "poster.weights=random",
             "poster.image_size=32", "batch_size=8", "epochs=2", "learning_rate=0.001"]
 
 

@@ -66,3 +66,13 @@ def test_table3_reuses_finished_rows_with_the_same_options(small_prepared, tiny_
     again = table3(small_prepared, options, runs_root=str(tmp_path), kinds=["most_common"])
     assert capsys.readouterr().out.count("reusing the finished run") == 2
     assert [row["test"] for row in again["rows"]] == [row["test"] for row in first["rows"]]
+
+
+def test_kind_prefixed_options_apply_to_their_model_only():
+    from genre_tf.bench import for_kind
+
+    options = ["epochs=3", "text_finetuned:learning_rate=1e-5", "poster:epochs=9", "text.encoder=https://tfhub.dev/x"]
+    assert for_kind(options, "poster") == ["epochs=3", "epochs=9", "text.encoder=https://tfhub.dev/x"]
+    assert for_kind(options, "text_finetuned") == ["epochs=3", "learning_rate=1e-5", "text.encoder=https://tfhub.dev/x"]
+    with pytest.raises(ValueError, match="'txt' is not a model kind"):
+        for_kind(["txt:epochs=1"], "poster")

@@ -2,11 +2,13 @@
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import genre_tf  # noqa: F401
+from genre_tf.files import read_json
 from conftest import image_bytes, write_csv, write_mmimdb
 from genre_tf.images import PosterError, load_poster
 from genre_tf.prepare import PrepareConfig, prepare, validate_all
@@ -108,7 +110,7 @@ def test_split_file_ids_without_a_record_are_reported(tmp_path):
     prepare(PrepareConfig(catalogue=folder, out=str(tmp_path / "prep"), rules=RULES, num_genres=3), progress=False)
     rejects = (tmp_path / "prep" / "rejects.csv").read_text().splitlines()
     assert rejects[1:] == ["split (train),tt_ghost,listed in the split but no record has this id"]
-    assert json.load(open(tmp_path / "prep" / "split.json"))["train"] == ids[:30]
+    assert read_json(tmp_path / "prep" / "split.json")["train"] == ids[:30]
 
 
 def test_jsonl_folder_defines_the_split(tmp_path):
@@ -190,3 +192,27 @@ def test_open_vocabulary_keeps_every_genre_name_and_merges_case_and_aliases(tmp_
     assert rejects.count("is among the 2 kept") == 5 and metadata["counts"]["train"] == 6
     with pytest.raises(ValueError, match=r"--genres names \['Western'\], which no training movie has"):
         prepare(dataclasses.replace(config, out=str(tmp_path / "w"), genres=("Western",)), progress=False)
+
+
+def test_no_module_of_genre_tf_imports_itself_back():
+    """The import graph of genre_tf (function-level imports included) has no cycle."""
+    import ast
+    import glob
+    import graphlib
+
+    package = os.path.join(os.path.dirname(__file__), "..", "genre_tf")
+    graph = {}
+    for path in glob.glob(os.path.join(package, "*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(Path(path).read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("genre_tf."):
+                names.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("genre_tf."))
+        graph[os.path.basename(path)[:-3]] = names
+    assert len(graph) > 20 and "encoders" in graph["training"]  # the walk sees real imports
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as error:
+        pytest.fail(f"import cycle: {' -> '.join(error.args[1])}")
+    assert order.index("config") < order.index("training")

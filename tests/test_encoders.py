@@ -1,12 +1,13 @@
 """Text and poster encoders: TF-Hub loading path, fine-tuning, the MiniLM conversion, caches, errors."""
-import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import genre_tf  # noqa: F401
+from genre_tf.files import read_json
 import tf_keras as keras
 from genre_tf.config import PosterEncoderConfig, TextEncoderConfig
 from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_poster_encoder,
@@ -30,7 +31,7 @@ def test_fit_updates_the_bert_encoder_only_when_trainable(tiny_hub_bert, trainab
     before = encoder_weights(text)
     plots = tf.constant(["the hero fights", "a ghost at night", "love story", "laugh city"] * 4)
     model.fit(plots, np.tile([[1, 0], [0, 1]], (8, 1)).astype("float32"), epochs=2, batch_size=8, verbose=0)
-    changed = [not np.array_equal(a, b) for a, b in zip(before, encoder_weights(text))]
+    changed = [not np.array_equal(a, b) for a, b in zip(before, encoder_weights(text), strict=True)]
     assert len(changed) > 30
     assert all(changed) if trainable else not any(changed)
 
@@ -89,7 +90,8 @@ def reference_bert(ids: list, weights: dict, config: dict):
 
     def norm(x, name):
         mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-        return (x - mean) / np.sqrt(var + config["layer_norm_eps"]) * weights[f"{name}.weight"] + weights[f"{name}.bias"]
+        normalised = (x - mean) / np.sqrt(var + config["layer_norm_eps"])
+        return normalised * weights[f"{name}.weight"] + weights[f"{name}.bias"]
 
     def dense(x, name):
         return x @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
@@ -121,7 +123,7 @@ def test_minilm_conversion_matches_an_independent_numpy_bert():
     with open(os.path.join(folder, "vocab.txt"), encoding="utf-8") as handle:
         vocab = {line.rstrip("\n"): index for index, line in enumerate(handle)}
     weights = {k: v.astype(np.float64) for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
-    config = json.load(open(os.path.join(folder, "config.json")))
+    config = read_json(os.path.join(folder, "config.json"))
     encoder, preprocessor = minilm_handles(128)
     ids = hub.KerasLayer(preprocessor)(tf.constant(SENTENCES))
     outputs = hub.KerasLayer(encoder)(ids)
@@ -210,6 +212,6 @@ def test_feature_cache_is_reused_and_keyed_by_encoder(small_prepared):
     np.testing.assert_allclose(other, 2 * features, rtol=1e-6)
     # a half-written cache (only the temporary file) is not taken as complete
     partial = cache_path(prepared, "poster_features", "key-c") + ".123.tmp.npz"
-    open(partial, "wb").write(b"half")
+    Path(partial).write_bytes(b"half")
     load_or_compute(prepared, "poster_features", "key-c", factory(3.0), "poster")
     assert calls == [1.0, 2.0, 3.0]

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 import genre_tf  # noqa: F401
+from genre_tf.files import read_json
 from genre_tf.evaluation import REPORT_FILES, compute_metrics, evaluate_run, predict_split, restore_run
 from genre_tf.metrics import tune_thresholds
 from genre_tf.training import train
@@ -66,9 +68,9 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
     run = restore_run(trained_run)
     dev = predict_split(run, "dev")
     assert metrics["thresholds"] == tune_thresholds(dev["labels"], dev["probabilities"]).tolist()
-    assert json.load(open(os.path.join(trained_run, "metrics.json")))["splits"]["test"]["movies"] == len(
+    assert read_json(os.path.join(trained_run, "metrics.json"))["splits"]["test"]["movies"] == len(
         run.prepared.split["test"])
-    report = open(os.path.join(trained_run, "report.md")).read()
+    report = Path(os.path.join(trained_run, "report.md")).read_text()
     assert "tuned on the **dev** split" in report and "![co-occurrence](cooccurrence.png)" in report
     assert len(metrics["examples"]) == 6 and metrics["examples"] == evaluate_run(trained_run)["examples"]
     assert os.listdir(os.path.join(trained_run, "logs", "evaluation"))
@@ -83,9 +85,9 @@ def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config
     assert "| poster | no |" in table and "| most_common | no |" in table
     moved = trained_run + "-elsewhere"
     shutil.copytree(trained_run, moved)
-    metrics = json.load(open(os.path.join(moved, "metrics.json")))
+    metrics = read_json(os.path.join(moved, "metrics.json"))
     metrics["split_digest"] = "another split"
-    json.dump(metrics, open(os.path.join(moved, "metrics.json"), "w"))
+    Path(os.path.join(moved, "metrics.json")).write_text(json.dumps(metrics))
     assert evaluate.main([trained_run, moved, "--table"]) == 2
     assert "do not compare" in capsys.readouterr().err
     with open(os.path.join(moved, "metrics.json"), "w") as handle:
@@ -117,7 +119,7 @@ def test_an_empty_test_split_is_refused(tiny_config, tmp_path):
 
     raw = write_mmimdb(str(tmp_path / "raw"), count=40, seed=3)
     ids = sorted(name[:-5] for name in os.listdir(raw) if name.endswith(".json"))
-    json.dump({"train": ids[:30], "dev": ids[30:], "test": []}, open(os.path.join(raw, "split.json"), "w"))
+    Path(os.path.join(raw, "split.json")).write_text(json.dumps({"train": ids[:30], "dev": ids[30:], "test": []}))
     prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / "prepared"), name="no-test",
                           rules=ValidationRules(image_size=32), num_genres=4), progress=False)
     run_dir = train(tiny_config("most_common", f"data={tmp_path / 'prepared'}"))

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import genre_tf  # noqa: F401
+from genre_tf.files import read_json
 from genre_tf.dataset import load_prepared, raw_examples
 from genre_tf.evaluation import predict_split, restore_run
 from genre_tf.serving import export_run, latest_version
@@ -68,9 +69,10 @@ def test_fresh_process_matches_the_in_memory_model_and_survives_bad_inputs(expor
     assert not result["training_code_loaded"]
     assert np.abs(np.array(result["probabilities"]) - expected).max() < 1e-5
     assert np.array_equal(result["rest_probabilities"], result["probabilities"])
-    info = json.load(open(os.path.join(version_dir, "assets.extra", "export_info.json")))
+    info = read_json(os.path.join(version_dir, "assets.extra", "export_info.json"))
     predicted = expected >= np.array(info["thresholds"])
-    assert result["genres"] == [", ".join(g for g, on in zip(info["genres"], row) if on) for row in predicted]
+    names = [", ".join(g for g, on in zip(info["genres"], row, strict=True) if on) for row in predicted]
+    assert result["genres"] == names
     assert result["odd_used"] == ["plot", "poster", "plot", "none"] and result["odd_finite"]
 
 
@@ -88,7 +90,7 @@ def test_saved_model_cli_shows_the_serving_contract(exported):
         assert f"dtype: {dtype}" in block.split("name:")[0] and f"shape: {shape}" in block.split("name:")[0]
     features = shown.split("signature_def['with_poster_features']")[1]
     assert "shape: (-1, 1280)" in features.split("['poster_features'] tensor_info:")[1].split("name:")[0]
-    info = json.load(open(os.path.join(version_dir, "assets.extra", "export_info.json")))
+    info = read_json(os.path.join(version_dir, "assets.extra", "export_info.json"))
     assert "WordpieceTokenizeWithOffsets" in info["non_stock_ops"]
     assert not any(hasattr(tf.raw_ops, op) for op in info["non_stock_ops"])
 
@@ -142,7 +144,7 @@ def test_token_id_export_matches_the_text_export_and_versions_count_up(text_expo
     assert latest_version(os.path.dirname(token_dir)) == token_dir
     with pytest.raises(FileExistsError):
         export_run(run_dir, os.path.dirname(token_dir), version=2)
-    info = json.load(open(os.path.join(token_dir, "assets.extra", "export_info.json")))
+    info = read_json(os.path.join(token_dir, "assets.extra", "export_info.json"))
     assert info["token_id_inputs"] and info["non_stock_ops"] == []
     plots = tf.constant(["a ghost in the dark night", "laugh with the family", ""])
     posters = tf.constant([image_bytes(), b"", b""])

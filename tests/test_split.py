@@ -17,7 +17,7 @@ def test_split_is_60_20_20_stratified_and_deterministic():
     assert sorted(sum(split.values(), [])) == sorted(ids)
     sizes = [len(split[s]) for s in ("train", "dev", "test")]
     np.testing.assert_allclose(sizes, [600, 200, 200], atol=10)  # label balance can move a few rows
-    by_id = dict(zip(ids, genres))
+    by_id = dict(zip(ids, genres, strict=True))
     overall = multi_hot(genres, ["Drama", "Comedy", "Horror", "Sci-Fi"]).mean(0)
     for part in split.values():
         share = multi_hot([by_id[i] for i in part], ["Drama", "Comedy", "Horror", "Sci-Fi"]).mean(0)

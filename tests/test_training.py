@@ -1,11 +1,12 @@
 """Every Table 3 model trains on tiny data; run directories, resume after interruption, the config."""
-import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import genre_tf  # noqa: F401
+from genre_tf.files import read_json
 from genre_tf.config import dump_config, load_config
 from genre_tf.training import DevEvaluation, best_checkpoint, train
 
@@ -13,11 +14,11 @@ from genre_tf.training import DevEvaluation, best_checkpoint, train
 @pytest.mark.parametrize("kind", ["most_common", "poster", "text_frozen", "text_finetuned", "integrated"])
 def test_each_model_trains_and_leaves_a_complete_run_directory(tiny_config, small_prepared, kind):
     run_dir = train(tiny_config(kind))
-    final = json.load(open(os.path.join(run_dir, "final.json")))
-    state = json.load(open(os.path.join(run_dir, "training_state.json")))
+    final = read_json(os.path.join(run_dir, "final.json"))
+    state = read_json(os.path.join(run_dir, "training_state.json"))
     assert final["model"] == kind and 0.0 <= final["best_dev_weighted_f1"] <= 1.0
     assert len(state["history"]) == (1 if kind == "most_common" else 2)
-    assert open(os.path.join(run_dir, "genres.txt")).read() == open(os.path.join(small_prepared, "genres.txt")).read()
+    assert Path(run_dir, "genres.txt").read_text() == Path(small_prepared, "genres.txt").read_text()
     if kind == "most_common":
         # the baseline predicts the genres of more than half of training: its score is the recorded baseline
         assert final["best_dev_weighted_f1"] == pytest.approx(final["most_common_dev_weighted_f1"])
@@ -29,7 +30,7 @@ def test_each_model_trains_and_leaves_a_complete_run_directory(tiny_config, smal
 def test_oversampling_writes_the_counts_and_trains(tiny_config, capsys):
     run_dir = train(tiny_config("poster", "oversample=true",
                                 "oversample_genres=2", "oversample_fraction=0.5"))
-    counts = json.load(open(os.path.join(run_dir, "oversampled_counts.json")))
+    counts = read_json(os.path.join(run_dir, "oversampled_counts.json"))
     assert sum(counts.values()) == len(counts) + round(0.5 * len(counts))
     assert "train OS" in capsys.readouterr().out
 
@@ -46,11 +47,11 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
     monkeypatch.setattr(DevEvaluation, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(config)
-    best_before = open(best_checkpoint(config.run_dir) + ".index", "rb").read()
+    best_before = Path(best_checkpoint(config.run_dir) + ".index").read_bytes()
     assert not os.path.exists(os.path.join(config.run_dir, "final.json"))
     monkeypatch.setattr(DevEvaluation, "on_epoch_end", original)
     train(config)
-    epochs = [row["epoch"] for row in json.load(open(os.path.join(config.run_dir, "training_state.json")))["history"]]
+    epochs = [row["epoch"] for row in read_json(os.path.join(config.run_dir, "training_state.json"))["history"]]
     assert epochs == [0, 1, 2, 3]  # epochs 0-1 were not trained again
     assert best_before and os.path.exists(best_checkpoint(config.run_dir) + ".index")
 
@@ -65,7 +66,7 @@ def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(tiny_config, sm
     features_dir = os.path.join(small_prepared, "features")
     cached_before = sorted(os.listdir(features_dir)) if os.path.exists(features_dir) else []
     run_dir = train(config)
-    assert 0.0 <= json.load(open(os.path.join(run_dir, "final.json")))["best_dev_weighted_f1"] <= 1.0
+    assert 0.0 <= read_json(os.path.join(run_dir, "final.json"))["best_dev_weighted_f1"] <= 1.0
     assert (sorted(os.listdir(features_dir)) if os.path.exists(features_dir) else []) == cached_before
 
     tuned = tiny_config("poster",
@@ -122,7 +123,7 @@ def test_two_workers_on_localhost_train_one_model(tiny_config, small_prepared, t
                  "model.text_units=[16, 8]", f"text.encoder={encoder}", f"text.preprocessor={preprocessor}",
                  "text.seq_length=128", "batch_size=8", "epochs=2", "learning_rate=0.001"]
     assert run_workers(overrides, workers=2, timeout=300) == [0, 0]
-    final = json.load(open(os.path.join(config.run_dir, "final.json")))
+    final = read_json(os.path.join(config.run_dir, "final.json"))
     assert (final["replicas"], final["global_batch"]) == (2, 16)
-    assert len(json.load(open(os.path.join(config.run_dir, "training_state.json")))["history"]) == 2
+    assert len(read_json(os.path.join(config.run_dir, "training_state.json"))["history"]) == 2
     assert os.path.exists(best_checkpoint(config.run_dir) + ".index")
