@@ -113,6 +113,11 @@ def _coerce(value, expected, key: str):
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-5 (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{key} must be float, got {value!r}") from None
     if expected is str and value is None:
         return ""
     if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
@@ -190,15 +195,44 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+MAX_CONFIG_CHARS = 1_000_000  # a real config file is a few hundred characters
+
+
+def read_config_file(path: str) -> dict:
+    """The options in a YAML or JSON file, or a ValueError naming the file and what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(MAX_CONFIG_CHARS + 1)  # bounded: --config /dev/zero must not fill memory
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else f"not UTF-8 text ({error.reason})"
+        raise ValueError(f"config file {path}: cannot be read: {reason}") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ValueError(f"config file {path} is larger than {MAX_CONFIG_CHARS} characters; is it a config file?")
+    try:
+        tree = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        hint = " (the file looks truncated)" if "end of stream" in str(problem) else ""
+        raise ValueError(f"config file {path} is not valid YAML or JSON{where}: {problem}{hint}") from None
+    if tree is None and not text.strip(" \t\r\n"):
+        raise ValueError(f"config file {path} is empty; give options, or leave out --config")
+    if tree is None:
+        raise ValueError(f"config file {path} holds no options (only comments or null); give options, "
+                         "or leave out --config")
+    if not isinstance(tree, dict):
+        raise ValueError(f"config file {path} must hold a mapping of options, not a {type(tree).__name__}")
+    return tree
+
+
 def load_config(path: str = "", overrides: list[str] = ()) -> TrainConfig:
     """Defaults, then the demo preset (when data is demo), then the file, then command-line overrides."""
     explicit: dict[str, object] = {}
     if path:
-        with open(path, encoding="utf-8") as handle:
-            tree = yaml.safe_load(handle) or {}  # YAML is a superset of JSON
-        if not isinstance(tree, dict):
-            raise ValueError(f"{path}: a config file must hold a mapping of options")
-        explicit.update(_flatten(tree))
+        explicit.update(_flatten(read_config_file(path)))
     explicit.update(dict(parse_override(item) for item in overrides))
     data = explicit.get("data", TrainConfig.data)
     preset = {k: v for k, v in DEMO_PRESET.items() if k not in explicit} if data == "demo" else {}

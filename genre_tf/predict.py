@@ -4,101 +4,146 @@
     python -m genre_tf.predict --model models/genre_tf --csv movies.csv   # columns: plot, poster (a path; optional)
 
 Prints each movie's predicted genres (thresholds tuned on dev, inside the model) and every genre's
-probability. A poster that is missing or cannot be decoded is reported, and the plot alone is used.
+probability. A poster that is missing, refused or undecodable is reported, and the plot alone is used.
+CSV poster paths are relative to the CSV's folder (or --poster-dir) and must stay inside it, as in
+prepare. A CSV is read and predicted --batch-size rows at a time, each batch printed when it is done.
 """
 import argparse
 import csv
+import itertools
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator
+
+from genre_tf.images import InputFileError, InputFileNotFoundError, read_poster_file
+
+PREDICT_BATCH = 64  # rows per call of the model: memory stays that of one batch, whatever the CSV's length
 
 
-def read_inputs(args) -> list[dict]:
-    """One dict per movie asked about: label, plot, poster path and poster bytes (None when absent)."""
-    def movie(label: str, plot: str | None, poster_path: str | None) -> dict:
-        poster = None
-        if poster_path:
-            if os.path.exists(poster_path):
-                with open(poster_path, "rb") as handle:
-                    poster = handle.read()
-            else:
-                print(f"warning: {label}: poster {poster_path} not found; predicting from the plot", file=sys.stderr)
-        return {"label": label, "plot": plot or "", "poster_path": poster_path or "", "poster": poster}
-
-    if not args.csv:
-        return [movie("movie", args.plot, args.poster)]
-    try:
-        with open(args.csv, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{args.csv} is not UTF-8 text ({error.reason} at byte {error.start})") from None
-    if not rows:
-        raise ValueError(f"{args.csv} has no movies (a header line, then one row per movie)")
-    if "plot" not in rows[0]:
-        raise ValueError(f"{args.csv} needs a 'plot' column (and optionally 'poster'); it has {list(rows[0])}")
-    return [movie(row.get("id") or row.get("title") or f"{args.csv} line {index + 2}", row["plot"], row.get("poster"))
-            for index, row in enumerate(rows)]
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
-def predict(model_dir: str, movies: list[dict]) -> list[dict]:
-    """Run serving_default on the movies; returns one dict per movie and warns about unused inputs."""
+def load_movie(label: str, plot: str | None, poster_path: str | None, root: str) -> dict:
+    """One movie to predict: label, plot, poster path and poster bytes (None when absent or refused)."""
+    poster = None
+    if poster_path:
+        try:
+            poster = read_poster_file(poster_path, root)
+        except InputFileNotFoundError:
+            _warn(f"{label}: poster {poster_path} not found; predicting from the plot")
+        except InputFileError as error:
+            _warn(f"{label}: {error}; predicting from the plot")
+    return {"label": label, "plot": plot or "", "poster_path": poster_path or "", "poster": poster}
+
+
+def read_csv_movies(path: str, poster_dir: str = "") -> Iterator[dict]:
+    """The movies of a CSV (a 'plot' column, optionally 'poster', 'id', 'title'), read row by row."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is {'a folder' if os.path.isdir(path) else 'not a regular file'}; "
+                         "--csv needs a CSV file")
+    root = poster_dir or os.path.dirname(os.path.abspath(path))
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first column's name.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        count = 0
+        try:
+            if "plot" not in (reader.fieldnames or []):
+                raise ValueError(f"{path} needs a 'plot' column (and optionally 'poster'); it has "
+                                 f"{list(reader.fieldnames or [])}")
+            for row in reader:
+                count += 1
+                poster = (row.get("poster") or "").strip()
+                label = row.get("id") or row.get("title") or f"{path} line {reader.line_num}"
+                yield load_movie(label, row["plot"], os.path.join(root, poster) if poster else None, root)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text (line {reader.line_num + 1}: {error.reason})") from None
+        except csv.Error as error:
+            raise ValueError(f"{path}: unreadable CSV at line {reader.line_num}: {error}") from None
+    if not count:
+        raise ValueError(f"{path} has no movies (a header line, then one row per movie)")
+
+
+def read_inputs(args) -> Iterator[dict]:
+    """The movies asked about on the command line: one --plot (and --poster), or the rows of --csv."""
+    if args.csv:
+        return read_csv_movies(args.csv, args.poster_dir)
+    # A poster named on the command line is the user's own choice of file: its folder is its root.
+    root = os.path.dirname(os.path.realpath(args.poster)) if args.poster else ""
+    return iter([load_movie("movie", args.plot, args.poster, root)])
+
+
+def predict(model_dir: str, movies: Iterable[dict], batch_size: int = PREDICT_BATCH) -> Iterator[dict]:
+    """Run serving_default on the movies, batch_size at a time; yields one dict per movie, warns of unused inputs."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  registers the tokenizer ops the export uses
 
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     info_path = os.path.join(model_dir, "assets.extra", "export_info.json")
     if not os.path.exists(info_path):
         raise FileNotFoundError(f"{model_dir} is not a genre_tf export (no assets.extra/export_info.json)")
     with open(info_path, encoding="utf-8") as handle:
         info = json.load(handle)
     signature = tf.saved_model.load(model_dir).signatures["serving_default"]
-    plots = tf.constant([m["plot"] for m in movies])
-    posters = tf.constant([m["poster"] or b"" for m in movies])
+    tokenize = None
     if info["token_id_inputs"]:
         import tensorflow_hub as hub
 
-        outputs = signature(**hub.load(info["text_preprocessor_handle"])(plots), poster=posters)
-    else:
-        outputs = signature(plot=plots, poster=posters)
-    results = []
-    for i, m in enumerate(movies):
+        # exports store the preprocessor inside the model folder, relative to it
+        tokenize = hub.load(os.path.join(model_dir, info["text_preprocessor_handle"]))
+    movies = iter(movies)
+    while batch := list(itertools.islice(movies, batch_size)):
+        plots = tf.constant([m["plot"] for m in batch])
+        posters = tf.constant([m["poster"] or b"" for m in batch])
+        text = tokenize(plots) if tokenize is not None else {"plot": plots}
+        yield from _results(batch, signature(**text, poster=posters), info["genres"])
+
+
+def _results(batch: list[dict], outputs: dict, genres: list[str]) -> Iterator[dict]:
+    for i, m in enumerate(batch):
         used = outputs["inputs_used"][i].numpy().decode("utf-8")
         if m["poster"] is not None and "poster" not in used:
-            print(f"warning: {m['label']}: poster {m['poster_path']} could not be decoded; predicted from "
-                  f"{used if used != 'none' else 'neither input'}", file=sys.stderr)
+            _warn(f"{m['label']}: poster {m['poster_path']} could not be decoded; predicted from "
+                  f"{used if used != 'none' else 'neither input'}")
         if not m["plot"].strip():
-            print(f"warning: {m['label']}: empty plot; predicted from {used if used != 'none' else 'neither input'}",
-                  file=sys.stderr)
-        results.append({"movie": m["label"], "genres": outputs["genres"][i].numpy().decode("utf-8"),
-                        "inputs_used": used,
-                        "probabilities": dict(zip(info["genres"], outputs["probabilities"][i].numpy().round(4).tolist(),
-                                                  strict=True))})
-    return results
+            _warn(f"{m['label']}: empty plot; predicted from {used if used != 'none' else 'neither input'}")
+        yield {"movie": m["label"], "genres": outputs["genres"][i].numpy().decode("utf-8"), "inputs_used": used,
+               "probabilities": dict(zip(genres, outputs["probabilities"][i].numpy().round(4).tolist(), strict=True))}
 
 
 def main(argv=None) -> int:
+    """`python -m genre_tf.predict`: 0 once every movie is printed, 2 after a one-line error."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="MODEL_BASE (latest version) or a version folder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--plot")
     source.add_argument("--csv")
     parser.add_argument("--poster", default="")
+    parser.add_argument("--poster-dir", default="", help="CSV poster paths are relative to (and inside) this folder; "
+                                                         "default: the CSV's folder")
+    parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help="CSV rows per model call")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     from genre_tf.serving import latest_version
 
     try:
-        results = predict(latest_version(args.model), read_inputs(args))
-    except (ValueError, FileNotFoundError) as error:
+        for result in predict(latest_version(args.model), read_inputs(args), args.batch_size):
+            print(json.dumps(result) if args.json else format_result(result), flush=True)
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for result in results:
-        if args.json:
-            print(json.dumps(result))
-            continue
-        ranked = sorted(result["probabilities"].items(), key=lambda item: -item[1])
-        print(f"{result['movie']}: {result['genres'] or '(no genre above its threshold)'}  "
-              f"[from {result['inputs_used']}]\n  " + "  ".join(f"{g} {p:.3f}" for g, p in ranked))
     return 0
+
+
+def format_result(result: dict) -> str:
+    """A movie's predicted genres and every genre's probability, most probable first."""
+    ranked = sorted(result["probabilities"].items(), key=lambda item: -item[1])
+    return (f"{result['movie']}: {result['genres'] or '(no genre above its threshold)'}  "
+            f"[from {result['inputs_used']}]\n  " + "  ".join(f"{g} {p:.3f}" for g, p in ranked))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
+import socket
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from genre_tf.images import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from genre_tf.readers import SPLIT_NAMES, CsvColumns, read_catalogue
 from genre_tf.records import Movie, RecordError, Reject, ValidationRules, genre_key, validate_movie
 from genre_tf.split import frequency_table, multi_hot, stratified_split, top_genres
@@ -41,6 +44,38 @@ class PrepareConfig:
     seed: int = 0
     shard_size: int = 2000
     workers: int = 0               # poster decoding threads; 0 = one per core
+    min_train_movies: int = 32     # refuse to write a training part smaller than one batch (train.py's batch_size)
+
+
+def check_config(config: PrepareConfig) -> None:
+    """Raise ValueError naming the first option that cannot give a trainable dataset (before any reading)."""
+    checks = [(bool(config.catalogue and config.out), "prepare needs a catalogue and an output folder"),
+              (bool(config.genres) or config.num_genres >= 1,
+               f"the number of genres must be at least 1, got {config.num_genres}"),
+              (config.genreless in ("keep", "drop"), f"genreless must be 'keep' or 'drop', got {config.genreless!r}"),
+              (config.min_train_movies >= 1, f"min_train_movies must be at least 1, got {config.min_train_movies}"),
+              (config.shard_size >= 1 and config.workers >= 0, "shard_size must be >= 1 and workers >= 0"),
+              (len(config.fractions) == 3 and min(config.fractions) > 0 and abs(sum(config.fractions) - 1) < 1e-6,
+               f"split fractions must be three positive numbers summing to 1, got {config.fractions}")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def check_trainable(split: dict[str, list[str]], config: PrepareConfig, rejects: list[Reject]) -> None:
+    """Refuse a split that cannot train or select a model: too few train movies, or no dev movie."""
+    sizes = ", ".join(f"{name} {len(split[name])}" for name in SPLIT_NAMES)
+    problems = []
+    if len(split["train"]) < config.min_train_movies:
+        problems.append(f"{len(split['train'])} training movie(s), fewer than one batch of {config.min_train_movies} "
+                        "(min_train_movies)")
+    if not split["dev"]:
+        problems.append("no dev movie to select the best epoch on")
+    if problems:
+        raise ValueError(f"{config.catalogue}: nothing written: {' and '.join(problems)} ({sizes}).\n"
+                         f"{summarize_rejects(rejects, report=None)}")
+    if not split["test"]:
+        print(f"warning: the test part is empty ({sizes}); evaluate.py will refuse to score test", file=sys.stderr)
 
 
 def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0,
@@ -192,8 +227,8 @@ def write_rejects(rejects: list[Reject], path: str) -> None:
             writer.writerow([reject.source, reject.movie_id, reject.reason])
 
 
-def summarize_rejects(rejects: list[Reject], limit: int = 10) -> str:
-    """Counts of rejects by reason, and the first few records by name."""
+def summarize_rejects(rejects: list[Reject], limit: int = 10, report: str | None = "rejects.csv") -> str:
+    """Counts of rejects by reason, the first few by name, and the report holding the rest (None: not written)."""
     counts: dict[str, int] = {}
     for reject in rejects:
         kind = reject.reason.split(":")[0].split(" (")[0]
@@ -202,31 +237,56 @@ def summarize_rejects(rejects: list[Reject], limit: int = 10) -> str:
                                                       sorted(counts.items(), key=lambda item: -item[1])]
     lines += [f"  {r.source} [{r.movie_id}]: {r.reason}" for r in rejects[:limit]]
     if len(rejects) > limit:
-        lines.append(f"  ... {len(rejects) - limit} more in rejects.csv")
+        where = f"in {report}" if report else "not shown (no rejects.csv is written when prepare stops)"
+        lines.append(f"  ... {len(rejects) - limit} more {where}")
     return "\n".join(lines)
+
+
+_STAGING = re.compile(r"\.prepare-(\d+)-[0-9a-f]+@(.+)")
+
+
+def make_staging_folder(parent: str) -> str:
+    """A fresh hidden folder under parent named by this process, after removing those of dead (killed) processes."""
+    host = socket.gethostname()
+    os.makedirs(parent, exist_ok=True)
+    for name in os.listdir(parent):
+        match = _STAGING.fullmatch(name)
+        if match and match.group(2) == host and not _process_alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    staging = os.path.join(parent, f".prepare-{os.getpid()}-{secrets.token_hex(4)}@{host}")
+    os.mkdir(staging)  # mode 0o777 less the umask, like any folder the user creates (mkdtemp gives 0o700)
+    return staging
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     """Read, validate, split and write a prepared dataset atomically; returns its metadata."""
-    if not config.catalogue or not config.out:
-        raise ValueError("prepare needs a catalogue and an output folder")
+    check_config(config)
     if os.path.exists(config.out):
         raise FileExistsError(f"{config.out} already exists; remove it or choose another --out")
     catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns)
     movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress)
     if not movies:
-        raise ValueError(f"no valid movie in {config.catalogue}\n{summarize_rejects(rejects)}")
+        raise ValueError(f"no valid movie in {config.catalogue}\n{summarize_rejects(rejects, report=None)}")
     movies = unify_spellings(movies)
     split = resolve_split(movies, catalogue.split, config, rejects)
     by_id = {movie.movie_id: movie for movie in movies}
     genres = choose_vocabulary([by_id[movie_id].genres for movie_id in split["train"]], config)
     split, vocabulary = apply_vocabulary(movies, split, genres, config.genreless, rejects)
+    check_trainable(split, config, rejects)
     vocabulary.update(rule=f"the closed list {list(config.genres)}" if config.genres else
                       f"the {len(genres)} most frequent genres of the training part",
                       train_genre_counts=genre_counts(movies, split["train"]))
-    parent = os.path.dirname(os.path.abspath(config.out))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
+    staging = make_staging_folder(os.path.dirname(os.path.abspath(config.out)))
     try:
         metadata = write_prepared(movies, split, genres, rejects, config, staging, vocabulary)
         os.rename(staging, config.out)  # the folder appears whole or not at all
@@ -236,7 +296,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
           f"({', '.join(f'{n} {len(split[n])}' for n in SPLIT_NAMES)}) into {config.out}")
     print(vocabulary_summary(genres, vocabulary))
     if rejects:
-        print(summarize_rejects(rejects))
+        print(summarize_rejects(rejects, report=os.path.join(config.out, "rejects.csv")))
     return metadata
 
 
@@ -250,8 +310,8 @@ def vocabulary_summary(genres: list[str], vocabulary: dict) -> str:
             f"  {vocabulary['with_none_of_the_genres']} movie(s) carry none of its genres: {what}.")
 
 
-def parse_args(argv=None) -> PrepareConfig:
-    """The command line of `python -m genre_tf.prepare`."""
+def build_parser() -> argparse.ArgumentParser:
+    """The options of `python -m genre_tf.prepare`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("catalogue")
     parser.add_argument("--out", required=True)
@@ -268,8 +328,17 @@ def parse_args(argv=None) -> PrepareConfig:
     parser.add_argument("--genreless", default="keep", choices=["keep", "drop"])
     parser.add_argument("--min-words", type=int, default=15)
     parser.add_argument("--max-words", type=int, default=545)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, default=224,
+                        help=f"side of the square posters written, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
+    parser.add_argument("--min-train-movies", type=int, default=32,
+                        help="refuse to write fewer training movies than this (one batch)")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def parse_args(argv=None) -> PrepareConfig:
+    """The command line of `python -m genre_tf.prepare`."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     mapping = {}
     for item in args.column:
@@ -284,18 +353,29 @@ def parse_args(argv=None) -> PrepareConfig:
         if not name.strip() or not genre.strip():
             parser.error(f"--genre-alias {item!r}: expected NAME=GENRE, e.g. 'Science Fiction=Sci-Fi'")
         aliases.append((name.strip(), genre.strip()))
-    genres = tuple(g.strip() for g in args.genres.split(",") if g.strip())
     if args.num_genres < 1:
         parser.error(f"--num-genres must be at least 1, got {args.num_genres}")
-    rules = ValidationRules(min_plot_words=args.min_words, max_plot_words=args.max_words,
-                            image_size=args.image_size, genre_aliases=tuple(aliases))
+    try:
+        rules = ValidationRules(min_plot_words=args.min_words, max_plot_words=args.max_words,
+                                image_size=args.image_size, genre_aliases=tuple(aliases))
+    except ValueError as error:
+        parser.error(str(error))
+    genres = tuple(g.strip() for g in args.genres.split(",") if g.strip())
     return PrepareConfig(catalogue=args.catalogue, out=args.out, name=args.name, layout=args.layout,
                          poster_dir=args.poster_dir, columns=CsvColumns(**mapping), rules=rules,
-                         num_genres=args.num_genres, genres=genres, genreless=args.genreless, seed=args.seed)
+                         num_genres=args.num_genres, genres=genres, genreless=args.genreless, seed=args.seed,
+                         min_train_movies=args.min_train_movies)
+
+
+def main(argv=None) -> int:
+    """`python -m genre_tf.prepare`: 0 when the prepared folder was written, else a one-line error."""
+    try:
+        prepare(parse_args(argv))
+    except (ValueError, OSError) as error:  # OSError: unreadable catalogue, unwritable --out, ...
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        prepare(parse_args())
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        sys.exit(f"error: {error}")
+    sys.exit(main())

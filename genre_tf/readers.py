@@ -5,9 +5,11 @@ import json
 import os
 from collections.abc import Iterator
 
+from genre_tf.images import InputFileError, read_input_file
 from genre_tf.records import RawMovie, Reject, has_undecodable
 
 SPLIT_NAMES = ("train", "dev", "test")
+MAX_METADATA_BYTES = 16 * 1024 * 1024  # one MM-IMDb <id>.json or split.json; real ones are a few KB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,41 +37,66 @@ class Catalogue:
 
 def read_paper_csv(path: str, poster_dir: str | None = None,
                    columns: CsvColumns = CsvColumns()) -> Catalogue:
-    """Read the paper's layout: one CSV row per movie, posters relative to poster_dir."""
+    """Read the paper's layout: one CSV row per movie, posters relative to (and inside) poster_dir."""
     poster_dir = poster_dir or os.path.dirname(os.path.abspath(path))
     records: list[RawMovie | Reject] = []
-    # surrogateescape keeps a row with bad bytes readable so that only that row is rejected.
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    # utf-8-sig drops the byte-order mark spreadsheet programs write; surrogateescape keeps a row with
+    # bad bytes readable so that only that row is rejected.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [getattr(columns, name) for name in CsvColumns.required
                    if getattr(columns, name) not in header]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; the header has {header}. "
-                             "Map columns with the column options (e.g. column.plot=Overview).")
-        for row in reader:
-            source = f"{path}:{reader.line_num}"
-            movie_id = (row.get(columns.id) or "").strip()
-            if any(value is None for value in row.values()) or None in row:
-                records.append(Reject(source, movie_id, "wrong number of fields in the row"))
+            raise ValueError(f"{path}: missing column(s) {missing}; the header has {header}. Map columns with "
+                             "--column FIELD=HEADER (e.g. --column plot=Overview), or CsvColumns(plot='Overview').")
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:  # e.g. a field over the csv module's size limit: only this row is lost
+                records.append(Reject(f"{path}:{reader.reader.line_num}", "", f"unreadable CSV row: {error}"))
                 continue
-            bad = [name for name, value in row.items() if has_undecodable(value)]
-            if bad:
-                records.append(Reject(source, movie_id.encode("utf-8", "replace").decode(),
-                                      f"not valid UTF-8 in column(s) {bad}"))
-                continue
-            poster = row[columns.poster].strip()
-            records.append(RawMovie(
-                movie_id=movie_id, plot=row[columns.plot], genres=row[columns.genres],
-                poster=os.path.join(poster_dir, poster) if poster else None, source=source,
-                title=row.get(columns.title, ""), year=row.get(columns.year),
-                language=row.get(columns.language, "")))
+            records.append(_csv_record(row, f"{path}:{reader.line_num}", poster_dir, columns))
     return Catalogue(records)
 
 
-def _load_json(path: str):
-    with open(path, "rb") as handle:
-        return json.loads(handle.read().decode("utf-8"))
+def _csv_record(row: dict, source: str, poster_dir: str, columns: CsvColumns) -> RawMovie | Reject:
+    movie_id = (row.get(columns.id) or "").strip()
+    if any(value is None for value in row.values()) or None in row:
+        return Reject(source, movie_id, "wrong number of fields in the row")
+    bad = [name for name, value in row.items() if has_undecodable(value)]
+    if bad:
+        return Reject(source, movie_id.encode("utf-8", "replace").decode(), f"not valid UTF-8 in column(s) {bad}")
+    poster = row[columns.poster].strip()
+    return RawMovie(movie_id=movie_id, plot=row[columns.plot], genres=row[columns.genres],
+                    poster=os.path.join(poster_dir, poster) if poster else None, source=source,
+                    title=row.get(columns.title, ""), year=row.get(columns.year),
+                    language=row.get(columns.language, ""), poster_root=poster_dir)
+
+
+def _load_json(path: str, root: str):
+    """A small JSON file inside root: a FIFO, a device or a huge file is refused, not read."""
+    return json.loads(read_input_file(path, root, MAX_METADATA_BYTES, "JSON").decode("utf-8"))
+
+
+def _languages(value) -> str:
+    """MM-IMDb's languages: a list of names, or (in some files) one name as a string."""
+    if isinstance(value, str):
+        return value
+    return ", ".join(str(name) for name in value) if isinstance(value, list) else ""
+
+
+def _refuse_repeated_ids(repeated: dict[str, list[str]], where: str) -> None:
+    """Refuse a split that puts an id in more than one place: the movie would be trained on and scored."""
+    if not repeated:
+        return
+    shown = "; ".join(f"{movie_id!r} in {' and '.join(places)}" for movie_id, places in list(repeated.items())[:10])
+    more = f"; and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+    raise ValueError(f"{where}: {len(repeated)} id(s) listed more than once in the split, which would leak "
+                     f"movies between its parts: {shown}{more}. List each id once; prepare does not guess which "
+                     "place is right.")
 
 
 def _longest(value):
@@ -81,11 +108,20 @@ def _longest(value):
 
 
 def read_split_file(path: str) -> dict[str, list[str]]:
-    """A split.json of train/dev/test id lists."""
-    split = _load_json(path)
+    """A split.json of train/dev/test id lists, each id in exactly one list, once."""
+    try:
+        split = _load_json(path, os.path.dirname(os.path.abspath(path)))
+    except (InputFileError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable split file: {error}") from None
     if not isinstance(split, dict) or not all(isinstance(split.get(name), list) for name in SPLIT_NAMES):
         raise ValueError(f"{path}: a split file needs 'train', 'dev' and 'test' lists of ids")
-    return {name: [str(movie_id) for movie_id in split[name]] for name in SPLIT_NAMES}
+    split = {name: [str(movie_id).strip() for movie_id in split[name]] for name in SPLIT_NAMES}
+    places: dict[str, list[str]] = {}
+    for name in SPLIT_NAMES:
+        for movie_id in split[name]:
+            places.setdefault(movie_id, []).append(name)
+    _refuse_repeated_ids({i: p for i, p in places.items() if len(p) > 1}, path)
+    return split
 
 
 def read_mmimdb(folder: str) -> Catalogue:
@@ -97,8 +133,8 @@ def read_mmimdb(folder: str) -> Catalogue:
         path = os.path.join(folder, name)
         movie_id = name[: -len(".json")]
         try:
-            meta = _load_json(path)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            meta = _load_json(path, folder)
+        except (InputFileError, UnicodeDecodeError, json.JSONDecodeError) as error:
             records.append(Reject(path, movie_id, f"unreadable JSON: {error}"))
             continue
         if not isinstance(meta, dict):
@@ -110,7 +146,7 @@ def read_mmimdb(folder: str) -> Catalogue:
         records.append(RawMovie(movie_id=movie_id, plot=_longest(meta.get("plot", "")),
                                 genres=meta.get("genres", []), poster=poster, source=path,
                                 title=meta.get("title", ""), year=meta.get("year"),
-                                language=", ".join(meta.get("languages", []) or [])))
+                                language=_languages(meta.get("languages")), poster_root=folder))
     split_path = os.path.join(folder, "split.json")
     return Catalogue(records, read_split_file(split_path) if os.path.exists(split_path) else None)
 
@@ -133,13 +169,14 @@ def _read_jsonl_file(path: str, image_root: str) -> Iterator[RawMovie | Reject]:
             yield RawMovie(movie_id=str(item.get("id", "")), plot=item.get("text", ""),
                            genres=item.get("label", item.get("genres", [])),
                            poster=os.path.join(image_root, image) if isinstance(image, str) and image else None,
-                           source=source, title=item.get("title", ""), year=item.get("year"))
+                           source=source, title=item.get("title", ""), year=item.get("year"), poster_root=image_root)
 
 
 def read_jsonl(path: str, image_root: str | None = None) -> Catalogue:
     """Read MMF / Hugging Face style JSONL ({"id", "text", "image", "label"}).
 
-    A folder holding train.jsonl, dev.jsonl and test.jsonl defines the split by those files.
+    A folder holding train.jsonl, dev.jsonl and test.jsonl defines the split by those files; an id in
+    two of them is refused (a repeat within one file is an ordinary duplicate, rejected by prepare).
     """
     if os.path.isfile(path):
         root = image_root or os.path.dirname(os.path.abspath(path))
@@ -147,13 +184,19 @@ def read_jsonl(path: str, image_root: str | None = None) -> Catalogue:
     root = image_root or path
     records: list[RawMovie | Reject] = []
     split: dict[str, list[str]] = {}
+    places: dict[str, dict[str, str]] = {}
     for name in SPLIT_NAMES:
         file_path = os.path.join(path, f"{name}.jsonl")
-        if not os.path.exists(file_path):
-            raise ValueError(f"{path}: a JSONL folder needs train.jsonl, dev.jsonl and test.jsonl")
+        if not os.path.isfile(file_path):
+            raise ValueError(f"{path}: a JSONL folder needs the files train.jsonl, dev.jsonl and test.jsonl")
         part = list(_read_jsonl_file(file_path, root))
-        split[name] = [record.movie_id for record in part if isinstance(record, RawMovie)]
+        ids = [record.movie_id.strip() for record in part if isinstance(record, RawMovie) and record.movie_id.strip()]
+        split[name] = list(dict.fromkeys(ids))
+        for record in part:
+            if isinstance(record, RawMovie) and record.movie_id.strip():
+                places.setdefault(record.movie_id.strip(), {}).setdefault(name, os.path.basename(record.source))
         records.extend(part)
+    _refuse_repeated_ids({i: list(p.values()) for i, p in places.items() if len(p) > 1}, path)
     return Catalogue(records, split)
 
 
@@ -180,10 +223,16 @@ def read_catalogue(path: str, layout: str = "auto", poster_dir: str | None = Non
     if not os.path.exists(path):
         raise FileNotFoundError(f"catalogue not found: {path}")
     layout = detect_format(path) if layout == "auto" else layout
+    needs = {"csv": (os.path.isfile, "a CSV file"), "mmimdb": (os.path.isdir, "a folder of <id>.json and <id>.jpeg"),
+             "jsonl": (lambda p: os.path.isfile(p) or os.path.isdir(p), "a .jsonl file or a folder of them")}
+    if layout not in needs:
+        raise ValueError(f"unknown layout {layout!r}: use auto, csv, mmimdb or jsonl")
+    is_right_kind, wanted = needs[layout]
+    if not is_right_kind(path):
+        kind = "a folder" if os.path.isdir(path) else "a file" if os.path.isfile(path) else "not a file or folder"
+        raise ValueError(f"{path} is {kind}; the {layout} layout reads {wanted}")
     if layout == "csv":
         return read_paper_csv(path, poster_dir, columns)
     if layout == "mmimdb":
         return read_mmimdb(path)
-    if layout == "jsonl":
-        return read_jsonl(path, poster_dir)
-    raise ValueError(f"unknown layout {layout!r}: use auto, csv, mmimdb or jsonl")
+    return read_jsonl(path, poster_dir)

@@ -1,12 +1,19 @@
 """Movie records: what a reader yields, what validation keeps, and why a record was rejected."""
 import dataclasses
 import functools
+import os
 import re
 from collections.abc import Sequence
 
-from genre_tf.images import PosterError, encode_poster, load_poster
+from genre_tf.images import (MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, MIN_POSTER_SIDE, InputFileError, PosterError,
+                             encode_poster, load_poster, read_poster_file)
 
 _GENRE_SEPARATORS = re.compile(r"[,|;]")
+# Chinese and Japanese write no spaces between words: each Han or kana character counts as a word,
+# and their punctuation separates words as a space does. Other scripts count whitespace-separated words.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+_CJK_PUNCTUATION = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+_WORD = re.compile(f"[{_CJK}]|[^\\s{_CJK}{_CJK_PUNCTUATION}]+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +28,7 @@ class RawMovie:
     title: str = ""
     year: object = None
     language: str = ""
+    poster_root: str | None = None  # a poster path must resolve inside this folder (default: the poster's own)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +63,19 @@ class ValidationRules:
     # Catalogue spellings merged into one genre, matched ignoring case: (("Science Fiction", "Sci-Fi"),).
     genre_aliases: tuple[tuple[str, str], ...] = ()
     image_size: int = 224
-    min_poster_side: int = 32
+    min_poster_side: int = MIN_POSTER_SIDE
+
+    def __post_init__(self):
+        checks = [(1 <= self.min_plot_words <= self.max_plot_words,
+                   f"plot word limits must satisfy 1 <= min <= max, got {self.min_plot_words}..{self.max_plot_words}"),
+                  (MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,
+                   f"image size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {self.image_size}"),
+                  (self.min_poster_side >= MIN_POSTER_SIDE,
+                   f"min poster side must be at least {MIN_POSTER_SIDE} (serving refuses smaller posters), "
+                   f"got {self.min_poster_side}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
 
 class RecordError(ValueError):
@@ -120,6 +140,11 @@ def parse_year(value) -> int | None:
     return year
 
 
+def count_words(text: str) -> int:
+    """Whitespace-separated words, each Chinese or Japanese character counting as one word."""
+    return len(_WORD.findall(text))
+
+
 def check_plot(plot, rules: ValidationRules) -> str:
     """Return the plot stripped, or raise RecordError if it is not text or outside the word limits."""
     if not isinstance(plot, str):
@@ -129,7 +154,7 @@ def check_plot(plot, rules: ValidationRules) -> str:
     plot = " ".join(plot.split())
     if not plot:
         raise RecordError("empty plot")
-    words = len(plot.split(" "))
+    words = count_words(plot)
     if words < rules.min_plot_words:
         raise RecordError(f"plot too short: {words} words (min {rules.min_plot_words})")
     if words > rules.max_plot_words:
@@ -137,19 +162,16 @@ def check_plot(plot, rules: ValidationRules) -> str:
     return plot
 
 
-def read_poster_bytes(poster) -> bytes:
-    """The encoded poster: the bytes given, or the file's contents."""
+def read_poster_bytes(poster, root: str | None = None) -> bytes:
+    """The encoded poster: the bytes given, or the file read by read_poster_file inside `root` (default: its folder)."""
     if isinstance(poster, bytes):
         return poster
     if not poster:
         raise RecordError("no poster given")
     try:
-        with open(poster, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        raise RecordError(f"poster file not found: {poster}") from None
-    except OSError as error:
-        raise RecordError(f"poster file unreadable: {poster}: {error.strerror}") from None
+        return read_poster_file(poster, root or os.path.dirname(os.path.abspath(poster)))
+    except InputFileError as error:
+        raise RecordError(str(error)) from None
 
 
 def validate_movie(raw: RawMovie, rules: ValidationRules) -> Movie:
@@ -161,7 +183,7 @@ def validate_movie(raw: RawMovie, rules: ValidationRules) -> Movie:
     genres = parse_genres(raw.genres, rules.genre_aliases)
     year = parse_year(raw.year)
     try:
-        image = load_poster(read_poster_bytes(raw.poster), rules.min_poster_side)
+        image = load_poster(read_poster_bytes(raw.poster, raw.poster_root), rules.min_poster_side)
     except PosterError as error:
         raise RecordError(str(error)) from None
     return Movie(movie_id=movie_id, title=str(raw.title or "").strip(), plot=plot, genres=genres,

@@ -103,14 +103,14 @@ def test_mmimdb_reader_takes_the_longest_plot_and_the_split_file(tmp_path):
 
 
 def test_split_file_ids_without_a_record_are_reported(tmp_path):
-    folder = write_mmimdb(str(tmp_path / "mm"), count=40)
+    folder = write_mmimdb(str(tmp_path / "mm"), count=50)
     ids = sorted(name[:-5] for name in os.listdir(folder) if name.endswith(".json"))
     with open(os.path.join(folder, "split.json"), "w") as handle:
-        json.dump({"train": ids[:30] + ["tt_ghost"], "dev": ids[30:35], "test": ids[35:]}, handle)
+        json.dump({"train": ids[:40] + ["tt_ghost"], "dev": ids[40:45], "test": ids[45:]}, handle)
     prepare(PrepareConfig(catalogue=folder, out=str(tmp_path / "prep"), rules=RULES, num_genres=3), progress=False)
     rejects = (tmp_path / "prep" / "rejects.csv").read_text().splitlines()
     assert rejects[1:] == ["split (train),tt_ghost,listed in the split but no record has this id"]
-    assert read_json(tmp_path / "prep" / "split.json")["train"] == ids[:30]
+    assert read_json(tmp_path / "prep" / "split.json")["train"] == ids[:40]
 
 
 def test_jsonl_folder_defines_the_split(tmp_path):
@@ -169,7 +169,8 @@ def test_open_vocabulary_keeps_every_genre_name_and_merges_case_and_aliases(tmp_
         (raw / f"{movie_id}.json").write_text(json.dumps({"plot": PLOT, "genres": genres}))
         (raw / f"{movie_id}.jpeg").write_bytes(image_bytes())
     (raw / "split.json").write_text(json.dumps({"train": [f"m{i}" for i in range(10)], "dev": ["d0"], "test": ["t0"]}))
-    config = PrepareConfig(catalogue=str(raw), out=str(tmp_path / "prep"), num_genres=3,
+    # A deliberately tiny catalogue: min_train_movies lowered from one batch (32) to let it through.
+    config = PrepareConfig(catalogue=str(raw), out=str(tmp_path / "prep"), num_genres=3, min_train_movies=5,
                            rules=ValidationRules(image_size=32, genre_aliases=(("science fiction", "Sci-Fi"),)))
     metadata = prepare(config, progress=False)
     from genre_tf.dataset import load_prepared

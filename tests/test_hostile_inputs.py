@@ -1,0 +1,497 @@
+"""Hostile inputs (issue #14), each built in a temporary folder: none crashes, vanishes, leaks or reads unbounded."""
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import genre_tf  # noqa: F401
+from conftest import image_bytes, write_csv, write_mmimdb
+from genre_tf.images import (MAX_POSTER_PIXELS, InputFileError, decode_poster, load_poster, poster_dimensions,
+                             read_input_file)
+from genre_tf.prepare import PrepareConfig, main as prepare_main, prepare, summarize_rejects, validate_all
+from genre_tf.readers import read_catalogue
+from genre_tf.records import RecordError, Reject, ValidationRules, check_plot, count_words
+
+PLOT = " ".join(["word"] * 20)
+RULES = ValidationRules(image_size=32)
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def rejected(records) -> tuple[dict, list]:
+    """Validate records: ({id: reason} of the rejects, [ids kept])."""
+    movies, rejects = validate_all(records, RULES, progress=False)
+    return {r.movie_id: r.reason for r in rejects}, [m.movie_id for m in movies]
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A small PNG whose header declares width x height RGB pixels, with one short row of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def run_bounded(code: str, timeout: float = 60) -> dict:
+    """Run code in a child Python limited to 4 GB of address space and a timeout; its last stdout line is JSON."""
+    # A regression that reads /dev/zero or waits on a FIFO then fails the test, not the machine or the suite.
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+    result = subprocess.run([sys.executable, "-c", limit + textwrap.dedent(code)], capture_output=True, text=True,
+                            timeout=timeout, cwd=os.path.join(ROOT, "tests"),
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# 1. Train/test leakage -------------------------------------------------------------------------------
+
+
+def test_an_id_in_two_jsonl_files_is_refused_naming_the_id_and_files(tmp_path):
+    (tmp_path / "img.jpg").write_bytes(image_bytes())
+    for split, ids in (("train", ["a", "b", "leak"]), ("dev", ["c"]), ("test", ["d", "leak"])):
+        lines = [json.dumps({"id": i, "text": PLOT, "image": "img.jpg", "label": ["Drama"]}) for i in ids]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"1 id\(s\) listed more than once .*'leak' in train.jsonl:3 and test.jsonl:2"):
+        read_catalogue(str(tmp_path))
+    with pytest.raises(ValueError, match="'leak' in train.jsonl:3 and test.jsonl:2"):
+        prepare(PrepareConfig(catalogue=str(tmp_path), out=str(tmp_path / "out"), rules=RULES), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_id_twice_in_one_jsonl_file_is_a_rejected_duplicate_listed_once_in_the_split(tmp_path):
+    (tmp_path / "img.jpg").write_bytes(image_bytes())
+    for split, ids in (("train", ["a", "b", "a"]), ("dev", ["c"]), ("test", ["d"])):
+        lines = [json.dumps({"id": i, "text": PLOT, "image": "img.jpg", "label": ["Drama"]}) for i in ids]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    catalogue = read_catalogue(str(tmp_path))
+    assert catalogue.split["train"] == ["a", "b"]
+    reasons, kept = rejected(catalogue.records)
+    assert kept == ["a", "b", "c", "d"] and reasons["a"].startswith("duplicate id (first seen at ")
+
+
+def test_an_id_listed_twice_in_split_json_is_refused(tmp_path):
+    folder = write_mmimdb(str(tmp_path / "mm"), count=50)
+    ids = sorted(name[:-5] for name in os.listdir(folder) if name.endswith(".json"))
+    split_path = os.path.join(folder, "split.json")
+    for split, message in (({"train": ids[:40], "dev": ids[40:45], "test": ids[45:] + [ids[0]]},
+                            rf"split.json: 1 id\(s\) .*'{ids[0]}' in train and test"),
+                           ({"train": ids[:40] + [ids[1]], "dev": ids[40:45], "test": ids[45:]},
+                            rf"split.json: 1 id\(s\) .*'{ids[1]}' in train and train")):
+        with open(split_path, "w") as handle:
+            json.dump(split, handle)
+        with pytest.raises(ValueError, match=message):
+            prepare(PrepareConfig(catalogue=folder, out=str(tmp_path / "out"), rules=RULES), progress=False)
+        assert not (tmp_path / "out").exists()
+
+
+# 2. Poster files: confined, regular, bounded -----------------------------------------------------------
+
+
+def test_poster_paths_reaching_outside_the_catalogue_folder_are_refused(tmp_path):
+    catalogue, outside = tmp_path / "catalogue", tmp_path / "outside"
+    (catalogue / "posters").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(image_bytes())  # a valid poster: only its place is wrong
+    (catalogue / "posters" / "ok.jpg").write_bytes(image_bytes())
+    os.symlink(outside / "secret.jpg", catalogue / "link.jpg")
+    os.symlink(catalogue / "posters" / "ok.jpg", catalogue / "inner_link.jpg")
+    rows = [["absolute", "t", PLOT, "Drama", str(outside / "secret.jpg")],
+            ["dotdot", "t", PLOT, "Drama", "../outside/secret.jpg"],
+            ["symlink_out", "t", PLOT, "Drama", "link.jpg"],
+            ["inside", "t", PLOT, "Drama", "posters/ok.jpg"],
+            ["symlink_in", "t", PLOT, "Drama", "inner_link.jpg"],
+            ["absolute_in", "t", PLOT, "Drama", str(catalogue / "posters" / "ok.jpg")]]
+    csv_path = write_csv(catalogue / "movies.csv", rows, header=("id", "title", "plot", "genres", "poster"))
+    reasons, kept = rejected(read_catalogue(str(csv_path)).records)
+    assert kept == ["inside", "symlink_in", "absolute_in"]
+    real = os.path.realpath(outside / "secret.jpg")
+    assert reasons == {name: f"poster file outside its folder: {path} resolves to {real}, outside "
+                             f"{os.path.realpath(catalogue)}"
+                       for name, path in (("absolute", str(outside / "secret.jpg")),
+                                          ("dotdot", str(catalogue / "../outside/secret.jpg")),
+                                          ("symlink_out", str(catalogue / "link.jpg")))}
+    # --poster-dir moves the root: the same catalogue read with the outside folder as its poster folder
+    reasons, kept = rejected(read_catalogue(str(csv_path), poster_dir=str(outside)).records)
+    assert kept == ["absolute", "dotdot"] and reasons["absolute_in"].startswith("poster file outside its folder")
+
+
+def test_dev_zero_a_fifo_and_a_folder_are_refused_at_once(tmp_path):
+    os.mkfifo(tmp_path / "fifo.jpg")  # nobody ever writes to it: opening it for reading would wait forever
+    (tmp_path / "folder.jpg").mkdir()
+    (tmp_path / "ok.jpg").write_bytes(image_bytes())
+    rows = [["zero", "t", PLOT, "Drama", "/dev/zero"], ["fifo", "t", PLOT, "Drama", str(tmp_path / "fifo.jpg")],
+            ["folder", "t", PLOT, "Drama", str(tmp_path / "folder.jpg")],
+            ["ok", "t", PLOT, "Drama", str(tmp_path / "ok.jpg")]]
+    csv_path = write_csv(tmp_path / "movies.csv", rows, header=("id", "title", "plot", "genres", "poster"))
+    result = run_bounded(f"""
+        import json, time
+        from genre_tf.prepare import validate_all
+        from genre_tf.readers import read_catalogue
+        from genre_tf.records import ValidationRules
+        records = read_catalogue({str(csv_path)!r}, poster_dir="/").records  # "/" lets /dev/zero past confinement
+        start = time.perf_counter()
+        movies, rejects = validate_all(records, ValidationRules(image_size=32), progress=False)
+        print(json.dumps({{"seconds": time.perf_counter() - start, "kept": [m.movie_id for m in movies],
+                          "reasons": {{r.movie_id: r.reason for r in rejects}}}}))
+    """)
+    assert result["kept"] == ["ok"] and result["seconds"] < 1.0
+    assert result["reasons"] == {
+        "zero": "poster file not a regular file: /dev/zero is a character device",
+        "fifo": f"poster file not a regular file: {tmp_path / 'fifo.jpg'} is a FIFO (named pipe)",
+        "folder": f"poster file not a regular file: {tmp_path / 'folder.jpg'} is a folder"}
+
+
+def test_an_mmimdb_json_that_is_a_fifo_is_rejected_not_waited_on(tmp_path):
+    folder = write_mmimdb(str(tmp_path / "mm"), count=3)
+    os.mkfifo(os.path.join(folder, "tt9999999.json"))
+    result = run_bounded(f"""
+        import json
+        from genre_tf.readers import read_catalogue
+        records = read_catalogue({folder!r}).records
+        print(json.dumps([[r.movie_id, getattr(r, "reason", "")] for r in records]))
+    """)
+    assert [movie_id for movie_id, _ in result] == ["tt0000000", "tt0000001", "tt0000002", "tt9999999"]
+    assert result[3][1] == (f"unreadable JSON: JSON file not a regular file: {folder}/tt9999999.json "
+                            "is a FIFO (named pipe)")
+
+
+def test_poster_files_are_read_up_to_the_byte_limit_and_no_further(tmp_path):
+    (tmp_path / "exact").write_bytes(b"x" * 100)
+    (tmp_path / "over").write_bytes(b"x" * 101)
+    assert read_input_file(str(tmp_path / "exact"), str(tmp_path), limit=100) == b"x" * 100
+    with pytest.raises(InputFileError, match=r"^input file too large: .*over is larger than the limit of 100 bytes$"):
+        read_input_file(str(tmp_path / "over"), str(tmp_path), limit=100)
+    # The default limit, 20 MiB, in prepare: a sparse file one byte over it costs no disk.
+    with open(tmp_path / "huge.jpg", "wb") as handle:
+        handle.truncate(20 * 1024 * 1024 + 1)
+    rows = [["huge", "t", PLOT, "Drama", "huge.jpg"]]
+    csv_path = write_csv(tmp_path / "movies.csv", rows, header=("id", "title", "plot", "genres", "poster"))
+    reasons, _ = rejected(read_catalogue(str(csv_path)).records)
+    assert reasons == {"huge": f"poster file too large: {tmp_path / 'huge.jpg'} is larger than the limit of "
+                               "20 MiB (20971520 bytes)"}
+
+
+# 3. Transparent posters: prepare (Pillow) and decode_poster (TensorFlow) agree -------------------------
+
+
+def half_transparent(mode: str = "RGBA", size: int = 48) -> Image.Image:
+    """Left half fully transparent, right half a half-transparent red; square so decode_poster keeps its size."""
+    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    image.paste((200, 30, 30, 128), (size // 2, 0, size, size))
+    return image.convert(mode) if mode != "RGBA" else image
+
+
+def palette_with_transparency(size: int = 48) -> Image.Image:
+    image = Image.new("P", (size, size), 0)
+    image.putpalette([0, 0, 255, 200, 30, 30] + [0] * 762)  # index 0 (blue) is the transparent one
+    image.paste(1, (size // 2, 0, size, size))
+    return image
+
+
+def test_transparent_posters_decode_to_the_same_pixels_in_prepare_and_in_decode_poster():
+    import tensorflow as tf
+
+    posters = {"RGBA PNG": encoded(half_transparent(), "PNG"), "LA PNG": encoded(half_transparent("LA"), "PNG"),
+               "palette PNG with tRNS": encoded(palette_with_transparency(), "PNG", transparency=0),
+               "lossless RGBA WebP": encoded(half_transparent(), "WEBP", lossless=True),
+               "GIF with transparency": encoded(palette_with_transparency(), "GIF", transparency=0),
+               "32-bit BMP": encoded(half_transparent(), "BMP")}
+    for name, data in posters.items():
+        prepared = np.asarray(load_poster(data), dtype=int)
+        served = decode_poster(tf.constant(data), 48).numpy().astype(int)
+        assert prepared.shape == served.shape == (48, 48, 3), name
+        assert np.abs(prepared - served).max() <= 1, name
+    # PNG and WebP transparency becomes white; TensorFlow leaves a GIF's transparent pixels black, so prepare does too
+    white_left = {"RGBA PNG", "LA PNG", "palette PNG with tRNS", "lossless RGBA WebP"}
+    for name in white_left:
+        assert np.asarray(load_poster(posters[name]))[0, 0].tolist() == [255, 255, 255], name
+    assert np.asarray(load_poster(posters["GIF with transparency"]))[0, 0].tolist() == [0, 0, 0]
+    assert np.asarray(load_poster(posters["RGBA PNG"]))[0, 40].tolist() == [227, 142, 142]  # 50% red over white
+
+
+def test_a_transparent_png_poster_trains_as_it_is_served(tmp_path):
+    import tensorflow as tf
+
+    from genre_tf.dataset import load_prepared, make_dataset
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    data = encoded(half_transparent(size=64), "PNG")
+    ids = [f"m{index:02d}" for index in range(34)]
+    for movie_id in ids:
+        (raw / f"{movie_id}.json").write_text(json.dumps({"plot": PLOT, "genres": ["Drama"]}))
+        (raw / f"{movie_id}.png").write_bytes(data)
+    (raw / "split.json").write_text(json.dumps({"train": ids[:32], "dev": ids[32:33], "test": ids[33:]}))
+    prepare(PrepareConfig(catalogue=str(raw), out=str(tmp_path / "prep"), rules=ValidationRules(image_size=64),
+                          num_genres=1), progress=False)
+    batch, _ = next(iter(make_dataset(load_prepared(str(tmp_path / "prep")), "dev", 1, training=False,
+                                      input_names=["poster"])))
+    trained = batch["poster"][0].numpy().astype(int)  # the prepared JPEG, decoded by tf.data
+    served = decode_poster(tf.constant(data), 64).numpy().astype(int)  # the raw PNG, as the SavedModel decodes it
+    assert served[0, 0].tolist() == [255, 255, 255] and served[0, 40].tolist() == [227, 142, 142]
+    # JPEG (quality 95) keeps flat areas within rounding; its chroma upsampling blurs the two columns at the edge.
+    away_from_edge = np.r_[0:30, 34:64]
+    assert np.abs(trained[:, away_from_edge] - served[:, away_from_edge]).max() <= 2
+
+
+# 4. prepare refuses datasets that cannot train ---------------------------------------------------------
+
+
+def test_prepare_refuses_settings_and_splits_that_cannot_train(tmp_path, capsys):
+    raw = write_mmimdb(str(tmp_path / "raw"), count=60)
+    out = str(tmp_path / "out")
+    for num_genres in (0, -1):
+        with pytest.raises(ValueError, match=f"the number of genres must be at least 1, got {num_genres}"):
+            prepare(PrepareConfig(catalogue=raw, out=out, rules=RULES, num_genres=num_genres), progress=False)
+    for size in (100_000, 31, 1025):
+        with pytest.raises(ValueError, match=f"image size must be 32 to 1024 pixels, got {size}"):
+            ValidationRules(image_size=size)
+    with pytest.raises(SystemExit):
+        prepare_main([raw, "--out", out, "--image-size", "100000"])
+    assert "image size must be 32 to 1024 pixels, got 100000" in capsys.readouterr().err
+    ids = sorted(name[:-5] for name in os.listdir(raw) if name.endswith(".json"))
+    for split, message in (({"train": ids[:50], "dev": [], "test": ids[50:]}, r"no dev movie"),
+                           ({"train": [], "dev": ids[:30], "test": ids[30:]}, r"0 training movie\(s\)"),
+                           ({"train": ids[:31], "dev": ids[31:40], "test": ids[40:]},
+                            r"31 training movie\(s\), fewer than one batch of 32")):
+        (tmp_path / "raw" / "split.json").write_text(json.dumps(split))
+        with pytest.raises(ValueError, match=f"nothing written: {message}"):
+            prepare(PrepareConfig(catalogue=raw, out=out, rules=RULES), progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["raw"]  # no output, no staging folder left behind
+
+
+# 5. predict reads and predicts a CSV in batches ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch_echo_model(tmp_path_factory):
+    """A SavedModel with genre_tf's serving signature that answers each movie with the size of its batch."""
+    import tensorflow as tf
+
+    class BatchEcho(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="plot"),
+                                      tf.TensorSpec([None], tf.string, name="poster")])
+        def serve(self, plot, poster):
+            size = tf.shape(plot)[0]
+            with_poster = tf.strings.length(poster) > 0
+            return {"genres": tf.fill([size], tf.strings.as_string(size)), "probabilities": tf.fill([size, 2], 0.5),
+                    "inputs_used": tf.where(with_poster, "plot+poster", "plot")}
+
+    folder = tmp_path_factory.mktemp("batch_echo") / "1"
+    module = BatchEcho()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    (folder / "assets.extra").mkdir(exist_ok=True)
+    (folder / "assets.extra" / "export_info.json").write_text(json.dumps({"genres": ["A", "B"],
+                                                                          "token_id_inputs": False}))
+    return str(folder)
+
+
+def test_predict_reads_and_predicts_a_csv_batch_by_batch(batch_echo_model, tmp_path):
+    from genre_tf.predict import predict, read_csv_movies
+
+    (tmp_path / "p.jpg").write_bytes(image_bytes())
+    rows = [[f"m{i}", "a ghost story", "p.jpg" if i in (0, 100) else ""] for i in range(150)]
+    csv_path = write_csv(tmp_path / "movies.csv", rows, header=("id", "plot", "poster"))
+    (tmp_path / "p.jpg").rename(tmp_path / "later.jpg")  # m100's poster appears only after the first batch
+    results = predict(batch_echo_model, read_csv_movies(str(csv_path)), batch_size=64)
+    first = [next(results) for _ in range(64)]
+    (tmp_path / "later.jpg").rename(tmp_path / "p.jpg")
+    rest = list(results)
+    assert [r["movie"] for r in first + rest] == [f"m{i}" for i in range(150)]
+    assert [r["genres"] for r in first + rest] == ["64"] * 128 + ["22"] * 22
+    assert first[0]["inputs_used"] == "plot" and rest[100 - 64]["inputs_used"] == "plot+poster"
+
+
+def test_predict_command_batches_resolves_posters_beside_the_csv_and_confines_them(batch_echo_model, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from genre_tf.predict import main
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "data" / "p.jpg").write_bytes(image_bytes())
+    (tmp_path / "elsewhere" / "p.jpg").write_bytes(image_bytes())
+    rows = [["beside", "a ghost story", "p.jpg"], ["escape", "a ghost story", "../elsewhere/p.jpg"],
+            ["zero", "a ghost story", "/dev/zero"]] + [[f"m{i}", "laugh", ""] for i in range(4)]
+    csv_path = write_csv(tmp_path / "data" / "movies.csv", rows, header=("id", "plot", "poster"), encoding="utf-8-sig")
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a relative poster path is the CSV's, not the current folder's
+    assert main(["--model", batch_echo_model, "--csv", str(csv_path), "--json", "--batch-size", "3"]) == 0
+    captured = capsys.readouterr()
+    results = [json.loads(line) for line in captured.out.splitlines()]
+    assert [(r["movie"], r["inputs_used"], r["genres"]) for r in results] == [
+        ("beside", "plot+poster", "3"), ("escape", "plot", "3"), ("zero", "plot", "3"),
+        ("m0", "plot", "3"), ("m1", "plot", "3"), ("m2", "plot", "3"), ("m3", "plot", "1")]
+    assert "escape: poster file outside its folder" in captured.err
+    assert "zero: poster file outside its folder: /dev/zero" in captured.err
+    assert main(["--model", batch_echo_model, "--csv", str(tmp_path)]) == 2
+    assert f"error: {tmp_path} is a folder; --csv needs a CSV file" in capsys.readouterr().err
+
+
+# 8. decode_poster reads the dimensions before decoding -----------------------------------------------
+
+
+def test_decode_poster_reads_each_format_s_dimensions_from_its_header():
+    import tensorflow as tf
+
+    image = Image.new("RGB", (40, 50), (200, 30, 30))
+    for fmt, options in (("JPEG", {}), ("PNG", {}), ("GIF", {}), ("BMP", {}), ("WEBP", {}),
+                         ("WEBP", {"lossless": True}), ("WEBP", {"exif": b"Exif\0\0"})):  # VP8, VP8L, VP8X
+        data = encoded(image.convert("RGBA") if options.get("exif") else image, fmt, **options)
+        assert poster_dimensions(tf.constant(data)).numpy().tolist() == [40, 50, 2000], (fmt, options)
+    frames = [Image.new("P", (40, 50), index) for index in range(3)]
+    animated = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, optimize=False)
+    assert poster_dimensions(tf.constant(animated)).numpy().tolist() == [40, 50, 3 * 2000]  # every frame is decoded
+
+
+def test_decode_poster_refuses_huge_declared_dimensions_and_tiny_posters_before_decoding():
+    import tensorflow as tf
+
+    gif = bytearray(encoded(Image.new("P", (8000, 8000), 1), "GIF"))  # 64 megapixels in 48 KB
+    gif[6:10] = struct.pack("<HH", 40, 40)  # a small canvas that the frame overflows
+    cases = {"poster too large": [png_header(30_000, 40_000), png_header(2 ** 32 - 1, 2 ** 32 - 1), bytes(gif)],
+             "poster too small": [encoded(Image.new("RGB", (1, 1)), "PNG"),
+                                  encoded(Image.new("RGB", (31, 400)), "JPEG")],
+             "poster is not JPEG, PNG, GIF, BMP or WebP": [b"", b"plain text"]}
+    for message, posters in cases.items():
+        for data in posters:
+            with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+                decode_poster(tf.constant(data), 32)
+    # The serving graph maps decode_poster with ignore_errors: a refused poster counts as no poster.
+    good = image_bytes((40, 60))
+    posters = tf.data.Dataset.from_tensor_slices([good] + [data for group in cases.values() for data in group])
+    decoded = list(posters.map(lambda data: decode_poster(data, 32)).ignore_errors())
+    assert len(decoded) == 1 and decoded[0].shape == (32, 32, 3)
+    # prepare's Pillow path applies the same limits
+    limit = MAX_POSTER_PIXELS
+    with pytest.raises(ValueError, match=rf"^poster too large: 7000x6000 = 42000000 pixels \(max {limit}\)$"):
+        load_poster(png_header(7000, 6000))
+    with pytest.raises(ValueError, match=rf"^poster too large: more than 80000000 pixels \(max {limit}\)$"):
+        load_poster(png_header(30_000, 40_000))
+    with pytest.raises(ValueError, match=r"^poster too small: 1x1 \(min side 32\)$"):
+        load_poster(encoded(Image.new("RGB", (1, 1)), "PNG"))
+
+
+# 10. BOM and CJK -------------------------------------------------------------------------------------
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    from genre_tf.predict import read_csv_movies
+
+    (tmp_path / "p.jpg").write_bytes(image_bytes())
+    path = write_csv(tmp_path / "bom.csv", [["m1", "t", PLOT, "Drama", "p.jpg"]],
+                     header=("id", "title", "plot", "genres", "poster"), encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbfid,")
+    assert rejected(read_catalogue(str(path)).records) == ({}, ["m1"])
+    assert [m["label"] for m in read_csv_movies(str(path))] == ["m1"]
+
+
+def test_chinese_and_japanese_plots_count_one_word_per_character():
+    rules = ValidationRules()
+    chinese = "一个年轻的侦探在雨夜的城市里追查一桩离奇的失踪案。"  # 24 characters and a full stop
+    assert count_words(chinese) == 24 and count_words("東京で、猫が走る。") == 7
+    english = "A ghost haunts a family, again."
+    assert count_words(english) == 6 == len(english.split())
+    assert check_plot(chinese, rules) == chinese
+    with pytest.raises(RecordError, match=r"plot too short: 7 words \(min 15\)"):
+        check_plot("東京で、猫が走る。", rules)
+
+
+# 12. Config files ------------------------------------------------------------------------------------
+
+
+def test_damaged_and_empty_config_files_are_named_clearly(tmp_path):
+    from genre_tf.config import load_config
+
+    cases = {"truncated.json": ('{"epochs": 3, "model": {"kind": "pos',
+                                r"is not valid YAML or JSON at line 1, column 37: .* \(the file looks truncated\)"),
+             "empty.yaml": ("", "is empty; give options, or leave out --config"),
+             "comments.yaml": ("# epochs: 3\n", "holds no options"),
+             "list.yaml": ("- epochs\n", "must hold a mapping of options, not a list")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=f"^config file {tmp_path / name} {message}"):
+            load_config(str(tmp_path / name))
+    with pytest.raises(ValueError, match="^config file /dev/zero is larger than 1000000 characters"):
+        load_config("/dev/zero")
+
+
+# 13. Smaller items -------------------------------------------------------------------------------------
+
+
+def test_rejects_summary_says_where_the_rest_are_and_only_when_they_were_written(tmp_path):
+    rejects = [Reject(f"c.csv:{n}", f"m{n}", "empty plot") for n in range(12)]
+    assert summarize_rejects(rejects).endswith("... 2 more in rejects.csv")
+    assert summarize_rejects(rejects, report=None).endswith(
+        "... 2 more not shown (no rejects.csv is written when prepare stops)")
+    rows = [[f"m{n}", "t", "", "Drama", "p.jpg"] for n in range(12)]
+    csv_path = write_csv(tmp_path / "c.csv", rows, header=("id", "title", "plot", "genres", "poster"))
+    with pytest.raises(ValueError, match="no valid movie") as error:
+        prepare(PrepareConfig(catalogue=str(csv_path), out=str(tmp_path / "out")), progress=False)
+    assert "more in rejects.csv" not in str(error.value) and "2 more not shown" in str(error.value)
+
+
+def test_a_missing_column_error_names_the_real_option(tmp_path):
+    path = write_csv(tmp_path / "m.csv", [["1", "t", "Drama", "p.jpg"]], header=("id", "title", "genres", "poster"))
+    with pytest.raises(ValueError, match=r"Map columns with --column FIELD=HEADER \(e.g. --column plot=Overview\)"):
+        read_catalogue(str(path))
+
+
+def test_mmimdb_languages_given_as_one_string_stay_one_language(tmp_path):
+    folder = write_mmimdb(str(tmp_path / "mm"), count=2)
+    meta = json.loads((tmp_path / "mm" / "tt0000000.json").read_text())
+    (tmp_path / "mm" / "tt0000000.json").write_text(json.dumps(dict(meta, languages="English")))
+    (tmp_path / "mm" / "tt0000001.json").write_text(json.dumps(dict(meta, languages=["English", "French"])))
+    assert [r.language for r in read_catalogue(folder).records] == ["English", "English, French"]
+
+
+def test_prepared_folders_follow_the_umask_and_stale_staging_folders_are_removed(tmp_path):
+    raw = write_mmimdb(str(tmp_path / "raw"), count=60)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    dead = tmp_path / f".prepare-{int(child.stdout)}-0badc0de@{host}"  # a killed prepare's leftover
+    alive = tmp_path / f".prepare-{os.getppid()}-0badc0de@{host}"  # a prepare still running
+    for folder in (dead, alive):
+        folder.mkdir()
+    previous = os.umask(0o022)
+    try:
+        prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / "out"), rules=RULES), progress=False)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "rejects.csv").stat().st_mode & 0o777 == 0o644
+    assert sorted(os.listdir(tmp_path)) == [alive.name, "out", "raw"]
+
+
+def test_a_layout_that_does_not_fit_the_path_is_a_one_line_error(tmp_path, capsys):
+    csv_path = write_csv(tmp_path / "c.csv", [["m1", "t", PLOT, "Drama", "p.jpg"]])
+    assert prepare_main([str(csv_path), "--out", str(tmp_path / "out"), "--layout", "mmimdb"]) == 1
+    assert capsys.readouterr().err == (f"error: {csv_path} is a file; the mmimdb layout reads a folder of <id>.json "
+                                       "and <id>.jpeg\n")
+    assert prepare_main([str(tmp_path), "--out", str(tmp_path / "out"), "--layout", "csv"]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path} is a folder; the csv layout reads a CSV file\n"
+
+
+def test_a_csv_row_over_the_field_size_limit_is_rejected_and_the_rest_kept(tmp_path):
+    (tmp_path / "p.jpg").write_bytes(image_bytes())
+    rows = [["m1", "t", PLOT, "Drama", "p.jpg"], ["m2", "t", "x" * 200_000, "Drama", "p.jpg"],
+            ["m3", "t", PLOT, "Drama", "p.jpg"]]
+    csv_path = write_csv(tmp_path / "c.csv", rows, header=("id", "title", "plot", "genres", "poster"))
+    records = read_catalogue(str(csv_path)).records
+    reasons, kept = rejected(records)
+    assert kept == ["m1", "m3"]
+    assert [(r.source, r.reason) for r in records if isinstance(r, Reject)] == [
+        (f"{csv_path}:3", "unreadable CSV row: field larger than field limit (131072)")]
