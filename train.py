@@ -25,9 +25,13 @@ def main(argv=None) -> int:
         config = load_config(args.config, args.overrides)
     except (ValueError, OSError) as error:
         parser.error(str(error))
-    from genre_tf.training import train
+    from genre_tf.training import RunDirectoryInUse, train
 
-    run_dir = train(config)
+    try:
+        run_dir = train(config)
+    except (ValueError, FileNotFoundError, RunDirectoryInUse) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not os.path.exists(os.path.join(run_dir, "final.json")):
         print(f"worker finished; the chief multi-worker task writes the results to {run_dir}")
         return 0

@@ -7,12 +7,17 @@ Needs only numpy (REST) and tensorflow-serving-api (gRPC); not genre_tf.
 """
 import argparse
 import base64
+import contextlib
 import json
+import os
+import stat
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
 
+
+MAX_POSTER_BYTES = 20 * 2**20  # genre_tf.images.MAX_POSTER_BYTES; the client does not import genre_tf
 
 def rest_body(plots: Sequence[str], posters: Sequence[bytes | None], signature: str = "serving_default") -> str:
     """TF Serving's row-format JSON: {"instances": [{"plot": ..., "poster": {"b64": ...}}]}.
@@ -58,12 +63,46 @@ def grpc_request(plots: Sequence[str], posters: Sequence[bytes | None], model_na
 
 
 def send_grpc(target: str, request, timeout: float = 30.0):
-    """Send a PredictRequest to HOST:8500; returns the PredictResponse."""
+    """Send a PredictRequest to HOST:8500; returns the PredictResponse (ConnectionError when the call fails)."""
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     with grpc.insecure_channel(target) as channel:
-        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout)
+        try:
+            return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout)
+        except grpc.RpcError as error:
+            raise ConnectionError(f"gRPC {error.code().name}: {error.details()}") from None
+
+
+def request_once(args, poster: bytes) -> str:
+    """Send one movie to the server the arguments name; returns the reply, printable."""
+    if args.rest:
+        body = rest_body([args.plot], [poster])
+        return json.dumps(post_rest(args.rest, body, args.model_name, args.timeout), indent=1)
+    return str(send_grpc(args.grpc, grpc_request([args.plot], [poster], args.model_name), args.timeout))
+
+
+def failure_message(error: OSError, target: str) -> str:
+    """One line saying why a request failed: the server's own error, or that it cannot be reached."""
+    if isinstance(error, urllib.error.HTTPError):
+        body = error.read().decode("utf-8", "replace")
+        with contextlib.suppress(ValueError, AttributeError):  # TF Serving answers {"error": "..."}
+            body = json.loads(body).get("error", body)
+        return f"TF Serving at {target} answered HTTP {error.code}: {body}"
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    return f"no answer from TF Serving at {target}: {reason}; is the server running there?"
+
+
+def read_poster(path: str) -> bytes:
+    """A poster file's bytes: a regular file of at most MAX_POSTER_BYTES (a FIFO or /dev/zero is refused)."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_POSTER_BYTES + 1)
+    if len(data) > MAX_POSTER_BYTES:
+        raise ValueError(f"larger than {MAX_POSTER_BYTES} bytes, the limit genre_tf applies to posters")
+    return data
 
 
 def main(argv=None) -> int:
@@ -74,12 +113,21 @@ def main(argv=None) -> int:
     parser.add_argument("--model-name", default="genre_tf")
     parser.add_argument("--plot", required=True)
     parser.add_argument("--poster", default="", help="an image file (optional)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server")
     args = parser.parse_args(argv)
-    poster = Path(args.poster).read_bytes() if args.poster else b""
-    if args.rest:
-        print(json.dumps(post_rest(args.rest, rest_body([args.plot], [poster]), args.model_name), indent=1))
-    else:
-        print(send_grpc(args.grpc, grpc_request([args.plot], [poster], args.model_name)))
+    if args.rest and not args.rest.startswith(("http://", "https://")):
+        parser.error(f"--rest takes http://HOST:PORT, got {args.rest!r}")
+    try:
+        poster = read_poster(args.poster) if args.poster else b""
+    except (OSError, ValueError) as error:
+        print(f"error: cannot read the poster {args.poster}: {getattr(error, 'strerror', None) or error}",
+              file=sys.stderr)
+        return 2
+    try:
+        print(request_once(args, poster))
+    except OSError as error:  # URLError, refused, reset, timed out, and send_grpc's ConnectionError
+        print(f"error: {failure_message(error, args.rest or args.grpc)}", file=sys.stderr)
+        return 1
     return 0
 
 

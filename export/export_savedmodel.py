@@ -3,8 +3,10 @@
     python export/export_savedmodel.py --run runs/synthetic-demo-integrated --out models/genre_tf
     python export/export_savedmodel.py --run RUN_DIR --out MODEL_BASE --token-ids   # tokenise client-side
 
-Writes MODEL_BASE/<next integer version>/ atomically (staged beside it, then renamed). See
-export/README.md for serving it.
+Reads the run directory alone (config.json, genres.txt, the best checkpoint and serving/, written at
+the end of training); runs trained before serving/ existed get it computed once from their dataset.
+Writes MODEL_BASE/<next integer version>/ atomically (staged beside it, then renamed) and, if absent,
+MODEL_BASE/batching.config. See export/README.md for serving it.
 """
 import argparse
 import os
@@ -14,11 +16,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import genre_tf  # noqa: E402,F401  selects tf-keras before TensorFlow loads
 
 
+def positive_int(text: str) -> int:
+    """argparse type for --version: TF Serving loads the integer folders 1, 2, ..."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (TF Serving versions start at 1), got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a trained run directory")
     parser.add_argument("--out", required=True, help="MODEL_BASE: the folder TF Serving watches")
-    parser.add_argument("--version", type=int, default=None, help="default: one more than the latest")
+    parser.add_argument("--version", type=positive_int, default=None, help="default: one more than the latest")
     parser.add_argument("--model-name", default="genre_tf", help="the name in the warmup requests")
     parser.add_argument("--token-ids", action="store_true",
                         help="take BERT token ids instead of plot text (servers without tensorflow-text ops)")

@@ -1,22 +1,22 @@
 """Evaluate a finished run: metrics on dev and test, dev-tuned thresholds, pictures and a report."""
 import dataclasses
+import io
 import json
 import os
-import shutil
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from genre_tf.config import TrainConfig, load_config
-from genre_tf.dataset import PreparedDataset, load_prepared, make_dataset
+from genre_tf.config import TrainConfig
+from genre_tf.dataset import PreparedDataset, make_dataset
 from genre_tf.baselines import METRICS, best_floor, constant_floors, degenerate_genres, lift_rows
 from genre_tf.encoders import encoders_summary
-from genre_tf.files import cache_key, read_json
+from genre_tf.files import atomic_path, cache_key, read_json, write_json, write_text
 from genre_tf.metrics import distinct_combinations, f1_scores, predict_labels, ranking_scores, tune_thresholds
-from genre_tf.training import (best_checkpoint, build_for_training, demo_dataset, feature_caches, make_predictor,
-                               split_labels)
+from genre_tf.callbacks import make_predictor
+from genre_tf.training import restore_trained, split_labels
 
 REPORT_FILES = ("report.md", "metrics.json", "cooccurrence.png", "per_genre_f1.png", "f1_by_year.png",
                 "pr_curves.png")
@@ -37,31 +37,7 @@ class RestoredRun:
 
 def restore_run(run_dir: str) -> RestoredRun:
     """Rebuild a run's model and load its best checkpoint, after checking the dataset still matches."""
-    if not os.path.exists(os.path.join(run_dir, "config.json")):
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    checkpoint = best_checkpoint(run_dir)
-    config = load_config(os.path.join(run_dir, "config.json"))
-    recorded = read_json(os.path.join(run_dir, "dataset.json"))
-    prepared = load_prepared(demo_dataset() if config.data == "demo" else config.data)
-    with open(os.path.join(run_dir, "genres.txt"), encoding="utf-8") as handle:
-        run_genres = [line.strip() for line in handle if line.strip()]
-    if run_genres != prepared.genres:
-        raise ValueError(f"the dataset at {prepared.path} has genres {prepared.genres}, but the run was trained "
-                         f"on {run_genres}; evaluate it on the dataset it was trained on")
-    if recorded["split"] != prepared.split:
-        raise ValueError(f"the split of {prepared.path} differs from the one the run recorded in dataset.json")
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    caches = feature_caches(config, prepared) if config.feature_cache else {}
-    model = build_for_training(config, prepared, split_labels(prepared, "train")["labels"], caches)
-    if model.weights:
-        # Every layer of the rebuilt model must find its weights: a changed config fails here, loudly.
-        status = model.load_weights(checkpoint).expect_partial()  # the optimizer's slots are not needed
-        try:
-            status.assert_existing_objects_matched()
-        except AssertionError as error:
-            raise ValueError(f"{checkpoint} does not fit the model that {run_dir}/config.json builds "
-                             f"(was it trained by another genre_tf version?): {str(error)[:300]}") from None
+    config, prepared, model, caches = restore_trained(run_dir)
     return RestoredRun(run_dir, config, prepared, model, caches, read_json(os.path.join(run_dir, "encoders.json")))
 
 
@@ -157,19 +133,21 @@ def choose_examples(test: dict, movies: dict[str, dict], genres: Sequence[str], 
     return examples
 
 
-def draw_pictures(folder: str, genres: Sequence[str], metrics: dict, test: dict) -> dict[str, str]:
-    """The report's PNGs; returns {name: path}."""
+def draw_pictures(genres: Sequence[str], metrics: dict, test: dict) -> dict[str, bytes]:
+    """The report's pictures as PNG bytes: {name: png}."""
     import matplotlib
 
     matplotlib.use("Agg")
+    return {"cooccurrence": _png(_cooccurrence_figure(genres, metrics, test)),
+            "per_genre_f1": _png(_per_genre_figure(genres, metrics)),
+            "f1_by_year": _png(_by_year_figure(metrics)),
+            "pr_curves": _png(_pr_curves_figure(genres, metrics, test))}
+
+
+def _cooccurrence_figure(genres: Sequence[str], metrics: dict, test: dict):
     import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve
 
-    thresholds = np.asarray(metrics["thresholds"])
-    predicted = predict_labels(test["probabilities"], thresholds)
-    paths = {name: os.path.join(folder, f"{name}.png") for name in
-             ("cooccurrence", "per_genre_f1", "f1_by_year", "pr_curves")}
-
+    predicted = predict_labels(test["probabilities"], np.asarray(metrics["thresholds"]))
     figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for axis, matrix, title in ((axes[0], cooccurrence(test["labels"]), "truth"),
                                 (axes[1], cooccurrence(predicted), "predicted (dev-tuned thresholds)")):
@@ -181,7 +159,11 @@ def draw_pictures(folder: str, genres: Sequence[str], metrics: dict, test: dict)
             axis.text(j, i, str(value), ha="center", va="center", fontsize=7,
                       color="white" if value < matrix.max() / 2 else "black")
         figure.colorbar(image, ax=axis, fraction=0.046)
-    _save(figure, paths["cooccurrence"])
+    return figure
+
+
+def _per_genre_figure(genres: Sequence[str], metrics: dict):
+    import matplotlib.pyplot as plt
 
     per_genre = metrics["splits"]["test"]["per_genre"]
     figure, axis = plt.subplots(figsize=(10, 4.5))
@@ -193,7 +175,11 @@ def draw_pictures(folder: str, genres: Sequence[str], metrics: dict, test: dict)
     axis.set_ylabel("F1 (test split)")
     axis.set_title("per-genre F1 on the test split")
     axis.legend()
-    _save(figure, paths["per_genre_f1"])
+    return figure
+
+
+def _by_year_figure(metrics: dict):
+    import matplotlib.pyplot as plt
 
     by_year = metrics["splits"]["test"]["by_year"]
     figure, axis = plt.subplots(figsize=(10, 4.5))
@@ -204,8 +190,14 @@ def draw_pictures(folder: str, genres: Sequence[str], metrics: dict, test: dict)
     axis.set_ylabel("weighted F1 (test, tuned thresholds)")
     axis.set_title("weighted F1 by release decade")
     plt.setp(axis.get_xticklabels(), rotation=45, ha="right")
-    _save(figure, paths["f1_by_year"])
+    return figure
 
+
+def _pr_curves_figure(genres: Sequence[str], metrics: dict, test: dict):
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    per_genre = metrics["splits"]["test"]["per_genre"]
     columns = min(5, len(genres))
     rows = -(-len(genres) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3 * rows), squeeze=False)
@@ -223,19 +215,20 @@ def draw_pictures(folder: str, genres: Sequence[str], metrics: dict, test: dict)
     for axis in list(axes.flat)[len(genres):]:
         axis.axis("off")
     figure.suptitle("precision-recall per genre, test split")
-    _save(figure, paths["pr_curves"])
-    return paths
+    return figure
 
 
-def _save(figure, path: str) -> None:
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+def _png(figure) -> bytes:
     import matplotlib.pyplot as plt
 
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
+    return buffer.getvalue()
 
 
-def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures: dict[str, str],
+def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures: dict[str, bytes],
                       metrics: dict) -> None:
     """The pictures as TensorBoard images and the test PR curves in the PR-curves plugin."""
     from tensorboard.plugins.pr_curve import summary as pr_summary
@@ -244,9 +237,8 @@ def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures:
     with writer.as_default(step=0):
         tf.summary.text("evaluation/floors_and_lift", "\n".join(floor_lines(metrics)))
         tf.summary.text("evaluation/degenerate_genres", "\n".join(degenerate_lines(metrics["degenerate"])))
-        for name, path in pictures.items():
-            image = tf.io.decode_png(tf.io.read_file(path), channels=4)
-            tf.summary.image(f"evaluation/{name}", image[None])
+        for name, png in pictures.items():
+            tf.summary.image(f"evaluation/{name}", tf.io.decode_png(png, channels=4)[None])
         for index, genre in enumerate(genres):
             truth = test["labels"][:, index].astype(bool)
             scores = test["probabilities"][:, index]
@@ -335,7 +327,8 @@ def _fmt(value) -> str:
 def evaluate_run(run_dir: str) -> dict:
     """Write report.md, metrics.json and the PNGs into run_dir; returns the metrics.
 
-    Everything is computed and written to a staging folder first, so a failure leaves no partial report.
+    Everything is computed in memory before the first file is written, so a failure leaves no partial
+    report, and each file is replaced atomically.
     """
     run = restore_run(run_dir)
     dev, test = predict_split(run, "dev"), predict_split(run, "test")
@@ -348,21 +341,14 @@ def evaluate_run(run_dir: str) -> dict:
                             "fingerprint": run.prepared.fingerprint},
                    split_digest=cache_key(json.dumps(run.prepared.split, sort_keys=True)),
                    examples=choose_examples(test, movies, run.prepared.genres, metrics["thresholds"]))
-    staging = os.path.join(run_dir, ".evaluation.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    try:
-        pictures = draw_pictures(staging, run.prepared.genres, metrics, test)
-        with open(os.path.join(staging, "metrics.json"), "w", encoding="utf-8") as handle:
-            json.dump(metrics, handle, indent=1)
-        with open(os.path.join(staging, "report.md"), "w", encoding="utf-8") as handle:
-            handle.write(render_report(run, metrics))
-        for name in REPORT_FILES:
-            os.replace(os.path.join(staging, name), os.path.join(run_dir, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    write_tensorboard(run_dir, run.prepared.genres, test,
-                      {name: os.path.join(run_dir, f"{name}.png") for name in pictures}, metrics)
+    pictures = draw_pictures(run.prepared.genres, metrics, test)
+    report = render_report(run, metrics)
+    for name, png in pictures.items():
+        with atomic_path(os.path.join(run_dir, f"{name}.png")) as staging, open(staging, "wb") as handle:
+            handle.write(png)
+    write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    write_text(os.path.join(run_dir, "report.md"), report)
+    write_tensorboard(run_dir, run.prepared.genres, test, pictures, metrics)
     return metrics
 
 
@@ -389,9 +375,9 @@ def table3_row(metrics: dict) -> dict:
 def table3_lines(rows: Sequence[dict]) -> list[str]:
     """Table 3 as markdown: test scores, and each model's lift over the best floor on every metric.
 
-    Floors, classic and deep rows share one schema; a time column appears when every row has `seconds`.
+    Floors, classic and deep rows share one schema; a time column appears when any row has `seconds`.
     """
-    timed = all("seconds" in row for row in rows)
+    timed = any("seconds" in row for row in rows)
     lines = ["| model | OS | weighted F1 @0.5 | weighted F1 | macro F1 | micro F1 | samples F1 | "
              "lift over best floor (weighted / macro / micro / samples) |" + (" time |" if timed else ""),
              "| --- " * (9 if timed else 8) + "|"]
@@ -401,7 +387,7 @@ def table3_lines(rows: Sequence[dict]) -> list[str]:
         oversampled = {True: "yes", False: "no"}.get(row.get("oversampled"), "-")
         lines.append(f"| {row['model']} | {oversampled} | {row['test']['at_0.5']['weighted_f1']:.4f} | "
                      + " | ".join(f"{tuned[m]:.4f}" for m in METRICS) + f" | {lift} |"
-                     + (f" {row['seconds']:.0f} s |" if timed else ""))
+                     + (f" {row['seconds']:.0f} s |" if "seconds" in row else " - |" if timed else ""))
     return lines
 
 

@@ -6,6 +6,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from genre_tf.dataset import MOVIE_ID, PreparedDataset, make_dataset
+from genre_tf.files import atomic_path
 from genre_tf.readers import SPLIT_NAMES
 
 
@@ -33,17 +34,27 @@ def compute_features(prepared: PreparedDataset, encoder, input_name: str, batch_
 
 def load_or_compute(prepared: PreparedDataset, name: str, key: str, encoder_factory, input_name: str,
                     batch_size: int = 32, image_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The cached (ids, features) for this dataset and encoder, computing and saving them if absent.
-
-    The file is written under a temporary name and renamed, so a half-written cache is never read.
-    """
+    """The cached (ids, features) for this dataset and encoder, computing and saving them (atomically) if absent."""
     path = cache_path(prepared, name, key)
     if os.path.exists(path):
         with np.load(path) as cached:
             return cached["ids"], cached["features"]
     ids, features = compute_features(prepared, encoder_factory(), input_name, batch_size, image_size)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    staging = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(staging, ids=ids, features=features)
-    os.replace(staging, path)
+    with atomic_path(path) as staging:  # the staging name keeps .npz, so np.savez adds no second suffix
+        np.savez(staging, ids=ids, features=features)
     return ids, features
+
+
+def mean_features(prepared: PreparedDataset, cache: tuple | None, encoder, input_name: str, image_size: int = 0,
+                  limit: int = 1024, batch_size: int = 32) -> np.ndarray:
+    """The mean encoder output over the first `limit` training movies: from the cache (ids, features) when there is
+    one, else by running `encoder` over them."""
+    ids = prepared.split["train"][:limit]
+    if cache is not None:
+        cached_ids, values = cache
+        row = {movie_id: index for index, movie_id in enumerate(cached_ids)}
+        return values[[row[i] for i in ids]].mean(axis=0).astype(np.float32)
+    dataset = make_dataset(prepared, "train", batch_size, training=False, input_names=[MOVIE_ID, input_name],
+                           image_size=image_size or None).take(-(-len(ids) // batch_size))
+    step = tf.function(lambda x: encoder(x, training=False))
+    return np.concatenate([step(inputs[input_name]).numpy() for inputs, _ in dataset]).mean(axis=0)

@@ -70,7 +70,11 @@ def write_json(path: str, value, indent: int = 1) -> None:
 def staging_folder(parent: str, prefix: str) -> str:
     """A fresh hidden folder under `parent` to build a folder in before renaming it into place."""
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{prefix}-", dir=parent)
+    folder = tempfile.mkdtemp(prefix=f".{prefix}-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)  # mkdtemp makes it 0700; the renamed folder must be readable like any other
+    return folder
 
 
 def cache_key(*parts: str) -> str:

@@ -7,8 +7,8 @@ plot by the mean training plot embedding, so every example gets a prediction; `i
 which inputs it rests on.
 """
 import dataclasses
-import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -17,23 +17,30 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from genre_tf.dataset import MOVIE_ID, PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, make_dataset, raw_examples
-from genre_tf.encoders import build_poster_encoder, build_text_encoder, token_id_encoder
+from genre_tf.config import TrainConfig, uses_poster, uses_text
+from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
+from genre_tf.encoders import build_poster_encoder, build_text_encoder, resolve_text_handles, token_id_encoder
+from genre_tf.files import read_json, staging_folder, write_json, write_text
 from genre_tf.images import decode_poster
-from genre_tf.metrics import tune_thresholds
-from genre_tf.baselines import degenerate_genres
-from genre_tf.config import uses_poster, uses_text
-from genre_tf.files import read_json
 from genre_tf.models import build_model
+from genre_tf.callbacks import load_best_weights
+from genre_tf.training import (ServingFilesMissing, build_network, finalise_run, load_run_config, precision_policy,
+                               read_serving_files, run_genres)
 
 FEATURES_SIGNATURE = "with_poster_features"
 TOKEN_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
-MEAN_SAMPLE = 1024  # training movies averaged for the missing-input fallbacks
+PREPROCESSOR = os.path.join("assets.extra", "text_preprocessor")  # token-id exports: relative to the version
+# TF Serving's --batching_parameters_file, tuned for CPUs (export/README.md, "Running TF Serving").
+BATCHING_CONFIG = """max_batch_size { value: 32 }
+batch_timeout_micros { value: 5000 }
+num_batch_threads { value: 2 }
+max_enqueued_batches { value: 100 }
+"""
 
 
 @dataclasses.dataclass
 class ServingParts:
-    """What the serving graph is made of, taken from a restored run."""
+    """What the serving graph is made of, rebuilt from a run directory."""
 
     kind: str
     genres: list[str]
@@ -61,46 +68,56 @@ def head_of(model: keras.Model, config, num_genres: int, text_dim: int, poster_d
     return head
 
 
-def _train_mean(run, encoder: keras.Model, cache_name: str, input_name: str) -> np.ndarray:
-    """The mean of an encoder's output over (up to MEAN_SAMPLE) training movies."""
-    ids = run.prepared.split["train"][:MEAN_SAMPLE]
-    if cache_name in run.caches:
-        cached_ids, values = run.caches[cache_name]
-        row = {movie_id: index for index, movie_id in enumerate(cached_ids)}
-        return values[[row[i] for i in ids]].mean(axis=0).astype(np.float32)
-    dataset = make_dataset(run.prepared, "train", 32, training=False, input_names=[MOVIE_ID, input_name],
-                           image_size=run.config.poster.image_size).take(-(-len(ids) // 32))
-    step = tf.function(lambda x: encoder(x, training=False))
-    return np.concatenate([step(inputs[input_name]).numpy() for inputs, _ in dataset]).mean(axis=0)
+def serving_files(run_dir: str) -> tuple[dict, bytes]:
+    """The run's serving files; for a run trained before training wrote them, computed once from its dataset.
+
+    The fallback is training's finalisation run again, and writes the files into the run directory, so
+    later exports read the run directory alone. Without the dataset it stops with a clear error.
+    """
+    try:
+        return read_serving_files(run_dir)
+    except ServingFilesMissing as missing:
+        print(f"{missing}; computing them once from the run's dataset")
+        try:
+            finalise_run(run_dir)
+        except FileNotFoundError as error:
+            raise ServingFilesMissing(f"{missing}, and they cannot be computed: {error}. Retrain the run "
+                                      "(python train.py with its config.json) to export it") from None
+    return read_serving_files(run_dir)
 
 
-def serving_parts(run, token_ids: bool = False) -> ServingParts:
-    """Encoders (the trained ones when fine-tuned), head, dev-tuned thresholds and fallback means."""
-    from genre_tf.evaluation import predict_split
+def restore_model(run_dir: str, config: TrainConfig, num_genres: int, record: dict) -> keras.Model:
+    """The trained model rebuilt from config.json and the serving record, with the best checkpoint loaded."""
+    cached = {name: record["feature_dims"][name] for name in record["model_inputs"]
+              if name in (PLOT_EMBEDDING, POSTER_FEATURES)}
+    with precision_policy(config):
+        model = build_network(config, num_genres, cached)
+    load_best_weights(model, run_dir)
+    return model
 
-    config = run.config
-    if config.model.kind == "most_common":
-        raise ValueError("the most-common-class baseline has nothing to export; it predicts the same genres always")
-    dev = predict_split(run, "dev")
+
+def serving_parts(run_dir: str, config: TrainConfig, record: dict, token_ids: bool = False) -> ServingParts:
+    """Encoders (the checkpoint's when trained inside the model, else pretrained from the config), head,
+    dev-tuned thresholds and fallback means, from the run directory alone."""
+    genres = run_genres(run_dir)
+    model = restore_model(run_dir, config, len(genres), record)
+    means = {name: np.asarray(values, np.float32) for name, values in record["fallback_means"].items()}
     text_encoder = poster_encoder = None
-    text_mean, poster_mean = np.zeros(0, np.float32), np.zeros(0, np.float32)
-    names = [layer.name for layer in run.model.layers]
-    if uses_text(config.model):
-        text_encoder = run.model.get_layer("text_encoder") if "text_encoder" in names else build_text_encoder(
-            config.text)
-        text_mean = _train_mean(run, text_encoder, PLOT_EMBEDDING, PLOT)
-    if uses_poster(config.model):
-        poster_encoder = (run.model.get_layer("poster_encoder") if "poster_encoder" in names
-                          else build_poster_encoder(config.poster))
-        poster_mean = _train_mean(run, poster_encoder, POSTER_FEATURES, POSTER)
-    head = head_of(run.model, config, len(run.prepared.genres), text_dim=len(text_mean) or 384,
-                   poster_dim=len(poster_mean) or 1)
-    if token_ids and text_encoder is not None:
-        text_encoder = token_id_encoder(text_encoder, config.text)
-    thresholds = tune_thresholds(dev["labels"], dev["probabilities"])
-    return ServingParts(config.model.kind, list(run.prepared.genres), thresholds, head, text_encoder, poster_encoder,
-                        text_mean, poster_mean, config.poster.image_size, config.text.seq_length, token_ids,
-                        degenerate_genres(dev["probabilities"], thresholds, run.prepared.genres))
+    with precision_policy(config):
+        if uses_text(config.model):
+            text_encoder = model.get_layer("text_encoder") if PLOT in model.input_names else build_text_encoder(
+                config.text)
+        if uses_poster(config.model):
+            poster_encoder = (model.get_layer("poster_encoder") if POSTER in model.input_names
+                              else build_poster_encoder(config.poster))
+        head = head_of(model, config, len(genres), text_dim=record["feature_dims"].get(PLOT_EMBEDDING, 384),
+                       poster_dim=record["feature_dims"].get(POSTER_FEATURES, 1))
+        if token_ids and text_encoder is not None:
+            text_encoder = token_id_encoder(text_encoder, config.text)
+    empty = np.zeros(0, np.float32)
+    return ServingParts(config.model.kind, genres, np.asarray(record["thresholds"]), head, text_encoder,
+                        poster_encoder, means.get(PLOT_EMBEDDING, empty), means.get(POSTER_FEATURES, empty),
+                        config.poster.image_size, config.text.seq_length, token_ids, record["degenerate_genres"])
 
 
 class GenreModel(tf.Module):
@@ -257,52 +274,73 @@ def _without_keras_traces():
 
 def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_name: str = "genre_tf",
                version: int | None = None) -> str:
-    """Export a trained run as MODEL_BASE/<version>/, written beside it first and renamed into place."""
-    from genre_tf.evaluation import restore_run
-
-    run = restore_run(run_dir)
-    parts = serving_parts(run, token_ids=token_ids)
+    """Export a trained run as MODEL_BASE/<version>/, from its run directory alone, staged beside it and renamed."""
+    if version is not None and version < 1:
+        raise ValueError(f"version must be a positive integer (TF Serving loads folders 1, 2, ...), got {version}")
+    config = load_run_config(run_dir)
+    if config.model.kind == "most_common":
+        raise ValueError("the most-common-class baseline has nothing to export; it predicts the same genres always")
+    record, warmup_poster = serving_files(run_dir)
+    parts = serving_parts(run_dir, config, record, token_ids=token_ids)
     module = GenreModel(parts)
     signatures = module.signatures(parts.seq_length)
     version = version or next_version(model_base)
     final = os.path.join(model_base, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists; TF Serving versions are immutable, choose another version")
-    os.makedirs(model_base, exist_ok=True)
-    staging = os.path.join(model_base, f".staging-{version}-{os.getpid()}")  # TF Serving ignores non-integers
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(model_base, f"staging-{version}")  # TF Serving ignores names that are not integers
     started = time.time()
     try:
         with _without_keras_traces():
             tf.saved_model.save(module, staging, signatures=signatures)
-        extra = os.path.join(staging, "assets.extra")
-        os.makedirs(extra, exist_ok=True)
-        plots, posters = raw_examples(run.prepared, "train", limit=4)
-        with tf.io.TFRecordWriter(os.path.join(extra, "tf_serving_warmup_requests")) as writer:
-            for record in warmup_requests(parts.seq_length, token_ids, model_name, posters[0], plots):
-                writer.write(record)
-        info = {"model": parts.kind, "genres": parts.genres, "thresholds": parts.thresholds.tolist(),
-                "thresholds_from": "dev", "degenerate_genres": parts.degenerate,
-                "run_dir": os.path.abspath(run_dir), "dataset": run.prepared.name,
-                "token_id_inputs": token_ids, "text_preprocessor_handle": text_preprocessor_handle(run.config),
-                "seq_length": parts.seq_length, "image_size": parts.image_size,
-                "encoders": read_json(os.path.join(run_dir, "encoders.json")),
-                "signatures": ["serving_default", FEATURES_SIGNATURE], "non_stock_ops": non_stock_ops(staging)}
-        with open(os.path.join(extra, "export_info.json"), "w", encoding="utf-8") as handle:
-            json.dump(info, handle, indent=1)
-        os.rename(staging, final)
+        info = write_extras(staging, run_dir, config, parts, (record["warmup_plots"], warmup_poster), model_name)
+        os.rename(staging, final)  # a plain rename, not atomic_path's swap: an existing version is never replaced
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if not os.path.exists(os.path.join(model_base, "batching.config")):  # never overwrite a tuned one
+        write_text(os.path.join(model_base, "batching.config"), BATCHING_CONFIG)
     print(f"exported {parts.kind} to {final} in {time.time() - started:.0f} s; ops stock TensorFlow lacks: "
           f"{', '.join(info['non_stock_ops']) or 'none'}")
     return final
 
 
-def text_preprocessor_handle(config) -> str:
-    """The preprocessor a token-id client runs (empty for poster-only models)."""
-    from genre_tf.encoders import resolve_text_handles
+def write_extras(version_dir: str, run_dir: str, config: TrainConfig, parts: ServingParts,
+                 warmup: tuple[list[str], bytes], model_name: str) -> dict:
+    """assets.extra: TF Serving's warm-up requests, export_info.json and, for token ids, the text preprocessor."""
+    extra = os.path.join(version_dir, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    plots, poster = warmup
+    with tf.io.TFRecordWriter(os.path.join(extra, "tf_serving_warmup_requests")) as writer:
+        for request in warmup_requests(parts.seq_length, parts.token_ids, model_name, poster, plots):
+            writer.write(request)
+    preprocessor = ""
+    if parts.token_ids and uses_text(config.model):
+        import tensorflow_hub as hub
 
-    return resolve_text_handles(config.text)[1] if uses_text(config.model) else ""
+        # A copy inside the version, named relative to it: the model folder works on any machine.
+        shutil.copytree(hub.resolve(resolve_text_handles(config.text)[1]), os.path.join(version_dir, PREPROCESSOR))
+        preprocessor = PREPROCESSOR
+    info = {"model": parts.kind, "genres": parts.genres, "thresholds": parts.thresholds.tolist(),
+            "thresholds_from": "dev", "degenerate_genres": parts.degenerate,
+            "run": os.path.basename(os.path.normpath(run_dir)),
+            "dataset": read_json(os.path.join(run_dir, "dataset.json"))["name"],
+            "token_id_inputs": parts.token_ids, "text_preprocessor_handle": preprocessor,
+            "seq_length": parts.seq_length, "image_size": parts.image_size,
+            "encoders": without_machine_paths(read_json(os.path.join(run_dir, "encoders.json"))),
+            "signatures": ["serving_default", FEATURES_SIGNATURE], "non_stock_ops": non_stock_ops(version_dir)}
+    write_json(os.path.join(extra, "export_info.json"), info)
+    return info
+
+
+def without_machine_paths(value):
+    """The record with every absolute local path cut to its last component (URLs are kept whole)."""
+    if isinstance(value, dict):
+        return {key: without_machine_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_machine_paths(item) for item in value]
+    if isinstance(value, str):
+        return re.sub(r"(?<![\w:/.])/[^\s,;()]+", lambda match: os.path.basename(match.group().rstrip("/")), value)
+    return value
 
 
 def latest_version(model_base: str) -> str:

@@ -1,7 +1,11 @@
-"""One training run: data and caches in, a run directory with checkpoints and TensorBoard logs out."""
+"""One training run: data and caches in; a run directory with checkpoints, history, logs and serving files out."""
+import contextlib
 import dataclasses
+import fcntl
+import glob
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -12,18 +16,36 @@ import tensorflow as tf
 import tf_keras as keras
 
 from genre_tf import demo
-from genre_tf.config import TrainConfig, config_to_dict, dump_config, fine_tunes_text, uses_poster, uses_text
-from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER_FEATURES, PreparedDataset, load_prepared, make_dataset
+from genre_tf.baselines import degenerate_genres
+from genre_tf.callbacks import (HISTORY, MONITOR, BestCheckpoint, DevF1, ResumeProgress, best_checkpoint,
+                                best_row, checkpoint_record, load_best_weights, make_predictor, read_history)
+from genre_tf.config import TrainConfig, apply_overrides, config_to_dict, fine_tunes_text, uses_poster, uses_text
+from genre_tf.dataset import (PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, PreparedDataset, load_prepared,
+                              make_dataset, raw_examples)
 from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_encoders, encoders_summary,
                                poster_encoder_identity, resolve_backbone, text_encoder_identity)
-from genre_tf.features import load_or_compute
+from genre_tf.features import load_or_compute, mean_features
+from genre_tf.files import atomic_path, cache_key, cache_root, read_json, sha256_of, write_json, write_text
 from genre_tf.losses import SoftF1Loss, WeightedBinaryCrossentropy, inverse_frequency_weights
-from genre_tf.metrics import f1_scores
-from genre_tf.files import cache_key, cache_root, read_json, write_json
+from genre_tf.metrics import f1_scores, tune_thresholds
 from genre_tf.models import build_model
 from genre_tf.split import frequency_table, multi_hot, oversample_counts
 
-BEST = "best"
+FINAL = "final.json"
+LOCK = ".lock"
+SERVING = "serving"                    # serving.json and warmup_poster.jpg: all the export reads besides the checkpoint
+SERVING_FORMAT = 1
+WARMUP_POSTER = "warmup_poster.jpg"
+WARMUP_EXAMPLES = 4
+MEAN_SAMPLE = 1024  # training movies averaged for the missing-input fallbacks
+
+
+class RunDirectoryInUse(RuntimeError):
+    """Another train.py holds the run directory's lock."""
+
+
+class ServingFilesMissing(FileNotFoundError):
+    """A run directory without up-to-date serving files (trained before they existed, or changed since)."""
 
 
 def demo_dataset(config: demo.DemoConfig | None = None) -> str:
@@ -54,40 +76,83 @@ def split_labels(prepared: PreparedDataset, split: str) -> dict[str, np.ndarray]
     return {"ids": ids, "labels": multi_hot([genres_of[i] for i in ids], prepared.genres)}
 
 
+def safe_name(name: str) -> str:
+    """A dataset name as one path component: [A-Za-z0-9._-] only and no leading dot, so it stays inside runs/."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "dataset"
+
+
 def default_run_dir(config: TrainConfig, prepared: PreparedDataset) -> str:
     """runs/<dataset>-<model>[-os][-N]: the first such folder that is not finished, so a rerun resumes."""
-    base = os.path.join("runs", f"{prepared.name}-{config.model.kind}{'-os' if config.oversample else ''}")
+    base = os.path.join("runs", f"{safe_name(prepared.name)}-{config.model.kind}{'-os' if config.oversample else ''}")
     candidate, number = base, 1
-    while os.path.exists(os.path.join(candidate, "final.json")):
+    while os.path.exists(os.path.join(candidate, FINAL)):
         number += 1
         candidate = f"{base}-{number}"
     return candidate
 
 
+@contextlib.contextmanager
+def locked(run_dir: str):
+    """Hold the run directory's exclusive lock, or refuse at once: two trainings would overwrite each other."""
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, LOCK), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirectoryInUse(f"{run_dir} is in use by another training (it holds {run_dir}/{LOCK}); "
+                                    "wait for it to finish or choose another run_dir") from None
+        yield  # the lock goes with the file descriptor, also when the process is killed
+
+
 def prepare_run_dir(config: TrainConfig, prepared: PreparedDataset) -> str:
     """Create (or reopen, to resume) the run directory; a reopened one must have the same config."""
-    run_dir = config.run_dir or default_run_dir(config, prepared)
+    run_dir = config.run_dir
     config_path = os.path.join(run_dir, "config.json")
-    resolved = dataclasses.replace(config, run_dir=run_dir)
     encoders = describe_encoders(config.model, config.text, config.poster)
     if os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as handle:
-            if json.load(handle) != config_to_dict(resolved):
-                raise ValueError(f"{run_dir} holds a run with another config; choose another run_dir")
+        if read_json(config_path) != config_to_dict(config):
+            raise ValueError(f"{run_dir} holds a run with another config; choose another run_dir")
         recorded = read_json(os.path.join(run_dir, "encoders.json"))
         if recorded != encoders:
             raise ValueError(f"{run_dir} was trained with encoders {recorded}, but this machine resolves the same "
                              f"config to {encoders}; set poster.backbone explicitly or choose another run_dir")
-        print(f"resuming the run in {run_dir}")
         return run_dir
-    os.makedirs(run_dir, exist_ok=True)
-    dump_config(resolved, config_path)
     write_json(os.path.join(run_dir, "encoders.json"), encoders)
-    shutil.copy(os.path.join(prepared.path, "genres.txt"), os.path.join(run_dir, "genres.txt"))
+    with open(os.path.join(prepared.path, "genres.txt"), encoding="utf-8") as handle:
+        write_text(os.path.join(run_dir, "genres.txt"), handle.read())
     write_json(os.path.join(run_dir, "dataset.json"), {
         "path": os.path.abspath(prepared.path), "name": prepared.name, "fingerprint": prepared.fingerprint,
         "split": prepared.split})
+    write_json(os.path.join(run_dir, "config.json"), config_to_dict(config), indent=2)  # last: it marks a run
     return run_dir
+
+
+def load_run_config(run_dir: str) -> TrainConfig:
+    """A run's config.json, with errors that name the file when it is missing, damaged or empty."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    tree = read_json(path)
+    if not isinstance(tree, dict) or not tree:
+        raise ValueError(f"{path} is empty: it holds no options, and defaults would describe another run; "
+                         "restore it or retrain the run")
+    # Read as JSON, not through load_config's YAML: YAML 1.1 takes JSON's 1e-05 for a string.
+    options = {}
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            options.update({f"{name}.{key}": item for key, item in value.items()})
+        else:
+            options[name] = value
+    try:
+        return apply_overrides(TrainConfig(), options)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def run_genres(run_dir: str) -> list[str]:
+    """The genre vocabulary the run was trained on (genres.txt), in output order."""
+    with open(os.path.join(run_dir, "genres.txt"), encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip()]
 
 
 def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> dict[str, tuple]:
@@ -127,16 +192,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0
 
 
-def make_predictor(model: keras.Model):
-    """A function from a (finite, ordered) dataset to the model's probabilities, computed locally.
-
-    Every worker of a multi-worker run evaluates the whole dev set itself, so they take identical
-    early-stopping decisions without a collective. The step is traced once per predictor.
-    """
-    step = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
-    return lambda dataset: np.concatenate([step(inputs).numpy() for inputs, _ in dataset])
-
-
 def make_loss(config: TrainConfig, train_labels: np.ndarray) -> keras.losses.Loss:
     """The configured loss; weighted_bce weights positives by inverse training frequency."""
     if config.loss == "soft_f1":
@@ -146,73 +201,68 @@ def make_loss(config: TrainConfig, train_labels: np.ndarray) -> keras.losses.Los
     return WeightedBinaryCrossentropy(None, name="bce")
 
 
-def save_best(model: keras.Model, run_dir: str) -> None:
-    """Replace checkpoints/best without ever leaving it missing or half-written."""
-    checkpoints = os.path.join(run_dir, "checkpoints")
-    staging, final, old = (os.path.join(checkpoints, name) for name in (f"{BEST}.new", BEST, f"{BEST}.old"))
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_weights(os.path.join(staging, "weights"))
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(final):
-        os.rename(final, old)
-    os.rename(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
+@contextlib.contextmanager
+def precision_policy(config: TrainConfig):
+    """Build layers under the run's float policy (mixed_float16 or float32), then give the global one back."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
-def best_checkpoint(run_dir: str) -> str:
-    """The best checkpoint's prefix (falling back to the previous one if a swap was interrupted)."""
-    for name in (BEST, f"{BEST}.old"):
-        folder = os.path.join(run_dir, "checkpoints", name)
-        if os.path.exists(os.path.join(folder, "weights.index")):
-            return os.path.join(folder, "weights")
-    raise FileNotFoundError(f"{run_dir} has no checkpoint (checkpoints/{BEST}); train it first")
+def build_network(config: TrainConfig, num_genres: int, cached_dims: dict[str, int],
+                  genre_frequency: np.ndarray | None = None) -> keras.Model:
+    """The uncompiled model. Inputs in `cached_dims` (plot_embedding, poster_features) are cached features of that
+    width; the other inputs are encoded inside: fine-tuned text, conv5 fine-tuning, or feature_cache=false."""
+    text_encoder = (build_text_encoder(config.text, trainable=fine_tunes_text(config.model))
+                    if uses_text(config.model) and PLOT_EMBEDDING not in cached_dims else None)
+    poster_encoder = (build_poster_encoder(config.poster)
+                      if uses_poster(config.model) and POSTER_FEATURES not in cached_dims else None)
+    return build_model(config.model, num_genres, text_dim=cached_dims.get(PLOT_EMBEDDING, 0),
+                       poster_dim=cached_dims.get(POSTER_FEATURES, 0), text_encoder=text_encoder,
+                       poster_encoder=poster_encoder, genre_frequency=genre_frequency)
 
 
-class DevEvaluation(keras.callbacks.Callback):
-    """Each epoch: weighted/macro/micro and per-genre F1 over the whole dev set, best checkpoint, early stop."""
+def cached_dims(caches: dict[str, tuple]) -> dict[str, int]:
+    """The width of each cached feature input."""
+    return {name: values.shape[1] for name, (_, values) in caches.items()}
 
-    def __init__(self, dev_dataset, dev_labels, genres, run_dir, patience):
-        super().__init__()
-        self.dev_dataset, self.dev_labels, self.genres = dev_dataset, dev_labels, genres
-        self.run_dir, self.patience = run_dir, patience
-        self.predict = None
-        self.state_path = os.path.join(run_dir, "training_state.json")
-        self.state = {"best_weighted_f1": -1.0, "best_epoch": -1, "history": []}
-        if os.path.exists(self.state_path):
-            with open(self.state_path, encoding="utf-8") as handle:
-                self.state = json.load(handle)
-        self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "dev"))
 
-    def on_epoch_end(self, epoch, logs=None):
-        if self.predict is None:
-            self.predict = make_predictor(self.model)
-        probabilities = self.predict(self.dev_dataset)
-        scores = f1_scores(self.dev_labels, probabilities >= 0.5)
-        optimizer = self.model.optimizer
-        with self.writer.as_default(step=epoch):
-            for name in ("weighted_f1", "macro_f1", "micro_f1", "samples_f1"):
-                tf.summary.scalar(f"dev/{name}", scores[name])
-            for genre, value in zip(self.genres, scores["f1"], strict=True):
-                tf.summary.scalar(f"dev_genre_f1/{genre}", value)
-            if optimizer is not None:
-                tf.summary.scalar("learning_rate", float(keras.backend.get_value(optimizer.learning_rate)))
-        self.writer.flush()
-        improved = scores["weighted_f1"] > self.state["best_weighted_f1"]
-        if improved:
-            self.state.update(best_weighted_f1=scores["weighted_f1"], best_epoch=epoch)
-            save_best(self.model, self.run_dir)
-        self.state["history"].append({"epoch": epoch, "loss": float((logs or {}).get("loss", np.nan)),
-                                      "dev_weighted_f1": scores["weighted_f1"], "dev_macro_f1": scores["macro_f1"],
-                                      "dev_micro_f1": scores["micro_f1"]})
-        print(f"epoch {epoch + 1}: loss {self.state['history'][-1]['loss']:.4f}  dev weighted F1 "
-              f"{scores['weighted_f1']:.4f}{'  (best, saved)' if improved else ''}", flush=True)
-        staging = f"{self.state_path}.tmp"
-        with open(staging, "w", encoding="utf-8") as handle:
-            json.dump(self.state, handle, indent=1)
-        os.replace(staging, self.state_path)
-        if epoch - self.state["best_epoch"] >= self.patience:
-            print(f"early stop: no dev improvement in {self.patience} epochs")
-            self.model.stop_training = True
+def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_labels: np.ndarray,
+                       caches: dict[str, tuple]) -> keras.Model:
+    """The compiled model (inside the active distribution strategy's scope)."""
+    model = build_network(config, len(prepared.genres), cached_dims(caches), train_labels.mean(axis=0))
+    if config.model.kind != "most_common":
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                      loss=make_loss(config, train_labels), jit_compile=config.xla)
+    return model
+
+
+def epochs_to_run(config: TrainConfig, history: list[dict]) -> int:
+    """fit's `epochs`: config.epochs, or one past the last epoch when early stopping had already ended the run."""
+    if history and history[-1]["epoch"] - best_row(history)["epoch"] >= config.patience:
+        return history[-1]["epoch"] + 1
+    return config.epochs
+
+
+def epoch_callbacks(config: TrainConfig, model: keras.Model, run_dir: str, shared_run_dir: str,
+                    dev_f1: DevF1) -> list[keras.callbacks.Callback]:
+    """The per-epoch work, in order: dev F1, the CSV row, the backup, the best checkpoint, early stopping, logs.
+
+    The CSV row precedes the backup and the backup the checkpoint, so a kill anywhere loses no finished
+    epoch's evaluation: a repeated row is superseded, an interrupted checkpoint is saved on resume.
+    """
+    checkpoint = BestCheckpoint(run_dir)
+    early_stopping = keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience, verbose=1)
+    learning_rate = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(
+        learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate))))
+    # BackupAndRestore sends non-chief workers' writes to temporary folders itself.
+    return [dev_f1, learning_rate, keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY), append=True),
+            keras.callbacks.BackupAndRestore(os.path.join(shared_run_dir, "backup")), checkpoint, early_stopping,
+            ResumeProgress(shared_run_dir, run_dir, early_stopping, checkpoint),
+            keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0)]
 
 
 def log_hparams(config: TrainConfig, run_dir: str) -> None:
@@ -236,32 +286,79 @@ def train_repeat_counts(config: TrainConfig, prepared: PreparedDataset, train: d
     print(frequency_table(prepared.genres, {"train": train["labels"],
                                             "train OS": np.repeat(train["labels"], counts, axis=0)}))
     repeat = {movie_id: int(n) for movie_id, n in zip(train["ids"], counts, strict=True)}
-    with open(os.path.join(run_dir, "oversampled_counts.json"), "w", encoding="utf-8") as handle:
-        json.dump(repeat, handle)
+    write_json(os.path.join(run_dir, "oversampled_counts.json"), repeat, indent=None)
     return repeat
 
 
-def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_labels: np.ndarray,
-                       caches: dict[str, tuple]) -> keras.Model:
-    """The compiled model (inside the active distribution strategy's scope).
+def fit_model(config: TrainConfig, model: keras.Model, prepared: PreparedDataset, run_dir: str,
+              shared_run_dir: str, dev_f1: DevF1, global_batch: int, common: dict) -> None:
+    """model.fit over the training split with the per-epoch callbacks; resumes from the backup if there is one."""
+    repeat = train_repeat_counts(config, prepared, split_labels(prepared, "train"), run_dir)
+    # Only small cached features are kept in memory; decoded posters and plots are re-read.
+    only_features = set(common["input_names"]) <= {PLOT_EMBEDDING, POSTER_FEATURES}
+    train_dataset = make_dataset(prepared, "train", global_batch, training=True, repeat_counts=repeat,
+                                 cache=only_features, seed=config.seed, **common)
+    steps = (sum(repeat.values()) if repeat else len(prepared.split["train"])) // global_batch
+    # A known length gives the progress bar its total from the first step, also in a resumed run.
+    train_dataset = train_dataset.apply(tf.data.experimental.assert_cardinality(steps))
+    log_hparams(config, run_dir)
+    history = read_history(shared_run_dir)
+    epochs = epochs_to_run(config, history)
+    if history and history[-1]["epoch"] == epochs - 1 and not has_backup(shared_run_dir):
+        # fit ended (it deletes its backup then) and the kill came in the final steps: a new fit would start over.
+        print("every epoch was trained before the interruption; only the final steps remain")
+        return
+    model.fit(train_dataset, epochs=epochs, callbacks=epoch_callbacks(config, model, run_dir, shared_run_dir, dev_f1),
+              verbose=1 if sys.stdout.isatty() else 2)
 
-    Inputs without a cache are encoded inside the model: fine-tuned text, conv5 fine-tuning, or
-    feature_cache=false.
-    """
-    fine_tune = fine_tunes_text(config.model)
-    text_encoder = (build_text_encoder(config.text, trainable=fine_tune)
-                    if uses_text(config.model) and PLOT_EMBEDDING not in caches else None)
-    poster_encoder = (build_poster_encoder(config.poster)
-                      if uses_poster(config.model) and POSTER_FEATURES not in caches else None)
-    text_dim = caches[PLOT_EMBEDDING][1].shape[1] if PLOT_EMBEDDING in caches else 0
-    poster_dim = caches[POSTER_FEATURES][1].shape[1] if POSTER_FEATURES in caches else 0
-    model = build_model(config.model, len(prepared.genres), text_dim=text_dim, poster_dim=poster_dim,
-                        text_encoder=text_encoder, poster_encoder=poster_encoder,
-                        genre_frequency=train_labels.mean(axis=0))
-    if config.model.kind != "most_common":
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      loss=make_loss(config, train_labels), jit_compile=config.xla)
-    return model
+
+def has_backup(run_dir: str) -> bool:
+    """Whether BackupAndRestore left a backup to resume from (it deletes it when fit ends)."""
+    return bool(glob.glob(os.path.join(run_dir, "backup", "**", "*.index"), recursive=True))
+
+
+def evaluate_constant_model(model: keras.Model, run_dir: str, dev_f1: DevF1) -> None:
+    """most_common learns nothing: one dev evaluation, its history row and its (empty) checkpoint."""
+    callbacks = keras.callbacks.CallbackList(
+        [dev_f1, keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY), append=True), BestCheckpoint(run_dir)],
+        model=model)
+    callbacks.on_train_begin()
+    callbacks.on_epoch_begin(0)
+    callbacks.on_epoch_end(0, {})
+    callbacks.on_train_end()
+
+
+def run_training(config: TrainConfig, strategy, prepared: PreparedDataset, run_dir: str,
+                 shared_run_dir: str) -> tuple[keras.Model, dict, float]:
+    """Build the model and train it, writing into run_dir; returns the model, its caches and the seconds taken."""
+    print(f"dataset {prepared.name} ({'SYNTHETIC' if prepared.name == demo.DEMO_NAME else 'catalogue'}), "
+          f"model {config.model.kind}, run directory {run_dir}")
+    print(f"encoders: {encoders_summary(describe_encoders(config.model, config.text, config.poster))}")
+    caches = feature_caches(config, prepared) if config.feature_cache else {}
+    with strategy.scope():
+        model = build_for_training(config, prepared, split_labels(prepared, "train")["labels"], caches)
+    common = dict(input_names=list(model.input_names), image_size=config.poster.image_size, feature_caches=caches)
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    dev_f1 = DevF1(make_dataset(prepared, "dev", global_batch, training=False, **common),
+                   split_labels(prepared, "dev")["labels"], prepared.genres, os.path.join(run_dir, "logs", "dev"))
+    started = time.time()
+    if config.model.kind == "most_common":
+        evaluate_constant_model(model, run_dir, dev_f1)
+    else:
+        fit_model(config, model, prepared, run_dir, shared_run_dir, dev_f1, global_batch, common)
+    return model, caches, time.time() - started
+
+
+def train_as_worker(config: TrainConfig, strategy, prepared: PreparedDataset, shared_run_dir: str) -> str:
+    """A non-chief multi-worker task: the same training and callbacks (saving may involve collectives), written
+    into a scratch folder, since the chief owns the run directory."""
+    if not os.path.exists(os.path.join(shared_run_dir, FINAL)):
+        scratch = tempfile.mkdtemp(prefix="genre_tf_worker_")
+        try:
+            run_training(config, strategy, prepared, scratch, shared_run_dir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return shared_run_dir
 
 
 def train(config: TrainConfig) -> str:
@@ -271,53 +368,122 @@ def train(config: TrainConfig) -> str:
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     prepared = open_dataset(config)
-    chief = is_chief(strategy)
-    # Non-chief workers run the same callbacks (saving may involve collectives) into a scratch folder.
-    shared_run_dir = config.run_dir or default_run_dir(config, prepared)
-    run_dir = (prepare_run_dir(dataclasses.replace(config, run_dir=shared_run_dir), prepared) if chief
-               else tempfile.mkdtemp(prefix="genre_tf_worker_"))
-    print(f"dataset {prepared.name} ({'SYNTHETIC' if prepared.name == demo.DEMO_NAME else 'catalogue'}), "
-          f"model {config.model.kind}, run directory {run_dir}")
-    print(f"encoders: {encoders_summary(describe_encoders(config.model, config.text, config.poster))}")
-    train, dev = split_labels(prepared, "train"), split_labels(prepared, "dev")
-    caches = feature_caches(config, prepared) if config.feature_cache else {}
-    with strategy.scope():
-        model = build_for_training(config, prepared, train["labels"], caches)
-    input_names = list(model.input_names)
-    common = dict(input_names=input_names, image_size=config.poster.image_size, feature_caches=caches)
-    global_batch = config.batch_size * strategy.num_replicas_in_sync
-    dev_dataset = make_dataset(prepared, "dev", global_batch, training=False, **common)
-    callback = DevEvaluation(dev_dataset, dev["labels"], prepared.genres, run_dir, config.patience)
-    started = time.time()
-    if config.model.kind == "most_common":
-        callback.set_model(model)
-        callback.on_epoch_end(0)
-    else:
-        repeat = train_repeat_counts(config, prepared, train, run_dir)
-        # Only small cached features are kept in memory; decoded posters and plots are re-read.
-        only_features = set(input_names) <= {PLOT_EMBEDDING, POSTER_FEATURES}
-        train_dataset = make_dataset(prepared, "train", global_batch, training=True, repeat_counts=repeat,
-                                     cache=only_features, seed=config.seed, **common)
-        log_hparams(config, run_dir)
-        # BackupAndRestore sends non-chief workers' writes to temporary folders itself.
-        callbacks = [keras.callbacks.BackupAndRestore(os.path.join(shared_run_dir, "backup")), callback,
-                     keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0)]
-        model.fit(train_dataset, epochs=config.epochs, callbacks=callbacks,
-                  verbose=1 if sys.stdout.isatty() else 2)
-    summary = {"model": config.model.kind, "dataset": prepared.name, "seconds": round(time.time() - started, 1),
-               "replicas": strategy.num_replicas_in_sync, "global_batch": global_batch,
-               "best_dev_weighted_f1": callback.state["best_weighted_f1"],
-               "best_epoch": callback.state["best_epoch"] + 1,
-               "most_common_dev_weighted_f1": most_common_score(train["labels"], dev["labels"])}
-    if not chief:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return shared_run_dir
-    with open(os.path.join(run_dir, "final.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
+    run_dir = config.run_dir or default_run_dir(config, prepared)
+    if not is_chief(strategy):
+        return train_as_worker(config, strategy, prepared, run_dir)
+    with locked(run_dir):
+        prepare_run_dir(dataclasses.replace(config, run_dir=run_dir), prepared)
+        if os.path.exists(os.path.join(run_dir, FINAL)):
+            print(f"{run_dir} is finished already ({FINAL}); nothing to train")
+            return run_dir
+        if read_history(run_dir):
+            print(f"resuming the run in {run_dir}")
+        model, caches, seconds = run_training(config, strategy, prepared, run_dir, run_dir)
+        if config.model.kind != "most_common":
+            load_best_weights(model, run_dir)
+            write_serving_files(run_dir, model, config, prepared, caches)
+        write_json(os.path.join(run_dir, FINAL), final_summary(config, strategy, prepared, run_dir, seconds), indent=2)
     return run_dir
+
+
+def final_summary(config: TrainConfig, strategy, prepared: PreparedDataset, run_dir: str, seconds: float) -> dict:
+    """final.json: the best dev epoch and score, beside the most-common-class baseline and the training time."""
+    best = best_row(read_history(run_dir))
+    return {"model": config.model.kind, "dataset": prepared.name, "seconds": round(seconds, 1),
+            "replicas": strategy.num_replicas_in_sync,
+            "global_batch": config.batch_size * strategy.num_replicas_in_sync,
+            "best_dev_weighted_f1": best[MONITOR], "best_epoch": best["epoch"] + 1,
+            "most_common_dev_weighted_f1": most_common_score(split_labels(prepared, "train")["labels"],
+                                                             split_labels(prepared, "dev")["labels"])}
 
 
 def most_common_score(train_labels: np.ndarray, dev_labels: np.ndarray) -> float:
     """Dev weighted F1 of the most-common-class baseline (section 4.1), for comparison in every run."""
     majority = (train_labels.mean(axis=0) > 0.5).astype(np.int32)
     return f1_scores(dev_labels, np.tile(majority, (len(dev_labels), 1)))["weighted_f1"]
+
+
+def fallback_means(model: keras.Model, config: TrainConfig, prepared: PreparedDataset,
+                   caches: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """Mean plot embedding and poster features over training movies: what serving uses for a missing input."""
+    means = {}
+    if uses_text(config.model):
+        encoder = None if PLOT_EMBEDDING in caches else model.get_layer("text_encoder")
+        means[PLOT_EMBEDDING] = mean_features(prepared, caches.get(PLOT_EMBEDDING), encoder, PLOT, limit=MEAN_SAMPLE)
+    if uses_poster(config.model):
+        encoder = None if POSTER_FEATURES in caches else model.get_layer("poster_encoder")
+        means[POSTER_FEATURES] = mean_features(prepared, caches.get(POSTER_FEATURES), encoder, POSTER,
+                                               image_size=config.poster.image_size, limit=MEAN_SAMPLE)
+    return means
+
+
+def write_serving_files(run_dir: str, model: keras.Model, config: TrainConfig, prepared: PreparedDataset,
+                        caches: dict[str, tuple]) -> None:
+    """Save what the export needs besides the checkpoint into run_dir/serving, so it never opens the dataset.
+
+    `model` must hold the best checkpoint's weights; thresholds are tuned on its dev probabilities.
+    """
+    dev = make_dataset(prepared, "dev", 64, training=False, input_names=list(model.input_names),
+                       image_size=config.poster.image_size, feature_caches=caches)
+    probabilities = make_predictor(model)(dev)
+    thresholds = tune_thresholds(split_labels(prepared, "dev")["labels"], probabilities)
+    means = fallback_means(model, config, prepared, caches)
+    plots, posters = raw_examples(prepared, "train", limit=WARMUP_EXAMPLES)
+    record = {"format": SERVING_FORMAT, "checkpoint": checkpoint_identity(run_dir), "genres": prepared.genres,
+              "thresholds": thresholds.tolist(), "thresholds_from": "dev",
+              "degenerate_genres": degenerate_genres(probabilities, thresholds, prepared.genres),
+              "model_inputs": list(model.input_names), "feature_dims": {k: len(v) for k, v in means.items()},
+              "fallback_means": {name: mean.tolist() for name, mean in means.items()},
+              "fallback_means_of": f"the first {MEAN_SAMPLE} training movies", "warmup_plots": plots}
+    with atomic_path(os.path.join(run_dir, SERVING)) as staging:
+        write_json(os.path.join(staging, "serving.json"), record)
+        with open(os.path.join(staging, WARMUP_POSTER), "wb") as handle:
+            handle.write(posters[0])
+
+
+def checkpoint_identity(run_dir: str) -> dict:
+    """Which checkpoint serving files belong to: its epoch and the digest of its index."""
+    return {"epoch": checkpoint_record(run_dir).get("epoch"),
+            "index_sha256": sha256_of(best_checkpoint(run_dir) + ".index")}
+
+
+def read_serving_files(run_dir: str) -> tuple[dict, bytes]:
+    """serving/serving.json and the warm-up poster bytes; ServingFilesMissing when absent or from another checkpoint."""
+    path = os.path.join(run_dir, SERVING, "serving.json")
+    if not os.path.exists(path):
+        raise ServingFilesMissing(f"{run_dir} has no serving files ({SERVING}/serving.json); runs trained before "
+                                  "genre_tf wrote them at the end of training lack them")
+    record = read_json(path)
+    if record.get("format") != SERVING_FORMAT or record["checkpoint"] != checkpoint_identity(run_dir):
+        raise ServingFilesMissing(f"{path} belongs to another checkpoint than {best_checkpoint(run_dir)}")
+    if record["genres"] != run_genres(run_dir):
+        raise ServingFilesMissing(f"{path} has genres {record['genres']}, but genres.txt {run_genres(run_dir)}")
+    with open(os.path.join(run_dir, SERVING, WARMUP_POSTER), "rb") as handle:
+        return record, handle.read()
+
+
+def restore_trained(run_dir: str) -> tuple[TrainConfig, PreparedDataset, keras.Model, dict]:
+    """A run's config, its dataset (checked against the run's genres and split), feature caches and best model."""
+    config = load_run_config(run_dir)
+    best_checkpoint(run_dir)  # before opening the dataset: a run without a checkpoint fails fast
+    recorded = read_json(os.path.join(run_dir, "dataset.json"))
+    prepared = open_dataset(config)
+    if run_genres(run_dir) != prepared.genres:
+        raise ValueError(f"the dataset at {prepared.path} has genres {prepared.genres}, but the run was trained "
+                         f"on {run_genres(run_dir)}; evaluate it on the dataset it was trained on")
+    if recorded["split"] != prepared.split:
+        raise ValueError(f"the split of {prepared.path} differs from the one the run recorded in dataset.json")
+    caches = feature_caches(config, prepared) if config.feature_cache else {}
+    with precision_policy(config):
+        model = build_network(config, len(prepared.genres), cached_dims(caches),
+                              split_labels(prepared, "train")["labels"].mean(axis=0))
+    load_best_weights(model, run_dir)
+    return config, prepared, model, caches
+
+
+def finalise_run(run_dir: str) -> None:
+    """Training's last step again, from the dataset: the serving files of a run trained before they were written."""
+    config, prepared, model, caches = restore_trained(run_dir)
+    if config.model.kind == "most_common":
+        raise ValueError("the most-common-class baseline has nothing to serve; it predicts the same genres always")
+    write_serving_files(run_dir, model, config, prepared, caches)

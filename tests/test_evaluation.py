@@ -113,13 +113,31 @@ def test_bad_runs_give_clear_errors_and_no_partial_report(trained_run, tiny_conf
         assert not any(os.path.exists(os.path.join(folder, name)) for name in REPORT_FILES)
 
 
+def test_a_damaged_or_empty_config_is_named_not_a_traceback(trained_run, tmp_path, capsys):
+    import evaluate
+
+    config = Path(trained_run, "config.json").read_text()
+    for name, text, message in (("truncated", config[:len(config) // 2], "is damaged (not JSON"),
+                                ("empty", "", "is damaged (not JSON"), ("no-options", "{}\n", "is empty"),
+                                ("bad-option", config.replace('"epochs": 3', '"epochs": "three"'),
+                                 "epochs must be int")):
+        run_dir = str(tmp_path / name)
+        shutil.copytree(trained_run, run_dir)
+        Path(run_dir, "config.json").write_text(text)
+        assert evaluate.main([run_dir]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {os.path.join(run_dir, 'config.json')}") and message in error, error
+        assert "Traceback" not in error and len(error.splitlines()) == 1
+        assert not any(os.path.exists(os.path.join(run_dir, report)) for report in REPORT_FILES)
+
+
 def test_an_empty_test_split_is_refused(tiny_config, tmp_path):
     from genre_tf.prepare import PrepareConfig, prepare
     from genre_tf.records import ValidationRules
 
-    raw = write_mmimdb(str(tmp_path / "raw"), count=40, seed=3)
+    raw = write_mmimdb(str(tmp_path / "raw"), count=50, seed=3)
     ids = sorted(name[:-5] for name in os.listdir(raw) if name.endswith(".json"))
-    Path(os.path.join(raw, "split.json")).write_text(json.dumps({"train": ids[:30], "dev": ids[30:], "test": []}))
+    Path(os.path.join(raw, "split.json")).write_text(json.dumps({"train": ids[:40], "dev": ids[40:], "test": []}))
     prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / "prepared"), name="no-test",
                           rules=ValidationRules(image_size=32), num_genres=4), progress=False)
     run_dir = train(tiny_config("most_common", f"data={tmp_path / 'prepared'}"))

@@ -1,9 +1,12 @@
 """export/: the SavedModel contract, checked in a fresh process without genre_tf, clients and predict."""
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,8 @@ import genre_tf  # noqa: F401
 from genre_tf.files import read_json
 from genre_tf.dataset import load_prepared, raw_examples
 from genre_tf.evaluation import predict_split, restore_run
-from genre_tf.serving import export_run, latest_version
+from genre_tf.metrics import tune_thresholds
+from genre_tf.serving import BATCHING_CONFIG, export_run, latest_version
 from genre_tf.training import train
 
 from conftest import image_bytes
@@ -148,7 +152,7 @@ def test_token_id_export_matches_the_text_export_and_versions_count_up(text_expo
     assert info["token_id_inputs"] and info["non_stock_ops"] == []
     plots = tf.constant(["a ghost in the dark night", "laugh with the family", ""])
     posters = tf.constant([image_bytes(), b"", b""])
-    ids = hub.load(info["text_preprocessor_handle"])(plots)
+    ids = hub.load(os.path.join(token_dir, info["text_preprocessor_handle"]))(plots)
     by_ids = tf.saved_model.load(token_dir).signatures["serving_default"](**ids, poster=posters)
     by_text = tf.saved_model.load(text_dir).signatures["serving_default"](plot=plots, poster=posters)
     assert np.abs(by_ids["probabilities"].numpy() - by_text["probabilities"].numpy()).max() < 1e-5
@@ -203,3 +207,151 @@ def test_predict_names_bad_rows_and_keeps_the_good_ones(exported, tmp_path, caps
                           ("latin1.csv", "is not UTF-8")):
         assert main(["--model", model, "--csv", str(tmp_path / name)]) == 2
         assert message in capsys.readouterr().err
+
+
+def serve_dev(version_dir: str, plots, posters) -> dict:
+    serve = tf.saved_model.load(version_dir).signatures["serving_default"]
+    return {name: value.numpy() for name, value in serve(plot=tf.constant(plots), poster=tf.constant(posters)).items()}
+
+
+def test_export_reads_the_run_directory_alone(make_tiny_config, small_prepared, tmp_path, capsys):
+    """Trained on a private copy of the data, the run exports after the copy and its feature caches are gone."""
+    data = tmp_path / "data"
+    shutil.copytree(small_prepared, data, ignore=shutil.ignore_patterns("features"))
+    run_dir = train(make_tiny_config("integrated", "epochs=1", "model.fine_tune_text=false", f"data={data}",
+                                     run_dir=tmp_path / "run"))
+    assert len(os.listdir(data / "features")) == 2  # the head trained on cached embeddings and poster features
+    run = restore_run(run_dir)
+    expected = predict_split(run, "dev")
+    train_ids = run.prepared.split["train"]
+    cached_means = {name: values[[list(ids).index(i) for i in train_ids]].mean(axis=0)
+                    for name, (ids, values) in run.caches.items()}
+    plots, posters = raw_examples(load_prepared(str(data)), "dev")
+    written_at_training = read_json(os.path.join(run_dir, "serving", "serving.json"))
+
+    # A run from before the serving files: the export computes them once, the same as training did.
+    shutil.rmtree(os.path.join(run_dir, "serving"))
+    first = export_run(run_dir, str(tmp_path / "models"))
+    assert "has no serving files" in capsys.readouterr().out
+    assert read_json(os.path.join(run_dir, "serving", "serving.json")) == written_at_training
+
+    shutil.rmtree(data)  # the prepared copy and its feature caches
+    Path(tmp_path, "models", "batching.config").write_text("max_batch_size { value: 8 }\n")  # tuned by hand
+    second = export_run(run_dir, str(tmp_path / "models"))
+    assert Path(tmp_path, "models", "batching.config").read_text() == "max_batch_size { value: 8 }\n"
+    for version_dir in (first, second):
+        served = serve_dev(version_dir, plots, posters)
+        assert np.abs(served["probabilities"] - expected["probabilities"]).max() < 1e-5
+        info = read_json(os.path.join(version_dir, "assets.extra", "export_info.json"))
+        assert info["thresholds"] == tune_thresholds(expected["labels"], expected["probabilities"]).tolist()
+    for name, mean in cached_means.items():  # the missing-input fallbacks are the training means of the caches
+        assert np.array_equal(np.float32(written_at_training["fallback_means"][name]), mean.astype(np.float32))
+    odd = serve_dev(second, [plots[0], "", ""], [b"", posters[0], b""])
+    assert odd["inputs_used"].tolist() == [b"plot", b"poster", b"none"] and np.isfinite(odd["probabilities"]).all()
+
+    shutil.rmtree(os.path.join(run_dir, "serving"))  # without the files and without the dataset: a clear refusal
+    with pytest.raises(FileNotFoundError, match="has no serving files .* cannot be computed: .* Retrain the run"):
+        export_run(run_dir, str(tmp_path / "models"))
+
+
+def test_a_token_id_export_carries_its_preprocessor_and_no_machine_paths(text_exports, tmp_path):
+    import tensorflow_hub as hub
+
+    _, text_dir, token_dir = text_exports
+    info = read_json(os.path.join(token_dir, "assets.extra", "export_info.json"))
+    assert info["text_preprocessor_handle"] == os.path.join("assets.extra", "text_preprocessor")
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for item in value.values() for s in strings(item)]
+        return [s for item in value for s in strings(item)] if isinstance(value, list) else [value]
+
+    values = [value for value in strings(info) if isinstance(value, str)]
+    assert values and not [value for value in values if "/" + "tmp" in value or os.path.isabs(value)]
+    assert info["encoders"]["text"]["preprocessor"] == "preprocessor"  # the tiny BERT's folder, by name only
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(token_dir, moved)  # another machine: nothing in the folder points back
+    ids = hub.load(str(moved / info["text_preprocessor_handle"]))(tf.constant(["a ghost in the dark night"]))
+    by_ids = tf.saved_model.load(str(moved)).signatures["serving_default"](**ids, poster=tf.constant([b""]))
+    by_text = tf.saved_model.load(text_dir).signatures["serving_default"](
+        plot=tf.constant(["a ghost in the dark night"]), poster=tf.constant([b""]))
+    assert np.abs(by_ids["probabilities"].numpy() - by_text["probabilities"].numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("version", ["-3", "0", "two"])
+def test_export_refuses_versions_tf_serving_cannot_load(version, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "export"))
+    import export_savedmodel
+
+    with pytest.raises(SystemExit) as stopped:
+        export_savedmodel.main(["--run", str(tmp_path), "--out", str(tmp_path / "models"), "--version", version])
+    assert stopped.value.code == 2 and "--version: must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="positive integer"):
+        export_run(str(tmp_path), str(tmp_path / "models"), version=0)
+    assert not os.path.exists(tmp_path / "models")
+
+
+def test_the_export_writes_the_batching_config_the_readme_names(text_exports):
+    import re
+
+    base = os.path.dirname(text_exports[2])
+    text = Path(base, "batching.config").read_text()
+    assert text == BATCHING_CONFIG
+    assert dict(re.findall(r"^(\w+) \{ value: (\d+) \}$", text, re.M)) == {
+        "max_batch_size": "32", "batch_timeout_micros": "5000", "num_batch_threads": "2",
+        "max_enqueued_batches": "100"}
+    readme = Path(ROOT, "export", "README.md").read_text()
+    assert "--batching_parameters_file=/models/genre_tf/batching.config" in readme
+    assert all(line in readme for line in text.splitlines())
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("transport", ["--rest", "--grpc"])
+def test_the_client_says_in_one_line_that_the_server_is_down(transport, capsys):
+    port = closed_port()
+    target = f"http://127.0.0.1:{port}" if transport == "--rest" else f"127.0.0.1:{port}"
+    assert client.main([transport, target, "--plot", "a ghost story", "--timeout", "10"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: no answer from TF Serving at {target}: ") and len(error.splitlines()) == 1
+    assert ("Connection refused" if transport == "--rest" else "UNAVAILABLE") in error
+
+
+def test_the_client_shows_the_servers_own_error(capsys):
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802  the name http.server calls
+            body = b'{"error": "Servable not found for request: Latest(genre_tf)"}'
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), NotFound) as server:
+        threading.Thread(target=server.handle_request, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert client.main(["--rest", url, "--plot", "a ghost story"]) == 1
+    assert capsys.readouterr().err == (f"error: TF Serving at {url} answered HTTP 404: Servable not found for "
+                                       "request: Latest(genre_tf)\n")
+
+
+def test_the_client_reads_a_poster_within_bounds(tmp_path):
+    (tmp_path / "p.jpg").write_bytes(image_bytes())
+    assert client.read_poster(str(tmp_path / "p.jpg")) == image_bytes()
+    os.mkfifo(tmp_path / "fifo")
+    for path in ("/dev/zero", str(tmp_path / "fifo")):
+        with pytest.raises(ValueError, match="not a regular file"):
+            client.read_poster(path)
+    with open(tmp_path / "big.jpg", "wb") as handle:
+        handle.truncate(client.MAX_POSTER_BYTES + 1)
+    with pytest.raises(ValueError, match="larger than 20971520 bytes"):
+        client.read_poster(str(tmp_path / "big.jpg"))

@@ -1,30 +1,57 @@
-"""Every Table 3 model trains on tiny data; run directories, resume after interruption, the config."""
+"""Every Table 3 model trains on tiny data; run directories, resume after interruption, locking, the config."""
+import csv
+import fcntl
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tf_keras as keras
 
 import genre_tf  # noqa: F401
-from genre_tf.files import read_json
+from genre_tf import callbacks, training
+from genre_tf.files import read_json, write_json
 from genre_tf.config import dump_config, load_config
-from genre_tf.training import DevEvaluation, best_checkpoint, train
+from genre_tf.metrics import f1_scores
+from genre_tf.callbacks import HISTORY, MONITOR, best_checkpoint, checkpoint_record, read_history
+from genre_tf.training import RunDirectoryInUse, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def csv_epochs(run_dir) -> list[int]:
+    """The epoch column of history.csv as written, repeated rows included."""
+    with open(os.path.join(run_dir, HISTORY), newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
 @pytest.mark.parametrize("kind", ["most_common", "poster", "text_frozen", "text_finetuned", "integrated"])
 def test_each_model_trains_and_leaves_a_complete_run_directory(tiny_config, small_prepared, kind):
     run_dir = train(tiny_config(kind))
     final = read_json(os.path.join(run_dir, "final.json"))
-    state = read_json(os.path.join(run_dir, "training_state.json"))
+    history = read_history(run_dir)
     assert final["model"] == kind and 0.0 <= final["best_dev_weighted_f1"] <= 1.0
-    assert len(state["history"]) == (1 if kind == "most_common" else 2)
+    assert [row["epoch"] for row in history] == ([0] if kind == "most_common" else [0, 1])
+    best = max(history, key=lambda row: row[MONITOR])
+    assert (final["best_dev_weighted_f1"], final["best_epoch"]) == (best[MONITOR], best["epoch"] + 1)
     assert Path(run_dir, "genres.txt").read_text() == Path(small_prepared, "genres.txt").read_text()
+    assert os.listdir(os.path.join(run_dir, "logs", "dev"))  # per-genre dev F1 for TensorBoard
+    assert checkpoint_record(run_dir) == {"epoch": best["epoch"], MONITOR: best[MONITOR]}
     if kind == "most_common":
         # the baseline predicts the genres of more than half of training: its score is the recorded baseline
         assert final["best_dev_weighted_f1"] == pytest.approx(final["most_common_dev_weighted_f1"])
-    else:
-        assert os.path.exists(best_checkpoint(run_dir) + ".index")
-        assert os.listdir(os.path.join(run_dir, "logs", "dev"))
+        assert not os.path.exists(os.path.join(run_dir, "serving"))
+        return
+    serving = read_json(os.path.join(run_dir, "serving", "serving.json"))
+    assert len(serving["thresholds"]) == 4 and len(serving["warmup_plots"]) == 4
+    dims = {"poster": {"poster_features": 1280}, "text_frozen": {"plot_embedding": 8},
+            "text_finetuned": {"plot_embedding": 8}, "integrated": {"plot_embedding": 8, "poster_features": 1280}}
+    assert serving["feature_dims"] == dims[kind]
+    assert {name: len(mean) for name, mean in serving["fallback_means"].items()} == dims[kind]
+    assert Path(run_dir, "serving", "warmup_poster.jpg").read_bytes()[:2] == b"\xff\xd8"  # a JPEG, as stored
 
 
 def test_oversampling_writes_the_counts_and_trains(tiny_config, capsys):
@@ -35,30 +62,107 @@ def test_oversampling_writes_the_counts_and_trains(tiny_config, capsys):
     assert "train OS" in capsys.readouterr().out
 
 
-def test_an_interrupted_run_resumes_where_it_stopped(tiny_config, monkeypatch):
-    config = tiny_config("poster", "epochs=4")
-    original = DevEvaluation.on_epoch_end
+@pytest.mark.parametrize("kill", ["after_backup", "before_backup"])
+def test_a_resumed_run_continues_from_the_right_epoch_and_stops_early_on_time(tiny_config, monkeypatch, capsys,
+                                                                               kill):
+    # At a learning rate of 1e-12 the weights barely move, so dev F1 is the same every epoch: epoch 1 stays
+    # the best and patience 2 ends the run after epoch 3, interrupted or not. A resumed run that forgot
+    # EarlyStopping's and ModelCheckpoint's state would take epoch 3 as a new best and train to epoch 5.
+    config = tiny_config("poster", "epochs=10", "patience=2", "learning_rate=1.0e-12")
+    original = keras.callbacks.BackupAndRestore.on_epoch_end
 
-    def crash_after_second_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
+    def killed_in_epoch_2(self, epoch, logs=None):
+        if kill == "after_backup":
+            original(self, epoch, logs)
         if epoch == 1:
             raise KeyboardInterrupt("simulated kill")
+        original(self, epoch, logs)
 
-    monkeypatch.setattr(DevEvaluation, "on_epoch_end", crash_after_second_epoch)
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", killed_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(config)
-    best_before = Path(best_checkpoint(config.run_dir) + ".index").read_bytes()
+    assert [row["epoch"] for row in read_history(config.run_dir)] == [0, 1]
     assert not os.path.exists(os.path.join(config.run_dir, "final.json"))
-    monkeypatch.setattr(DevEvaluation, "on_epoch_end", original)
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", original)
+    capsys.readouterr()
     train(config)
-    epochs = [row["epoch"] for row in read_json(os.path.join(config.run_dir, "training_state.json"))["history"]]
-    assert epochs == [0, 1, 2, 3]  # epochs 0-1 were not trained again
-    assert best_before and os.path.exists(best_checkpoint(config.run_dir) + ".index")
+    resumed = capsys.readouterr().out
+    history = read_history(config.run_dir)
+    assert [row["epoch"] for row in history] == [0, 1, 2] and len({row[MONITOR] for row in history}) == 1
+    if kill == "after_backup":  # epoch 2 was backed up: the resumed run starts at epoch 3
+        assert csv_epochs(config.run_dir) == [0, 1, 2] and "epoch 2: loss" not in resumed
+    else:  # killed before epoch 2's backup: it is trained again, and its new row supersedes the first
+        assert csv_epochs(config.run_dir) == [0, 1, 1, 2] and "epoch 2: loss" in resumed
+    assert "epoch 1: loss" not in resumed and "epoch 3: loss" in resumed and "Epoch 3: early stopping" in resumed
+    final = read_json(os.path.join(config.run_dir, "final.json"))
+    assert (final["best_epoch"], final["best_dev_weighted_f1"]) == (1, history[0][MONITOR])
+    assert checkpoint_record(config.run_dir)["epoch"] == 0  # epoch 3 did not overwrite the best checkpoint
+
+
+def test_a_kill_while_saving_the_best_checkpoint_loses_no_evaluation(tiny_config, monkeypatch, capsys):
+    from genre_tf.evaluation import predict_split, restore_run
+
+    config = tiny_config("poster", "epochs=3", "learning_rate=1.0e-12")  # epoch 1 stays the best (see above)
+
+    save_weights = keras.Model.save_weights
+
+    def killed_mid_write(self, filepath, **kwargs):
+        if not filepath.startswith(os.path.join(str(config.run_dir), "checkpoints")):
+            return save_weights(self, filepath, **kwargs)  # e.g. the random poster weights, saved once
+        os.makedirs(os.path.dirname(filepath), exist_ok=True)
+        Path(filepath + ".index").write_bytes(b"half an index")
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(keras.Model, "save_weights", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    # The epoch's evaluation was recorded before the save began, and the half-written weights are not visible,
+    # not even as a leftover staging folder (what a SIGKILL leaves behind, unlike this exception).
+    assert [row["epoch"] for row in read_history(config.run_dir)] == [0]
+    Path(config.run_dir, "checkpoints", ".best.999.tmp").mkdir()
+    Path(config.run_dir, "checkpoints", ".best.999.tmp", "weights.index").write_bytes(b"half an index")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        best_checkpoint(config.run_dir)
+    monkeypatch.undo()
+    saves, original_save = [], callbacks.save_checkpoint
+
+    def recorded_save(model, folder, record):
+        saves.append(record)
+        original_save(model, folder, record)
+
+    monkeypatch.setattr(callbacks, "save_checkpoint", recorded_save)
+    train(config)
+    assert "the best checkpoint (epoch 1) was interrupted; saving it from the backup" in capsys.readouterr().out
+    history = read_history(config.run_dir)
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert saves == [{"epoch": 0, MONITOR: history[0][MONITOR]}]  # the recovery, before epoch 2 trained
+    dev = predict_split(restore_run(config.run_dir), "dev")  # the recovered weights score what was recorded
+    assert f1_scores(dev["labels"], dev["probabilities"] >= 0.5)["weighted_f1"] == pytest.approx(history[0][MONITOR])
+
+
+def test_a_kill_in_the_final_steps_trains_nothing_again(tiny_config, monkeypatch, capsys):
+    config = tiny_config("poster")
+    original = training.write_serving_files
+
+    def killed(*args):
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(training, "write_serving_files", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert os.listdir(os.path.join(config.run_dir, "backup")) == []  # fit had ended and deleted its backup
+    monkeypatch.setattr(training, "write_serving_files", original)
+    capsys.readouterr()
+    train(config)
+    assert "only the final steps remain" in capsys.readouterr().out
+    assert csv_epochs(config.run_dir) == [0, 1]  # no epoch trained again
+    final = read_json(os.path.join(config.run_dir, "final.json"))
+    assert final["best_epoch"] == checkpoint_record(config.run_dir)["epoch"] + 1
+    serving = read_json(os.path.join(config.run_dir, "serving", "serving.json"))
+    assert serving["checkpoint"]["epoch"] == final["best_epoch"] - 1
 
 
 def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(tiny_config, small_prepared):
-    import tf_keras as keras
-
     from genre_tf.training import build_for_training, open_dataset, split_labels
 
     config = tiny_config("integrated",
@@ -83,12 +187,52 @@ def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(tiny_config, sm
     assert isinstance(model.get_layer("poster_encoder"), keras.Model)
 
 
-def test_resume_refuses_a_different_config(tiny_config):
+def test_resume_refuses_a_different_config_and_a_finished_run_is_not_trained_again(tiny_config, capsys):
     config = tiny_config("most_common")
     train(config)
+    history = Path(config.run_dir, HISTORY).read_text()
+    assert train(config) == config.run_dir and "finished already" in capsys.readouterr().out
+    assert Path(config.run_dir, HISTORY).read_text() == history
     changed = tiny_config("most_common", "seed=5")
     with pytest.raises(ValueError, match="another config"):
         train(changed)
+
+
+def test_a_second_training_on_the_same_run_directory_is_refused(tiny_config, small_prepared, tiny_overrides):
+    config = tiny_config("most_common")
+    os.makedirs(config.run_dir)
+    with open(os.path.join(config.run_dir, ".lock"), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running train.py holds
+        with pytest.raises(RunDirectoryInUse, match=f"{config.run_dir} is in use by another training"):
+            train(config)
+        second = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), f"data={small_prepared}",
+                                 f"run_dir={config.run_dir}", "model.kind=most_common", *tiny_overrides],
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"error: {config.run_dir} is in use by another training" in second.stderr
+        assert os.listdir(config.run_dir) == [".lock"]  # the refused trainings wrote nothing
+    assert read_json(os.path.join(train(config), "final.json"))["model"] == "most_common"  # released: it runs
+
+
+def test_a_dataset_name_cannot_place_the_run_outside_runs(small_prepared, tiny_overrides, tmp_path, monkeypatch):
+    data = tmp_path / "work" / "data"
+    shutil.copytree(small_prepared, data, ignore=shutil.ignore_patterns("features"))
+    metadata = read_json(data / "dataset.json")
+    write_json(str(data / "dataset.json"), dict(metadata, name="../../evil"))
+    monkeypatch.chdir(tmp_path / "work")
+    run_dir = train(load_config(overrides=[f"data={data}", "model.kind=most_common", *tiny_overrides]))
+    assert run_dir == os.path.join("runs", "_.._evil-most_common")
+    assert os.path.exists(tmp_path / "work" / run_dir / "final.json")
+    assert sorted(os.listdir(tmp_path)) == ["work"] and sorted(os.listdir(tmp_path / "work")) == ["data", "runs"]
+
+
+def test_train_py_names_a_missing_dataset_in_one_line(tmp_path, capsys):
+    import train as train_script
+
+    assert train_script.main([f"data={tmp_path / 'missing'}"]) == 2
+    error = capsys.readouterr().err
+    assert error.strip() == (f"error: {tmp_path / 'missing'} is not a prepared dataset (no dataset.json); "
+                             "run `python -m genre_tf.prepare CATALOGUE --out DIR` first")
 
 
 def test_config_round_trips_through_a_file(tmp_path):
@@ -125,5 +269,13 @@ def test_two_workers_on_localhost_train_one_model(tiny_config, small_prepared, t
     assert run_workers(overrides, workers=2, timeout=300) == [0, 0]
     final = read_json(os.path.join(config.run_dir, "final.json"))
     assert (final["replicas"], final["global_batch"]) == (2, 16)
-    assert len(read_json(os.path.join(config.run_dir, "training_state.json"))["history"]) == 2
+    assert [row["epoch"] for row in read_history(config.run_dir)] == [0, 1]
     assert os.path.exists(best_checkpoint(config.run_dir) + ".index")
+    assert read_json(os.path.join(config.run_dir, "serving", "serving.json"))["feature_dims"] == {"plot_embedding": 8}
+
+
+def test_exponent_floats_without_a_dot_are_floats():
+    config = load_config(overrides=["learning_rate=1e-5", "model.dropout=0.25"])
+    assert config.learning_rate == 1e-5 and config.model.dropout == 0.25
+    with pytest.raises(ValueError, match="learning_rate must be float, got 'fast'"):
+        load_config(overrides=["learning_rate=fast"])
