@@ -21,10 +21,6 @@ class BertShape:
     layer_norm_epsilon: float = 1e-12
 
 
-def _gelu(x):
-    return 0.5 * x * (1.0 + tf.math.erf(x / math.sqrt(2.0)))  # exact GELU, as BERT's "gelu"
-
-
 @keras.utils.register_keras_serializable("genre_tf")
 class TransformerBlock(keras.layers.Layer):
     """One post-layer-norm BERT block: self-attention and a GELU feed-forward network."""
@@ -36,7 +32,9 @@ class TransformerBlock(keras.layers.Layer):
         self.query, self.key, self.value, self.attention_output = (
             keras.layers.Dense(hidden_size, name=name) for name in ("query", "key", "value", "attention_output"))
         self.attention_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="attention_norm")
-        self.intermediate = keras.layers.Dense(intermediate_size, activation=_gelu, name="intermediate")
+        # exact (erf) GELU, BERT's "gelu"
+        self.intermediate = keras.layers.Dense(intermediate_size, activation=keras.activations.gelu,
+                                               name="intermediate")
         self.output_dense = keras.layers.Dense(hidden_size, name="output")
         self.output_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="output_norm")
 

@@ -240,17 +240,8 @@ def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures:
         for name, png in pictures.items():
             tf.summary.image(f"evaluation/{name}", tf.io.decode_png(png, channels=4)[None])
         for index, genre in enumerate(genres):
-            truth = test["labels"][:, index].astype(bool)
-            scores = test["probabilities"][:, index]
-            thresholds = np.linspace(0, 1, 51)
-            counts = [((scores >= t) & truth).sum() for t in thresholds], [((scores >= t) & ~truth).sum()
-                                                                           for t in thresholds]
-            tp, fp = (np.asarray(c, dtype=np.float64) for c in counts)
-            fn, tn = truth.sum() - tp, (~truth).sum() - fp
-            summary = pr_summary.raw_data_pb(
-                f"test/{genre}", true_positive_counts=tp, false_positive_counts=fp, true_negative_counts=tn,
-                false_negative_counts=fn, precision=tp / np.maximum(tp + fp, 1), recall=tp / np.maximum(tp + fn, 1),
-                num_thresholds=len(thresholds))
+            summary = pr_summary.pb(f"test/{genre}", labels=test["labels"][:, index].astype(bool),
+                                    predictions=test["probabilities"][:, index], num_thresholds=51)
             tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=0)
     writer.close()
 

@@ -6,32 +6,27 @@ import numpy as np
 EPSILON = 1e-16  # the paper's perturbation in equation 1
 
 
-def per_genre_counts(labels: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
-    """True positives, false positives, false negatives and support per genre (0/1 arrays in)."""
-    labels, predicted = labels.astype(bool), predicted.astype(bool)
-    return {"tp": (labels & predicted).sum(0), "fp": (~labels & predicted).sum(0),
-            "fn": (labels & ~predicted).sum(0), "support": labels.sum(0)}
-
-
 def f1_scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, object]:
     """Per-genre precision/recall/F1 and the weighted (paper), macro, micro and samples F1."""
     if labels.shape != predicted.shape or labels.ndim != 2:
         raise ValueError(f"labels {labels.shape} and predictions {predicted.shape} must be equal [movies, genres]")
     if len(labels) == 0:
         raise ValueError("cannot score an empty set")
-    c = per_genre_counts(labels, predicted)
-    tp, fp, fn, support = (c[k].astype(np.float64) for k in ("tp", "fp", "fn", "support"))
-    f1 = 2 * tp / (2 * tp + fn + fp + EPSILON)
-    precision = tp / np.maximum(tp + fp, 1)
-    recall = tp / np.maximum(tp + fn, 1)
-    weighted = float((support * f1).sum() / max(support.sum(), EPSILON))
-    micro = float(2 * tp.sum() / max(2 * tp.sum() + fn.sum() + fp.sum(), EPSILON))
-    lab, pred = labels.astype(bool), predicted.astype(bool)
-    denominator = lab.sum(1) + pred.sum(1)
-    samples = np.where(denominator > 0, 2 * (lab & pred).sum(1) / np.maximum(denominator, 1), 1.0)
-    return {"weighted_f1": weighted, "macro_f1": float(f1.mean()), "micro_f1": micro,
-            "samples_f1": float(samples.mean()), "f1": f1, "precision": precision, "recall": recall,
-            "support": c["support"], "frequency": support / len(labels)}
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    labels, predicted = labels.astype(np.int32), predicted.astype(np.int32)
+    # zero_division=0: a genre never predicted and never present scores 0, as equation 1's epsilon gives
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, average=None,
+                                                                     zero_division=0)
+    weighted = float((support * f1).sum() / support.sum()) if support.sum() else 0.0
+
+    def average(kind: str, zero_division: float = 0.0) -> float:
+        return float(f1_score(labels, predicted, average=kind, zero_division=zero_division))
+
+    # samples: a movie with no true and no predicted genre is right, so it scores 1
+    return {"weighted_f1": weighted, "macro_f1": float(f1.mean()), "micro_f1": average("micro"),
+            "samples_f1": average("samples", 1.0), "f1": f1.astype(np.float64), "precision": precision,
+            "recall": recall, "support": support, "frequency": support / len(labels)}
 
 
 def predict_labels(probabilities: np.ndarray, thresholds) -> np.ndarray:
