@@ -8,6 +8,8 @@ import typing
 
 import yaml
 
+from genre_tf.files import write_json
+
 MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
 POSTER_BACKBONES = ("auto", "resnet50", "efficientnet_lite0")
 
@@ -245,5 +247,4 @@ def config_to_dict(config: TrainConfig) -> dict:
 
 def dump_config(config: TrainConfig, path: str) -> None:
     """Write the resolved config as JSON (loadable again with load_config)."""
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(config_to_dict(config), handle, indent=2)
+    write_json(path, config_to_dict(config), indent=2)

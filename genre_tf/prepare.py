@@ -8,10 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
-import secrets
 import shutil
-import socket
 import sys
 import time
 from collections import Counter
@@ -20,6 +17,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from genre_tf.files import staging_folder
 from genre_tf.images import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from genre_tf.readers import SPLIT_NAMES, CsvColumns, read_catalogue
 from genre_tf.records import Movie, RecordError, Reject, ValidationRules, genre_key, validate_movie
@@ -242,32 +240,6 @@ def summarize_rejects(rejects: list[Reject], limit: int = 10, report: str | None
     return "\n".join(lines)
 
 
-_STAGING = re.compile(r"\.prepare-(\d+)-[0-9a-f]+@(.+)")
-
-
-def make_staging_folder(parent: str) -> str:
-    """A fresh hidden folder under parent named by this process, after removing those of dead (killed) processes."""
-    host = socket.gethostname()
-    os.makedirs(parent, exist_ok=True)
-    for name in os.listdir(parent):
-        match = _STAGING.fullmatch(name)
-        if match and match.group(2) == host and not _process_alive(int(match.group(1))):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    staging = os.path.join(parent, f".prepare-{os.getpid()}-{secrets.token_hex(4)}@{host}")
-    os.mkdir(staging)  # mode 0o777 less the umask, like any folder the user creates (mkdtemp gives 0o700)
-    return staging
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    return True
-
-
 def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     """Read, validate, split and write a prepared dataset atomically; returns its metadata."""
     check_config(config)
@@ -286,7 +258,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     vocabulary.update(rule=f"the closed list {list(config.genres)}" if config.genres else
                       f"the {len(genres)} most frequent genres of the training part",
                       train_genre_counts=genre_counts(movies, split["train"]))
-    staging = make_staging_folder(os.path.dirname(os.path.abspath(config.out)))
+    staging = staging_folder(os.path.dirname(os.path.abspath(config.out)), "prepare")
     try:
         metadata = write_prepared(movies, split, genres, rejects, config, staging, vocabulary)
         os.rename(staging, config.out)  # the folder appears whole or not at all

@@ -90,6 +90,11 @@ def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config
     Path(os.path.join(moved, "metrics.json")).write_text(json.dumps(metrics))
     assert evaluate.main([trained_run, moved, "--table"]) == 2
     assert "do not compare" in capsys.readouterr().err
+    del metrics["floors"]
+    metrics["split_digest"] = read_json(os.path.join(trained_run, "metrics.json"))["split_digest"]
+    Path(os.path.join(moved, "metrics.json")).write_text(json.dumps(metrics))
+    assert evaluate.main([trained_run, moved, "--table"]) == 2
+    assert "evaluated by an older genre_tf (no floors in metrics.json)" in capsys.readouterr().err
     with open(os.path.join(moved, "metrics.json"), "w") as handle:
         handle.write('{"splits": ')
     assert evaluate.main([trained_run, moved, "--table"]) == 2
