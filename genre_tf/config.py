@@ -1,6 +1,6 @@
-"""The training configuration: dataclass defaults in one place, a YAML/JSON file, key=value overrides.
+"""The configurations of train.py and prepare: dataclass defaults in one place, a YAML/JSON file, key=value overrides.
 
-This module imports no TensorFlow, so `python train.py --help` and option errors are instant.
+This module imports no TensorFlow, numpy or Pillow, so `--help` and option errors are instant.
 """
 import dataclasses
 import json
@@ -12,6 +12,9 @@ from genre_tf.files import write_json
 
 MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
 POSTER_BACKBONES = ("auto", "resnet50", "efficientnet_lite0")
+LAYOUTS = ("auto", "csv", "mmimdb", "jsonl")
+MIN_POSTER_SIDE = 32                  # a smaller poster carries no usable picture
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # the side of the square posters prepare writes and models read
 
 
 @dataclasses.dataclass
@@ -97,18 +100,83 @@ LOSSES = ("soft_f1", "bce", "weighted_bce")
 DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
 
 
+@dataclasses.dataclass(frozen=True)
+class CsvColumns:
+    """Column names of the paper's CSV layout; change them to read a catalogue with other headers."""
+
+    id: str = "id"
+    title: str = "title"
+    plot: str = "plot"
+    genres: str = "genres"
+    poster: str = "poster"
+    year: str = "year"
+    language: str = "language"
+
+    required = ("id", "plot", "genres", "poster")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationRules:
+    """What a record must satisfy; the defaults are the paper's (section 3.2)."""
+
+    min_plot_words: int = 15
+    max_plot_words: int = 545
+    # Catalogue spellings merged into one genre, matched ignoring case: (("Science Fiction", "Sci-Fi"),).
+    genre_aliases: tuple[tuple[str, str], ...] = ()
+    image_size: int = 224
+    min_poster_side: int = MIN_POSTER_SIDE
+
+    def __post_init__(self):
+        checks = [(1 <= self.min_plot_words <= self.max_plot_words,
+                   f"plot word limits must satisfy 1 <= min <= max, got {self.min_plot_words}..{self.max_plot_words}"),
+                  (MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,
+                   f"image size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {self.image_size}"),
+                  (self.min_poster_side >= MIN_POSTER_SIDE,
+                   f"min poster side must be at least {MIN_POSTER_SIDE} (serving refuses smaller posters), "
+                   f"got {self.min_poster_side}")]
+        _raise_first(checks)
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """How a raw catalogue becomes a prepared dataset; defaults follow the paper (sections 3, 5.3.1)."""
+
+    catalogue: str = ""            # a .csv, a .jsonl (or folder of train/dev/test.jsonl), or an MM-IMDb folder
+    out: str = ""                  # the prepared dataset folder to write
+    name: str = ""                 # shown in every report; defaults to the catalogue's name
+    layout: str = "auto"           # auto | csv | mmimdb | jsonl
+    poster_dir: str = ""           # where CSV/JSONL poster paths are relative to (default: beside the file)
+    columns: CsvColumns = dataclasses.field(default_factory=CsvColumns)
+    rules: ValidationRules = dataclasses.field(default_factory=ValidationRules)
+    num_genres: int = 10           # keep the most frequent genres, counted on the training part
+    genres: tuple[str, ...] = ()   # a closed vocabulary instead (matched ignoring case); num_genres is then unused
+    genreless: str = "keep"        # movies with none of the kept genres: keep (all-zero labels, as the paper) | drop
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    seed: int = 0
+    shard_size: int = 2000
+    workers: int = 0               # poster decoding threads; 0 = one per core
+    min_train_movies: int = 32     # refuse to write a training part smaller than one batch (train.py's batch_size)
+
+
+# What a YAML value must look like for each tuple type, in error messages.
+TUPLE_SHAPES = {tuple[int, ...]: "a list of integers", tuple[str, ...]: "a list of names, e.g. [Drama, Comedy]",
+                tuple[float, float, float]: "a list of three numbers",
+                tuple[tuple[str, str], ...]: "a mapping of names, e.g. {Science Fiction: Sci-Fi}, or a list of pairs"}
+
+
 def _field_types(cls) -> dict[str, object]:
     return typing.get_type_hints(cls)
 
 
+def _sections(cls) -> dict[str, type]:
+    """The fields of a config class that are configs themselves (TrainConfig: model, text, poster)."""
+    return {name: kind for name, kind in _field_types(cls).items() if dataclasses.is_dataclass(kind)}
+
+
 def _coerce(value, expected, key: str):
     """Check and convert a parsed value to the field's type, with a clear error."""
-    origin = typing.get_origin(expected)
-    if origin in (tuple, tuple):
-        integers = all(isinstance(v, int) and not isinstance(v, bool) for v in value or ())
-        if not isinstance(value, (list, tuple)) or not integers:
-            raise ValueError(f"{key} must be a list of integers, got {value!r}")
-        return tuple(value)
+    if typing.get_origin(expected) is tuple:
+        return _coerce_tuple(value, expected, key)
     if expected is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{key} must be true or false, got {value!r}")
@@ -127,56 +195,118 @@ def _coerce(value, expected, key: str):
     return value
 
 
-def apply_overrides(config: TrainConfig, overrides: dict[str, object]) -> TrainConfig:
-    """Set dotted keys (model.kind, text.seq_length, ...) on a copy of config, type-checked."""
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model),
-                                 text=dataclasses.replace(config.text), poster=dataclasses.replace(config.poster))
-    for key, value in overrides.items():
-        target, name = config, key
-        if "." in key:
-            section, name = key.split(".", 1)
-            if section not in ("model", "text", "poster"):
-                raise ValueError(f"unknown option {key!r}; sections are model, text and poster")
-            target = getattr(config, section)
-        types = _field_types(type(target))
-        if name not in types:
-            raise ValueError(f"unknown option {key!r}; valid options: {', '.join(valid_keys())}")
-        setattr(target, name, _coerce(value, types[name], key))
-    validate(config)
+def _coerce_tuple(value, expected, key: str) -> tuple:
+    """A YAML list as the tuple type expected; pairs may also come as a mapping ({Science Fiction: Sci-Fi})."""
+    kinds = typing.get_args(expected)
+    if isinstance(value, dict) and typing.get_origin(kinds[0]) is tuple:
+        value = list(value.items())
+    if isinstance(value, (list, tuple)):
+        kinds = kinds[:1] * len(value) if kinds[-1] is Ellipsis else kinds
+        try:
+            if len(kinds) == len(value):
+                return tuple(_coerce_item(item, kind, key) for item, kind in zip(value, kinds, strict=True))
+        except ValueError:
+            pass  # the message below names the whole value and the shape wanted
+    raise ValueError(f"{key} must be {TUPLE_SHAPES.get(expected, 'a list')}, got {value!r}")
+
+
+def _coerce_item(value, expected, key: str):
+    # A blank name inside a list is a slip, not an empty default as for a plain string option.
+    if expected is str and not (isinstance(value, str) and value.strip()):
+        raise ValueError(key)
+    return value.strip() if expected is str else _coerce(value, expected, key)
+
+
+def apply_overrides(config, overrides: dict[str, object]):
+    """Set dotted keys (model.kind, rules.image_size, ...) on a copy of any config, type-checked and validated."""
+    config = _replace(config, overrides, "", type(config))
+    if type(config) in VALIDATORS:
+        VALIDATORS[type(config)](config)
     return config
 
 
-def validate(config: TrainConfig) -> None:
-    """Raise ValueError naming the first bad option value."""
-    model = config.model
-    checks = [(model.kind in MODEL_KINDS, f"model.kind must be one of {MODEL_KINDS}, got {model.kind!r}"),
-              (0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}"),
-              (model.l2 >= 0 and model.fusion_units >= 1 and all(u >= 1 for u in model.text_units),
-               "model.l2 must be >= 0 and every layer width >= 1"),
-              (config.poster.backbone in POSTER_BACKBONES, f"poster.backbone must be one of {POSTER_BACKBONES}"),
-              (config.loss in LOSSES, f"loss must be one of {LOSSES}"),
-              (config.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
-              (config.learning_rate > 0, "learning_rate must be > 0"),
-              (config.batch_size >= 2, "batch_size must be >= 2 (soft-F1 is a batch statistic)"),
-              (config.epochs >= 1, "epochs must be >= 1"), (config.patience >= 1, "patience must be >= 1"),
-              (8 <= config.text.seq_length <= 512, "text.seq_length must be in [8, 512]"),
-              (config.text.pooling in ("mean", "pooled"), "text.pooling must be mean or pooled"),
-              (config.poster.image_size >= 32, "poster.image_size must be >= 32"),
-              (config.oversample_fraction >= 0, "oversample_fraction must be >= 0")]
+def _replace(config, overrides: dict[str, object], prefix: str, root: type):
+    """A copy of config with the overrides set, type-checked; unknown keys name the options of root."""
+    # One dataclasses.replace per section, so one that checks itself (ValidationRules) sees all its new
+    # values at once: rules.max_plot_words=10 rules.min_plot_words=5 must not fail in between.
+    types, sections = _field_types(type(config)), _sections(type(config))
+    values, nested = {}, {}
+    for key, value in overrides.items():
+        name, dot, rest = key.partition(".")
+        if name in sections and dot:
+            nested.setdefault(name, {})[rest] = value
+        elif name in sections:
+            keys = ", ".join(f"{prefix}{key}.{sub}" for sub in _field_types(sections[name]))
+            raise ValueError(f"{prefix}{key} is a section; set its keys ({keys}), got {value!r}")
+        elif dot or name not in types:
+            raise _unknown(prefix + key, root)
+        else:
+            values[name] = _coerce(value, types[name], prefix + key)
+    for name, options in nested.items():
+        values[name] = _replace(getattr(config, name), options, f"{prefix}{name}.", root)
+    return dataclasses.replace(config, **values)
+
+
+def _unknown(key: str, root: type) -> ValueError:
+    sections = list(_sections(root))
+    if sections and "." in key and key.split(".")[0] not in sections:
+        return ValueError(f"unknown option {key!r}; sections are {', '.join(sections[:-1])} and {sections[-1]}")
+    return ValueError(f"unknown option {key!r}; valid options: {', '.join(valid_keys(root))}")
+
+
+def _raise_first(checks) -> None:
+    """Raise ValueError with the message of the first failed (ok, message) check."""
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
 
 
-def valid_keys() -> list[str]:
-    """Every option key, dotted for the sections."""
-    keys = []
-    for name, value in _field_types(TrainConfig).items():
-        if dataclasses.is_dataclass(value):
-            keys += [f"{name}.{sub}" for sub in _field_types(value)]
-        else:
-            keys.append(name)
-    return keys
+def validate(config: TrainConfig) -> None:
+    """Raise ValueError naming the first bad option value."""
+    model = config.model
+    _raise_first([
+        (model.kind in MODEL_KINDS, f"model.kind must be one of {MODEL_KINDS}, got {model.kind!r}"),
+        (0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}"),
+        (model.l2 >= 0 and model.fusion_units >= 1 and all(u >= 1 for u in model.text_units),
+         "model.l2 must be >= 0 and every layer width >= 1"),
+        (config.poster.backbone in POSTER_BACKBONES, f"poster.backbone must be one of {POSTER_BACKBONES}"),
+        (config.loss in LOSSES, f"loss must be one of {LOSSES}"),
+        (config.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
+        (config.learning_rate > 0, "learning_rate must be > 0"),
+        (config.batch_size >= 2, "batch_size must be >= 2 (soft-F1 is a batch statistic)"),
+        (config.epochs >= 1, "epochs must be >= 1"), (config.patience >= 1, "patience must be >= 1"),
+        (8 <= config.text.seq_length <= 512, "text.seq_length must be in [8, 512]"),
+        (config.text.pooling in ("mean", "pooled"), "text.pooling must be mean or pooled"),
+        (config.poster.image_size >= 32, "poster.image_size must be >= 32"),
+        (config.oversample_fraction >= 0, "oversample_fraction must be >= 0")])
+
+
+def validate_prepare(config: PrepareConfig) -> None:
+    """Raise ValueError naming the first option that cannot give a trainable dataset (before any reading)."""
+    fractions = config.fractions
+    _raise_first([
+        (bool(config.catalogue and config.out), "prepare needs a catalogue and an output folder (out=DIR)"),
+        (config.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {config.layout!r}"),
+        (bool(config.genres) or config.num_genres >= 1, f"num_genres must be at least 1, got {config.num_genres}"),
+        (config.genreless in ("keep", "drop"), f"genreless must be 'keep' or 'drop', got {config.genreless!r}"),
+        (config.min_train_movies >= 1, f"min_train_movies must be at least 1, got {config.min_train_movies}"),
+        (config.shard_size >= 1 and config.workers >= 0, "shard_size must be >= 1 and workers >= 0"),
+        (len(fractions) == 3 and min(fractions) > 0 and abs(sum(fractions) - 1) < 1e-6,
+         f"fractions must be three positive numbers summing to 1, got {list(fractions)}")])
+
+
+VALIDATORS = {TrainConfig: validate, PrepareConfig: validate_prepare}
+
+
+def valid_keys(cls: type = TrainConfig) -> dict[str, object]:
+    """Every option key of a config class, dotted for its sections, with its default."""
+    return _flatten(dataclasses.asdict(cls()), cls)
+
+
+def describe_keys(cls: type = TrainConfig) -> str:
+    """Every option as key=default, one a line, for --help."""
+    return "\n".join(f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+                     for key, value in valid_keys(cls).items())
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -187,11 +317,12 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
+def _flatten(tree: dict, cls: type, prefix: str = "") -> dict[str, object]:
+    """Dotted keys for the sections of cls; a mapping given to any other key stays whole (rules.genre_aliases)."""
+    sections, flat = _sections(cls), {}
     for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+        if key in sections and isinstance(value, dict):
+            flat.update(_flatten(value, sections[key], f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -230,21 +361,21 @@ def read_config_file(path: str) -> dict:
     return tree
 
 
-def load_config(path: str = "", overrides: list[str] = ()) -> TrainConfig:
-    """Defaults, then the demo preset (when data is demo), then the file, then command-line overrides."""
-    explicit: dict[str, object] = {}
-    if path:
-        explicit.update(_flatten(read_config_file(path)))
-    explicit.update(dict(parse_override(item) for item in overrides))
-    data = explicit.get("data", TrainConfig.data)
-    preset = {k: v for k, v in DEMO_PRESET.items() if k not in explicit} if data == "demo" else {}
-    return apply_overrides(TrainConfig(), {**preset, **explicit})
+def load_config(path: str = "", overrides=(), cls: type = TrainConfig, **values):
+    """Defaults, the demo preset (a TrainConfig with data demo), the file, key=value overrides, then values."""
+    explicit = _flatten(read_config_file(path), cls) if path else {}
+    explicit.update(_flatten(dict(parse_override(item) for item in overrides), cls))
+    explicit.update(values)
+    demo = cls is TrainConfig and explicit.get("data", TrainConfig.data) == "demo"
+    preset = {k: v for k, v in DEMO_PRESET.items() if k not in explicit} if demo else {}
+    return apply_overrides(cls(), {**preset, **explicit})
 
 
-def config_to_dict(config: TrainConfig) -> dict:
+def config_to_dict(config) -> dict:
+    """Any config as plain JSON types (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def dump_config(config: TrainConfig, path: str) -> None:
+def dump_config(config, path: str) -> None:
     """Write the resolved config as JSON (loadable again with load_config)."""
     write_json(path, config_to_dict(config), indent=2)

@@ -85,7 +85,7 @@ def load_prepared(path: str) -> PreparedDataset:
     metadata_path = os.path.join(path, "dataset.json")
     if not os.path.exists(metadata_path):
         raise FileNotFoundError(f"{path} is not a prepared dataset (no dataset.json); "
-                                "run `python -m genre_tf.prepare CATALOGUE --out DIR` first")
+                                "run `python -m genre_tf.prepare CATALOGUE out=DIR` first")
     with open(metadata_path, encoding="utf-8") as handle:
         metadata = json.load(handle)
     with open(os.path.join(path, "genres.txt"), encoding="utf-8") as handle:

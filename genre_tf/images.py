@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from genre_tf.config import MIN_POSTER_SIDE
+
 MAX_POSTER_BYTES = 20 * 1024 * 1024  # a poster file larger than this is refused without reading it all
 MAX_POSTER_PIXELS = 40_000_000        # width x height; decoding more would cost gigabytes for one poster
-MIN_POSTER_SIDE = 32                  # a smaller poster carries no usable picture
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # the side of the square posters prepare writes and models read
 
 # Pillow's own decompression-bomb guard (an error at twice the limit, when a file is opened) uses the same limit.
 Image.MAX_IMAGE_PIXELS = MAX_POSTER_PIXELS

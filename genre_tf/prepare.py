@@ -1,6 +1,7 @@
 """Read a raw catalogue once, validate every record, split, and write a prepared dataset.
 
-    python -m genre_tf.prepare CATALOGUE --out DIR [--layout csv|mmimdb|jsonl] [--genreless drop]
+    python -m genre_tf.prepare CATALOGUE [--config FILE.yaml] out=DIR [key=value ...]
+    python -m genre_tf.prepare movies.csv out=prepared/movies num_genres=5 genreless=drop
 """
 import argparse
 import csv
@@ -8,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -17,47 +19,11 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from genre_tf.config import PrepareConfig, ValidationRules, config_to_dict, describe_keys, load_config, validate_prepare
 from genre_tf.files import staging_folder
-from genre_tf.images import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-from genre_tf.readers import SPLIT_NAMES, CsvColumns, read_catalogue
-from genre_tf.records import Movie, RecordError, Reject, ValidationRules, genre_key, validate_movie
+from genre_tf.readers import SPLIT_NAMES, read_catalogue
+from genre_tf.records import Movie, RecordError, Reject, genre_key, validate_movie
 from genre_tf.split import frequency_table, multi_hot, stratified_split, top_genres
-
-
-@dataclasses.dataclass
-class PrepareConfig:
-    """How a raw catalogue becomes a prepared dataset; defaults follow the paper (sections 3, 5.3.1)."""
-
-    catalogue: str = ""            # a .csv, a .jsonl (or folder of train/dev/test.jsonl), or an MM-IMDb folder
-    out: str = ""                  # the prepared dataset folder to write
-    name: str = ""                 # shown in every report; defaults to the catalogue's name
-    layout: str = "auto"           # auto | csv | mmimdb | jsonl
-    poster_dir: str = ""           # where CSV/JSONL poster paths are relative to (default: beside the file)
-    columns: CsvColumns = dataclasses.field(default_factory=CsvColumns)
-    rules: ValidationRules = dataclasses.field(default_factory=ValidationRules)
-    num_genres: int = 10           # keep the most frequent genres, counted on the training part
-    genres: tuple[str, ...] = ()   # a closed vocabulary instead (matched ignoring case); num_genres is then unused
-    genreless: str = "keep"        # movies with none of the kept genres: keep (all-zero labels, as the paper) | drop
-    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    seed: int = 0
-    shard_size: int = 2000
-    workers: int = 0               # poster decoding threads; 0 = one per core
-    min_train_movies: int = 32     # refuse to write a training part smaller than one batch (train.py's batch_size)
-
-
-def check_config(config: PrepareConfig) -> None:
-    """Raise ValueError naming the first option that cannot give a trainable dataset (before any reading)."""
-    checks = [(bool(config.catalogue and config.out), "prepare needs a catalogue and an output folder"),
-              (bool(config.genres) or config.num_genres >= 1,
-               f"the number of genres must be at least 1, got {config.num_genres}"),
-              (config.genreless in ("keep", "drop"), f"genreless must be 'keep' or 'drop', got {config.genreless!r}"),
-              (config.min_train_movies >= 1, f"min_train_movies must be at least 1, got {config.min_train_movies}"),
-              (config.shard_size >= 1 and config.workers >= 0, "shard_size must be >= 1 and workers >= 0"),
-              (len(config.fractions) == 3 and min(config.fractions) > 0 and abs(sum(config.fractions) - 1) < 1e-6,
-               f"split fractions must be three positive numbers summing to 1, got {config.fractions}")]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
 
 
 def check_trainable(split: dict[str, list[str]], config: PrepareConfig, rejects: list[Reject]) -> None:
@@ -139,7 +105,7 @@ def choose_vocabulary(train_genres: list[tuple], config: PrepareConfig) -> list[
     spelled = {genre_key(g): g for movie in train_genres for g in movie}
     missing = [g for g in config.genres if genre_key(g) not in spelled]
     if missing:
-        raise ValueError(f"--genres names {missing}, which no training movie has; the catalogue's most frequent "
+        raise ValueError(f"genres names {missing}, which no training movie has; the catalogue's most frequent "
                          f"genres are {top_genres(train_genres, 20)}")
     return [spelled[genre_key(g)] for g in config.genres]
 
@@ -208,7 +174,7 @@ def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: lis
         "image_size": config.rules.image_size, "fingerprint": digest.hexdigest()[:16],
         "counts": {name: len(split[name]) for name in SPLIT_NAMES} | {"rejected": len(rejects)},
         "genres": genres, "vocabulary": vocabulary, "shards": shards,
-        "config": json.loads(json.dumps(dataclasses.asdict(config), default=list)),
+        "config": config_to_dict(config),
     }
     with open(os.path.join(directory, "dataset.json"), "w", encoding="utf-8") as handle:
         json.dump(metadata, handle, indent=2)
@@ -242,9 +208,9 @@ def summarize_rejects(rejects: list[Reject], limit: int = 10, report: str | None
 
 def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     """Read, validate, split and write a prepared dataset atomically; returns its metadata."""
-    check_config(config)
+    validate_prepare(config)
     if os.path.exists(config.out):
-        raise FileExistsError(f"{config.out} already exists; remove it or choose another --out")
+        raise FileExistsError(f"{config.out} already exists; remove it or choose another out=DIR")
     catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns)
     movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress)
     if not movies:
@@ -275,75 +241,59 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
 def vocabulary_summary(genres: list[str], vocabulary: dict) -> str:
     """The genre rule in words, with counts: what was kept, what was outside the vocabulary."""
     others = [g for g in vocabulary["train_genre_counts"] if g not in genres]
-    what = "kept with no label (--genreless keep)" if vocabulary["genreless_policy"] == "keep" else "dropped"
+    what = "kept with no label (genreless=keep)" if vocabulary["genreless_policy"] == "keep" else "dropped"
     return (f"genres: {vocabulary['rule']}: {', '.join(genres)}.\n"
             f"  other genres in train (not predicted): {', '.join(others) or 'none'}.\n"
             f"  {vocabulary['with_other_genres_too']} movie(s) also carry genres outside the vocabulary: kept.\n"
             f"  {vocabulary['with_none_of_the_genres']} movie(s) carry none of its genres: {what}.")
 
 
+# The flags of the old command line, each with the key=value option that replaced it.
+OLD_FLAGS = {"--out": "out=DIR", "--name": "name=NAME", "--layout": "layout=csv", "--poster-dir": "poster_dir=DIR",
+             "--column": "columns.plot=Overview", "--num-genres": "num_genres=10", "--genres": "genres=[Drama, Comedy]",
+             "--genre-alias": "'rules.genre_aliases={Science Fiction: Sci-Fi}'", "--genreless": "genreless=drop",
+             "--min-words": "rules.min_plot_words=15", "--max-words": "rules.max_plot_words=545",
+             "--image-size": "rules.image_size=224", "--min-train-movies": "min_train_movies=32", "--seed": "seed=0"}
+_OPTION = re.compile(r"[A-Za-z_][\w.]*=")  # key=value; anything else is the catalogue
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The options of `python -m genre_tf.prepare`."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("catalogue")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--name", default="")
-    parser.add_argument("--layout", default="auto", choices=["auto", "csv", "mmimdb", "jsonl"])
-    parser.add_argument("--poster-dir", default="")
-    parser.add_argument("--column", action="append", default=[], metavar="FIELD=HEADER",
-                        help="map a CSV column, e.g. --column plot=Overview "
-                             "(fields: id title plot genres poster year language)")
-    parser.add_argument("--num-genres", type=int, default=10, help="predict the N most frequent genres of train")
-    parser.add_argument("--genres", default="", help="a closed vocabulary instead, e.g. Drama,Comedy,Horror")
-    parser.add_argument("--genre-alias", action="append", default=[], metavar="NAME=GENRE",
-                        help="merge a catalogue spelling into a genre, e.g. --genre-alias 'Science Fiction=Sci-Fi'")
-    parser.add_argument("--genreless", default="keep", choices=["keep", "drop"])
-    parser.add_argument("--min-words", type=int, default=15)
-    parser.add_argument("--max-words", type=int, default=545)
-    parser.add_argument("--image-size", type=int, default=224,
-                        help=f"side of the square posters written, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
-    parser.add_argument("--min-train-movies", type=int, default=32,
-                        help="refuse to write fewer training movies than this (one batch)")
-    parser.add_argument("--seed", type=int, default=0)
+    """The command line of `python -m genre_tf.prepare`: a catalogue, --config FILE and key=value options."""
+    keys = describe_keys(PrepareConfig).replace("catalogue=\n", "")  # the catalogue is the positional argument
+    parser = argparse.ArgumentParser(
+        prog="python -m genre_tf.prepare", usage="%(prog)s CATALOGUE [--config FILE] out=DIR [key=value ...]",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="options (key=value, values read as YAML; defaults in genre_tf/config.py):\n  "
+               + keys.replace("\n", "\n  "))
+    parser.add_argument("--config", default="", metavar="FILE", help="a YAML or JSON file of options")
+    parser.add_argument("arguments", nargs="*", metavar="CATALOGUE key=value")
     return parser
 
 
 def parse_args(argv=None) -> PrepareConfig:
-    """The command line of `python -m genre_tf.prepare`."""
+    """The PrepareConfig of a command line; an old flag or a bad option exits with a one-line error."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    mapping = {}
-    for item in args.column:
-        field, _, header = item.partition("=")
-        if field not in {f.name for f in dataclasses.fields(CsvColumns)} or not header:
-            parser.error(f"--column {item!r}: expected FIELD=HEADER with FIELD one of "
-                         "id title plot genres poster year language")
-        mapping[field] = header
-    aliases = []
-    for item in args.genre_alias:
-        name, _, genre = item.partition("=")
-        if not name.strip() or not genre.strip():
-            parser.error(f"--genre-alias {item!r}: expected NAME=GENRE, e.g. 'Science Fiction=Sci-Fi'")
-        aliases.append((name.strip(), genre.strip()))
-    if args.num_genres < 1:
-        parser.error(f"--num-genres must be at least 1, got {args.num_genres}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for flag in (arg.split("=", 1)[0] for arg in argv):
+        if flag in OLD_FLAGS:
+            parser.error(f"{flag} is gone: options are key=value now, e.g. {OLD_FLAGS[flag]}")
+    args = parser.parse_intermixed_args(argv)  # --config anywhere; key=value before or after the catalogue
+    # key=value, unless a file or folder has that name (a catalogue called a=b.csv)
+    options = [arg for arg in args.arguments if _OPTION.match(arg) and not os.path.exists(arg)]
+    catalogues = [arg for arg in args.arguments if arg not in options]
+    if len(catalogues) != 1:
+        parser.error(f"expected one catalogue and key=value options, got {catalogues or 'no catalogue'}")
     try:
-        rules = ValidationRules(min_plot_words=args.min_words, max_plot_words=args.max_words,
-                                image_size=args.image_size, genre_aliases=tuple(aliases))
-    except ValueError as error:
+        return load_config(args.config, options, PrepareConfig, catalogue=catalogues[0])
+    except (ValueError, OSError) as error:
         parser.error(str(error))
-    genres = tuple(g.strip() for g in args.genres.split(",") if g.strip())
-    return PrepareConfig(catalogue=args.catalogue, out=args.out, name=args.name, layout=args.layout,
-                         poster_dir=args.poster_dir, columns=CsvColumns(**mapping), rules=rules,
-                         num_genres=args.num_genres, genres=genres, genreless=args.genreless, seed=args.seed,
-                         min_train_movies=args.min_train_movies)
 
 
 def main(argv=None) -> int:
     """`python -m genre_tf.prepare`: 0 when the prepared folder was written, else a one-line error."""
     try:
         prepare(parse_args(argv))
-    except (ValueError, OSError) as error:  # OSError: unreadable catalogue, unwritable --out, ...
+    except (ValueError, OSError) as error:  # OSError: unreadable catalogue, unwritable out=DIR, ...
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -5,26 +5,12 @@ import json
 import os
 from collections.abc import Iterator
 
+from genre_tf.config import CsvColumns
 from genre_tf.images import InputFileError, read_input_file
 from genre_tf.records import RawMovie, Reject, has_undecodable
 
 SPLIT_NAMES = ("train", "dev", "test")
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # one MM-IMDb <id>.json or split.json; real ones are a few KB
-
-
-@dataclasses.dataclass(frozen=True)
-class CsvColumns:
-    """Column names of the paper's CSV layout; change them to read a catalogue with other headers."""
-
-    id: str = "id"
-    title: str = "title"
-    plot: str = "plot"
-    genres: str = "genres"
-    poster: str = "poster"
-    year: str = "year"
-    language: str = "language"
-
-    required = ("id", "plot", "genres", "poster")
 
 
 @dataclasses.dataclass
@@ -35,9 +21,9 @@ class Catalogue:
     split: dict[str, list[str]] | None = None
 
 
-def read_paper_csv(path: str, poster_dir: str | None = None,
-                   columns: CsvColumns = CsvColumns()) -> Catalogue:
+def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns | None = None) -> Catalogue:
     """Read the paper's layout: one CSV row per movie, posters relative to (and inside) poster_dir."""
+    columns = columns or CsvColumns()
     poster_dir = poster_dir or os.path.dirname(os.path.abspath(path))
     records: list[RawMovie | Reject] = []
     # utf-8-sig drops the byte-order mark spreadsheet programs write; surrogateescape keeps a row with
@@ -49,7 +35,7 @@ def read_paper_csv(path: str, poster_dir: str | None = None,
                    if getattr(columns, name) not in header]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; the header has {header}. Map columns with "
-                             "--column FIELD=HEADER (e.g. --column plot=Overview), or CsvColumns(plot='Overview').")
+                             "columns.FIELD=HEADER (e.g. columns.plot=Overview), or CsvColumns(plot='Overview').")
         while True:
             try:
                 row = next(reader)
@@ -218,7 +204,7 @@ def detect_format(path: str) -> str:
 
 
 def read_catalogue(path: str, layout: str = "auto", poster_dir: str | None = None,
-                   columns: CsvColumns = CsvColumns()) -> Catalogue:
+                   columns: CsvColumns | None = None) -> Catalogue:
     """Read a catalogue in any supported layout."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"catalogue not found: {path}")

@@ -5,8 +5,8 @@ import os
 import re
 from collections.abc import Sequence
 
-from genre_tf.images import (MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, MIN_POSTER_SIDE, InputFileError, PosterError,
-                             encode_poster, load_poster, read_poster_file)
+from genre_tf.config import ValidationRules
+from genre_tf.images import InputFileError, PosterError, encode_poster, load_poster, read_poster_file
 
 _GENRE_SEPARATORS = re.compile(r"[,|;]")
 # Chinese and Japanese write no spaces between words: each Han or kana character counts as a word,
@@ -52,30 +52,6 @@ class Reject:
     source: str
     movie_id: str
     reason: str
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidationRules:
-    """What a record must satisfy; the defaults are the paper's (section 3.2)."""
-
-    min_plot_words: int = 15
-    max_plot_words: int = 545
-    # Catalogue spellings merged into one genre, matched ignoring case: (("Science Fiction", "Sci-Fi"),).
-    genre_aliases: tuple[tuple[str, str], ...] = ()
-    image_size: int = 224
-    min_poster_side: int = MIN_POSTER_SIDE
-
-    def __post_init__(self):
-        checks = [(1 <= self.min_plot_words <= self.max_plot_words,
-                   f"plot word limits must satisfy 1 <= min <= max, got {self.min_plot_words}..{self.max_plot_words}"),
-                  (MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,
-                   f"image size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {self.image_size}"),
-                  (self.min_poster_side >= MIN_POSTER_SIDE,
-                   f"min poster side must be at least {MIN_POSTER_SIDE} (serving refuses smaller posters), "
-                   f"got {self.min_poster_side}")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
 
 class RecordError(ValueError):

@@ -51,8 +51,8 @@ class ServingFilesMissing(FileNotFoundError):
 def demo_dataset(config: demo.DemoConfig | None = None) -> str:
     """The prepared synthetic demo catalogue, generated and prepared once into the cache."""
     config = config or demo.DemoConfig()
-    from genre_tf.prepare import PrepareConfig, prepare
-    from genre_tf.records import ValidationRules
+    from genre_tf.config import PrepareConfig, ValidationRules
+    from genre_tf.prepare import prepare
 
     root = os.path.join(cache_root(), "demo", cache_key(json.dumps(dataclasses.asdict(config)), "v2"))
     prepared = os.path.join(root, "prepared")

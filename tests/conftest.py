@@ -86,8 +86,8 @@ def tiny_hub_bert(tmp_path_factory):
 def small_prepared(tmp_path_factory):
     """A prepared dataset of 120 generated MM-IMDb movies at 32x32 posters."""
     import genre_tf  # noqa: F401
-    from genre_tf.prepare import PrepareConfig, prepare
-    from genre_tf.records import ValidationRules
+    from genre_tf.config import PrepareConfig, ValidationRules
+    from genre_tf.prepare import prepare
 
     root = tmp_path_factory.mktemp("small")
     write_mmimdb(str(root / "raw"), count=120, seed=1)

@@ -11,9 +11,9 @@ import genre_tf  # noqa: F401
 from genre_tf.files import read_json
 from conftest import image_bytes, write_csv, write_mmimdb
 from genre_tf.images import PosterError, load_poster
-from genre_tf.prepare import PrepareConfig, prepare, validate_all
+from genre_tf.config import PrepareConfig, ValidationRules
+from genre_tf.prepare import prepare, validate_all
 from genre_tf.readers import read_catalogue
-from genre_tf.records import ValidationRules
 
 PLOT = " ".join(["word"] * 20)
 RULES = ValidationRules(image_size=32)
@@ -191,7 +191,7 @@ def test_open_vocabulary_keeps_every_genre_name_and_merges_case_and_aliases(tmp_
     rejects = (tmp_path / "closed" / "rejects.csv").read_text()
     # m3, m5, m7, m9 and t0 carry neither Children nor Drama
     assert rejects.count("is among the 2 kept") == 5 and metadata["counts"]["train"] == 6
-    with pytest.raises(ValueError, match=r"--genres names \['Western'\], which no training movie has"):
+    with pytest.raises(ValueError, match=r"genres names \['Western'\], which no training movie has"):
         prepare(dataclasses.replace(config, out=str(tmp_path / "w"), genres=("Western",)), progress=False)
 
 

@@ -137,8 +137,8 @@ def test_a_damaged_or_empty_config_is_named_not_a_traceback(trained_run, tmp_pat
 
 
 def test_an_empty_test_split_is_refused(tiny_config, tmp_path):
-    from genre_tf.prepare import PrepareConfig, prepare
-    from genre_tf.records import ValidationRules
+    from genre_tf.config import PrepareConfig, ValidationRules
+    from genre_tf.prepare import prepare
 
     raw = write_mmimdb(str(tmp_path / "raw"), count=50, seed=3)
     ids = sorted(name[:-5] for name in os.listdir(raw) if name.endswith(".json"))

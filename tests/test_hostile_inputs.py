@@ -17,9 +17,10 @@ import genre_tf  # noqa: F401
 from conftest import image_bytes, write_csv, write_mmimdb
 from genre_tf.images import (MAX_POSTER_PIXELS, InputFileError, decode_poster, load_poster, poster_dimensions,
                              read_input_file)
-from genre_tf.prepare import PrepareConfig, main as prepare_main, prepare, summarize_rejects, validate_all
+from genre_tf.config import PrepareConfig, ValidationRules
+from genre_tf.prepare import main as prepare_main, prepare, summarize_rejects, validate_all
 from genre_tf.readers import read_catalogue
-from genre_tf.records import RecordError, Reject, ValidationRules, check_plot, count_words
+from genre_tf.records import RecordError, Reject, check_plot, count_words
 
 PLOT = " ".join(["word"] * 20)
 RULES = ValidationRules(image_size=32)
@@ -142,7 +143,7 @@ def test_dev_zero_a_fifo_and_a_folder_are_refused_at_once(tmp_path):
         import json, time
         from genre_tf.prepare import validate_all
         from genre_tf.readers import read_catalogue
-        from genre_tf.records import ValidationRules
+        from genre_tf.config import ValidationRules
         records = read_catalogue({str(csv_path)!r}, poster_dir="/").records  # "/" lets /dev/zero past confinement
         start = time.perf_counter()
         movies, rejects = validate_all(records, ValidationRules(image_size=32), progress=False)
@@ -256,13 +257,13 @@ def test_prepare_refuses_settings_and_splits_that_cannot_train(tmp_path, capsys)
     raw = write_mmimdb(str(tmp_path / "raw"), count=60)
     out = str(tmp_path / "out")
     for num_genres in (0, -1):
-        with pytest.raises(ValueError, match=f"the number of genres must be at least 1, got {num_genres}"):
+        with pytest.raises(ValueError, match=f"num_genres must be at least 1, got {num_genres}"):
             prepare(PrepareConfig(catalogue=raw, out=out, rules=RULES, num_genres=num_genres), progress=False)
     for size in (100_000, 31, 1025):
         with pytest.raises(ValueError, match=f"image size must be 32 to 1024 pixels, got {size}"):
             ValidationRules(image_size=size)
     with pytest.raises(SystemExit):
-        prepare_main([raw, "--out", out, "--image-size", "100000"])
+        prepare_main([raw, f"out={out}", "rules.image_size=100000"])
     assert "image size must be 32 to 1024 pixels, got 100000" in capsys.readouterr().err
     ids = sorted(name[:-5] for name in os.listdir(raw) if name.endswith(".json"))
     for split, message in (({"train": ids[:50], "dev": [], "test": ids[50:]}, r"no dev movie"),
@@ -446,7 +447,7 @@ def test_rejects_summary_says_where_the_rest_are_and_only_when_they_were_written
 
 def test_a_missing_column_error_names_the_real_option(tmp_path):
     path = write_csv(tmp_path / "m.csv", [["1", "t", "Drama", "p.jpg"]], header=("id", "title", "genres", "poster"))
-    with pytest.raises(ValueError, match=r"Map columns with --column FIELD=HEADER \(e.g. --column plot=Overview\)"):
+    with pytest.raises(ValueError, match=r"Map columns with columns.FIELD=HEADER \(e.g. columns.plot=Overview\)"):
         read_catalogue(str(path))
 
 
@@ -478,10 +479,10 @@ def test_prepared_folders_follow_the_umask_and_stale_staging_folders_are_removed
 
 def test_a_layout_that_does_not_fit_the_path_is_a_one_line_error(tmp_path, capsys):
     csv_path = write_csv(tmp_path / "c.csv", [["m1", "t", PLOT, "Drama", "p.jpg"]])
-    assert prepare_main([str(csv_path), "--out", str(tmp_path / "out"), "--layout", "mmimdb"]) == 1
+    assert prepare_main([str(csv_path), f"out={tmp_path / 'out'}", "layout=mmimdb"]) == 1
     assert capsys.readouterr().err == (f"error: {csv_path} is a file; the mmimdb layout reads a folder of <id>.json "
                                        "and <id>.jpeg\n")
-    assert prepare_main([str(tmp_path), "--out", str(tmp_path / "out"), "--layout", "csv"]) == 1
+    assert prepare_main([str(tmp_path), f"out={tmp_path / 'out'}", "layout=csv"]) == 1
     assert capsys.readouterr().err == f"error: {tmp_path} is a folder; the csv layout reads a CSV file\n"
 
 

@@ -9,8 +9,8 @@ import os
 import pytest
 
 import genre_tf  # noqa: F401
-from genre_tf.prepare import PrepareConfig, prepare
-from genre_tf.records import ValidationRules
+from genre_tf.config import PrepareConfig, ValidationRules
+from genre_tf.prepare import prepare
 
 REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real-movies")
 CSV = os.path.join(REAL, "movies.csv")

@@ -232,7 +232,7 @@ def test_train_py_names_a_missing_dataset_in_one_line(tmp_path, capsys):
     assert train_script.main([f"data={tmp_path / 'missing'}"]) == 2
     error = capsys.readouterr().err
     assert error.strip() == (f"error: {tmp_path / 'missing'} is not a prepared dataset (no dataset.json); "
-                             "run `python -m genre_tf.prepare CATALOGUE --out DIR` first")
+                             "run `python -m genre_tf.prepare CATALOGUE out=DIR` first")
 
 
 def test_config_round_trips_through_a_file(tmp_path):
