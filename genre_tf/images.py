@@ -173,8 +173,7 @@ def _dimensions(poster_bytes, fmt, head):
         return sum(head[position + i] * 256 ** (size - 1 - i) for i in range(size))
 
     def jpeg():
-        shape = tf.cast(tf.image.extract_jpeg_shape(poster_bytes), tf.int64)  # walks the markers to the frame
-        return tf.stack([shape[1], shape[0], 0])
+        return tf.concat([_jpeg_frame(poster_bytes), [0]], 0)
 
     def gif():
         # TensorFlow decodes every frame, and a frame may be larger than the canvas the header declares.
@@ -199,6 +198,35 @@ def _dimensions(poster_bytes, fmt, head):
                                 lambda: tf.stack([big(16, 4), big(20, 4), 0]), gif, bmp, webp])
     size = tf.minimum(size, 2 ** 31)  # a declared 2**32 x 2**32 would overflow int64 when multiplied
     return tf.stack([size[0], size[1], tf.maximum(size[0] * size[1], size[2])])
+
+
+def _jpeg_frame(poster_bytes):
+    """int64 [width, height] of a JPEG's first frame header, walking its markers as libjpeg does; zeros if none.
+
+    Unlike tf.image.extract_jpeg_shape it never fails, so the serving graph can check every poster
+    before any is decoded.
+    """
+    import tensorflow as tf
+
+    data = tf.concat([tf.cast(tf.io.decode_raw(poster_bytes, tf.uint8), tf.int64), tf.zeros([16], tf.int64)], 0)
+    length = tf.cast(tf.strings.length(poster_bytes), tf.int64)
+
+    def step(position, size):  # every step moves forward: the walk ends
+        window = tf.gather(data, tf.minimum(position, length) + tf.range(9, dtype=tf.int64))
+        marker = tf.where(tf.equal(window[0], 0xFF), window[1], -1)  # -1: a stray byte, skipped as libjpeg does
+        frame = (marker >= 0xC0) & (marker <= 0xCF) & (marker != 0xC4) & (marker != 0xC8) & (marker != 0xCC)
+        standalone = ((marker >= 0xD0) & (marker <= 0xD8)) | tf.equal(marker, 0x01)
+        no_frame = tf.equal(marker, 0xDA) | tf.equal(marker, 0xD9)  # a scan or the end before any frame header
+        following = tf.where((marker < 0) | tf.equal(marker, 0xFF) | tf.equal(marker, 0), position + 1,
+                             tf.where(standalone, position + 2, position + 2 + window[2] * 256 + window[3]))
+        size = tf.where(frame, tf.stack([window[7] * 256 + window[8], window[5] * 256 + window[6]]), size)
+        return tf.where(frame | no_frame, length, following), size
+
+    def walk():
+        return tf.while_loop(lambda position, _: position < length, step,
+                             (tf.constant(2, tf.int64), tf.zeros([2], tf.int64)))[1]
+
+    return tf.function(walk)() if tf.executing_eagerly() else walk()
 
 
 def _gif_frames(poster_bytes):
@@ -278,14 +306,58 @@ def _decode_rgb(poster_bytes, fmt):
 def decode_poster(poster_bytes, image_size: int):
     """Decode one encoded poster (a scalar string tensor) into uint8 [image_size, image_size, 3].
 
-    The one decoder used by the tf.data pipeline and by the exported serving signature. A poster
-    whose header declares too many pixels or too small a side fails (InvalidArgumentError) before
-    it is decoded; serving treats that as "no poster".
+    The decoder of the tf.data training pipeline; decode_posters gives the same pixels in serving. A
+    poster whose header declares too many pixels or too small a side fails (InvalidArgumentError)
+    before it is decoded.
     """
     import tensorflow as tf
 
     fmt, head = _header(poster_bytes)
     with tf.control_dependencies([_check_dimensions(_dimensions(poster_bytes, fmt, head))]):
-        image = _decode_rgb(tf.identity(poster_bytes), fmt)
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+        return _decode_resized(tf.identity(poster_bytes), fmt, image_size)
+
+
+def _decode_resized(poster_bytes, fmt, image_size: int):
+    import tensorflow as tf
+
+    image = tf.image.resize(_decode_rgb(poster_bytes, fmt), [image_size, image_size], method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def acceptable_size(dimensions):
+    """Whether poster_dimensions' [..., width, height, pixels] is a known format within the limits."""
+    import tensorflow as tf
+
+    return ((dimensions[..., 2] > 0) & (dimensions[..., 2] <= MAX_POSTER_PIXELS)
+            & (tf.reduce_min(dimensions[..., :2], axis=-1) >= MIN_POSTER_SIDE))
+
+
+def decode_posters(posters, image_size: int):
+    """uint8 [batch, image_size, image_size, 3] and a decoded flag per poster, the serving graph's decoder.
+
+    It never fails: a poster of unknown format, outside the limits (read from its header first) or
+    that does not decode gives zeros and False. Its pixels are decode_poster's.
+    """
+    import tensorflow as tf
+
+    dimensions = tf.map_fn(poster_dimensions, posters, fn_output_signature=tf.TensorSpec([3], tf.int64))
+    candidates = tf.where(acceptable_size(dimensions))[:, 0]
+    # tf.data's ignore_errors is TensorFlow's only way past a failing op. A dataset made per call
+    # instantiates its functions per call, costing milliseconds per op, so only the bare decoder runs
+    # inside it (to find the posters that decode) and the decoding proper runs after, outside it.
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    decodes = (tf.data.Dataset.from_tensor_slices((candidates, tf.gather(posters, candidates)))
+               .map(lambda index, data: (index, tf.shape(tf.raw_ops.DecodeImage(contents=data, channels=0,
+                                                                                   expand_animations=False))))
+               .ignore_errors().with_options(options))
+    positions = tf.range(tf.size(posters, out_type=tf.int64))
+    decoded = decodes.reduce(tf.zeros(tf.shape(posters), tf.bool),
+                             lambda flags, item: flags | tf.equal(positions, item[0]))
+    blank = tf.zeros([image_size, image_size, 3], tf.uint8)
+    images = tf.map_fn(
+        lambda item: tf.cond(item[1], lambda: _decode_resized(item[0], _header(item[0])[0], image_size),
+                             lambda: blank),
+        (posters, decoded), fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
+    return images, decoded

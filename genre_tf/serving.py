@@ -21,7 +21,7 @@ from genre_tf.config import TrainConfig, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
 from genre_tf.encoders import build_poster_encoder, build_text_encoder, resolve_text_handles, token_id_encoder
 from genre_tf.files import read_json, staging_folder, write_json, write_text
-from genre_tf.images import decode_poster
+from genre_tf.images import decode_posters
 from genre_tf.models import build_model
 from genre_tf.callbacks import load_best_weights
 from genre_tf.training import (ServingFilesMissing, build_network, finalise_run, load_run_config, precision_policy,
@@ -133,19 +133,6 @@ class GenreModel(tf.Module):
         self.image_size, self.token_ids = parts.image_size, parts.token_ids
         self.poster_dim = int(parts.head.get_layer(POSTER_FEATURES).output.shape[-1]) if parts.poster_encoder else 1
 
-    def decode_posters(self, poster):
-        """uint8 [batch, size, size, 3] and a decoded flag; undecodable or empty bytes give zeros and False."""
-        size = self.image_size
-        count = tf.shape(poster)[0]
-        decoded = (tf.data.Dataset.from_tensor_slices((tf.range(count), poster))
-                   .map(lambda index, data: (index, decode_poster(data, size))).ignore_errors())
-        images = tf.zeros([count, size, size, 3], tf.uint8)
-        ok = tf.zeros([count], tf.bool)
-        for index, image in decoded:
-            images = tf.tensor_scatter_nd_update(images, [[index]], image[None])
-            ok = tf.tensor_scatter_nd_update(ok, [[index]], [True])
-        return images, ok
-
     def _text(self, text_inputs):
         """(plot_embedding, has_plot) from a plot string tensor or a dict of token ids."""
         if self.token_ids:
@@ -179,7 +166,7 @@ class GenreModel(tf.Module):
     def serve(self, text_inputs, poster):
         if self.poster_encoder is None:
             return self._predict(text_inputs, None, tf.zeros(tf.shape(poster), tf.bool))
-        images, ok = self.decode_posters(poster)
+        images, ok = decode_posters(poster, self.image_size)
         return self._predict(text_inputs, self.poster_encoder(images, training=False), ok)
 
     def serve_features(self, text_inputs, poster_features):
