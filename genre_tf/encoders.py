@@ -25,13 +25,14 @@ def resolve_text_handles(config: TextEncoderConfig):
             if "://" not in handle and not os.path.exists(os.path.join(handle, "saved_model.pb")):
                 raise FileNotFoundError(f"text handle {handle!r} is neither a URL nor a SavedModel folder")
         return config.encoder, config.preprocessor
-    return minilm_handles(config.seq_length)
+    return minilm_handles(config.seq_length, config.precision)
 
 
 def text_encoder_identity(config: TextEncoderConfig) -> str:
     """A string that changes whenever the plot embeddings would: part of the feature cache key."""
     if not config.encoder:
-        return f"minilm-{WEIGHTS_SHA256[:16]}-seq{config.seq_length}-{config.pooling}"
+        precision = "" if config.precision == "float32" else f"-{config.precision}"  # float32 caches keep their keys
+        return f"minilm-{WEIGHTS_SHA256[:16]}-seq{config.seq_length}-{config.pooling}{precision}"
     identity = config.encoder
     if os.path.isdir(config.encoder):
         identity = sha256_of(os.path.join(config.encoder, "variables", "variables.data-00000-of-00001"))
@@ -52,19 +53,35 @@ def build_text_encoder(config: TextEncoderConfig, trainable: bool = False) -> ke
                              name="preprocessor")([tokens])
     else:
         ids = hub.KerasLayer(preprocessor_handle, name="preprocessor")(plot)
+    ids = keras.layers.Lambda(trim_padding, name="trim_padding")(ids)
     encoder = hub.KerasLayer(encoder_handle, trainable=trainable, name="bert_encoder")
     return keras.Model(plot, pool_encoder_outputs(encoder(ids), ids["input_mask"], config.pooling),
                        name="text_encoder")
 
 
+TRIM_MULTIPLE = 16  # lengths are rounded up to this: at most seq_length / 16 shapes for graphs and XLA to compile
+
+
+def trim_padding(ids: dict) -> dict:
+    """Token ids cut after the batch's longest plot (rounded up to TRIM_MULTIPLE tokens).
+
+    Padding is masked out of attention and of the mean, so the embeddings stay the same up to float
+    rounding, while a request of short plots skips the work on padding (the median real plot is 61
+    of 128 tokens).
+    """
+    longest = tf.maximum(tf.reduce_max(tf.reduce_sum(ids["input_mask"], axis=1)), 1)
+    length = tf.minimum((longest + TRIM_MULTIPLE - 1) // TRIM_MULTIPLE * TRIM_MULTIPLE, tf.shape(ids["input_mask"])[1])
+    return {name: value[:, :length] for name, value in ids.items()}
+
+
 def pool_encoder_outputs(outputs, input_mask, pooling: str):
     """The plot vector from a TF-Hub BERT's outputs: pooled_output, or the masked mean of sequence_output."""
     if pooling == "pooled":
-        vector = outputs["pooled_output"]
-    else:
-        mask = tf.cast(input_mask, outputs["sequence_output"].dtype)[:, :, None]
-        vector = tf.reduce_sum(outputs["sequence_output"] * mask, axis=1) / tf.maximum(
-            tf.reduce_sum(mask, axis=1), 1.0)
+        vector = tf.cast(outputs["pooled_output"], tf.float32)
+    else:  # summed in float32: a bfloat16 encoder's 8-bit mantissa would lose most of a 128-token sum
+        sequence = tf.cast(outputs["sequence_output"], tf.float32)
+        mask = tf.cast(input_mask, tf.float32)[:, :, None]
+        vector = tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
     return keras.layers.Activation("linear", dtype="float32", name=PLOT_EMBEDDING)(vector)
 
 
@@ -72,8 +89,9 @@ def token_id_encoder(text_encoder: keras.Model, config: TextEncoderConfig) -> ke
     """The same encoder without its preprocessor: BERT token ids in, plot_embedding out (shared weights)."""
     ids = {name: keras.Input(shape=(config.seq_length,), dtype=tf.int32, name=name)
            for name in ("input_word_ids", "input_mask", "input_type_ids")}
-    outputs = text_encoder.get_layer("bert_encoder")(ids)
-    return keras.Model(ids, pool_encoder_outputs(outputs, ids["input_mask"], config.pooling),
+    trimmed = keras.layers.Lambda(trim_padding, name="trim_padding")(ids)
+    outputs = text_encoder.get_layer("bert_encoder")(trimmed)
+    return keras.Model(ids, pool_encoder_outputs(outputs, trimmed["input_mask"], config.pooling),
                        name="token_id_encoder")
 
 
@@ -220,7 +238,7 @@ def describe_encoders(model: ModelConfig, text: TextEncoderConfig, poster: Poste
     info = {}
     if uses_text(model):
         info["text"] = {"encoder": text.encoder or MINILM_NAME, "preprocessor": text.preprocessor or MINILM_NAME,
-                        "seq_length": text.seq_length, "pooling": text.pooling,
+                        "seq_length": text.seq_length, "pooling": text.pooling, "precision": text.precision,
                         "fine_tuned": fine_tunes_text(model)}
     if uses_poster(model):
         info["poster"] = describe_poster_encoder(poster)

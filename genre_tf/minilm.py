@@ -75,8 +75,17 @@ def load_hf_weights(encoder, tensors: dict, num_layers: int) -> None:
         variable.assign(value.astype(np.float32))
 
 
-def convert_bert_folder(model_dir: str, out_dir: str, seq_length: int, expected_sha256: str = "") -> tuple[str, str]:
-    """Write <out_dir>/encoder and <out_dir>/preprocessor from a Hugging Face BERT folder, atomically."""
+def load_minilm_encoder(precision: str = "float32"):
+    """all-MiniLM-L6-v2 as a Keras BERT computing in `precision`, its weights checked and loaded."""
+    return _load_bert_folder(package_model_dir(), WEIGHTS_SHA256, precision)
+
+
+def _load_bert_folder(model_dir: str, expected_sha256: str = "", precision: str = "float32"):
+    """A Keras BERT with the weights of a Hugging Face BERT folder (model.safetensors, config.json).
+
+    With precision bfloat16 its layers compute in bfloat16 over float32 weights (Keras' mixed_bfloat16).
+    """
+    import tf_keras as keras
     from safetensors.numpy import load_file
 
     weights = os.path.join(model_dir, "model.safetensors")
@@ -85,8 +94,20 @@ def convert_bert_folder(model_dir: str, out_dir: str, seq_length: int, expected_
                            f"the package is damaged or another version; {INSTALL_HINT}")
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as handle:
         shape = shape_from_config(json.load(handle))
-    encoder = build_bert_encoder(shape)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        encoder = build_bert_encoder(shape)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     load_hf_weights(encoder, load_file(weights), shape.num_layers)
+    return encoder
+
+
+def convert_bert_folder(model_dir: str, out_dir: str, seq_length: int, expected_sha256: str = "",
+                        precision: str = "float32") -> tuple[str, str]:
+    """Write <out_dir>/encoder and <out_dir>/preprocessor from a Hugging Face BERT folder, atomically."""
+    encoder = _load_bert_folder(model_dir, expected_sha256, precision)
     parent = os.path.dirname(os.path.abspath(out_dir))
     staging = staging_folder(parent, "convert")
     try:
@@ -100,12 +121,13 @@ def convert_bert_folder(model_dir: str, out_dir: str, seq_length: int, expected_
     return os.path.join(out_dir, "encoder"), os.path.join(out_dir, "preprocessor")
 
 
-def minilm_handles(seq_length: int = 128) -> tuple[str, str]:
+def minilm_handles(seq_length: int = 128, precision: str = "float32") -> tuple[str, str]:
     """Local TF-Hub handles (encoder, preprocessor) of all-MiniLM-L6-v2, converting it on first use."""
-    out_dir = os.path.join(cache_root(), "hub", f"all-minilm-l6-v2-{WEIGHTS_SHA256[:12]}-seq{seq_length}")
+    suffix = "" if precision == "float32" else f"-{precision}"
+    out_dir = os.path.join(cache_root(), "hub", f"all-minilm-l6-v2-{WEIGHTS_SHA256[:12]}-seq{seq_length}{suffix}")
     if not os.path.exists(out_dir):
         print(f"converting {PACKAGE} into TF-Hub SavedModels under {out_dir} (once)")
-        convert_bert_folder(package_model_dir(), out_dir, seq_length, WEIGHTS_SHA256)
+        convert_bert_folder(package_model_dir(), out_dir, seq_length, WEIGHTS_SHA256, precision)
     return os.path.join(out_dir, "encoder"), os.path.join(out_dir, "preprocessor")
 
 

@@ -215,3 +215,38 @@ def test_feature_cache_is_reused_and_keyed_by_encoder(small_prepared):
     Path(partial).write_bytes(b"half")
     load_or_compute(prepared, "poster_features", "key-c", factory(3.0), "poster")
     assert calls == [1.0, 2.0, 3.0]
+
+
+def test_bfloat16_minilm_embeds_like_float32_and_keys_its_own_cache(monkeypatch, tmp_path):
+    from genre_tf.config import load_config
+    from genre_tf.encoders import text_encoder_identity
+
+    monkeypatch.setenv("GENRE_TF_CACHE", str(tmp_path))  # a fresh conversion at 32 tokens, not the shared one
+    plots = tf.constant(SENTENCES)
+    embeddings = {precision: build_text_encoder(TextEncoderConfig(seq_length=32, precision=precision))(plots).numpy()
+                  for precision in ("float32", "bfloat16")}
+    assert embeddings["bfloat16"].dtype == np.float32
+    cosine = np.sum(embeddings["float32"] * embeddings["bfloat16"], axis=1) / (
+        np.linalg.norm(embeddings["float32"], axis=1) * np.linalg.norm(embeddings["bfloat16"], axis=1))
+    assert cosine.min() > 0.99  # bfloat16 keeps 8 mantissa bits: close, but not float32's numbers
+    assert not np.allclose(embeddings["float32"], embeddings["bfloat16"], atol=1e-4)
+    identities = {p: text_encoder_identity(TextEncoderConfig(precision=p)) for p in ("float32", "bfloat16")}
+    assert identities["bfloat16"] == identities["float32"] + "-bfloat16"
+    with pytest.raises(ValueError, match="text.precision=bfloat16 applies to the offline MiniLM"):
+        load_config(overrides=["text.precision=bfloat16", "text.encoder=https://tfhub.dev/x",
+                               "text.preprocessor=https://tfhub.dev/y"])
+
+
+def test_padding_is_trimmed_without_changing_the_embeddings():
+    from genre_tf.encoders import pool_encoder_outputs
+
+    config = TextEncoderConfig(seq_length=128)
+    encoder = build_text_encoder(config)
+    long_plot = " ".join(["story"] * 200)
+    for plots, length in ((SENTENCES, 32), (SENTENCES[3:], 16), ([long_plot, "short"], 128)):
+        plots = tf.constant(plots)
+        trimmed = keras.Model(encoder.input, encoder.get_layer("trim_padding").output)(plots)
+        assert trimmed["input_word_ids"].shape[1] == length  # the longest plot, rounded up to 16 tokens
+        ids = encoder.get_layer("preprocessor")(plots)  # all 128 tokens, padding included
+        untrimmed = pool_encoder_outputs(encoder.get_layer("bert_encoder")(ids), ids["input_mask"], "mean")
+        np.testing.assert_allclose(encoder(plots).numpy(), untrimmed.numpy(), atol=2e-6)
