@@ -2,25 +2,23 @@
 
     python -m genre_tf.bench table3 --quick            # the embedded demo, short schedules, minutes on a CPU
     python -m genre_tf.bench table3 --data prepared/mmimdb
-    python -m genre_tf.bench speed                     # training, input pipeline, memory, serving
-    python -m genre_tf.bench encoders                  # each encoder alone: posters/s and plots/s at batch 1 and 32
+    python -m genre_tf.bench speed --serve-run RUN     # training, encoders, serving against the matmul peak
+    python -m genre_tf.bench encoders                  # each encoder alone, float32 and bfloat16, batch 1 and 32
     python -m genre_tf.bench all --quick               # both, into one dated benchmarks/ file
 
-Every figure is measured in the run that prints it. Results are written as markdown and JSON.
+Every figure is measured in the run that prints it, the matmul peak included (genre_tf.speed).
+Results are written as markdown and JSON.
 """
 import argparse
 import datetime
 import json
 import os
 import platform
-import resource
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
-import numpy as np
 
 KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
 QUICK = ["epochs=10", "patience=4"]
@@ -163,182 +161,6 @@ def table3_markdown(table: dict) -> str:
     return "\n".join(lines + ["", PUBLISHED]) + "\n"
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def training_throughput(config, steps: int = 6, warmup: int = 2, min_seconds: float = 5.0) -> dict[str, float]:
-    """Training examples/s of one model, and the input pipeline's examples/s alone, on the train split.
-
-    Each figure runs at least `steps` batches and at least `min_seconds`.
-    """
-    import tensorflow as tf
-
-    from genre_tf.dataset import make_dataset
-    from genre_tf.training import build_for_training, feature_caches, open_dataset, split_labels
-
-    import tf_keras as keras
-
-    prepared = open_dataset(config)
-    caches = feature_caches(config, prepared) if config.feature_cache else {}
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
-    model = build_for_training(config, prepared, split_labels(prepared, "train")["labels"], caches)
-    keras.mixed_precision.set_global_policy("float32")
-    dataset = make_dataset(prepared, "train", config.batch_size, training=True, input_names=list(model.input_names),
-                           image_size=config.poster.image_size, feature_caches=caches, seed=0).repeat()
-    batches = iter(dataset)
-    step = model.make_train_function()  # what fit runs each step, reading from the prefetching iterator
-    for _ in range(warmup):
-        step(batches)
-    count, started = 0, time.perf_counter()
-    while count < steps or time.perf_counter() - started < min_seconds:
-        float(step(batches)["loss"])
-        count += 1
-    train_rate = count * config.batch_size / (time.perf_counter() - started)
-    pipeline = iter(dataset)  # a fresh iterator, so the prefetch buffer filled during training does not count
-    next(pipeline)
-    count, started = 0, time.perf_counter()
-    while count < steps or time.perf_counter() - started < min_seconds:
-        tf.nest.map_structure(lambda t: t.numpy(), next(pipeline))
-        count += 1
-    return {"train_examples_per_s": train_rate,
-            "pipeline_examples_per_s": count * config.batch_size / (time.perf_counter() - started)}
-
-
-def serving_latency(model_dir: str, plots: list[str], posters: list[bytes], calls: int = 40) -> dict[str, float]:
-    """p50/p95 latency of serving_default at batch 1 and examples/s at batch 32, on the loaded SavedModel."""
-    import tensorflow as tf
-
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
-    one = dict(plot=tf.constant(plots[:1]), poster=tf.constant(posters[:1]))
-    batch = dict(plot=tf.constant((plots * 32)[:32]), poster=tf.constant((posters * 32)[:32]))
-    for inputs in (one, batch, one):
-        serve(**inputs)
-    latencies = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        serve(**one)["probabilities"].numpy()
-        latencies.append(time.perf_counter() - started)
-    started = time.perf_counter()
-    for _ in range(5):
-        serve(**batch)["probabilities"].numpy()
-    return {"batch1_p50_ms": float(np.percentile(latencies, 50) * 1000),
-            "batch1_p95_ms": float(np.percentile(latencies, 95) * 1000),
-            "batch32_examples_per_s": 5 * 32 / (time.perf_counter() - started)}
-
-
-def median_seconds(function, calls: int, warmup: int = 2) -> float:
-    """The median wall time of `calls` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
-
-
-def encoder_speed(image_size: int = 224, seq_length: int = 128, calls: int = 9) -> list[dict]:
-    """Examples/s of each encoder alone at batch 1 and 32: the poster backbones, MiniLM embedding and fine-tuning.
-
-    ResNet50 is timed with random weights (speed does not depend on them; its ImageNet file may be absent).
-    """
-    import tensorflow as tf
-    import tf_keras as keras
-
-    from genre_tf.config import PosterEncoderConfig, TextEncoderConfig
-    from genre_tf.encoders import build_poster_encoder, build_text_encoder
-
-    rows, rng = [], np.random.default_rng(0)
-    for backbone, weights in (("efficientnet_lite0", "imagenet"), ("resnet50", "random")):
-        encoder = build_poster_encoder(PosterEncoderConfig(backbone=backbone, weights=weights, image_size=image_size))
-        step = tf.function(lambda x, encoder=encoder: encoder(x, training=False))
-        for batch in (1, 32):
-            posters = tf.constant(rng.integers(0, 255, (batch, image_size, image_size, 3), dtype=np.uint8))
-            seconds = median_seconds(lambda posters=posters, step=step: step(posters).numpy(), calls)
-            rows.append({"encoder": f"{backbone} features, {image_size} px", "batch": batch,
-                         "examples_per_s": batch / seconds, "ms_per_call": seconds * 1000})
-    text = build_text_encoder(TextEncoderConfig(seq_length=seq_length))
-    embed = tf.function(lambda x: text(x, training=False))
-    for batch in (1, 32):
-        plots = tf.constant([" ".join(["story"] * 150)] * batch)
-        seconds = median_seconds(lambda plots=plots: embed(plots).numpy(), calls)
-        rows.append({"encoder": f"MiniLM-L6 embedding, {seq_length} tokens", "batch": batch,
-                     "examples_per_s": batch / seconds, "ms_per_call": seconds * 1000})
-    tuned = build_text_encoder(TextEncoderConfig(seq_length=seq_length), trainable=True)
-    model = keras.Model(tuned.input, keras.layers.Dense(10, activation="sigmoid")(tuned.output))
-    model.compile(keras.optimizers.Adam(1e-4), "binary_crossentropy")
-    plots, labels = tf.constant([" ".join(["story"] * 150)] * 32), np.zeros((32, 10), np.float32)
-    seconds = median_seconds(lambda: model.train_on_batch(plots, labels), max(3, calls // 3))
-    rows.append({"encoder": f"MiniLM-L6 fine-tuning step, {seq_length} tokens", "batch": 32,
-                 "examples_per_s": 32 / seconds, "ms_per_call": seconds * 1000})
-    return rows
-
-
-def encoders_markdown(rows: list[dict]) -> str:
-    """The encoder speed table."""
-    lines = ["| encoder | batch | examples/s | ms per call |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['encoder']} | {r['batch']} | {r['examples_per_s']:.1f} | {r['ms_per_call']:.1f} |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-SPEED_MODELS = [  # (label, extra options); feature caches on and off for each
-    ("poster", ["model.kind=poster"]),
-    ("text_frozen", ["model.kind=text_frozen"]),
-    ("text_finetuned", ["model.kind=text_finetuned"]),
-    ("integrated (frozen text, demo preset)", ["model.kind=integrated"]),
-    ("integrated (fine-tuned text)", ["model.kind=integrated", "model.fine_tune_text=true"]),
-]
-
-
-def speed(data: str = "demo", overrides: Sequence[str] = (), serve_run: str = "") -> dict:
-    """Training and pipeline examples/s per model with and without caches, peak memory, serving latency."""
-    from genre_tf.config import load_config
-    from genre_tf.serving import export_run
-
-    rows = []
-    for label, extra in SPEED_MODELS:
-        for cached in (True, False):
-            config = load_config(overrides=[f"data={data}", *extra, f"feature_cache={str(cached).lower()}",
-                                            *overrides])
-            print(f"speed: {label}, feature caches {'on' if cached else 'off'}", flush=True)
-            rows.append({"model": label, "feature_cache": cached, **training_throughput(config)})
-    result = {"training": rows, "peak_rss_mib_after_training": peak_rss_mib()}
-    if serve_run:
-        from genre_tf.dataset import raw_examples
-        from genre_tf.training import open_dataset
-
-        base = tempfile.mkdtemp(prefix="genre_tf_serving_bench_")
-        try:
-            model_dir = export_run(serve_run, base)
-            served = load_config(os.path.join(serve_run, "config.json"))
-            plots, posters = raw_examples(open_dataset(served), "test", limit=32)
-            result["serving"] = dict(serving_latency(model_dir, plots, posters), model=served.model.kind,
-                                     run_dir=serve_run)
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
-    result["peak_rss_mib"] = peak_rss_mib()
-    return result
-
-
-def speed_markdown(result: dict) -> str:
-    lines = ["| model | feature caches | training examples/s | input pipeline examples/s |",
-             "| --- | --- | --- | --- |"]
-    for row in result["training"]:
-        lines.append(f"| {row['model']} | {'on' if row['feature_cache'] else 'off'} | "
-                     f"{row['train_examples_per_s']:.1f} | {row['pipeline_examples_per_s']:.0f} |")
-    lines += ["", f"Peak resident memory of the benchmark process: {result['peak_rss_mib']:.0f} MiB "
-              f"({result['peak_rss_mib_after_training']:.0f} MiB after the training measurements)."]
-    if "serving" in result:
-        s = result["serving"]
-        lines += ["", f"Serving (`{s['model']}` SavedModel, loaded in process, plot + poster bytes): batch 1 "
-                  f"p50 {s['batch1_p50_ms']:.1f} ms, p95 {s['batch1_p95_ms']:.1f} ms; batch 32 "
-                  f"{s['batch32_examples_per_s']:.1f} examples/s."]
-    return "\n".join(lines) + "\n"
-
-
 def machine() -> str:
     import tensorflow as tf
 
@@ -362,6 +184,7 @@ def main(argv=None) -> int:
                         help="train.py options for every run, or for one model kind (text_finetuned:epochs=8)")
     args = parser.parse_intermixed_args(argv)  # options may come after the key=value list
     import genre_tf  # noqa: F401
+    from genre_tf import speed
 
     stamp = datetime.date.today().isoformat()
     report = {"date": stamp, "machine": machine(), "command": " ".join(["python -m genre_tf.bench", *sys.argv[1:]])}
@@ -372,12 +195,13 @@ def main(argv=None) -> int:
         sections += ["## Table 3", "", table3_markdown(report["table3"])]
     if args.what in ("speed", "all"):
         serve_run = args.serve_run or next((row["run_dir"] for row in report.get("table3", {}).get("rows", [])
-                          if row["model"] == "integrated" and not row["oversampled"]), "")
-        report["speed"] = speed(args.data, args.overrides, serve_run)
-        sections += ["## Speed and memory", "", speed_markdown(report["speed"])]
-    if args.what in ("encoders", "all"):
-        report["encoders"] = encoder_speed()
-        sections += ["## Encoders alone", "", encoders_markdown(report["encoders"])]
+                                            if row["model"] == "integrated" and not row["oversampled"]), "")
+        report["speed"] = speed.speed(args.data, args.overrides, serve_run)
+        sections += ["## Speed against the limit", "", speed.speed_markdown(report["speed"])]
+    if args.what == "encoders":
+        peak = speed.peaks()
+        report["encoders"] = {"peak_gflops": peak, "rows": speed.encoder_rows(peak)}
+        sections += ["## Encoders alone", "", speed.rows_markdown(report["encoders"]["rows"])]
     os.makedirs(args.out, exist_ok=True)
     dataset = "" if args.data == "demo" else "-" + os.path.basename(os.path.normpath(args.data))
     name = os.path.join(args.out, f"{stamp}-{args.what}{'-quick' if args.quick else ''}{dataset}")
