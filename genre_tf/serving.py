@@ -19,7 +19,8 @@ import tf_keras as keras
 
 from genre_tf.config import TrainConfig, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
-from genre_tf.encoders import build_poster_encoder, build_text_encoder, resolve_text_handles, token_id_encoder
+from genre_tf.encoders import (build_poster_encoder, build_text_encoder, for_inference, resolve_text_handles,
+                               token_id_encoder)
 from genre_tf.files import read_json, staging_folder, write_json, write_text
 from genre_tf.images import decode_posters
 from genre_tf.models import build_model
@@ -108,8 +109,8 @@ def serving_parts(run_dir: str, config: TrainConfig, record: dict, token_ids: bo
             text_encoder = model.get_layer("text_encoder") if PLOT in model.input_names else build_text_encoder(
                 config.text)
         if uses_poster(config.model):
-            poster_encoder = (model.get_layer("poster_encoder") if POSTER in model.input_names
-                              else build_poster_encoder(config.poster))
+            poster_encoder = for_inference(model.get_layer("poster_encoder") if POSTER in model.input_names
+                                           else build_poster_encoder(config.poster))
         head = head_of(model, config, len(genres), text_dim=record["feature_dims"].get(PLOT_EMBEDDING, 384),
                        poster_dim=record["feature_dims"].get(POSTER_FEATURES, 1))
         if token_ids and text_encoder is not None:

@@ -181,13 +181,13 @@ def _poster_network(backbone: str, image_size: int, policy: str):
     import tf_keras as keras
 
     from genre_tf.config import PosterEncoderConfig
-    from genre_tf.efficientnet import build_efficientnet_lite0, load_lite0_state_dict
+    from genre_tf.efficientnet import build_efficientnet_lite0, fold_batch_norms, load_lite0_state_dict
     from genre_tf.encoders import load_backbone
 
     keras.mixed_precision.set_global_policy(policy)
     try:
-        if backbone == "efficientnet_lite0":
-            return build_efficientnet_lite0(image_size=image_size, state_dict=load_lite0_state_dict())
+        if backbone == "efficientnet_lite0":  # folded, as feature extraction and serving run it
+            return fold_batch_norms(build_efficientnet_lite0(image_size=image_size, state_dict=load_lite0_state_dict()))
         return load_backbone(PosterEncoderConfig(backbone=backbone, weights="random", image_size=image_size))
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -23,7 +23,7 @@ from genre_tf.config import TrainConfig, apply_overrides, config_to_dict, fine_t
 from genre_tf.dataset import (PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, PreparedDataset, load_prepared,
                               make_dataset, raw_examples)
 from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_encoders, encoders_summary,
-                               poster_encoder_identity, resolve_backbone, text_encoder_identity)
+                               for_inference, poster_encoder_identity, resolve_backbone, text_encoder_identity)
 from genre_tf.features import load_or_compute, mean_features
 from genre_tf.files import atomic_path, cache_key, cache_root, read_json, sha256_of, write_json, write_text
 from genre_tf.losses import SoftF1Loss, WeightedBinaryCrossentropy, inverse_frequency_weights
@@ -161,7 +161,7 @@ def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> dict[str, 
     if uses_poster(config.model) and not config.poster.fine_tune_last_stage:
         key = cache_key(poster_encoder_identity(config.poster), prepared.fingerprint)
         caches[POSTER_FEATURES] = load_or_compute(
-            prepared, POSTER_FEATURES, key, lambda: build_poster_encoder(config.poster), "poster",
+            prepared, POSTER_FEATURES, key, lambda: for_inference(build_poster_encoder(config.poster)), "poster",
             image_size=config.poster.image_size)
     if uses_text(config.model) and not fine_tunes_text(config.model):
         key = cache_key(text_encoder_identity(config.text), prepared.fingerprint)

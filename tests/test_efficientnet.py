@@ -389,3 +389,20 @@ def test_wrong_conventions_would_fail_the_reference_check(state_dict, wrong):
     misses = [abs(numpy_lite0(state_dict, photo(name), **settings)[2][index] - reference)
               for name, references in REFERENCE_PROBABILITIES.items() for index, reference in references.items()]
     assert max(misses) > 3 * REFERENCE_TOLERANCE
+
+
+def test_folded_batch_norms_match_the_numpy_reference_on_natural_photos(classifier, numpy_photos):
+    import tf_keras as keras
+
+    folded = efficientnet.fold_batch_norms(classifier[0])
+    names = [layer.name for layer in folded.layers]
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert len(efficientnet.conv_batch_norm_pairs()) == 49 and all(
+        folded.get_layer(conv).use_bias for conv, _ in efficientnet.conv_batch_norm_pairs())
+    channels = sum(classifier[0].get_layer(bn).get_weights()[0].size for _, bn in efficientnet.conv_batch_norm_pairs())
+    # Each BatchNorm's 4 numbers per channel (gamma, beta, mean, variance) become 1 bias in its conv.
+    assert "fc" in names and folded.count_params() == classifier[0].count_params() - 3 * channels
+    features = keras.Model(folded.input, folded.get_layer("features").output)
+    for name, (want_features, _, want_probabilities) in numpy_photos.items():
+        np.testing.assert_allclose(features(photo(name)[None]).numpy()[0], want_features, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(folded(photo(name)[None]).numpy()[0], want_probabilities, atol=1e-5, rtol=0)
