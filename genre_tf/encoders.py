@@ -11,6 +11,7 @@ from genre_tf.config import ModelConfig, PosterEncoderConfig, TextEncoderConfig,
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
 from genre_tf.files import atomic_path, cache_root, sha256_of, short_digest
 from genre_tf.minilm import WEIGHTS_SHA256, minilm_handles
+from genre_tf.precision import keras_policy
 
 RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RESNET50_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_NOTOP
@@ -145,7 +146,8 @@ def describe_poster_encoder(config: PosterEncoderConfig) -> dict:
             raise ValueError("poster.backbone=efficientnet_lite0 takes poster.weights=imagenet or random")
         weights = LITE0_WEIGHTS
     return {"backbone": backbone, "weights": weights, "image_size": config.image_size,
-            "feature_dim": FEATURE_DIMS[backbone], "identity": poster_encoder_identity(config)}
+            "precision": config.precision, "feature_dim": FEATURE_DIMS[backbone],
+            "identity": poster_encoder_identity(config)}
 
 
 def poster_encoder_identity(config: PosterEncoderConfig) -> str:
@@ -159,7 +161,8 @@ def poster_encoder_identity(config: PosterEncoderConfig) -> str:
         from genre_tf.efficientnet import lite0_weights_path
 
         weights = short_digest(lite0_weights_path())
-    return f"{backbone}-{weights}-{config.image_size}"
+    precision = "" if config.precision == "float32" else f"-{config.precision}"  # float32 caches keep their keys
+    return f"{backbone}-{weights}-{config.image_size}{precision}"
 
 
 @functools.cache
@@ -212,7 +215,8 @@ def last_stage(layer_name: str, backbone: str) -> bool:
 def build_poster_encoder(config: PosterEncoderConfig, trainable: bool = False) -> keras.Model:
     """poster (uint8 [size, size, 3]) -> poster_features: the backbone with its own preprocessing inside."""
     backbone = resolve_backbone(config)
-    network = load_backbone(config)
+    with keras_policy(config.precision):
+        network = load_backbone(config)
     network.trainable = trainable or config.fine_tune_last_stage
     if config.fine_tune_last_stage and not trainable:
         for layer in _all_layers(network):

@@ -85,8 +85,9 @@ def _load_bert_folder(model_dir: str, expected_sha256: str = "", precision: str 
 
     With precision bfloat16 its layers compute in bfloat16 over float32 weights (Keras' mixed_bfloat16).
     """
-    import tf_keras as keras
     from safetensors.numpy import load_file
+
+    from genre_tf.precision import keras_policy
 
     weights = os.path.join(model_dir, "model.safetensors")
     if expected_sha256 and sha256_of(weights) != expected_sha256:
@@ -94,12 +95,8 @@ def _load_bert_folder(model_dir: str, expected_sha256: str = "", precision: str 
                            f"the package is damaged or another version; {INSTALL_HINT}")
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as handle:
         shape = shape_from_config(json.load(handle))
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    try:
+    with keras_policy(precision):
         encoder = build_bert_encoder(shape)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     load_hf_weights(encoder, load_file(weights), shape.num_layers)
     return encoder
 

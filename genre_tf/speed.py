@@ -68,17 +68,15 @@ def rate_row(what: str, batch: int, seconds_per_call: float, flops_per_example: 
 def training_step(config, steps: int = 6, warmup: int = 2, min_seconds: float = 5.0) -> dict:
     """Training seconds per batch of one model (the step fit runs), its input pipeline's alone, and its FLOPs."""
     import tensorflow as tf
-    import tf_keras as keras
 
     from genre_tf.dataset import make_dataset
     from genre_tf.flops import model_flops
-    from genre_tf.training import build_for_training, feature_caches, open_dataset, split_labels
+    from genre_tf.training import build_for_training, feature_caches, open_dataset, precision_policy, split_labels
 
     prepared = open_dataset(config)
     caches = feature_caches(config, prepared) if config.feature_cache else {}
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
-    model = build_for_training(config, prepared, split_labels(prepared, "train")["labels"], caches)
-    keras.mixed_precision.set_global_policy("float32")
+    with precision_policy(config):
+        model = build_for_training(config, prepared, split_labels(prepared, "train")["labels"], caches)
     dataset = make_dataset(prepared, "train", config.batch_size, training=True, input_names=list(model.input_names),
                            image_size=config.poster.image_size, feature_caches=caches, seed=0).repeat()
     batches = iter(dataset)
@@ -112,9 +110,16 @@ SPEED_MODELS = [  # (label, extra options); feature caches on and off for each
 
 
 def training_rows(data: str, overrides: Sequence[str], peak: dict[str, float]) -> list[dict]:
-    """A row per model and feature-cache setting: training and input-pipeline examples/s, against the peak."""
+    """A row per model and feature-cache setting: training and input-pipeline examples/s, against the peak.
+
+    On a GPU the models train in mixed float16 with XLA (each can be overridden), against the float16 peak.
+    """
+    import tensorflow as tf
+
     from genre_tf.config import load_config
 
+    if tf.config.list_physical_devices("GPU"):
+        overrides = ["mixed_precision=true", "xla=true", *overrides]
     rows = []
     for label, extra in SPEED_MODELS:
         for cached in (True, False):
@@ -140,6 +145,11 @@ def serving_rows(run_dir: str, peak: dict[str, float], calls: int = 40) -> list[
     config = load_run_config(run_dir)
     plots, posters = raw_examples(open_dataset(config), "test", limit=32)
     parts = serving_parts(run_dir, config, serving_files(run_dir)[0])
+    precisions = {f"{branch} {precision}" for branch, precision, used in (
+        ("text", config.text.precision, parts.text_encoder), ("poster", config.poster.precision, parts.poster_encoder))
+        if used is not None}
+    dtype = ", ".join(sorted(precisions))
+    top = "bfloat16" if "bfloat16" in dtype else "float32"  # held against the faster peak it can use
     base = tempfile.mkdtemp(prefix="genre_tf_serving_bench_")
     try:
         serve = tf.saved_model.load(export_run(run_dir, base)).signatures["serving_default"]
@@ -150,8 +160,8 @@ def serving_rows(run_dir: str, peak: dict[str, float], calls: int = 40) -> list[
                      for _ in range(3 + (calls if batch == 1 else max(5, calls // 8)))][3:]
             tokens = encoded_tokens(parts.text_encoder, inputs["plot"])
             rows.append(rate_row(f"serving {config.model.kind} (plot + poster bytes)", batch,
-                                 float(np.median(times)), served_flops(parts, tokens), peak["float32"],
-                                 p95_ms=float(np.percentile(times, 95) * 1000), tokens=tokens))
+                                 float(np.median(times)), served_flops(parts, tokens), peak[top],
+                                 p95_ms=float(np.percentile(times, 95) * 1000), tokens=tokens, dtype=dtype))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return rows
@@ -175,32 +185,25 @@ def served_flops(parts, tokens: int) -> int:
     return sum(model_flops(model, tokens).forward for model in models)
 
 
-def _poster_network(backbone: str, image_size: int, policy: str):
-    """A poster backbone (Lite0 with its ImageNet weights, ResNet50 with random ones: speed does not depend on
-    them) built under a Keras precision policy."""
-    import tf_keras as keras
-
+def _poster_network(backbone: str, image_size: int, precision: str):
+    """A poster encoder as feature extraction and serving run it (uint8 posters in). ResNet50 has random
+    weights: its speed does not depend on them, and its ImageNet file may be absent."""
     from genre_tf.config import PosterEncoderConfig
-    from genre_tf.efficientnet import build_efficientnet_lite0, fold_batch_norms, load_lite0_state_dict
-    from genre_tf.encoders import load_backbone
+    from genre_tf.encoders import build_poster_encoder, for_inference
 
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        if backbone == "efficientnet_lite0":  # folded, as feature extraction and serving run it
-            return fold_batch_norms(build_efficientnet_lite0(image_size=image_size, state_dict=load_lite0_state_dict()))
-        return load_backbone(PosterEncoderConfig(backbone=backbone, weights="random", image_size=image_size))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    weights = "imagenet" if backbone == "efficientnet_lite0" else "random"
+    return for_inference(build_poster_encoder(PosterEncoderConfig(backbone=backbone, weights=weights,
+                                                                  image_size=image_size, precision=precision)))
 
 
-def _text_network(policy: str):
-    """all-MiniLM-L6-v2 as a Keras BERT (token ids in) built under a Keras precision policy."""
+def _text_network(precision: str):
+    """all-MiniLM-L6-v2 as a Keras BERT (token ids in) computing in `precision`."""
     from genre_tf.minilm import load_minilm_encoder
 
-    return load_minilm_encoder("bfloat16" if policy == "mixed_bfloat16" else "float32")
+    return load_minilm_encoder(precision)
 
 
-POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+PRECISIONS = ("float32", "bfloat16")
 
 
 def encoder_rows(peak: dict[str, float], image_size: int = 224, seq_length: int = 128, calls: int = 9) -> list[dict]:
@@ -210,12 +213,12 @@ def encoder_rows(peak: dict[str, float], image_size: int = 224, seq_length: int 
     from genre_tf.flops import model_flops
 
     rng, rows = np.random.default_rng(0), []
-    networks = [(f"{backbone} features, {image_size} px", lambda policy, backbone=backbone:
-                 _poster_network(backbone, image_size, policy)) for backbone in ("efficientnet_lite0", "resnet50")]
+    networks = [(f"{backbone} features, {image_size} px", lambda precision, backbone=backbone:
+                 _poster_network(backbone, image_size, precision)) for backbone in ("efficientnet_lite0", "resnet50")]
     networks.append((f"MiniLM-L6 embedding, {seq_length} tokens", _text_network))
     for label, build in networks:
-        for dtype, policy in POLICIES.items():
-            network = build(policy)
+        for dtype in PRECISIONS:
+            network = build(dtype)
             run = tf.function(lambda inputs, network=network: network(inputs, training=False))
             flops = model_flops(network, seq_length).forward
             for batch in (1, 32):
@@ -223,7 +226,7 @@ def encoder_rows(peak: dict[str, float], image_size: int = 224, seq_length: int 
                     inputs = {name: tf.ones([batch, seq_length], tf.int32)
                               for name in ("input_word_ids", "input_mask", "input_type_ids")}
                 else:
-                    inputs = tf.constant(rng.uniform(0, 255, (batch, image_size, image_size, 3)), tf.float32)
+                    inputs = tf.constant(rng.integers(0, 256, (batch, image_size, image_size, 3)), tf.uint8)
                 seconds = median_seconds(lambda inputs=inputs, run=run: tf.nest.map_structure(
                     lambda t: t.numpy(), run(inputs)), calls)
                 rows.append(rate_row(label, batch, seconds, flops, peak[dtype], dtype=dtype))
@@ -249,7 +252,8 @@ def _fine_tuning_row(peak: dict[str, float], seq_length: int, calls: int) -> dic
                     model_flops(model, seq_length).train_step, peak["float32"], dtype="float32")
 
 
-def speed(data: str = "demo", overrides: Sequence[str] = (), serve_run: str = "", encoders: bool = True) -> dict:
+def speed(data: str = "demo", overrides: Sequence[str] = (), serve_runs: Sequence[str] = (),
+          encoders: bool = True) -> dict:
     """The matmul peaks, then training, encoder and serving rows measured against them, and peak memory."""
     print("speed: measuring the matmul peaks", flush=True)
     peak = peaks()
@@ -258,10 +262,10 @@ def speed(data: str = "demo", overrides: Sequence[str] = (), serve_run: str = ""
     if encoders:
         print("speed: each encoder alone", flush=True)
         result["encoders"] = encoder_rows(peak)
-    if serve_run:
-        print(f"speed: serving {serve_run}", flush=True)
-        result["serving"] = serving_rows(serve_run, peak)
-        result["serve_run"] = serve_run
+    result["serving"] = []
+    for run_dir in serve_runs:
+        print(f"speed: serving {run_dir}", flush=True)
+        result["serving"].append({"run_dir": run_dir, "rows": serving_rows(run_dir, peak)})
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 
@@ -291,10 +295,10 @@ def speed_markdown(result: dict) -> str:
                  f"{row['pipeline_examples_per_s']:.0f}" for row in result["training"]) + " examples/s."]
     if "encoders" in result:
         lines += ["", "### Encoders alone", "", rows_markdown(result["encoders"])]
-    if "serving" in result:
-        one, batch = result["serving"]
-        lines += ["", f"### Serving (`{result['serve_run']}`, SavedModel loaded in process)", "",
-                  rows_markdown(result["serving"]),
+    for served in result.get("serving", []):
+        one, batch = served["rows"]
+        lines += ["", f"### Serving `{served['run_dir']}` (its SavedModel, loaded in process)", "",
+                  rows_markdown(served["rows"]),
                   f"Plots run at {one['tokens']} tokens at batch 1 and {batch['tokens']} at batch 32 (padding "
                   "trimmed to the longest plot, rounded up to 16). "
                   f"Batch 1: p50 {one['ms_per_call']:.1f} ms, p95 {one['p95_ms']:.1f} ms. Per example at batch 32: "

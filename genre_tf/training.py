@@ -29,6 +29,7 @@ from genre_tf.files import atomic_path, cache_key, cache_root, read_json, sha256
 from genre_tf.losses import SoftF1Loss, WeightedBinaryCrossentropy, inverse_frequency_weights
 from genre_tf.metrics import f1_scores, tune_thresholds
 from genre_tf.models import build_model
+from genre_tf.precision import keras_policy
 from genre_tf.split import frequency_table, multi_hot, oversample_counts
 
 FINAL = "final.json"
@@ -201,15 +202,9 @@ def make_loss(config: TrainConfig, train_labels: np.ndarray) -> keras.losses.Los
     return WeightedBinaryCrossentropy(None, name="bce")
 
 
-@contextlib.contextmanager
 def precision_policy(config: TrainConfig):
     """Build layers under the run's float policy (mixed_float16 or float32), then give the global one back."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    return keras_policy("float16" if config.mixed_precision else "float32")
 
 
 def build_network(config: TrainConfig, num_genres: int, cached_dims: dict[str, int],

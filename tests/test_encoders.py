@@ -250,3 +250,21 @@ def test_padding_is_trimmed_without_changing_the_embeddings():
         ids = encoder.get_layer("preprocessor")(plots)  # all 128 tokens, padding included
         untrimmed = pool_encoder_outputs(encoder.get_layer("bert_encoder")(ids), ids["input_mask"], "mean")
         np.testing.assert_allclose(encoder(plots).numpy(), untrimmed.numpy(), atol=2e-6)
+
+
+def test_bfloat16_poster_features_are_close_and_keyed_apart():
+    from genre_tf.encoders import for_inference, poster_encoder_identity
+
+    posters = tf.constant(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)), tf.uint8)
+    configs = {p: PosterEncoderConfig(backbone="efficientnet_lite0", image_size=64, precision=p)
+               for p in ("float32", "bfloat16")}
+    encoders = {p: for_inference(build_poster_encoder(config)) for p, config in configs.items()}
+    network = encoders["bfloat16"].get_layer("efficientnet_lite0")
+    assert network.get_layer("conv_stem").compute_dtype == "bfloat16"  # folding kept the precision
+    features = {p: encoder(posters).numpy() for p, encoder in encoders.items()}
+    assert features["bfloat16"].dtype == np.float32
+    cosine = np.sum(features["float32"] * features["bfloat16"], axis=1) / (
+        np.linalg.norm(features["float32"], axis=1) * np.linalg.norm(features["bfloat16"], axis=1))
+    assert cosine.min() > 0.99 and not np.allclose(features["float32"], features["bfloat16"], atol=1e-3)
+    identity = poster_encoder_identity(configs["float32"])
+    assert poster_encoder_identity(configs["bfloat16"]) == identity + "-bfloat16"

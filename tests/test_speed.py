@@ -36,7 +36,8 @@ def test_the_report_states_the_batch_1_ratio():
     training = [rate_row("training poster", 32, 0.1, 10**6, 100.0, feature_cache=True, pipeline_examples_per_s=900.0)]
     serving = [rate_row("serving integrated", 1, 0.030, 10**9, 100.0, p95_ms=40.0, tokens=48),
                rate_row("serving integrated", 32, 0.480, 10**9, 100.0, p95_ms=500.0, tokens=64)]
-    text = speed_markdown({"peak_gflops": peak, "training": training, "serving": serving, "serve_run": "runs/x",
+    served = [{"run_dir": "runs/x", "rows": serving}]
+    text = speed_markdown({"peak_gflops": peak, "training": training, "serving": served,
                            "peak_rss_mib": 1000.0, "peak_rss_mib_after_training": 900.0})
     assert "float32 100 GFLOP/s, bfloat16 200 GFLOP/s" in text
     assert "| serving integrated | float32 | 1 | 33.3 | 30.0 | 1 | 33.3 | 33% |" in text
