@@ -94,7 +94,7 @@ def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "
     from genre_tf.evaluation import check_same_split, evaluate_run, table3_row
     from genre_tf.files import read_json
     from genre_tf.config import fine_tunes_text
-    from genre_tf.training import train
+    from genre_tf.training import load_run_config, train
 
     runs_root = runs_root or os.path.join("runs", f"table3-{datetime.date.today().isoformat()}")
     floors, rows = reference_rows(data, overrides)
@@ -107,7 +107,7 @@ def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "
                 config = _config(data, kind, oversample, run_dir, [*QUICK, *overrides])
             print(f"\n=== table3: {kind}, oversampling {'yes' if oversample else 'no'} ===", flush=True)
             finished = os.path.exists(os.path.join(run_dir, "final.json"))
-            if finished and read_json(os.path.join(run_dir, "config.json")) == config_to_dict(config):
+            if finished and config_to_dict(load_run_config(run_dir)) == config_to_dict(config):
                 print(f"reusing the finished run {run_dir}")
             else:
                 if os.path.exists(run_dir):

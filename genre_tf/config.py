@@ -39,7 +39,7 @@ class TextEncoderConfig:
     seq_length: int = 128        # tokens per plot, [CLS] and [SEP] included (the paper's 128)
     pooling: str = "mean"        # mean (masked mean of sequence_output) | pooled (pooled_output)
     # The offline MiniLM's compute dtype. bfloat16 embeds batches 1.3-1.4x faster on CPUs with AVX512_BF16,
-    # test F1 within 0.5 points (README, "Speed"); no faster at batch 1, slower without native bfloat16.
+    # test F1 within 0.5 points (README, "Speed"); much slower on hardware without native bfloat16.
     precision: str = "float32"   # float32 | bfloat16
 
 
@@ -54,7 +54,8 @@ class PosterEncoderConfig:
     image_size: int = 224
     fine_tune_last_stage: bool = False  # train the last stage jointly (the paper's proposed next step)
     # The backbone's compute dtype for feature extraction and serving. bfloat16 extracts Lite0 features
-    # 1.75-2.4x faster at batch 32 on CPUs with AVX512_BF16, test F1 within 0.2 points (README, "Speed").
+    # 1.75-2.4x faster at batch 32 on CPUs with AVX512_BF16, test F1 within 0.2 points, but slower at
+    # batch 1 (README, "Speed").
     precision: str = "float32"   # float32 | bfloat16
     seed: int = 0                # for random weights, which are saved once so every process sees the same
 

@@ -1,4 +1,5 @@
 """The paper's two branches: a TF-Hub BERT text encoder and an ImageNet CNN poster encoder."""
+import contextlib
 import functools
 import os
 
@@ -70,8 +71,11 @@ def trim_padding(ids: dict) -> dict:
     rounding, while a request of short plots skips the work on padding (the median real plot is 61
     of 128 tokens).
     """
-    longest = tf.maximum(tf.reduce_max(tf.reduce_sum(ids["input_mask"], axis=1)), 1)
-    length = tf.minimum((longest + TRIM_MULTIPLE - 1) // TRIM_MULTIPLE * TRIM_MULTIPLE, tf.shape(ids["input_mask"])[1])
+    mask = ids["input_mask"]
+    # The last real token + 1, so a left-padded or gapped mask (token-id clients) keeps every real token.
+    ends = tf.where(mask > 0, tf.range(1, tf.shape(mask)[1] + 1)[None, :], 0)
+    longest = tf.maximum(tf.reduce_max(ends), 1)
+    length = tf.minimum((longest + TRIM_MULTIPLE - 1) // TRIM_MULTIPLE * TRIM_MULTIPLE, tf.shape(mask)[1])
     return {name: value[:, :length] for name, value in ids.items()}
 
 
@@ -145,9 +149,9 @@ def describe_poster_encoder(config: PosterEncoderConfig) -> dict:
         if config.weights != "imagenet":
             raise ValueError("poster.backbone=efficientnet_lite0 takes poster.weights=imagenet or random")
         weights = LITE0_WEIGHTS
-    return {"backbone": backbone, "weights": weights, "image_size": config.image_size,
-            "precision": config.precision, "feature_dim": FEATURE_DIMS[backbone],
-            "identity": poster_encoder_identity(config)}
+    precision = {} if config.precision == "float32" else {"precision": config.precision}  # as for text
+    return {"backbone": backbone, "weights": weights, "image_size": config.image_size, **precision,
+            "feature_dim": FEATURE_DIMS[backbone], "identity": poster_encoder_identity(config)}
 
 
 def poster_encoder_identity(config: PosterEncoderConfig) -> str:
@@ -215,7 +219,8 @@ def last_stage(layer_name: str, backbone: str) -> bool:
 def build_poster_encoder(config: PosterEncoderConfig, trainable: bool = False) -> keras.Model:
     """poster (uint8 [size, size, 3]) -> poster_features: the backbone with its own preprocessing inside."""
     backbone = resolve_backbone(config)
-    with keras_policy(config.precision):
+    # float32 keeps the policy the model is built under (mixed_float16 when training in mixed precision).
+    with keras_policy(config.precision) if config.precision != "float32" else contextlib.nullcontext():
         network = load_backbone(config)
     network.trainable = trainable or config.fine_tune_last_stage
     if config.fine_tune_last_stage and not trainable:
@@ -258,8 +263,10 @@ def describe_encoders(model: ModelConfig, text: TextEncoderConfig, poster: Poste
     info = {}
     if uses_text(model):
         info["text"] = {"encoder": text.encoder or MINILM_NAME, "preprocessor": text.preprocessor or MINILM_NAME,
-                        "seq_length": text.seq_length, "pooling": text.pooling, "precision": text.precision,
+                        "seq_length": text.seq_length, "pooling": text.pooling,
                         "fine_tuned": fine_tunes_text(model)}
+        if text.precision != "float32":  # recorded only when set, so runs from before the option still resume
+            info["text"]["precision"] = text.precision
     if uses_poster(model):
         info["poster"] = describe_poster_encoder(poster)
     return info

@@ -11,6 +11,7 @@ from genre_tf.config import MIN_POSTER_SIDE
 
 MAX_POSTER_BYTES = 20 * 1024 * 1024  # a poster file larger than this is refused without reading it all
 MAX_POSTER_PIXELS = 40_000_000        # width x height; decoding more would cost gigabytes for one poster
+MAX_JPEG_MARKERS = 1024                # markers walked before a JPEG's frame header; real ones have dozens
 MAX_BATCH = 2 ** 31 - 1               # a batch size no request reaches: one tf.data batch holds a whole request
 
 # Pillow's own decompression-bomb guard (an error at twice the limit, when a file is opened) uses the same limit.
@@ -209,23 +210,30 @@ def _jpeg_frame(poster_bytes):
     """
     import tensorflow as tf
 
-    data = tf.concat([tf.cast(tf.io.decode_raw(poster_bytes, tf.uint8), tf.int64), tf.zeros([16], tf.int64)], 0)
+    bytes_ = tf.cast(tf.io.decode_raw(poster_bytes, tf.uint8), tf.int64)
+    data = tf.concat([bytes_, tf.zeros([16], tf.int64)], 0)
     length = tf.cast(tf.strings.length(poster_bytes), tf.int64)
+    marks = tf.concat([tf.where(tf.equal(bytes_, 0xFF))[:, 0], [length]], 0)  # where each 0xFF is, then the end
 
     def step(position, size):  # every step moves forward: the walk ends
         window = tf.gather(data, tf.minimum(position, length) + tf.range(9, dtype=tf.int64))
-        marker = tf.where(tf.equal(window[0], 0xFF), window[1], -1)  # -1: a stray byte, skipped as libjpeg does
+        marker = tf.where(tf.equal(window[0], 0xFF), window[1], -1)  # -1: stray bytes, skipped as libjpeg does
         frame = (marker >= 0xC0) & (marker <= 0xCF) & (marker != 0xC4) & (marker != 0xC8) & (marker != 0xCC)
         standalone = ((marker >= 0xD0) & (marker <= 0xD8)) | tf.equal(marker, 0x01)
         no_frame = tf.equal(marker, 0xDA) | tf.equal(marker, 0xD9)  # a scan or the end before any frame header
-        following = tf.where((marker < 0) | tf.equal(marker, 0xFF) | tf.equal(marker, 0), position + 1,
-                             tf.where(standalone, position + 2, position + 2 + window[2] * 256 + window[3]))
+        next_mark = tf.gather(marks, tf.searchsorted(marks, tf.reshape(position + 1, [1]))[0])  # skips a stray run
+        following = tf.where(marker < 0, next_mark,
+                             tf.where(tf.equal(marker, 0xFF) | tf.equal(marker, 0), position + 1,
+                                      tf.where(standalone, position + 2, position + 2 + window[2] * 256 + window[3])))
         size = tf.where(frame, tf.stack([window[7] * 256 + window[8], window[5] * 256 + window[6]]), size)
         return tf.where(frame | no_frame, length, following), size
 
     def walk():
+        # A real JPEG has a few dozen segments before its frame header; a file of tiny segments meant to
+        # stall the walk stops after MAX_JPEG_MARKERS with no size, so it is refused as no poster.
         return tf.while_loop(lambda position, _: position < length, step,
-                             (tf.constant(2, tf.int64), tf.zeros([2], tf.int64)))[1]
+                             (tf.constant(2, tf.int64), tf.zeros([2], tf.int64)),
+                             maximum_iterations=MAX_JPEG_MARKERS)[1]
 
     return tf.function(walk)() if tf.executing_eagerly() else walk()
 

@@ -111,7 +111,7 @@ def prepare_run_dir(config: TrainConfig, prepared: PreparedDataset) -> str:
     config_path = os.path.join(run_dir, "config.json")
     encoders = describe_encoders(config.model, config.text, config.poster)
     if os.path.exists(config_path):
-        if read_json(config_path) != config_to_dict(config):
+        if config_to_dict(load_run_config(run_dir)) != config_to_dict(config):  # options added since: defaults
             raise ValueError(f"{run_dir} holds a run with another config; choose another run_dir")
         recorded = read_json(os.path.join(run_dir, "encoders.json"))
         if recorded != encoders:

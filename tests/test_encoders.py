@@ -268,3 +268,24 @@ def test_bfloat16_poster_features_are_close_and_keyed_apart():
     assert cosine.min() > 0.99 and not np.allclose(features["float32"], features["bfloat16"], atol=1e-3)
     identity = poster_encoder_identity(configs["float32"])
     assert poster_encoder_identity(configs["bfloat16"]) == identity + "-bfloat16"
+
+
+def test_a_float32_poster_backbone_follows_the_mixed_precision_policy_it_is_built_under():
+    from genre_tf.precision import keras_policy
+
+    with keras_policy("float16"):  # what training.precision_policy sets for mixed_precision=true
+        encoder = build_poster_encoder(PosterEncoderConfig(backbone="efficientnet_lite0", image_size=32))
+    assert encoder.get_layer("efficientnet_lite0").get_layer("conv_stem").compute_dtype == "float16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_trimming_keeps_every_real_token_of_a_left_padded_or_gapped_mask():
+    from genre_tf.encoders import trim_padding
+
+    mask = tf.constant([[0] * 40 + [1] * 20 + [0] * 68, [1] * 3 + [0] * 10 + [1] * 2 + [0] * 113])
+    ids = {"input_word_ids": mask * 7, "input_mask": mask, "input_type_ids": tf.zeros_like(mask)}
+    trimmed = trim_padding(ids)
+    assert trimmed["input_mask"].shape[1] == 64  # the last real token is the 60th, rounded up to 64
+    assert tf.reduce_sum(trimmed["input_mask"]).numpy() == tf.reduce_sum(mask).numpy()
+    empty = {name: tf.zeros([0, 128], tf.int32) for name in ids}
+    assert trim_padding(empty)["input_mask"].shape == (0, 16)

@@ -62,3 +62,20 @@ def test_jpeg_dimensions_come_from_the_frame_header_as_libjpeg_reads_it(progress
     for poster in (data, padded):
         assert poster_dimensions(tf.constant(poster)).numpy().tolist() == [37, 51, 37 * 51]
         assert tf.image.extract_jpeg_shape(poster).numpy().tolist() == [51, 37, 3]
+
+
+def test_a_jpeg_built_to_stall_the_header_walk_is_refused_quickly():
+    import time
+
+    jpeg = encoded("JPEG")
+    stray = jpeg[:20] + b"\x00" * 2_000_000 + jpeg[20:]  # 2 MB of stray bytes after the JFIF segment
+    tiny_segments = jpeg[:2] + b"\xff\xe0\x00\x02" * 200_000 + jpeg[2:]  # 200,000 empty segments
+    decode = tf.function(lambda p: decode_posters(p, 32))
+    decode(tf.constant([jpeg]))  # traced before the clock starts
+    started = time.perf_counter()
+    _, decoded = decode(tf.constant([stray, tiny_segments, jpeg]))
+    assert time.perf_counter() - started < 10  # each walked byte by byte took 60 s and more before
+    # Stray bytes are skipped as libjpeg skips them (it decodes this file, with a warning); more
+    # markers than any real JPEG has is no poster.
+    assert decoded.numpy().tolist() == [True, False, True]
+    assert poster_dimensions(tf.constant(stray)).numpy().tolist() == [40, 50, 2000]

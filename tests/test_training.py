@@ -279,3 +279,17 @@ def test_exponent_floats_without_a_dot_are_floats():
     assert config.learning_rate == 1e-5 and config.model.dropout == 0.25
     with pytest.raises(ValueError, match="learning_rate must be float, got 'fast'"):
         load_config(overrides=["learning_rate=fast"])
+
+
+def test_a_run_from_before_the_precision_options_is_still_the_same_run(tiny_config, capsys):
+    config = tiny_config("poster")
+    run_dir = train(config)
+    recorded = read_json(os.path.join(run_dir, "config.json"))
+    assert "precision" not in read_json(os.path.join(run_dir, "encoders.json"))["poster"]  # float32 is not written
+    for section in ("text", "poster"):
+        del recorded[section]["precision"]  # as config.json was written before text/poster.precision existed
+    write_json(os.path.join(run_dir, "config.json"), recorded)
+    capsys.readouterr()
+    assert train(config) == run_dir and "is finished already" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="holds a run with another config"):
+        train(tiny_config("poster", "poster.precision=bfloat16"))
