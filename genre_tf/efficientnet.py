@@ -118,16 +118,12 @@ def fold_batch_norms(model):
     """
     import numpy as np
 
-    import tf_keras as keras
+    from genre_tf.precision import keras_policy, precision_of
 
     image_size = model.input.shape[1]
     include_top = "fc" in [layer.name for layer in model.layers]
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(model.get_layer("conv_stem").dtype_policy)  # bfloat16 stays bfloat16
-    try:
+    with keras_policy(precision_of(model.get_layer("conv_stem"))):  # a bfloat16 network stays bfloat16
         folded = build_efficientnet_lite0(image_size, include_top=include_top, name=model.name, folded=True)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     for conv_name, bn_name in conv_batch_norm_pairs():
         gamma, beta, mean, variance = model.get_layer(bn_name).get_weights()
         scale = gamma / np.sqrt(variance + BN_EPSILON)

@@ -19,8 +19,8 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def median_seconds(function, calls: int, warmup: int = 2) -> float:
-    """The median wall time of `calls` calls after `warmup` untimed ones."""
+def call_times(function, calls: int, warmup: int = 2) -> list[float]:
+    """The wall time of each of `calls` calls, after `warmup` untimed ones."""
     for _ in range(warmup):
         function()
     times = []
@@ -28,7 +28,12 @@ def median_seconds(function, calls: int, warmup: int = 2) -> float:
         started = time.perf_counter()
         function()
         times.append(time.perf_counter() - started)
-    return float(np.median(times))
+    return times
+
+
+def median_seconds(function, calls: int, warmup: int = 2) -> float:
+    """The median wall time of `calls` calls after `warmup` untimed ones."""
+    return float(np.median(call_times(function, calls, warmup)))
 
 
 def matmul_peak(dtype: str = "float32", size: int = PEAK_SIZE, calls: int = 5) -> float:
@@ -37,15 +42,8 @@ def matmul_peak(dtype: str = "float32", size: int = PEAK_SIZE, calls: int = 5) -
 
     a, b = (tf.cast(tf.random.stateless_normal([size, size], seed=[seed, 0]), dtype) for seed in (1, 2))
     multiply = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)[:1, :1]))  # the sync reads one value
-    multiply(a, b).numpy()
-    best = min(_timed(lambda: multiply(a, b).numpy()) for _ in range(calls))
+    best = min(call_times(lambda: multiply(a, b).numpy(), calls, warmup=1))
     return 2 * size ** 3 / best / 1e9
-
-
-def _timed(function) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
 
 
 def peaks() -> dict[str, float]:
@@ -156,8 +154,8 @@ def serving_rows(run_dir: str, peak: dict[str, float], calls: int = 40) -> list[
         rows = []
         for batch in (1, 32):
             inputs = dict(plot=tf.constant((plots * 32)[:batch]), poster=tf.constant((posters * 32)[:batch]))
-            times = [_timed(lambda inputs=inputs: serve(**inputs)["probabilities"].numpy())
-                     for _ in range(3 + (calls if batch == 1 else max(5, calls // 8)))][3:]
+            times = call_times(lambda inputs=inputs: serve(**inputs)["probabilities"].numpy(),
+                               calls if batch == 1 else max(5, calls // 8), warmup=3)
             tokens = encoded_tokens(parts.text_encoder, inputs["plot"])
             rows.append(rate_row(f"serving {config.model.kind} (plot + poster bytes)", batch,
                                  float(np.median(times)), served_flops(parts, tokens), peak[top],
