@@ -1,7 +1,7 @@
 """Evaluate trained runs: metrics on dev and test, dev-tuned thresholds, pictures, report.md.
 
     python evaluate.py runs/synthetic-demo-integrated
-    python evaluate.py runs/*/ --table        # the paper's Table 3 across runs on the same split
+    python evaluate.py runs/*/ --table        # Table 3 across runs on one split: 95% intervals, paired differences
 
 Writes report.md, metrics.json and PNGs (co-occurrence, per-genre F1, F1 by decade, PR curves) into
 each run directory, and images and PR curves into its TensorBoard logs.
@@ -17,15 +17,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--table", action="store_true",
-                        help="print Table 3 across the runs (reusing each run's metrics.json when present)")
+                        help="print Table 3 across the runs (reusing each run's metrics.json when present): each "
+                             "row's 95%% interval and its paired difference with the best row and the best floor; "
+                             "runs that differ only in seed form one row (mean and spread)")
     args = parser.parse_args(argv)
-    from genre_tf.evaluation import comparison_table, evaluate_run, read_json
+    from genre_tf.evaluation import PREDICTIONS, comparison_table, evaluate_run, read_json
 
     all_metrics = []
     try:
         for run_dir in args.runs:
             existing = os.path.join(run_dir, "metrics.json")
-            if args.table and os.path.exists(existing):
+            if args.table and os.path.exists(existing) and os.path.exists(os.path.join(run_dir, PREDICTIONS)):
                 all_metrics.append(read_json(existing))
                 continue
             metrics = evaluate_run(run_dir)
@@ -35,7 +37,7 @@ def main(argv=None) -> int:
                   f"{test['tuned']['weighted_f1']:.4f} with dev-tuned thresholds; "
                   f"report: {os.path.join(run_dir, 'report.md')}")
         if args.table:
-            print(comparison_table(all_metrics))
+            print(comparison_table(args.runs, all_metrics))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -19,6 +19,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 
 KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
 QUICK = ["epochs=10", "patience=4"]
@@ -56,10 +58,12 @@ def _config(data: str, kind: str, oversample: bool, run_dir: str, overrides: Seq
 def reference_rows(data: str, overrides: Sequence[str] = ()):
     """The floors and the classic models (TF-IDF on plots, colour histograms on posters) on the data's split.
 
-    Returns (floor rows, classic rows) in genre_tf.baselines' row schema; classic rows carry `seconds`.
+    Returns (floor rows, classic rows, test labels) in genre_tf.baselines' row schema; classic rows carry
+    `seconds` and, for genre_tf.comparison, their tuned test `predictions`.
     """
     from genre_tf import baselines
     from genre_tf.dataset import split_plots, split_posters
+    from genre_tf.metrics import predict_labels
     from genre_tf.readers import SPLIT_NAMES
     from genre_tf.training import open_dataset, split_labels
 
@@ -77,66 +81,106 @@ def reference_rows(data: str, overrides: Sequence[str] = ()):
         inputs = {split: read(prepared, split) for split in SPLIT_NAMES}
         dev, test = fit(inputs["train"], labels["train"], inputs["dev"], labels["dev"], inputs["test"])
         row = baselines.score_probabilities(name, labels["dev"], dev, labels["test"], test, genres=prepared.genres)
-        classic.append(dict(row, seconds=round(time.time() - started, 1)))
-    return floors, classic
+        classic.append(dict(row, seconds=round(time.time() - started, 1),
+                            predictions=predict_labels(test, np.asarray(row["thresholds"]))[None]))
+    return floors, classic, labels["test"]
+
+
+def seed_counts(specs: Sequence[str], kinds: Sequence[str] = KINDS) -> dict[str, int]:
+    """--seeds values as seeds per kind: `3` for every kind, `text_finetuned=1` for one (later ones win)."""
+    counts = dict.fromkeys(kinds, 1)
+    for spec in specs:
+        kind, sep, number = spec.rpartition("=")
+        if not number.isdigit() or int(number) < 1 or (sep and kind not in KINDS):
+            raise ValueError(f"--seeds {spec!r}: give N or KIND=N with N >= 1 and KIND one of {', '.join(KINDS)}")
+        for name in ([kind] if sep else kinds):
+            counts[name] = int(number)
+    return counts
+
+
+def run_name(kind: str, oversample: bool, seed: int) -> str:
+    """A table row's run folder: kind[-os][-seedN]; seed 0 keeps the name of runs made before seeds."""
+    return f"{kind}{'-os' if oversample else ''}{f'-seed{seed}' if seed else ''}"
+
+
+def train_or_reuse(config) -> str:
+    """Train a run, or reuse the finished one in its folder when its config is the same; returns the folder."""
+    from genre_tf.config import config_to_dict
+    from genre_tf.training import load_run_config, train
+
+    run_dir = config.run_dir
+    finished = os.path.exists(os.path.join(run_dir, "final.json"))
+    if finished and config_to_dict(load_run_config(run_dir)) == config_to_dict(config):
+        print(f"reusing the finished run {run_dir}")
+        return run_dir
+    if os.path.exists(run_dir):
+        print(f"removing {run_dir}: unfinished, or trained with other options")
+        shutil.rmtree(run_dir)
+    return train(config)
 
 
 def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "", kinds: Sequence[str] = KINDS,
-           quick: bool = False) -> dict:
+           quick: bool = False, seeds: dict[str, int] | None = None) -> dict:
     """Train and evaluate every model with and without oversampling on one split; returns the table.
 
-    quick shortens the schedule of the models that fine-tune BERT (minutes per epoch on a CPU); heads
-    over cached features keep theirs (seconds per epoch). A finished row with the same config is
-    reused, so an interrupted table resumes.
+    Each model is trained with seeds 0..N-1 (`seeds`, per kind; default 1) and shown as the mean over seeds with
+    its spread, a 95% bootstrap interval and paired differences (genre_tf.comparison). quick shortens the
+    schedule of the models that fine-tune BERT (minutes per epoch on a CPU); heads over cached features keep
+    theirs (seconds per epoch). A finished run with the same config is reused, so an interrupted table resumes.
     """
     from genre_tf.baselines import lift_rows
-    from genre_tf.config import config_to_dict
-    from genre_tf.evaluation import check_same_split, evaluate_run, table3_row
-    from genre_tf.files import read_json
+    from genre_tf.comparison import add_uncertainty, group_seeds, without_arrays
     from genre_tf.config import fine_tunes_text
-    from genre_tf.training import load_run_config, train
+    from genre_tf.evaluation import check_same_split, evaluate_run, load_predictions, model_row
+    from genre_tf.files import read_json
 
     runs_root = runs_root or os.path.join("runs", f"table3-{datetime.date.today().isoformat()}")
-    floors, rows = reference_rows(data, overrides)
+    seeds = {kind: (seeds or {}).get(kind, 1) for kind in kinds}
+    floors, rows, test_labels = reference_rows(data, overrides)
     metrics_by_run = []
     for kind in kinds:
         for oversample in (False, True):
-            run_dir = os.path.join(runs_root, f"{kind}{'-os' if oversample else ''}")
-            config = _config(data, kind, oversample, run_dir, overrides)
-            if quick and fine_tunes_text(config.model):
-                config = _config(data, kind, oversample, run_dir, [*QUICK, *overrides])
-            print(f"\n=== table3: {kind}, oversampling {'yes' if oversample else 'no'} ===", flush=True)
-            finished = os.path.exists(os.path.join(run_dir, "final.json"))
-            if finished and config_to_dict(load_run_config(run_dir)) == config_to_dict(config):
-                print(f"reusing the finished run {run_dir}")
-            else:
-                if os.path.exists(run_dir):
-                    print(f"removing {run_dir}: unfinished, or trained with other options")
-                    shutil.rmtree(run_dir)
-                run_dir = train(config)
-            seconds = read_json(os.path.join(run_dir, "final.json"))["seconds"]  # the training loop's wall time
-            metrics = evaluate_run(run_dir)
-            rows.append(dict(table3_row(metrics), run_dir=run_dir, seconds=seconds))
-            metrics_by_run.append(metrics)
+            for seed in range(seeds[kind]):
+                options = [*overrides, f"seed={seed}"]
+                run_dir = os.path.join(runs_root, run_name(kind, oversample, seed))
+                config = _config(data, kind, oversample, run_dir, options)
+                if quick and fine_tunes_text(config.model):
+                    config = _config(data, kind, oversample, run_dir, [*QUICK, *options])
+                print(f"\n=== table3: {kind}, oversampling {'yes' if oversample else 'no'}, seed {seed} ===",
+                      flush=True)
+                run_dir = train_or_reuse(config)
+                seconds = read_json(os.path.join(run_dir, "final.json"))["seconds"]  # the training loop's wall time
+                metrics = evaluate_run(run_dir)
+                rows.append(dict(model_row(metrics, load_predictions(run_dir)), seconds=seconds, seed=seed))
+                metrics_by_run.append(metrics)
     check_same_split(metrics_by_run)
     first = metrics_by_run[0]
+    rows = lift_rows(group_seeds(rows), floors)
+    best = add_uncertainty(rows, floors, test_labels, first["genres"])
     return {"dataset": first["dataset"]["name"], "fingerprint": first["dataset"]["fingerprint"],
             "split_digest": first["split_digest"], "test_movies": first["splits"]["test"]["movies"],
             "genres": first["genres"], "encoders": read_json(os.path.join(rows[-1]["run_dir"], "encoders.json")),
-            "overrides": list(overrides), "quick": quick, "floors": floors, "rows": lift_rows(rows, floors)}
+            "overrides": list(overrides), "quick": quick, "seeds": seeds, "floors": floors,
+            "rows": without_arrays(rows), "best": {"model": best["model"], "oversampled": best.get("oversampled")}}
 
 
 def table3_markdown(table: dict) -> str:
     """Table 3 under its floors and classic rows, the paper's numbers beside ours, and per-genre F1."""
     from genre_tf.baselines import METRICS
     from genre_tf.encoders import encoders_summary
+    from genre_tf.comparison import uncertainty_lines
     from genre_tf.evaluation import table3_lines
 
     quick = " Quick mode: the models that fine-tune BERT ran " + " ".join(QUICK) + "." if table["quick"] else ""
     encoders = encoders_summary(table["encoders"])
+    best = next(row for row in table["rows"] if (row["model"], row.get("oversampled")) ==
+                (table["best"]["model"], table["best"]["oversampled"]))
+    seeds = ", ".join(f"{kind} {n}" for kind, n in table["seeds"].items())
     lines = [f"Dataset `{table['dataset']}` (fingerprint {table['fingerprint'][:12]}, split {table['split_digest']}), "
              f"test split of {table['test_movies']} movies; per-genre thresholds tuned on dev, applied unchanged to "
-             f"test. Options: {' '.join(table['overrides']) or 'defaults'}.{quick} Encoders: {encoders}.", "",
+             f"test. Options: {' '.join(table['overrides']) or 'defaults'}.{quick} Seeds per model: {seeds}. "
+             f"Encoders: {encoders}.", "", *uncertainty_lines([*table["floors"], *table["rows"]], best),
+             "", "Every score (means over seeds, four decimals; not a claim of that precision):", "",
              *table3_lines([*table["floors"], *table["rows"]])]
     deep = [row for row in table["rows"] if row["kind"] == "deep"]
     best = max(deep, key=lambda row: row["test"]["tuned"]["weighted_f1"])
@@ -177,6 +221,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"short schedules ({' '.join(QUICK)}) for the models that fine-tune BERT")
     parser.add_argument("--out", default="benchmarks", help="where the dated markdown and JSON go")
+    parser.add_argument("--seeds", action="append", default=[], metavar="N|KIND=N",
+                        help="table3: train each model with seeds 0..N-1 (repeatable: 3 for all, then "
+                             "text_finetuned=1 for one kind); rows show the mean, spread and intervals")
     parser.add_argument("--runs", default="", help="where table3's runs go (default runs/table3-<date>)")
     parser.add_argument("--serve-run", action="append", default=[], help="speed: a run to export and time "
                         "serving, repeatable (default: table3's integrated run when measured together)")
@@ -191,7 +238,8 @@ def main(argv=None) -> int:
     sections = [f"# genre_tf benchmark, {stamp}", "", f"Machine: {report['machine']}.",
                 f"Command: `{report['command']}`.", ""]
     if args.what in ("table3", "all"):
-        report["table3"] = table3(args.data, args.overrides, args.runs, quick=args.quick)
+        report["table3"] = table3(args.data, args.overrides, args.runs, quick=args.quick,
+                                  seeds=seed_counts(args.seeds))
         sections += ["## Table 3", "", table3_markdown(report["table3"])]
     if args.what in ("speed", "all"):
         serve_runs = args.serve_run or [row["run_dir"] for row in report.get("table3", {}).get("rows", [])

@@ -16,10 +16,12 @@ from genre_tf.encoders import encoders_summary
 from genre_tf.files import atomic_path, cache_key, read_json, write_json, write_text
 from genre_tf.metrics import distinct_combinations, f1_scores, predict_labels, ranking_scores, tune_thresholds
 from genre_tf.callbacks import make_predictor
-from genre_tf.training import restore_trained, split_labels
+from genre_tf.training import load_run_config, restore_trained, split_labels
+from genre_tf.uncertainty import LEVEL, RESAMPLES, SEED, bootstrap_intervals, format_interval
 
-REPORT_FILES = ("report.md", "metrics.json", "cooccurrence.png", "per_genre_f1.png", "f1_by_year.png",
-                "pr_curves.png")
+REPORT_FILES = ("report.md", "metrics.json", "predictions.npz", "cooccurrence.png", "per_genre_f1.png",
+                "f1_by_year.png", "pr_curves.png")
+PREDICTIONS = "predictions.npz"  # dev and test ids, labels and probabilities: what paired comparisons read
 NUM_EXAMPLES = 6
 
 
@@ -80,21 +82,27 @@ def _summary(scores: dict) -> dict:
 def compute_metrics(genres: Sequence[str], dev: dict, test: dict, movies: dict[str, dict]) -> dict:
     """Every number of the report. Thresholds are tuned on dev only and applied unchanged to test."""
     thresholds = tune_thresholds(dev["labels"], dev["probabilities"])
-    result = {"genres": list(genres), "thresholds_from": "dev", "thresholds": thresholds.tolist(), "splits": {}}
+    result = {"genres": list(genres), "thresholds_from": "dev", "thresholds": thresholds.tolist(), "splits": {},
+              "intervals_method": {"method": "percentile bootstrap over movies", "resamples": RESAMPLES,
+                                   "level": LEVEL, "seed": SEED}}
     for name, part in (("dev", dev), ("test", test)):
         half_predictions = predict_labels(part["probabilities"], 0.5)
         at_half = f1_scores(part["labels"], half_predictions)
         tuned_predictions = predict_labels(part["probabilities"], thresholds)
         tuned = f1_scores(part["labels"], tuned_predictions)
         ranking = ranking_scores(part["labels"], part["probabilities"])
+        intervals = {"at_0.5": bootstrap_intervals(part["labels"], half_predictions),
+                     "tuned": bootstrap_intervals(part["labels"], tuned_predictions)}
         per_genre = [{"genre": genre, "support": int(tuned["support"][i]), "frequency": float(tuned["frequency"][i]),
                       "precision": float(tuned["precision"][i]), "recall": float(tuned["recall"][i]),
                       "f1": float(tuned["f1"][i]), "f1_at_0.5": float(at_half["f1"][i]),
+                      "f1_interval": [intervals["tuned"]["per_genre_f1"][i][k] for k in ("low", "high")],
                       "frequency_x_f1": float(tuned["frequency"][i] * tuned["f1"][i]),
                       "roc_auc": _number(ranking["roc_auc"][i]), "pr_auc": _number(ranking["pr_auc"][i]),
                       "threshold": float(thresholds[i])} for i, genre in enumerate(genres)]
         result["splits"][name] = {
             "movies": len(part["ids"]), "at_0.5": _summary(at_half), "tuned": _summary(tuned), "per_genre": per_genre,
+            "intervals": {key: {m: interval[m] for m in METRICS} for key, interval in intervals.items()},
             "distinct_combinations": {"truth": distinct_combinations(part["labels"]),
                                       "predicted_at_0.5": distinct_combinations(half_predictions),
                                       "predicted_tuned": distinct_combinations(tuned_predictions)},
@@ -236,6 +244,7 @@ def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures:
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "evaluation"))
     with writer.as_default(step=0):
         tf.summary.text("evaluation/floors_and_lift", "\n".join(floor_lines(metrics)))
+        tf.summary.text("evaluation/intervals", "\n".join(interval_lines(metrics)))
         tf.summary.text("evaluation/degenerate_genres", "\n".join(degenerate_lines(metrics["degenerate"])))
         for name, png in pictures.items():
             tf.summary.image(f"evaluation/{name}", tf.io.decode_png(png, channels=4)[None])
@@ -259,16 +268,16 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for name, part in (("dev", dev), ("test", test)):
         for label, key in (("0.5", "at_0.5"), ("tuned on dev", "tuned")):
-            s = part[key]
-            lines.append(f"| {name} | {label} | {s['weighted_f1']:.4f} | {s['macro_f1']:.4f} | "
-                         f"{s['micro_f1']:.4f} | {s['samples_f1']:.4f} |")
-    lines += ["", *floor_lines(metrics), "", *degenerate_lines(metrics["degenerate"])]
+            lines.append(f"| {name} | {label} | " + " | ".join(
+                format_interval(part["intervals"][key][m]) for m in METRICS) + " |")
+    lines += ["", interval_note(metrics), "", *floor_lines(metrics), "", *degenerate_lines(metrics["degenerate"])]
     lines += ["", "## Per genre (test split, dev-tuned thresholds; the paper's Table 4)", "",
-              "| genre | support | frequency | precision | recall | F1 | F1 @0.5 | frequency x F1 | ROC-AUC | PR-AUC "
-              "| threshold |", "| --- " * 11 + "|"]
+              "| genre | support | frequency | precision | recall | F1 (95% CI) | F1 @0.5 | frequency x F1 | ROC-AUC "
+              "| PR-AUC | threshold |", "| --- " * 11 + "|"]
     for g in test["per_genre"]:
         lines.append(f"| {g['genre']} | {g['support']} | {g['frequency']:.3f} | {g['precision']:.3f} | "
-                     f"{g['recall']:.3f} | {g['f1']:.3f} | {g['f1_at_0.5']:.3f} | {g['frequency_x_f1']:.3f} | "
+                     f"{g['recall']:.3f} | {g['f1']:.3f} ({g['f1_interval'][0]:.3f}-{g['f1_interval'][1]:.3f}) | "
+                     f"{g['f1_at_0.5']:.3f} | {g['frequency_x_f1']:.3f} | "
                      f"{_fmt(g['roc_auc'])} | {_fmt(g['pr_auc'])} | {g['threshold']:.2f} |")
     combos = test["distinct_combinations"]
     lines += ["", "## Genre combinations (test split)", "",
@@ -286,6 +295,15 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
                   f"true: {', '.join(example['true']) or '(none)'}; predicted: "
                   f"{', '.join(example['predicted']) or '(none)'}", ""]
     return "\n".join(lines) + "\n"
+
+
+def interval_note(metrics: dict) -> str:
+    """What the intervals in brackets are, and how wide they are on this test split."""
+    method, weighted = metrics["intervals_method"], metrics["splits"]["test"]["intervals"]["tuned"]["weighted_f1"]
+    return (f"In brackets: the 95% percentile bootstrap interval over the split's movies ({method['resamples']} "
+            f"resamples, seed {method['seed']}). On these {metrics['splits']['test']['movies']} test movies, "
+            f"weighted F1 is known to within {weighted['high'] - weighted['low']:.3f}: a smaller difference between "
+            "two models is not evidence; compare them with `evaluate.py RUN_A RUN_B --table` (paired).")
 
 
 def floor_lines(metrics: dict) -> list[str]:
@@ -309,6 +327,18 @@ def degenerate_lines(degenerate: Sequence[dict]) -> list[str]:
             "adds nothing for them beyond always saying yes: " + ", ".join(
                 f"{d['genre']} (threshold {d['threshold']:.2f}, {d['share_predicted']:.0%} of dev)" for d in degenerate)
             + "."]
+
+
+def interval_lines(metrics: dict) -> list[str]:
+    """Test scores with their 95% intervals, overall and per genre, as markdown (TensorBoard's text tab)."""
+    test = metrics["splits"]["test"]
+    lines = ["| test, thresholds | " + " | ".join(METRICS) + " |", "| --- " * (len(METRICS) + 1) + "|"]
+    for key in ("at_0.5", "tuned"):
+        lines.append(f"| {key} | " + " | ".join(format_interval(test["intervals"][key][m]) for m in METRICS) + " |")
+    lines += ["", "| genre | F1 (tuned, 95% CI) |", "| --- | --- |"]
+    lines += [f"| {g['genre']} | {g['f1']:.3f} ({g['f1_interval'][0]:.3f}-{g['f1_interval'][1]:.3f}) |"
+              for g in test["per_genre"]]
+    return lines + ["", interval_note(metrics)]
 
 
 def _fmt(value) -> str:
@@ -337,10 +367,40 @@ def evaluate_run(run_dir: str) -> dict:
     for name, png in pictures.items():
         with atomic_path(os.path.join(run_dir, f"{name}.png")) as staging, open(staging, "wb") as handle:
             handle.write(png)
+    write_predictions(run_dir, dev, test)
     write_json(os.path.join(run_dir, "metrics.json"), metrics)
     write_text(os.path.join(run_dir, "report.md"), report)
     write_tensorboard(run_dir, run.prepared.genres, test, pictures, metrics)
     return metrics
+
+
+def write_predictions(run_dir: str, dev: dict, test: dict) -> None:
+    """predictions.npz: each split's ids, labels and probabilities, for paired comparisons between runs."""
+    arrays = {f"{split}_{key}": np.asarray(part[key]) for split, part in (("dev", dev), ("test", test))
+              for key in ("ids", "labels", "probabilities")}
+    with atomic_path(os.path.join(run_dir, PREDICTIONS)) as staging:  # the staging name keeps .npz
+        np.savez(staging, **arrays)
+
+
+def load_predictions(run_dir: str) -> dict[str, np.ndarray]:
+    """A run's predictions.npz (written by evaluate_run) as a dict of arrays."""
+    path = os.path.join(run_dir, PREDICTIONS)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: run `python evaluate.py {run_dir}` first")
+    with np.load(path, allow_pickle=False) as stored:
+        return {key: stored[key] for key in stored.files}
+
+
+def model_row(metrics: dict, predictions: dict[str, np.ndarray]) -> dict:
+    """table3_row with the run's test predictions at its dev-tuned thresholds, for genre_tf.comparison."""
+    tuned = predict_labels(predictions["test_probabilities"], np.asarray(metrics["thresholds"]))
+    return dict(table3_row(metrics), run_dir=metrics["run_dir"], predictions=tuned[None])
+
+
+def seedless_config(run_dir: str) -> str:
+    """A run's config without its seed and run_dir: runs equal in it are seeds of one model."""
+    config = dataclasses.replace(load_run_config(run_dir), seed=0, run_dir="")
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
 
 
 def check_same_split(metrics_list: Sequence[dict]) -> None:
@@ -382,17 +442,30 @@ def table3_lines(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
-def comparison_table(metrics_list: Sequence[dict]) -> str:
-    """The paper's Table 3 across runs, which must share one dataset and split, under the split's floors."""
+def comparison_table(run_dirs: Sequence[str], metrics_list: Sequence[dict]) -> str:
+    """The paper's Table 3 across runs on one dataset and split: the floors, each model's 95% interval, and paired
+    differences with the best row and the best floor. Runs whose configs differ only in seed are one row."""
+    from genre_tf.comparison import add_uncertainty, group_seeds, uncertainty_lines
+
     check_same_split(metrics_list)
     first = metrics_list[0]
-    stale = [m["run_dir"] for m in metrics_list if "floors" not in m]
+    stale = [m["run_dir"] for m in metrics_list if "floors" not in m or "intervals_method" not in m]
     if stale:
-        raise ValueError(f"{', '.join(stale)}: evaluated by an older genre_tf (no floors in metrics.json); "
-                         "rerun `python evaluate.py RUN_DIR` on each")
+        raise ValueError(f"{', '.join(stale)}: evaluated by an older genre_tf (no floors or intervals in "
+                         "metrics.json); rerun `python evaluate.py RUN_DIR` on each")
+    predictions = [load_predictions(run_dir) for run_dir in run_dirs]
+    for run_dir, other in zip(run_dirs[1:], predictions[1:], strict=True):
+        if not np.array_equal(other["test_ids"], predictions[0]["test_ids"]):
+            raise ValueError(f"{run_dir} and {run_dirs[0]} predicted different test movies")
+    rows = [dict(model_row(m, p), config=seedless_config(run_dir))
+            for run_dir, m, p in zip(run_dirs, metrics_list, predictions, strict=True)]
+    rows = group_seeds(rows, key=lambda row: row["config"])
+    for row in rows:
+        names = [os.path.basename(os.path.normpath(seed["run_dir"])) for seed in row["seed_rows"]]
+        row["model"] = f"{row['model']} ({', '.join(names)})"
     floors = first["floors"]
-    rows = lift_rows([table3_row(m) for m in metrics_list], floors)
+    best = add_uncertainty(rows, floors, predictions[0]["test_labels"], first["genres"])
     lines = [f"Dataset `{first['dataset']['name']}` (fingerprint {first['dataset']['fingerprint'][:12]}), test split "
              f"({first['splits']['test']['movies']} movies); thresholds tuned on dev; floors scored on the same split.",
-             "", *table3_lines([*floors, *rows])]
+             "", *uncertainty_lines([*floors, *lift_rows(rows, floors)], best)]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,7 @@
 """genre_tf.bench: Table 3 has every row, and every figure is a measurement."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -46,7 +48,17 @@ def test_table3_has_floors_classic_rows_and_every_model(small_prepared, tiny_ove
     baseline = [row for row in deep if row["model"] == "most_common"]
     assert baseline[0]["test"]["at_0.5"] == baseline[1]["test"]["at_0.5"]  # oversampling cannot move it
     markdown = table3_markdown(table)
-    assert markdown.count("| no |") == 10 and markdown.count("| yes |") == 10  # Table 3 and per-genre rows
+    assert markdown.count("| no |") == 15 and markdown.count("| yes |") == 15  # intervals, scores, per genre
+    best = max(table["rows"], key=lambda row: row["test"]["tuned"]["weighted_f1"])
+    assert (table["best"]["model"], table["best"]["oversampled"]) == (best["model"], best.get("oversampled"))
+    for row in table["rows"]:  # each row: an interval around its score, a paired difference with the best
+        interval = row["intervals"]["weighted_f1"]
+        assert interval["low"] <= row["test"]["tuned"]["weighted_f1"] == pytest.approx(interval["value"])
+        assert row["vs_floor"]["weighted_f1"]["value"] == pytest.approx(row["lift"]["weighted_f1"])
+        if row is not best:
+            gap = row["test"]["tuned"]["weighted_f1"] - best["test"]["tuned"]["weighted_f1"]
+            assert row["vs_best"]["weighted_f1"]["value"] == pytest.approx(gap)
+    assert "| best / best |" in markdown and "(95% CI)" in markdown
     assert "| floor: every genre | - |" in markdown and "| integrated | 0.429 | 0.453 |" in markdown
     assert "nan" not in markdown and "TODO" not in markdown and "small-test" in markdown
 
@@ -68,3 +80,26 @@ def test_kind_prefixed_options_apply_to_their_model_only():
     assert for_kind(options, "text_finetuned") == ["epochs=3", "learning_rate=1e-5", "text.encoder=https://tfhub.dev/x"]
     with pytest.raises(ValueError, match="'txt' is not a model kind"):
         for_kind(["txt:epochs=1"], "poster")
+
+
+def test_seeds_fold_into_one_row_with_their_mean_and_range(small_prepared, tiny_overrides, tmp_path):
+    from genre_tf.bench import seed_counts
+
+    assert seed_counts(["3", "text_finetuned=1"]) == {**dict.fromkeys(KINDS, 3), "text_finetuned": 1}
+    for bad in ("0", "poster=x", "txt=2"):
+        with pytest.raises(ValueError, match="--seeds"):
+            seed_counts([bad])
+    table = table3(small_prepared, [*tiny_overrides, "epochs=2", "oversample_genres=2"], runs_root=str(tmp_path),
+                   kinds=["text_frozen"], seeds={"text_frozen": 2})
+    assert sorted(os.listdir(tmp_path)) == [
+        "text_frozen", "text_frozen-os", "text_frozen-os-seed1", "text_frozen-seed1"]
+    text = next(row for row in table["rows"] if row["model"] == "text_frozen" and not row["oversampled"])
+    scores = [seed["test"]["tuned"]["weighted_f1"] for seed in text["seed_rows"]]
+    assert [seed["seed"] for seed in text["seed_rows"]] == [0, 1]
+    probabilities = [np.load(os.path.join(seed["run_dir"], "predictions.npz"))["test_probabilities"]
+                     for seed in text["seed_rows"]]
+    assert np.abs(probabilities[0] - probabilities[1]).max() > 1e-4  # two trainings, not one run twice
+    assert text["test"]["tuned"]["weighted_f1"] == pytest.approx(np.mean(scores))
+    assert text["spread"]["weighted_f1"] == pytest.approx(
+        {"mean": np.mean(scores), "sd": np.std(scores, ddof=1), "min": min(scores), "max": max(scores), "seeds": 2})
+    assert f"2 seeds, {min(scores):.3f}-{max(scores):.3f}" in table3_markdown(table)

@@ -73,6 +73,23 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
     report = Path(os.path.join(trained_run, "report.md")).read_text()
     assert "tuned on the **dev** split" in report and "![co-occurrence](cooccurrence.png)" in report
     assert len(metrics["examples"]) == 6 and metrics["examples"] == evaluate_run(trained_run)["examples"]
+    # intervals: around the score itself, from a bootstrap of this test split, in metrics.json and the report
+    test = metrics["splits"]["test"]
+    for key in ("at_0.5", "tuned"):
+        for name, interval in test["intervals"][key].items():
+            assert interval["value"] == pytest.approx(test[key][name])
+            assert interval["low"] <= interval["value"] <= interval["high"]
+    for genre in test["per_genre"]:
+        assert genre["f1_interval"][0] <= genre["f1"] <= genre["f1_interval"][1]
+    assert metrics["intervals_method"]["resamples"] >= 1000
+    interval = test["intervals"]["tuned"]["weighted_f1"]
+    assert 0 < interval["low"] < interval["high"] < 1  # 25 test movies: a wide interval
+    assert f"{interval['value']:.3f} ({interval['low']:.3f}-{interval['high']:.3f})" in report
+    assert "95% percentile bootstrap interval" in report and "F1 (95% CI)" in report
+    stored = np.load(os.path.join(trained_run, "predictions.npz"))
+    test_split = predict_split(run, "test")
+    np.testing.assert_allclose(stored["test_probabilities"], test_split["probabilities"], atol=1e-6)
+    assert stored["test_ids"].tolist() == list(test_split["ids"]) and stored["dev_labels"].shape == dev["labels"].shape
     assert os.listdir(os.path.join(trained_run, "logs", "evaluation"))
 
 
@@ -82,7 +99,15 @@ def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config
     other = train(tiny_config("most_common"))
     assert evaluate.main([trained_run, other, "--table"]) == 0
     table = capsys.readouterr().out
-    assert "| poster | no |" in table and "| most_common | no |" in table
+    assert "| poster (poster) | no |" in table and "| most_common (most_common) | no |" in table
+    assert "| best / best |" in table and "paired" in table and "95%" in table
+    # a second seed of the poster model is folded into the poster row: the mean of the two, with their range
+    seed_1 = train(tiny_config("poster", "epochs=3", "seed=1", f"run_dir={trained_run}-seed1"))
+    scores = [evaluate_run(run)["splits"]["test"]["tuned"]["weighted_f1"] for run in (trained_run, seed_1)]
+    assert evaluate.main([trained_run, seed_1, other, "--table"]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("| poster (poster, poster-seed1)"))
+    assert f"{np.mean(scores):.3f} (" in row and f"2 seeds, {min(scores):.3f}-{max(scores):.3f}" in row
     moved = trained_run + "-elsewhere"
     shutil.copytree(trained_run, moved)
     metrics = read_json(os.path.join(moved, "metrics.json"))
@@ -94,7 +119,7 @@ def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config
     metrics["split_digest"] = read_json(os.path.join(trained_run, "metrics.json"))["split_digest"]
     Path(os.path.join(moved, "metrics.json")).write_text(json.dumps(metrics))
     assert evaluate.main([trained_run, moved, "--table"]) == 2
-    assert "evaluated by an older genre_tf (no floors in metrics.json)" in capsys.readouterr().err
+    assert "evaluated by an older genre_tf (no floors or intervals in metrics.json)" in capsys.readouterr().err
     with open(os.path.join(moved, "metrics.json"), "w") as handle:
         handle.write('{"splits": ')
     assert evaluate.main([trained_run, moved, "--table"]) == 2

@@ -30,14 +30,19 @@ def test_prepare_keeps_every_movie_whose_plot_and_poster_are_valid(real_prepared
     out, metadata = real_prepared
     with open(CSV, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    # Independently: the paper's rule is 15-545 words; every poster of this catalogue decodes.
+    # Independently of prepare: the catalogue's README gives 4,060 movies, 111 of them with plots under the paper's
+    # 15 words; the rule is 15-545 words, and every poster of this catalogue decodes.
     outside = {row["id"] for row in rows if not 15 <= len(row["plot"].split()) <= 545}
+    assert len(rows) == 4060 and len(outside) == 111 and len({row["id"] for row in rows}) == len(rows)
     with open(os.path.join(out, "rejects.csv"), encoding="utf-8", newline="") as handle:
         rejects = list(csv.DictReader(handle))
-    assert {r["movie_id"] for r in rejects} == outside and len(outside) == 52
+    assert {r["movie_id"] for r in rejects} == outside and len(rejects) == len(outside)
     assert all(r["reason"].startswith("plot too short") and "movies.csv:" in r["source"] for r in rejects)
     counts = metadata["counts"]
-    assert counts["train"] + counts["dev"] + counts["test"] == len(rows) - len(outside) == 1629
+    assert counts["train"] + counts["dev"] + counts["test"] == len(rows) - len(outside) == 3949
+    kept = len(rows) - len(outside)
+    for split, fraction in (("train", 0.6), ("dev", 0.2), ("test", 0.2)):  # the paper's 60/20/20, stratified
+        assert abs(counts[split] - fraction * kept) < 0.02 * kept, counts
     assert "Children" in metadata["genres"]  # a MovieLens genre name costs no movie
     assert metadata["vocabulary"]["train_genre_counts"]["Film-Noir"] >= 1
 
