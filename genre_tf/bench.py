@@ -27,6 +27,7 @@ QUICK = ["epochs=10", "patience=4"]
 # The paper's Table 3: weighted F1 on its own validation split (no OS, OS); not comparable with other data.
 PAPER_TABLE3 = {"most_common": (0.209, None), "poster": (0.232, 0.210), "text_frozen": (0.192, 0.214),
                 "text_finetuned": (0.433, 0.431), "integrated": (0.429, 0.453)}
+AVERAGE_WEIGHT = 0.7  # the text model's share in the untuned probability average (issue 22's reference)
 HISTOGRAM_SIZE = 64  # posters are shrunk to this before the colour-histogram baseline reads them
 PUBLISHED = ("Published on MM-IMDb (their own split; not comparable with other data): GMU (Arevalo et al. 2017) "
              "weighted F1 0.617, macro 0.541; MMBT (Kiela et al. 2019) micro 0.668, macro 0.616. The paper's best: "
@@ -81,7 +82,7 @@ def reference_rows(data: str, overrides: Sequence[str] = ()):
         inputs = {split: read(prepared, split) for split in SPLIT_NAMES}
         dev, test = fit(inputs["train"], labels["train"], inputs["dev"], labels["dev"], inputs["test"])
         row = baselines.score_probabilities(name, labels["dev"], dev, labels["test"], test, genres=prepared.genres)
-        classic.append(dict(row, seconds=round(time.time() - started, 1),
+        classic.append(dict(row, seconds=round(time.time() - started, 1), probabilities=test[None],
                             predictions=predict_labels(test, np.asarray(row["thresholds"]))[None]))
     return floors, classic, labels["test"]
 
@@ -103,6 +104,14 @@ def run_name(kind: str, oversample: bool, seed: int) -> str:
     return f"{kind}{'-os' if oversample else ''}{f'-seed{seed}' if seed else ''}"
 
 
+def branch_options(config, runs_root: str, oversample: bool, seed: int, seeds: dict[str, int]) -> list[str]:
+    """model.text_run / model.poster_run naming this table's runs of the same oversampling and seed, where the
+    table trains them: the late-fusion row is then exactly those rows' models, mixed."""
+    text = "text_finetuned" if config.model.fine_tune_text else "text_frozen"
+    return [f"model.{option}_run={os.path.join(runs_root, run_name(kind, oversample, seed))}"
+            for option, kind in (("text", text), ("poster", "poster")) if seed < seeds.get(kind, 0)]
+
+
 def train_or_reuse(config) -> str:
     """Train a run, or reuse the finished one in its folder when its config is the same; returns the folder."""
     from genre_tf.config import config_to_dict
@@ -119,6 +128,28 @@ def train_or_reuse(config) -> str:
     return train(config)
 
 
+def average_rows(runs_root: str, oversample: bool, seeds: dict[str, int], genres: Sequence[str]) -> list[dict]:
+    """The untuned late-fusion reference: 0.7 x the text model's + 0.3 x the poster model's probabilities, per seed
+    both have, thresholds tuned on dev like any row. Empty unless the table has both models."""
+    from genre_tf.baselines import score_probabilities
+    from genre_tf.evaluation import load_predictions
+    from genre_tf.metrics import predict_labels
+
+    text = "text_finetuned" if seeds.get("text_finetuned") else "text_frozen"
+    rows = []
+    for seed in range(min(seeds.get(text, 0), seeds.get("poster", 0))):
+        text_p, poster_p = (load_predictions(os.path.join(runs_root, run_name(kind, oversample, seed)))
+                            for kind in (text, "poster"))
+        mixed = {split: AVERAGE_WEIGHT * text_p[f"{split}_probabilities"]
+                 + (1 - AVERAGE_WEIGHT) * poster_p[f"{split}_probabilities"] for split in ("dev", "test")}
+        row = score_probabilities(f"average: {AVERAGE_WEIGHT} {text} + {1 - AVERAGE_WEIGHT:.1f} poster",
+                                  text_p["dev_labels"], mixed["dev"], text_p["test_labels"], mixed["test"],
+                                  kind="average", genres=genres)
+        rows.append(dict(row, oversampled=oversample, seed=seed, probabilities=mixed["test"][None],
+                         predictions=predict_labels(mixed["test"], np.asarray(row["thresholds"]))[None]))
+    return rows
+
+
 def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "", kinds: Sequence[str] = KINDS,
            quick: bool = False, seeds: dict[str, int] | None = None) -> dict:
     """Train and evaluate every model with and without oversampling on one split; returns the table.
@@ -130,7 +161,7 @@ def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "
     """
     from genre_tf.baselines import lift_rows
     from genre_tf.comparison import add_uncertainty, group_seeds, without_arrays
-    from genre_tf.config import fine_tunes_text
+    from genre_tf.config import fine_tunes_text, late_fusion
     from genre_tf.evaluation import check_same_split, evaluate_run, load_predictions, model_row
     from genre_tf.files import read_json
 
@@ -146,6 +177,9 @@ def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "
                 config = _config(data, kind, oversample, run_dir, options)
                 if quick and fine_tunes_text(config.model):
                     config = _config(data, kind, oversample, run_dir, [*QUICK, *options])
+                if late_fusion(config.model):  # the table's own branch runs, where it trains them
+                    config = _config(data, kind, oversample, run_dir, [*options, *branch_options(
+                        config, runs_root, oversample, seed, seeds)])
                 print(f"\n=== table3: {kind}, oversampling {'yes' if oversample else 'no'}, seed {seed} ===",
                       flush=True)
                 run_dir = train_or_reuse(config)
@@ -155,11 +189,14 @@ def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "
                 metrics_by_run.append(metrics)
     check_same_split(metrics_by_run)
     first = metrics_by_run[0]
+    for oversample in (False, True):
+        rows += average_rows(runs_root, oversample, seeds, first["genres"])
     rows = lift_rows(group_seeds(rows), floors)
     best = add_uncertainty(rows, floors, test_labels, first["genres"])
     return {"dataset": first["dataset"]["name"], "fingerprint": first["dataset"]["fingerprint"],
             "split_digest": first["split_digest"], "test_movies": first["splits"]["test"]["movies"],
-            "genres": first["genres"], "encoders": read_json(os.path.join(rows[-1]["run_dir"], "encoders.json")),
+            "genres": first["genres"],
+            "encoders": read_json(os.path.join(metrics_by_run[-1]["run_dir"], "encoders.json")),
             "overrides": list(overrides), "quick": quick, "seeds": seeds, "floors": floors,
             "rows": without_arrays(rows), "best": {"model": best["model"], "oversampled": best.get("oversampled")}}
 

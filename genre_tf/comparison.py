@@ -1,7 +1,8 @@
 """Table 3 with its uncertainty: seed means and spreads, 95% intervals, paired differences with the best row and floor.
 
 Rows follow genre_tf.baselines' row schema. A model row also carries, in memory only, `predictions`: its test
-predictions with dev-tuned thresholds, [seeds, movies, genres]. `group_seeds` folds the runs of one model that
+predictions with dev-tuned thresholds, [seeds, movies, genres], and where known its test `probabilities` (same
+shape) for the weighted average precision. `group_seeds` folds the runs of one model that
 differ only in their seed into one row; `add_uncertainty` then adds
 
     "spread":     {metric: {mean, sd, min, max, seeds}}       # over seeds, test scores with tuned thresholds
@@ -37,7 +38,9 @@ def group_seeds(rows: Sequence[dict], key=lambda row: (row["model"], row.get("ov
     for members in groups.values():
         first = dict(members[0])
         first["seed_rows"] = members
-        first["predictions"] = np.concatenate([m["predictions"] for m in members])
+        for name in ("predictions", "probabilities"):
+            if all(name in m for m in members):
+                first[name] = np.concatenate([m[name] for m in members])
         for split in ("dev", "test"):
             first[split] = {setting: {metric: float(np.mean([m[split][setting][metric] for m in members]))
                                       for metric in METRICS} for setting in ("at_0.5", "tuned")}
@@ -74,6 +77,8 @@ def add_uncertainty(rows: Sequence[dict], floors: Sequence[dict], labels: np.nda
         intervals = bootstrap_intervals(labels, stack, resamples)
         row["intervals"] = {metric: intervals[metric] for metric in METRICS}
         row["per_genre_intervals"] = dict(zip(genres, intervals["per_genre_f1"], strict=True))
+        if "probabilities" in row:  # ranking, independent of thresholds: weighted average precision, seed mean
+            row["weighted_ap"] = float(np.mean([weighted_average_precision(labels, p) for p in row["probabilities"]]))
         row["vs_floor"] = {metric: paired_difference(labels, stack, floor_predictions[metric], resamples,
                                                      metrics=(metric,))[metric] for metric in METRICS}
         if row is not best:
@@ -82,11 +87,19 @@ def add_uncertainty(rows: Sequence[dict], floors: Sequence[dict], labels: np.nda
     return best
 
 
+def weighted_average_precision(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Average precision per genre, weighted by its support (scikit-learn), over genres present in `labels`."""
+    from sklearn.metrics import average_precision_score
+
+    present = labels.sum(0) > 0
+    return float(average_precision_score(labels[:, present], probabilities[:, present], average="weighted"))
+
+
 def without_arrays(rows: Sequence[dict]) -> list[dict]:
     """The rows as JSON-ready dicts: predictions dropped, seed rows kept as their run and scores."""
     clean = []
     for row in rows:
-        row = {k: v for k, v in row.items() if k != "predictions"}
+        row = {k: v for k, v in row.items() if k not in ("predictions", "probabilities")}
         if "seed_rows" in row:
             row["seed_rows"] = [{k: v for k, v in s.items() if k in ("run_dir", "seed", "test", "seconds")}
                                 for s in row["seed_rows"]]
@@ -113,12 +126,13 @@ def _spread(row: dict) -> str:
 def uncertainty_lines(rows: Sequence[dict], best: dict) -> list[str]:
     """The table as markdown: each score with its 95% interval, seeds, and the paired differences."""
     timed = any("seconds" in row for row in rows)
-    lines = ["| model | OS | weighted F1 (95% CI) | macro F1 (95% CI) | micro F1 (95% CI) | seeds (weighted F1) | "
-             "vs best row: weighted / macro | vs best floor: weighted / macro |" + (" time |" if timed else ""),
-             "| --- " * (9 if timed else 8) + "|"]
+    lines = ["| model | OS | weighted F1 (95% CI) | macro F1 (95% CI) | micro F1 (95% CI) | weighted AP | "
+             "seeds (weighted F1) | vs best row: weighted / macro | vs best floor: weighted / macro |"
+             + (" time |" if timed else ""), "| --- " * (10 if timed else 9) + "|"]
     for row in rows:
         oversampled = {True: "yes", False: "no"}.get(row.get("oversampled"), "-")
         cells = [format_interval(row["intervals"][m]) for m in ("weighted_f1", "macro_f1", "micro_f1")]
+        cells.append(f"{row['weighted_ap']:.3f}" if "weighted_ap" in row else "-")
         if row.get("kind") == "floor":
             compare = ["-", "-", "-"]
         else:

@@ -27,7 +27,13 @@ class ModelConfig:
     dropout: float = 0.5
     l2: float = 1e-4
     fine_tune_text: bool = True   # integrated only: fine-tune the BERT encoder (paper) or keep it frozen
-    branch_norm: bool = True      # integrated only: LayerNorm each branch before concatenating (false = the paper)
+    # integrated only. late: train the text and poster branches alone, then mix their logits per genre on dev
+    # (genre_tf/fusion.py; README, "Fusion"). concat: the paper's joint model, branches concatenated.
+    fusion: str = "late"          # late | concat
+    branch_norm: bool = True      # concat only: LayerNorm each branch before concatenating (false = the paper)
+    # late only: finished runs to use as the branches (same dataset); empty = train them inside this run
+    text_run: str = ""            # a text_finetuned run (text_frozen when fine_tune_text is false)
+    poster_run: str = ""          # a poster run
 
 
 @dataclasses.dataclass
@@ -63,6 +69,11 @@ class PosterEncoderConfig:
 def fine_tunes_text(config: ModelConfig) -> bool:
     """Whether the model trains the text encoder (so plots, not cached embeddings, are its input)."""
     return config.kind == "text_finetuned" or (config.kind == "integrated" and config.fine_tune_text)
+
+
+def late_fusion(config: ModelConfig) -> bool:
+    """Whether the model is the integrated model mixing separately trained branches (genre_tf.fusion)."""
+    return config.kind == "integrated" and config.fusion == "late"
 
 
 def uses_text(config: ModelConfig) -> bool:
@@ -104,6 +115,7 @@ class TrainConfig:
 DEMO_PRESET = {"text.seq_length": 64, "poster.image_size": 96, "model.fine_tune_text": False,
                "epochs": 40, "patience": 8}
 LOSSES = ("soft_f1", "bce", "weighted_bce")
+FUSIONS = ("late", "concat")
 DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
 
 
@@ -273,6 +285,7 @@ def validate(config: TrainConfig) -> None:
     model = config.model
     _raise_first([
         (model.kind in MODEL_KINDS, f"model.kind must be one of {MODEL_KINDS}, got {model.kind!r}"),
+        (model.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}, got {model.fusion!r}"),
         (0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}"),
         (model.l2 >= 0 and model.fusion_units >= 1 and all(u >= 1 for u in model.text_units),
          "model.l2 must be >= 0 and every layer width >= 1"),

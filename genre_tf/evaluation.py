@@ -14,6 +14,7 @@ from genre_tf.dataset import PreparedDataset, make_dataset
 from genre_tf.baselines import METRICS, best_floor, constant_floors, degenerate_genres, lift_rows
 from genre_tf.encoders import encoders_summary
 from genre_tf.files import atomic_path, cache_key, read_json, write_json, write_text
+from genre_tf.fusion import threshold_probabilities
 from genre_tf.metrics import distinct_combinations, f1_scores, predict_labels, ranking_scores, tune_thresholds
 from genre_tf.callbacks import make_predictor
 from genre_tf.training import load_run_config, restore_trained, split_labels
@@ -353,6 +354,8 @@ def evaluate_run(run_dir: str) -> dict:
     """
     run = restore_run(run_dir)
     dev, test = predict_split(run, "dev"), predict_split(run, "test")
+    # a model fitted on dev (late fusion) is scored on dev, and tuned, out of fold
+    dev["probabilities"] = threshold_probabilities(run_dir, dev["ids"], dev["probabilities"])
     movies = {movie["movie_id"]: movie for movie in run.prepared.movies()}
     metrics = compute_metrics(run.prepared.genres, dev, test, movies)
     metrics.update(reference_scores(split_labels(run.prepared, "train")["labels"], dev, test, run.prepared.genres,
@@ -394,12 +397,15 @@ def load_predictions(run_dir: str) -> dict[str, np.ndarray]:
 def model_row(metrics: dict, predictions: dict[str, np.ndarray]) -> dict:
     """table3_row with the run's test predictions at its dev-tuned thresholds, for genre_tf.comparison."""
     tuned = predict_labels(predictions["test_probabilities"], np.asarray(metrics["thresholds"]))
-    return dict(table3_row(metrics), run_dir=metrics["run_dir"], predictions=tuned[None])
+    return dict(table3_row(metrics), run_dir=metrics["run_dir"], predictions=tuned[None],
+                probabilities=predictions["test_probabilities"][None])
 
 
 def seedless_config(run_dir: str) -> str:
-    """A run's config without its seed and run_dir: runs equal in it are seeds of one model."""
-    config = dataclasses.replace(load_run_config(run_dir), seed=0, run_dir="")
+    """A run's config without its seed, run_dir and branch runs: runs equal in it are seeds of one model."""
+    config = load_run_config(run_dir)
+    model = dataclasses.replace(config.model, text_run="", poster_run="")  # late fusion: each seed's own branches
+    config = dataclasses.replace(config, seed=0, run_dir="", model=model)
     return json.dumps(dataclasses.asdict(config), sort_keys=True)
 
 

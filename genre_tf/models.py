@@ -5,8 +5,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from genre_tf.config import MODEL_KINDS, ModelConfig, fine_tunes_text, uses_poster, uses_text
+from genre_tf.config import MODEL_KINDS, ModelConfig, fine_tunes_text, late_fusion, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
+from genre_tf.fusion import GenreMix
 
 
 def _dense(units, config, name, activation="relu"):
@@ -61,6 +62,12 @@ def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poste
         poster_input, features = _encoded_input(poster_encoder, POSTER, POSTER_FEATURES, poster_dim)
         inputs.append(poster_input)
         branches.append(features)
+    if late_fusion(config):
+        text_logits = _dense(num_genres, config, "genre_logits", activation=None)(branches[0])
+        poster_logits = _dense(num_genres, config, "poster_logits", activation=None)(branches[1])
+        mixed = GenreMix(num_genres, name="fusion_mix")([text_logits, poster_logits])
+        probabilities = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(mixed)
+        return keras.Model(inputs, probabilities, name=config.kind)
     if config.kind == "integrated":
         if config.branch_norm:
             # CNN features (ResNet50's ~30x) are larger than the text head's output; unnormalised they swamp it.

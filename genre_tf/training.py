@@ -1,5 +1,6 @@
 """One training run: data and caches in; a run directory with checkpoints, history, logs and serving files out."""
 import contextlib
+import csv
 import dataclasses
 import fcntl
 import glob
@@ -17,14 +18,17 @@ import tf_keras as keras
 
 from genre_tf import demo
 from genre_tf.baselines import degenerate_genres
-from genre_tf.callbacks import (HISTORY, MONITOR, BestCheckpoint, DevF1, ResumeProgress, best_checkpoint,
-                                best_row, checkpoint_record, load_best_weights, make_predictor, read_history)
-from genre_tf.config import TrainConfig, apply_overrides, config_to_dict, fine_tunes_text, uses_poster, uses_text
+from genre_tf.callbacks import (BEST, DEV_SCORES, HISTORY, MONITOR, BestCheckpoint, DevF1, ResumeProgress,
+                                best_checkpoint, best_row, checkpoint_record, load_best_weights, make_predictor,
+                                read_history, save_checkpoint)
+from genre_tf.config import (TrainConfig, apply_overrides, config_to_dict, fine_tunes_text, late_fusion, uses_poster,
+                             uses_text)
 from genre_tf.dataset import (PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, PreparedDataset, load_prepared,
                               make_dataset, raw_examples)
 from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_encoders, encoders_summary,
                                for_inference, poster_encoder_identity, resolve_backbone, text_encoder_identity)
 from genre_tf.features import load_or_compute, mean_features
+from genre_tf.fusion import branch_logits, copy_branch_weights, fit_mix, threshold_probabilities, write_out_of_fold
 from genre_tf.files import atomic_path, cache_key, cache_root, read_json, sha256_of, write_json, write_text
 from genre_tf.losses import SoftF1Loss, WeightedBinaryCrossentropy, inverse_frequency_weights
 from genre_tf.metrics import f1_scores, tune_thresholds
@@ -339,9 +343,64 @@ def run_training(config: TrainConfig, strategy, prepared: PreparedDataset, run_d
     started = time.time()
     if config.model.kind == "most_common":
         evaluate_constant_model(model, run_dir, dev_f1)
+    elif late_fusion(config.model):
+        fit_late_fusion(config, model, prepared, run_dir)
     else:
         fit_model(config, model, prepared, run_dir, shared_run_dir, dev_f1, global_batch, common)
     return model, caches, time.time() - started
+
+
+def branch_run(config: TrainConfig, kind: str, given: str, run_dir: str) -> str:
+    """A finished single-branch run for late fusion: the one given, or one trained in run_dir/branches/KIND."""
+    if given:
+        if not os.path.exists(os.path.join(given, FINAL)):
+            raise ValueError(f"model.{'poster' if kind == 'poster' else 'text'}_run={given} is not a finished run "
+                             f"({FINAL} missing); train it first or leave the option empty")
+        return given
+    model = dataclasses.replace(config.model, kind=kind, text_run="", poster_run="")
+    print(f"\nlate fusion: training the {kind} branch")
+    return train(dataclasses.replace(config, model=model, run_dir=os.path.join(run_dir, "branches", kind)))
+
+
+def restore_branch(config: TrainConfig, prepared: PreparedDataset, kind: str, given: str, run_dir: str):
+    """A branch run's model, checked to be of `kind`, on this dataset and split, with this run's encoders."""
+    branch_dir = branch_run(config, kind, given, run_dir)
+    branch, branch_prepared, model, caches = restore_trained(branch_dir)
+    section = "poster" if kind == "poster" else "text"
+    if branch.model.kind != kind:
+        raise ValueError(f"{branch_dir} is a {branch.model.kind} run; late fusion needs a {kind} run there")
+    if (branch_prepared.fingerprint, branch_prepared.split) != (prepared.fingerprint, prepared.split):
+        raise ValueError(f"{branch_dir} was trained on other data or another split than {prepared.path}")
+    if config_to_dict(getattr(branch, section)) != config_to_dict(getattr(config, section)):
+        raise ValueError(f"{branch_dir} has other {section} encoder options than this run; they must be equal")
+    dev = make_dataset(prepared, "dev", 64, training=False, input_names=list(model.input_names),
+                       image_size=config.poster.image_size, feature_caches=caches)
+    return model, branch_logits(model, dev)
+
+
+def fit_late_fusion(config: TrainConfig, model: keras.Model, prepared: PreparedDataset, run_dir: str) -> None:
+    """The integrated model by late fusion (genre_tf.fusion): branches trained alone, their logits mixed on dev.
+
+    Writes the mixed model as the best checkpoint, its out-of-fold dev scores as the one history row, and the
+    out-of-fold dev probabilities that thresholds are tuned on.
+    """
+    text_kind = "text_finetuned" if config.model.fine_tune_text else "text_frozen"
+    text_model, text_logits = restore_branch(config, prepared, text_kind, config.model.text_run, run_dir)
+    poster_model, poster_logits = restore_branch(config, prepared, "poster", config.model.poster_run, run_dir)
+    dev = split_labels(prepared, "dev")
+    weights, out_of_fold = fit_mix(text_logits, poster_logits, dev["labels"], config.seed)
+    copy_branch_weights(model, text_model, poster_model)
+    model.get_layer("fusion_mix").set_weights(list(weights))
+    write_out_of_fold(run_dir, dev["ids"], out_of_fold)
+    scores = f1_scores(dev["labels"], out_of_fold >= 0.5)
+    row = {"epoch": 0, "loss": "", **{f"dev_{name}": scores[name] for name in DEV_SCORES}}
+    with open(os.path.join(run_dir, HISTORY), "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+    save_checkpoint(model, os.path.join(run_dir, "checkpoints", BEST), {"epoch": 0, MONITOR: scores["weighted_f1"]})
+    print(f"late fusion: dev weighted F1 {scores['weighted_f1']:.4f} (out-of-fold); per-genre weights text "
+          f"{np.round(weights[0], 2).tolist()}, poster {np.round(weights[1], 2).tolist()}")
 
 
 def train_as_worker(config: TrainConfig, strategy, prepared: PreparedDataset, shared_run_dir: str) -> str:
@@ -420,8 +479,9 @@ def write_serving_files(run_dir: str, model: keras.Model, config: TrainConfig, p
     """
     dev = make_dataset(prepared, "dev", 64, training=False, input_names=list(model.input_names),
                        image_size=config.poster.image_size, feature_caches=caches)
-    probabilities = make_predictor(model)(dev)
-    thresholds = tune_thresholds(split_labels(prepared, "dev")["labels"], probabilities)
+    labels = split_labels(prepared, "dev")
+    probabilities = threshold_probabilities(run_dir, labels["ids"], make_predictor(model)(dev))
+    thresholds = tune_thresholds(labels["labels"], probabilities)
     means = fallback_means(model, config, prepared, caches)
     plots, posters = raw_examples(prepared, "train", limit=WARMUP_EXAMPLES)
     record = {"format": SERVING_FORMAT, "checkpoint": checkpoint_identity(run_dir), "genres": prepared.genres,

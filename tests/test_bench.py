@@ -15,6 +15,7 @@ def test_table3_has_floors_classic_rows_and_every_model(small_prepared, tiny_ove
     from genre_tf.baselines import METRICS, score_probabilities, tfidf_logistic
     from genre_tf.dataset import split_plots
     from genre_tf.dataset import load_prepared
+    from genre_tf.files import read_json
     from genre_tf.training import split_labels
 
     table = table3(small_prepared, [*tiny_overrides, "epochs=1", "oversample_genres=2"], runs_root=str(tmp_path))
@@ -48,7 +49,18 @@ def test_table3_has_floors_classic_rows_and_every_model(small_prepared, tiny_ove
     baseline = [row for row in deep if row["model"] == "most_common"]
     assert baseline[0]["test"]["at_0.5"] == baseline[1]["test"]["at_0.5"]  # oversampling cannot move it
     markdown = table3_markdown(table)
-    assert markdown.count("| no |") == 15 and markdown.count("| yes |") == 15  # intervals, scores, per genre
+    # intervals and scores (5 models and the average), per genre (5 models)
+    assert markdown.count("| no |") == 17 and markdown.count("| yes |") == 17
+    # the integrated row is late fusion over this table's own text_finetuned and poster runs of the same setting
+    integrated = read_json(os.path.join(tmp_path, "integrated-os", "config.json"))["model"]
+    assert (integrated["text_run"], integrated["poster_run"]) == (
+        os.path.join(tmp_path, "text_finetuned-os"), os.path.join(tmp_path, "poster-os"))
+    # the untuned average reference: 0.7 x text_finetuned + 0.3 x poster probabilities, tuned on dev like any row
+    text, poster = (np.load(os.path.join(tmp_path, name, "predictions.npz")) for name in ("text_finetuned", "poster"))
+    mixed = {s: 0.7 * text[f"{s}_probabilities"] + 0.3 * poster[f"{s}_probabilities"] for s in ("dev", "test")}
+    average = next(row for row in table["rows"] if row["model"].startswith("average") and not row["oversampled"])
+    expected = score_probabilities("x", text["dev_labels"], mixed["dev"], text["test_labels"], mixed["test"])
+    assert average["test"]["tuned"] == pytest.approx(expected["test"]["tuned"])
     best = max(table["rows"], key=lambda row: row["test"]["tuned"]["weighted_f1"])
     assert (table["best"]["model"], table["best"]["oversampled"]) == (best["model"], best.get("oversampled"))
     for row in table["rows"]:  # each row: an interval around its score, a paired difference with the best

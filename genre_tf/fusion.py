@@ -1,0 +1,115 @@
+"""Late fusion: the integrated model as a trained text branch and a trained poster branch, mixed per genre on dev.
+
+Training the two branches jointly lets the head lean on the text branch: on the training movies the (fine-tuned)
+text branch is nearly always right, so the poster barely moves the loss. Here each branch is trained alone
+(a text_finetuned or text_frozen run, and a poster run), and a per-genre logistic regression over their two
+logits, `mix_g = a_g * text_logit_g + b_g * poster_logit_g + c_g`, is fitted on dev, movies neither branch saw.
+Its dev probabilities for threshold tuning are out-of-fold (each dev movie scored by a mix fitted without it),
+so dev stays honest; test is never looked at.
+
+The result is one Keras model with the integrated model's named inputs: the text branch (encoder inside when
+fine-tuned), the poster branch, the `GenreMix` layer and the sigmoid. It is saved as the run's best checkpoint
+and served like any other.
+"""
+import os
+
+import numpy as np
+import tf_keras as keras
+
+OUT_OF_FOLD = "dev_out_of_fold.npz"   # dev ids and out-of-fold probabilities: thresholds are tuned on these
+FOLDS = 5
+LOGIT_CLIP = 1e-6
+
+
+@keras.utils.register_keras_serializable(package="genre_tf")
+class GenreMix(keras.layers.Layer):
+    """Per genre, a weighted sum of the text and poster logits plus a bias (a 2-input logistic regression)."""
+
+    def __init__(self, num_genres: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_genres = num_genres
+
+    def build(self, input_shape):
+        def weight(name, value):
+            return self.add_weight(name=name, shape=(self.num_genres,), initializer=keras.initializers.Constant(value))
+        # Until fitted: the mean of the two logits.
+        self.text_weight, self.poster_weight, self.bias = weight("text_weight", 0.5), weight("poster_weight", 0.5), \
+            weight("bias", 0.0)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        text_logits, poster_logits = inputs
+        return self.text_weight * text_logits + self.poster_weight * poster_logits + self.bias
+
+    def get_config(self):
+        return {**super().get_config(), "num_genres": self.num_genres}
+
+
+def to_logits(probabilities: np.ndarray) -> np.ndarray:
+    """The logits of probabilities, clipped so that a saturated sigmoid stays finite."""
+    p = np.clip(np.asarray(probabilities, np.float64), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return np.log(p / (1 - p))
+
+
+def fit_mix(text_logits: np.ndarray, poster_logits: np.ndarray, labels: np.ndarray,
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-genre logistic regressions over (text logit, poster logit) on dev.
+
+    Returns (weights [3, genres]: text weight, poster weight, bias; out-of-fold dev probabilities). A genre with
+    too few dev positives for cross-fitting keeps the text branch alone (weights 1, 0, 0).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    weights = np.tile(np.array([[1.0], [0.0], [0.0]]), (1, labels.shape[1]))
+    out_of_fold = 1 / (1 + np.exp(-text_logits))
+    for genre in range(labels.shape[1]):
+        column = labels[:, genre]
+        folds = min(FOLDS, int(column.sum()), int(len(column) - column.sum()))
+        if folds < 2:
+            continue
+        inputs = np.stack([text_logits[:, genre], poster_logits[:, genre]], axis=1)
+        mix = LogisticRegression()
+        split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        out_of_fold[:, genre] = cross_val_predict(mix, inputs, column, cv=split, method="predict_proba")[:, 1]
+        mix.fit(inputs, column)
+        weights[:, genre] = [*mix.coef_[0], mix.intercept_[0]]
+    return weights, out_of_fold
+
+
+def branch_logits(model: keras.Model, dataset) -> np.ndarray:
+    """A trained single-branch model's pre-sigmoid outputs (its genre_logits layer) over a dataset."""
+    from genre_tf.callbacks import make_predictor
+
+    logits = keras.Model(model.inputs, model.get_layer("genre_logits").output)
+    return make_predictor(logits)(dataset).astype(np.float64)
+
+
+def copy_branch_weights(target: keras.Model, text_model: keras.Model, poster_model: keras.Model) -> None:
+    """Each branch's layers by name (text encoder and head, genre_logits; a poster encoder trained inside), and the
+    poster model's genre_logits into poster_logits."""
+    text_layers = {layer.name for layer in text_model.layers}
+    for layer in target.layers:
+        if layer.weights and layer.name not in ("poster_logits", "fusion_mix"):
+            source = text_model if layer.name in text_layers else poster_model
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+    target.get_layer("poster_logits").set_weights(poster_model.get_layer("genre_logits").get_weights())
+
+
+def write_out_of_fold(run_dir: str, ids, probabilities: np.ndarray) -> None:
+    """Keep the honest dev probabilities beside the checkpoint, for threshold tuning at train end and in evaluate."""
+    from genre_tf.files import atomic_path
+
+    with atomic_path(os.path.join(run_dir, OUT_OF_FOLD)) as staging:
+        np.savez(staging, ids=np.asarray(ids), probabilities=np.asarray(probabilities, np.float32))
+
+
+def threshold_probabilities(run_dir: str, ids, probabilities: np.ndarray) -> np.ndarray:
+    """The dev probabilities to tune thresholds on: out-of-fold ones where the model was fitted on dev."""
+    path = os.path.join(run_dir, OUT_OF_FOLD)
+    if not os.path.exists(path):
+        return probabilities
+    with np.load(path, allow_pickle=False) as stored:
+        if stored["ids"].tolist() != list(ids):
+            raise ValueError(f"{path} holds other dev movies than the dataset's dev split; retrain the run")
+        return stored["probabilities"]
