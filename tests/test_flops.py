@@ -1,4 +1,6 @@
 """FLOP counts against hand counts: tiny CNN, tiny BERT, the real heads and ResNet50's published figure."""
+import dataclasses
+
 import genre_tf  # noqa: F401  selects tf-keras
 import pytest
 import tf_keras as keras
@@ -40,10 +42,15 @@ def test_tiny_bert_matches_a_hand_count():
 
 
 def test_integrated_head_over_cached_features():
-    config = ModelConfig(kind="integrated", text_units=(16, 32), fusion_units=8, fine_tune_text=False)
+    config = ModelConfig(kind="integrated", text_units=(16, 32), fusion_units=8, fine_tune_text=False,
+                         fusion="concat")
     model = build_model(config, num_genres=3, text_dim=12, poster_dim=20)
     expected = 2 * (12 * 16 + 16 * 32 + (32 + 20) * 8 + 8 * 3)  # the LayerNorms and dropouts add no matmul
     assert model_flops(model) == Flops(expected, expected)
+    # late fusion: each branch's own logits; the per-genre mix is elementwise, no matmul
+    late = build_model(dataclasses.replace(config, fusion="late"), num_genres=3, text_dim=12, poster_dim=20)
+    expected = 2 * (12 * 16 + 16 * 32 + 32 * 3 + 20 * 3)
+    assert model_flops(late) == Flops(expected, expected)
 
 
 def test_resnet50_matches_its_papers_count():

@@ -15,7 +15,7 @@ def test_fine_tuning_step_flops_count_the_tf_hub_encoder(make_tiny_config, tmp_p
 
 
 def test_a_head_over_cached_features_counts_only_the_head(make_tiny_config, tmp_path):
-    config = make_tiny_config("integrated", "model.fine_tune_text=false", run_dir=tmp_path)
+    config = make_tiny_config("integrated", "model.fine_tune_text=false", "model.fusion=concat", run_dir=tmp_path)
     fused = 2 * ((8 + 1280) * 8 + 8 * 4)  # the text head's 8 and Lite0's 1280 features into 8 units, then 4 genres
     head = 2 * (8 * 16 + 16 * 8) + fused
     assert training_step(config, steps=1, warmup=1, min_seconds=0)["flops"] == 3 * head
