@@ -4,6 +4,7 @@ This module imports no TensorFlow, numpy or Pillow, so `--help` and option error
 """
 import dataclasses
 import json
+import reprlib
 import typing
 
 import yaml
@@ -183,6 +184,18 @@ TUPLE_SHAPES = {tuple[int, ...]: "a list of integers", tuple[str, ...]: "a list 
                 tuple[tuple[str, str], ...]: "a mapping of names, e.g. {Science Fiction: Sci-Fi}, or a list of pairs"}
 
 
+# Error messages quote a value this way: a list of 100,000 items or a 1 MB string must not flood the terminal.
+_VALUE_REPR = reprlib.Repr()
+_VALUE_REPR.maxlevel, _VALUE_REPR.maxstring, _VALUE_REPR.maxother = 3, 60, 60
+MAX_QUOTED_CHARS = 80
+
+
+def _quoted(value) -> str:
+    """The repr of an option value (or key) for an error message, at most MAX_QUOTED_CHARS characters."""
+    text = _VALUE_REPR.repr(value)  # reprlib stops early in long or nested containers, unlike repr()[:80]
+    return text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS - 3] + "..."
+
+
 def _field_types(cls) -> dict[str, object]:
     return typing.get_type_hints(cls)
 
@@ -198,7 +211,7 @@ def _coerce(value, expected, key: str):
         return _coerce_tuple(value, expected, key)
     if expected is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
+            raise ValueError(f"{key} must be true or false, got {_quoted(value)}")
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -206,11 +219,11 @@ def _coerce(value, expected, key: str):
         try:  # YAML 1.1 reads 1e-5 (no dot) as a string
             return float(value)
         except ValueError:
-            raise ValueError(f"{key} must be float, got {value!r}") from None
+            raise ValueError(f"{key} must be float, got {_quoted(value)}") from None
     if expected is str and value is None:
         return ""
     if not isinstance(value, expected) or isinstance(value, bool) and expected is not bool:
-        raise ValueError(f"{key} must be {expected.__name__}, got {value!r}")
+        raise ValueError(f"{key} must be {expected.__name__}, got {_quoted(value)}")
     return value
 
 
@@ -225,8 +238,8 @@ def _coerce_tuple(value, expected, key: str) -> tuple:
             if len(kinds) == len(value):
                 return tuple(_coerce_item(item, kind, key) for item, kind in zip(value, kinds, strict=True))
         except ValueError:
-            pass  # the message below names the whole value and the shape wanted
-    raise ValueError(f"{key} must be {TUPLE_SHAPES.get(expected, 'a list')}, got {value!r}")
+            pass  # the message below names the value and the shape wanted
+    raise ValueError(f"{key} must be {TUPLE_SHAPES.get(expected, 'a list')}, got {_quoted(value)}")
 
 
 def _coerce_item(value, expected, key: str):
@@ -256,7 +269,7 @@ def _replace(config, overrides: dict[str, object], prefix: str, root: type):
             nested.setdefault(name, {})[rest] = value
         elif name in sections:
             keys = ", ".join(f"{prefix}{key}.{sub}" for sub in _field_types(sections[name]))
-            raise ValueError(f"{prefix}{key} is a section; set its keys ({keys}), got {value!r}")
+            raise ValueError(f"{prefix}{key} is a section; set its keys ({keys}), got {_quoted(value)}")
         elif dot or name not in types:
             raise _unknown(prefix + key, root)
         else:
@@ -269,8 +282,8 @@ def _replace(config, overrides: dict[str, object], prefix: str, root: type):
 def _unknown(key: str, root: type) -> ValueError:
     sections = list(_sections(root))
     if sections and "." in key and key.split(".")[0] not in sections:
-        return ValueError(f"unknown option {key!r}; sections are {', '.join(sections[:-1])} and {sections[-1]}")
-    return ValueError(f"unknown option {key!r}; valid options: {', '.join(valid_keys(root))}")
+        return ValueError(f"unknown option {_quoted(key)}; sections are {', '.join(sections[:-1])} and {sections[-1]}")
+    return ValueError(f"unknown option {_quoted(key)}; valid options: {', '.join(valid_keys(root))}")
 
 
 def _raise_first(checks) -> None:
@@ -284,8 +297,8 @@ def validate(config: TrainConfig) -> None:
     """Raise ValueError naming the first bad option value."""
     model = config.model
     _raise_first([
-        (model.kind in MODEL_KINDS, f"model.kind must be one of {MODEL_KINDS}, got {model.kind!r}"),
-        (model.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}, got {model.fusion!r}"),
+        (model.kind in MODEL_KINDS, f"model.kind must be one of {MODEL_KINDS}, got {_quoted(model.kind)}"),
+        (model.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}, got {_quoted(model.fusion)}"),
         (0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}"),
         (model.l2 >= 0 and model.fusion_units >= 1 and all(u >= 1 for u in model.text_units),
          "model.l2 must be >= 0 and every layer width >= 1"),
@@ -311,9 +324,9 @@ def validate_prepare(config: PrepareConfig) -> None:
     fractions = config.fractions
     _raise_first([
         (bool(config.catalogue and config.out), "prepare needs a catalogue and an output folder (out=DIR)"),
-        (config.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {config.layout!r}"),
+        (config.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {_quoted(config.layout)}"),
         (bool(config.genres) or config.num_genres >= 1, f"num_genres must be at least 1, got {config.num_genres}"),
-        (config.genreless in ("keep", "drop"), f"genreless must be 'keep' or 'drop', got {config.genreless!r}"),
+        (config.genreless in ("keep", "drop"), f"genreless must be 'keep' or 'drop', got {_quoted(config.genreless)}"),
         (config.min_train_movies >= 1, f"min_train_movies must be at least 1, got {config.min_train_movies}"),
         (config.shard_size >= 1 and config.workers >= 0, "shard_size must be >= 1 and workers >= 0"),
         (len(fractions) == 3 and min(fractions) > 0 and abs(sum(fractions) - 1) < 1e-6,
@@ -338,7 +351,7 @@ def parse_override(text: str) -> tuple[str, object]:
     """'key=value' with the value read as YAML (numbers, true/false, [lists], strings)."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise ValueError(f"expected key=value, got {text!r}")
+        raise ValueError(f"expected key=value, got {_quoted(text)}")
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
@@ -356,6 +369,20 @@ def _flatten(tree: dict, cls: type, prefix: str = "") -> dict[str, object]:
 MAX_CONFIG_CHARS = 1_000_000  # a real config file is a few hundred characters
 
 
+class _AliasFound(yaml.YAMLError):
+    """A YAML alias (*name) in a config file."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader refusing aliases: nested ones expand a 300-byte file into gigabytes ("billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _AliasFound(f"line {mark.line + 1}, column {mark.column + 1}")
+        return super().compose_node(parent, index)
+
+
 def read_config_file(path: str) -> dict:
     """The options in a YAML or JSON file, or a ValueError naming the file and what is wrong with it."""
     try:
@@ -369,7 +396,10 @@ def read_config_file(path: str) -> dict:
     if len(text) > MAX_CONFIG_CHARS:
         raise ValueError(f"config file {path} is larger than {MAX_CONFIG_CHARS} characters; is it a config file?")
     try:
-        tree = yaml.safe_load(text)  # YAML is a superset of JSON
+        tree = yaml.load(text, Loader=_NoAliasLoader)  # YAML is a superset of JSON
+    except _AliasFound as where:
+        raise ValueError(f"config file {path} uses a YAML alias (*name) at {where}; aliases are not allowed, "
+                         "write each value out in full") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

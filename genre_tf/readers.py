@@ -36,6 +36,7 @@ def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; the header has {header}. Map columns with "
                              "columns.FIELD=HEADER (e.g. columns.plot=Overview), or CsvColumns(plot='Overview').")
+        _refuse_repeated_columns(header, path, columns)
         while True:
             try:
                 row = next(reader)
@@ -46,6 +47,16 @@ def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns
                 continue
             records.append(_csv_record(row, f"{path}:{reader.line_num}", poster_dir, columns))
     return Catalogue(records)
+
+
+def _refuse_repeated_columns(header: list[str], path: str, columns: CsvColumns) -> None:
+    """Refuse a header naming a column the reader uses twice: csv.DictReader would silently keep the last one."""
+    used = {getattr(columns, field.name) for field in dataclasses.fields(columns)}
+    repeated = sorted(name for name in used if header.count(name) > 1)  # other repeats are never read
+    if repeated:
+        raise ValueError(f"{path}: column(s) {repeated} appear more than once in the header; rename or remove "
+                         "the extra ones (prepare does not guess which is right), or map columns with "
+                         "columns.FIELD=HEADER.")
 
 
 def _csv_record(row: dict, source: str, poster_dir: str, columns: CsvColumns) -> RawMovie | Reject:

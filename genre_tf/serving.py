@@ -164,13 +164,23 @@ class GenreModel(tf.Module):
                 "genres": tf.strings.reduce_join(names, axis=1, separator=", "),
                 "inputs_used": tf.reshape(inputs_used, [batch])}
 
+    def _same_batch(self, text_inputs, poster, poster_name: str):
+        """poster, once checked to hold one row per plot: broadcasting would otherwise mix up or drop movies."""
+        plots = text_inputs[TOKEN_INPUTS[0]] if self.token_ids else text_inputs
+        check = tf.debugging.assert_equal(tf.shape(plots)[0], tf.shape(poster)[0],
+                                          message=f"plot and {poster_name} batches must have the same length")
+        with tf.control_dependencies([check]):  # before any op that could fail on the mismatch less clearly
+            return tf.identity(poster)
+
     def serve(self, text_inputs, poster):
+        poster = self._same_batch(text_inputs, poster, POSTER)
         if self.poster_encoder is None:
             return self._predict(text_inputs, None, tf.zeros(tf.shape(poster), tf.bool))
         images, ok = decode_posters(poster, self.image_size)
         return self._predict(text_inputs, self.poster_encoder(images, training=False), ok)
 
     def serve_features(self, text_inputs, poster_features):
+        poster_features = self._same_batch(text_inputs, poster_features, POSTER_FEATURES)
         has_poster = tf.reduce_any(tf.not_equal(poster_features, 0.0), axis=1)  # all zeros: no poster
         return self._predict(text_inputs, poster_features, has_poster)
 

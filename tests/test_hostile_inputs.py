@@ -496,3 +496,118 @@ def test_a_csv_row_over_the_field_size_limit_is_rejected_and_the_rest_kept(tmp_p
     assert kept == ["m1", "m3"]
     assert [(r.source, r.reason) for r in records if isinstance(r, Reject)] == [
         (f"{csv_path}:3", "unreadable CSV row: field larger than field limit (131072)")]
+
+
+# 14. Issue #23: aliases, huge option values, mismatched serving batches, repeated CSV columns ----------
+
+
+def write_billion_laughs(path, levels: int = 9):
+    """A YAML file of a few hundred bytes whose nested aliases expand to 9**levels strings as model.text_units."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]" for level in range(1, levels)]
+    path.write_text("\n".join(lines + [f"model:\n  text_units: *l{levels - 1}"]) + "\n")
+    return path
+
+
+def test_a_billion_laughs_config_is_refused_at_its_first_alias(tmp_path):
+    path = write_billion_laughs(tmp_path / "laughs.yaml")
+    assert len(path.read_bytes()) < 600
+    # In a bounded child: a regression expanding 9**9 strings must fail this test, not exhaust the machine.
+    result = run_bounded(f"""
+        import contextlib, io, json, time
+        import train
+        from genre_tf.config import load_config
+        from genre_tf.prepare import main as prepare_main
+        start = time.perf_counter()
+        try:
+            load_config({str(path)!r})
+            message = "loaded"
+        except ValueError as error:
+            message = str(error)
+        exits = []
+        for main, argv in ((train.main, ["--config", {str(path)!r}]),
+                           (prepare_main, ["--config", {str(path)!r}, "c.csv", "out=o"])):
+            stderr = io.StringIO()
+            with contextlib.redirect_stderr(stderr):
+                try:
+                    main(argv)
+                except SystemExit as stop:
+                    exits.append([stop.code, stderr.getvalue()])
+        print(json.dumps({{"message": message, "exits": exits, "seconds": time.perf_counter() - start}}))
+    """)
+    assert result["message"] == (f"config file {path} uses a YAML alias (*name) at line 2, column 10; aliases are "
+                                 "not allowed, write each value out in full")
+    assert len(result["message"]) < 300 and result["seconds"] < 10
+    assert [code for code, _ in result["exits"]] == [2, 2]
+    for _, stderr in result["exits"]:
+        assert result["message"] in stderr and len(stderr) < 2000  # argparse's usage line, then the message
+
+
+def test_a_huge_option_value_is_quoted_short_in_its_error(tmp_path):
+    from genre_tf.config import load_config
+
+    path = tmp_path / "units.yaml"
+    path.write_text(json.dumps({"model": {"text_units": [str(n) for n in range(100_000)]}}))
+    with pytest.raises(ValueError) as error:
+        load_config(str(path))
+    assert str(error.value) == "model.text_units must be a list of integers, got ['0', '1', '2', '3', '4', '5', ...]"
+    for overrides, start in ((["model.kind=" + "x" * 100_000], "model.kind must be one of"),
+                             (["epochs=" + "9" * 100_000 + "x"], "epochs must be int, got '999"),
+                             (["x" * 100_000 + "=1"], "unknown option 'xxx")):
+        with pytest.raises(ValueError) as error:
+            load_config(overrides=overrides)
+        assert str(error.value).startswith(start) and "..." in str(error.value)
+        assert len(str(error.value).split("; valid options")[0]) < 200
+
+
+@pytest.fixture(scope="module")
+def late_fusion_export(tmp_path_factory):
+    """genre_tf's serving module over a tiny late-fusion head and stand-in encoders, saved and loaded again."""
+    import tensorflow as tf
+    from genre_tf.config import ModelConfig
+    from genre_tf.models import build_model
+    from genre_tf.serving import GenreModel, ServingParts
+
+    class Encoder(tf.Module):
+        """A stand-in encoder without weights: plot lengths one-hot, or a poster's mean colour."""
+
+        def __call__(self, inputs, training=False):
+            if inputs.dtype == tf.string:
+                return tf.one_hot(tf.strings.length(inputs) % 4, 4)
+            return tf.reduce_mean(tf.cast(inputs, tf.float32), axis=[1, 2]) / 255
+
+    head = build_model(ModelConfig(text_units=(4,), fine_tune_text=False), 2, text_dim=4, poster_dim=3)  # late fusion
+    parts = ServingParts("integrated", ["A", "B"], np.full(2, 0.5), head, Encoder(), Encoder(),
+                         np.zeros(4, np.float32), np.zeros(3, np.float32), image_size=32, seq_length=8)
+    module = GenreModel(parts)
+    folder = str(tmp_path_factory.mktemp("late_fusion") / "1")
+    tf.saved_model.save(module, folder, signatures=module.signatures(parts.seq_length))
+    return tf.saved_model.load(folder).signatures
+
+
+def test_serving_refuses_plot_and_poster_batches_of_different_lengths(late_fusion_export):
+    import tensorflow as tf
+
+    plots = tf.constant(["a ghost story", "a family laughs", ""])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="plot and poster batches must have the same length"):
+        late_fusion_export["serving_default"](plot=plots, poster=tf.constant([image_bytes()]))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="plot and poster_features batches must have the same length"):
+        late_fusion_export["with_poster_features"](plot=plots, poster_features=tf.ones([1, 3]))
+    served = late_fusion_export["serving_default"](plot=plots, poster=tf.constant([image_bytes(), b"", b"??"]))
+    assert served["probabilities"].shape == (3, 2)
+    assert served["inputs_used"].numpy().tolist() == [b"plot+poster", b"plot", b"none"]
+
+
+def test_a_csv_naming_a_column_twice_is_refused_naming_it(tmp_path, capsys):
+    rows = [["m1", "t", PLOT, "Drama", "p.jpg", "a short plot"]]
+    csv_path = write_csv(tmp_path / "c.csv", rows, header=("id", "title", "plot", "genres", "poster", "plot"))
+    with pytest.raises(ValueError, match=r"c.csv: column\(s\) \['plot'\] appear more than once in the header"):
+        read_catalogue(str(csv_path))
+    assert prepare_main([str(csv_path), f"out={tmp_path / 'out'}"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {csv_path}: column(s) ['plot'] appear more than once")
+    assert sorted(os.listdir(tmp_path)) == ["c.csv"]
+    # a repeated column the reader never reads is harmless, as before
+    path = write_csv(tmp_path / "notes.csv", [["m1", "t", PLOT, "Drama", "p.jpg", "", ""]],
+                     header=("id", "title", "plot", "genres", "poster", "notes", "notes"))
+    assert [r.movie_id for r in read_catalogue(str(path)).records] == ["m1"]
