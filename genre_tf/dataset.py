@@ -2,12 +2,19 @@
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from genre_tf.images import decode_poster
+
+# Format 2 stores each poster as a PNG of decode_poster's pixels; format 1 (no "format" key) stored a JPEG
+# resized and re-encoded by Pillow, whose pixels differ from what the SavedModel computes for the same file.
+DATASET_FORMAT = 2
+POSTER_STORAGE = "PNG of images.decode_poster's pixels at image_size"
+_WARNED_OLD_FORMAT: set[str] = set()
 
 # Keys of the dicts the pipelines yield; they are also the model's input names.
 MOVIE_ID, PLOT, POSTER, POSTER_FEATURES, PLOT_EMBEDDING = (
@@ -24,13 +31,13 @@ def _bytes(value: bytes) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
-def serialize_example(movie_id: str, plot: str, poster_jpeg: bytes, labels: np.ndarray,
+def serialize_example(movie_id: str, plot: str, poster_png: bytes, labels: np.ndarray,
                       year: int | None) -> bytes:
     """One prepared movie as a serialized tf.train.Example."""
     feature = {
         MOVIE_ID: _bytes(movie_id.encode("utf-8")),
         PLOT: _bytes(plot.encode("utf-8")),
-        POSTER: _bytes(poster_jpeg),
+        POSTER: _bytes(poster_png),
         "labels": tf.train.Feature(float_list=tf.train.FloatList(value=labels.tolist())),
         "year": tf.train.Feature(int64_list=tf.train.Int64List(value=[year or 0])),
     }
@@ -88,6 +95,7 @@ def load_prepared(path: str) -> PreparedDataset:
                                 "run `python -m genre_tf.prepare CATALOGUE out=DIR` first")
     with open(metadata_path, encoding="utf-8") as handle:
         metadata = json.load(handle)
+    check_format(path, metadata.get("format", 1))
     with open(os.path.join(path, "genres.txt"), encoding="utf-8") as handle:
         genres = [line.strip() for line in handle if line.strip()]
     with open(os.path.join(path, "split.json"), encoding="utf-8") as handle:
@@ -95,8 +103,26 @@ def load_prepared(path: str) -> PreparedDataset:
     return PreparedDataset(path=path, genres=genres, split=split, metadata=metadata)
 
 
+def check_format(path: str, version: int) -> None:
+    """Refuse a dataset of a newer format; warn (once) that one of an older format trains on other pixels."""
+    if version > DATASET_FORMAT:
+        raise ValueError(f"{path} is a prepared dataset of format {version}, newer than this genre_tf reads "
+                         f"({DATASET_FORMAT}); update genre_tf or re-run `python -m genre_tf.prepare`")
+    if version < DATASET_FORMAT and path not in _WARNED_OLD_FORMAT:
+        # Still readable (its JPEGs decode), and its feature caches match its own pixels, so it is not refused.
+        _WARNED_OLD_FORMAT.add(path)
+        print(f"warning: {path} was prepared before dataset format {DATASET_FORMAT}: its posters are JPEGs "
+              "resized by Pillow, a few grey levels away from what the SavedModel computes for the same file. "
+              "Remove it and re-run `python -m genre_tf.prepare` to train on the pixels serving sees.",
+              file=sys.stderr)
+
+
 def raw_examples(prepared: PreparedDataset, split: str, limit: int | None = None):
-    """(plot texts, poster bytes as stored) of a split, in split order: what a serving client sends."""
+    """(plot texts, poster bytes as stored) of a split, in split order: what a serving client sends.
+
+    The posters are encoded images the SavedModel reads (PNG since dataset format 2, JPEG before) and
+    decodes to the pixels training sees.
+    """
     spec = {PLOT: _PARSE_SPEC[PLOT], POSTER: _PARSE_SPEC[POSTER]}
     records = tf.data.TFRecordDataset(prepared.shards(split)).take(-1 if limit is None else limit)
     parsed = [tf.io.parse_single_example(record, spec) for record in records]

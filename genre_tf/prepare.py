@@ -145,30 +145,32 @@ def genre_counts(movies: list[Movie], ids: list[str]) -> dict[str, int]:
 def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: list[str],
                    rejects: list[Reject], config: PrepareConfig, directory: str, vocabulary: dict) -> dict:
     """Write every artifact of a prepared dataset into `directory`; returns its metadata."""
-    from genre_tf.dataset import serialize_example, write_shards
+    from genre_tf.dataset import DATASET_FORMAT, POSTER_STORAGE, serialize_example, write_shards
 
     by_id = {movie.movie_id: movie for movie in movies}
     part_of = {movie_id: name for name, ids in split.items() for movie_id in ids}
     with open(os.path.join(directory, "movies.jsonl"), "w", encoding="utf-8") as handle:
         for movie in movies:
             if movie.movie_id in part_of:
-                row = {k: v for k, v in dataclasses.asdict(movie).items() if k != "poster_jpeg"}
+                row = {k: v for k, v in dataclasses.asdict(movie).items() if k != "poster_png"}
                 handle.write(json.dumps(dict(row, split=part_of[movie.movie_id]), ensure_ascii=False) + "\n")
     with open(os.path.join(directory, "genres.txt"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(genres) + "\n")
     with open(os.path.join(directory, "split.json"), "w", encoding="utf-8") as handle:
         json.dump(split, handle)
     write_rejects(rejects, os.path.join(directory, "rejects.csv"))
-    digest, shards, labels = hashlib.sha256(), {}, {}
+    # The format is hashed too, so a dataset of another format never shares a fingerprint (nor feature caches).
+    digest, shards, labels = hashlib.sha256(f"genre_tf dataset format {DATASET_FORMAT}\n".encode()), {}, {}
     for name in SPLIT_NAMES:
         chosen = [by_id[movie_id] for movie_id in split[name]]
         labels[name] = multi_hot([movie.genres for movie in chosen], genres)
-        examples = [serialize_example(m.movie_id, m.plot, m.poster_jpeg, row, m.year)
+        examples = [serialize_example(m.movie_id, m.plot, m.poster_png, row, m.year)
                     for m, row in zip(chosen, labels[name], strict=True)]
         for example in examples:
             digest.update(example)
         shards[name] = write_shards(examples, directory, name, config.shard_size)
     metadata = {
+        "format": DATASET_FORMAT, "posters": POSTER_STORAGE,
         "name": config.name or os.path.basename(os.path.normpath(config.catalogue)),
         "catalogue": os.path.abspath(config.catalogue), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "image_size": config.rules.image_size, "fingerprint": digest.hexdigest()[:16],

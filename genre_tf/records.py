@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 from genre_tf.config import ValidationRules
-from genre_tf.images import InputFileError, PosterError, encode_poster, load_poster, read_poster_file
+from genre_tf.images import InputFileError, PosterError, load_poster, prepared_poster, read_poster_file
 
 _GENRE_SEPARATORS = re.compile(r"[,|;]")
 # Chinese and Japanese write no spaces between words: each Han or kana character counts as a word,
@@ -33,13 +33,13 @@ class RawMovie:
 
 @dataclasses.dataclass(frozen=True)
 class Movie:
-    """A validated movie: non-empty plot, non-blank genres, and a poster re-encoded at the prepared size."""
+    """A validated movie: non-empty plot, non-blank genres, and its poster as serving resizes it, stored as PNG."""
 
     movie_id: str
     title: str
     plot: str
     genres: tuple
-    poster_jpeg: bytes
+    poster_png: bytes
     year: int | None
     language: str
     source: str
@@ -158,10 +158,13 @@ def validate_movie(raw: RawMovie, rules: ValidationRules) -> Movie:
     plot = check_plot(raw.plot, rules)
     genres = parse_genres(raw.genres, rules.genre_aliases)
     year = parse_year(raw.year)
+    poster = read_poster_bytes(raw.poster, raw.poster_root)
     try:
-        image = load_poster(read_poster_bytes(raw.poster, raw.poster_root), rules.min_poster_side)
+        load_poster(poster, rules.min_poster_side)  # Pillow names what is wrong with a bad file
+        # The pixels come from the TensorFlow decoder the SavedModel runs, not from Pillow: one poster pipeline.
+        poster_png = prepared_poster(poster, rules.image_size)
     except PosterError as error:
         raise RecordError(str(error)) from None
     return Movie(movie_id=movie_id, title=str(raw.title or "").strip(), plot=plot, genres=genres,
-                 poster_jpeg=encode_poster(image, rules.image_size), year=year,
+                 poster_png=poster_png, year=year,
                  language=str(raw.language or "").strip(), source=raw.source)

@@ -59,7 +59,7 @@ def demo_dataset(config: demo.DemoConfig | None = None) -> str:
     from genre_tf.config import PrepareConfig, ValidationRules
     from genre_tf.prepare import prepare
 
-    root = os.path.join(cache_root(), "demo", cache_key(json.dumps(dataclasses.asdict(config)), "v2"))
+    root = os.path.join(cache_root(), "demo", cache_key(json.dumps(dataclasses.asdict(config)), "v3"))
     prepared = os.path.join(root, "prepared")
     if not os.path.exists(prepared):
         print(f"generating the SYNTHETIC demo catalogue ({config.num_movies} movies) under {root}")
