@@ -38,9 +38,9 @@ from genre_tf.split import frequency_table, multi_hot, oversample_counts
 
 FINAL = "final.json"
 LOCK = ".lock"
-SERVING = "serving"                    # serving.json and warmup_poster.jpg: all the export reads besides the checkpoint
-SERVING_FORMAT = 1
-WARMUP_POSTER = "warmup_poster.jpg"
+SERVING = "serving"                    # serving.json and warmup_poster.png: all the export reads besides the checkpoint
+SERVING_FORMAT = 2  # 2: the warm-up poster is the stored PNG (dataset format 2)
+WARMUP_POSTER = "warmup_poster.png"
 WARMUP_EXAMPLES = 4
 MEAN_SAMPLE = 1024  # training movies averaged for the missing-input fallbacks
 

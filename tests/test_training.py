@@ -52,7 +52,7 @@ def test_each_model_trains_and_leaves_a_complete_run_directory(tiny_config, smal
             "text_finetuned": {"plot_embedding": 8}, "integrated": {"plot_embedding": 8, "poster_features": 1280}}
     assert serving["feature_dims"] == dims[kind]
     assert {name: len(mean) for name, mean in serving["fallback_means"].items()} == dims[kind]
-    assert Path(run_dir, "serving", "warmup_poster.jpg").read_bytes()[:2] == b"\xff\xd8"  # a JPEG, as stored
+    assert Path(run_dir, "serving", "warmup_poster.png").read_bytes()[:4] == b"\x89PNG"  # as stored: lossless
 
 
 def test_oversampling_writes_the_counts_and_trains(tiny_config, capsys):
