@@ -128,14 +128,15 @@ def train_or_reuse(config) -> str:
     return train(config)
 
 
-def average_rows(runs_root: str, oversample: bool, seeds: dict[str, int], genres: Sequence[str]) -> list[dict]:
-    """The untuned late-fusion reference: 0.7 x the text model's + 0.3 x the poster model's probabilities, per seed
-    both have, thresholds tuned on dev like any row. Empty unless the table has both models."""
+def average_rows(runs_root: str, oversample: bool, seeds: dict[str, int], genres: Sequence[str],
+                 text: str) -> list[dict]:
+    """The untuned late-fusion reference: 0.7 x the text model's (`text`: the integrated model's text kind) + 0.3 x
+    the poster model's probabilities, per seed both have, thresholds tuned on dev like any row. Empty unless the
+    table has both models."""
     from genre_tf.baselines import score_probabilities
     from genre_tf.evaluation import load_predictions
     from genre_tf.metrics import predict_labels
 
-    text = "text_finetuned" if seeds.get("text_finetuned") else "text_frozen"
     rows = []
     for seed in range(min(seeds.get(text, 0), seeds.get("poster", 0))):
         text_p, poster_p = (load_predictions(os.path.join(runs_root, run_name(kind, oversample, seed)))
@@ -189,8 +190,10 @@ def table3(data: str = "demo", overrides: Sequence[str] = (), runs_root: str = "
                 metrics_by_run.append(metrics)
     check_same_split(metrics_by_run)
     first = metrics_by_run[0]
+    integrated = _config(data, "integrated", False, "", overrides).model
     for oversample in (False, True):
-        rows += average_rows(runs_root, oversample, seeds, first["genres"])
+        rows += average_rows(runs_root, oversample, seeds, first["genres"],
+                             "text_finetuned" if integrated.fine_tune_text else "text_frozen")
     rows = lift_rows(group_seeds(rows), floors)
     best = add_uncertainty(rows, floors, test_labels, first["genres"])
     return {"dataset": first["dataset"]["name"], "fingerprint": first["dataset"]["fingerprint"],

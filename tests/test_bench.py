@@ -51,12 +51,12 @@ def test_table3_has_floors_classic_rows_and_every_model(small_prepared, tiny_ove
     markdown = table3_markdown(table)
     # intervals and scores (5 models and the average), per genre (5 models)
     assert markdown.count("| no |") == 17 and markdown.count("| yes |") == 17
-    # the integrated row is late fusion over this table's own text_finetuned and poster runs of the same setting
+    # the integrated row is late fusion over this table's own text_frozen and poster runs of the same setting
     integrated = read_json(os.path.join(tmp_path, "integrated-os", "config.json"))["model"]
     assert (integrated["text_run"], integrated["poster_run"]) == (
-        os.path.join(tmp_path, "text_finetuned-os"), os.path.join(tmp_path, "poster-os"))
-    # the untuned average reference: 0.7 x text_finetuned + 0.3 x poster probabilities, tuned on dev like any row
-    text, poster = (np.load(os.path.join(tmp_path, name, "predictions.npz")) for name in ("text_finetuned", "poster"))
+        os.path.join(tmp_path, "text_frozen-os"), os.path.join(tmp_path, "poster-os"))
+    # the untuned average reference: 0.7 x text_frozen + 0.3 x poster probabilities, tuned on dev like any row
+    text, poster = (np.load(os.path.join(tmp_path, name, "predictions.npz")) for name in ("text_frozen", "poster"))
     mixed = {s: 0.7 * text[f"{s}_probabilities"] + 0.3 * poster[f"{s}_probabilities"] for s in ("dev", "test")}
     average = next(row for row in table["rows"] if row["model"].startswith("average") and not row["oversampled"])
     expected = score_probabilities("x", text["dev_labels"], mixed["dev"], text["test_labels"], mixed["test"])
