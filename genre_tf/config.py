@@ -30,9 +30,9 @@ class ModelConfig:
     # integrated only: false (frozen, cached text) beat fine-tuning inside late fusion on real movies, at an eighth of
     # the cost (README, "Results on real movies"); true fine-tunes the BERT encoder, as the paper does.
     fine_tune_text: bool = False
-    # integrated only. late: train the text and poster branches alone, then mix their logits per genre on dev
-    # (genre_tf/fusion.py; README, "Fusion"). concat: the paper's joint model, branches concatenated.
-    fusion: str = "late"          # late | concat
+    # integrated only. concat: the paper's joint model, branches concatenated (best on dev over frozen text: README,
+    # "Fusion"). late: train the text and poster branches alone, then mix their logits per genre on dev (fusion.py).
+    fusion: str = "concat"        # concat | late
     branch_norm: bool = True      # concat only: LayerNorm each branch before concatenating (false = the paper)
     # late only: finished runs to use as the branches (same dataset); empty = train them inside this run
     text_run: str = ""            # a text_finetuned run (text_frozen when fine_tune_text is false)

@@ -18,7 +18,8 @@ def test_table3_has_floors_classic_rows_and_every_model(small_prepared, tiny_ove
     from genre_tf.files import read_json
     from genre_tf.training import split_labels
 
-    table = table3(small_prepared, [*tiny_overrides, "epochs=1", "oversample_genres=2"], runs_root=str(tmp_path))
+    table = table3(small_prepared, [*tiny_overrides, "epochs=1", "oversample_genres=2", "integrated:model.fusion=late"],
+                   runs_root=str(tmp_path))
     deep = [row for row in table["rows"] if row["kind"] == "deep"]
     assert [(row["model"], row["oversampled"]) for row in deep] == [
         (kind, oversample) for kind in KINDS for oversample in (False, True)]

@@ -29,9 +29,10 @@ import client  # noqa: E402
 
 @pytest.fixture(scope="module")
 def exported(make_tiny_config, tmp_path_factory):
-    """An integrated model (fine-tuned tiny BERT + ResNet50 at 32 px) trained one epoch and exported."""
+    """An integrated late-fusion model (fine-tuned tiny BERT + Lite0 at 32 px) trained one epoch and exported."""
     root = tmp_path_factory.mktemp("export")
-    run_dir = train(make_tiny_config("integrated", "epochs=1", "model.fine_tune_text=true", run_dir=root / "run"))
+    run_dir = train(make_tiny_config("integrated", "epochs=1", "model.fine_tune_text=true", "model.fusion=late",
+                                     run_dir=root / "run"))
     return run_dir, export_run(run_dir, str(root / "models"))
 
 

@@ -67,7 +67,7 @@ def test_the_integrated_run_is_its_branches_mixed_and_tunes_on_out_of_fold_dev(t
     from genre_tf.metrics import tune_thresholds
     from genre_tf.training import restore_trained, split_labels, train
 
-    run_dir = train(tiny_config("integrated", "model.fine_tune_text=false", "epochs=3"))
+    run_dir = train(tiny_config("integrated", "model.fusion=late", "epochs=3"))
     branches = {kind: os.path.join(run_dir, "branches", kind) for kind in ("text_frozen", "poster")}
     assert all(os.path.exists(os.path.join(b, "final.json")) for b in branches.values())
     _, prepared, model, caches = restore_trained(run_dir)
@@ -92,9 +92,9 @@ def test_the_integrated_run_is_its_branches_mixed_and_tunes_on_out_of_fold_dev(t
     serving = read_json(os.path.join(run_dir, "serving", "serving.json"))
     assert serving["thresholds"] == tune_thresholds(dev_labels["labels"], stored["probabilities"]).tolist()
     # a branch run from elsewhere is reused, not retrained; one of another kind is refused
-    reused = train(tiny_config("integrated", "model.fine_tune_text=false", "epochs=3", "seed=1", f"run_dir={run_dir}-2",
+    reused = train(tiny_config("integrated", "model.fusion=late", "epochs=3", "seed=1", f"run_dir={run_dir}-2",
                                f"model.text_run={branches['text_frozen']}", f"model.poster_run={branches['poster']}"))
     assert not os.path.exists(os.path.join(reused, "branches"))
     with pytest.raises(ValueError, match="is a poster run"):
-        train(tiny_config("integrated", "model.fine_tune_text=false", "seed=2", f"run_dir={run_dir}-3",
+        train(tiny_config("integrated", "model.fusion=late", "seed=2", f"run_dir={run_dir}-3",
                           f"model.text_run={branches['poster']}", f"model.poster_run={branches['poster']}"))

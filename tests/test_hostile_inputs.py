@@ -576,7 +576,7 @@ def late_fusion_export(tmp_path_factory):
                 return tf.one_hot(tf.strings.length(inputs) % 4, 4)
             return tf.reduce_mean(tf.cast(inputs, tf.float32), axis=[1, 2]) / 255
 
-    head = build_model(ModelConfig(text_units=(4,), fine_tune_text=False), 2, text_dim=4, poster_dim=3)  # late fusion
+    head = build_model(ModelConfig(text_units=(4,), fusion="late"), 2, text_dim=4, poster_dim=3)  # late fusion
     parts = ServingParts("integrated", ["A", "B"], np.full(2, 0.5), head, Encoder(), Encoder(),
                          np.zeros(4, np.float32), np.zeros(3, np.float32), image_size=32, seq_length=8)
     module = GenreModel(parts)
