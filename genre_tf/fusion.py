@@ -33,8 +33,9 @@ class GenreMix(keras.layers.Layer):
         def weight(name, value):
             return self.add_weight(name=name, shape=(self.num_genres,), initializer=keras.initializers.Constant(value))
         # Until fitted: the mean of the two logits.
-        self.text_weight, self.poster_weight, self.bias = weight("text_weight", 0.5), weight("poster_weight", 0.5), \
-            weight("bias", 0.0)
+        self.text_weight = weight("text_weight", 0.5)
+        self.poster_weight = weight("poster_weight", 0.5)
+        self.bias = weight("bias", 0.0)
         super().build(input_shape)
 
     def call(self, inputs):

@@ -55,7 +55,7 @@ def resampled_scores(labels: np.ndarray, predicted, counts: np.ndarray) -> dict[
         raise ValueError(f"labels {truth.shape}, predictions {stack.shape[1:]} and counts over {counts.shape[1]} "
                          "movies must agree")
     support = counts @ truth                                   # [resamples, genres]
-    scores = {name: 0.0 for name in (*METRICS, "f1")}
+    totals = {name: 0.0 for name in (*METRICS, "f1")}         # summed over seeds, divided once below
     for predictions in stack:
         tp, fp, fn = (counts @ (truth * predictions), counts @ ((1 - truth) * predictions),
                       counts @ (truth * (1 - predictions)))
@@ -64,12 +64,12 @@ def resampled_scores(labels: np.ndarray, predicted, counts: np.ndarray) -> dict[
         # samples F1: a movie with no true and no predicted genre is right (scikit-learn's zero_division=1)
         sizes = truth.sum(1) + predictions.sum(1)
         per_movie = np.where(sizes > 0, _safe_ratio(2 * (truth * predictions).sum(1), sizes), 1.0)
-        scores["f1"] = scores["f1"] + f1 / len(stack)
-        scores["weighted_f1"] = scores["weighted_f1"] + _safe_ratio((support * f1).sum(1), support.sum(1)) / len(stack)
-        scores["macro_f1"] = scores["macro_f1"] + f1.mean(1) / len(stack)
-        scores["micro_f1"] = scores["micro_f1"] + _safe_ratio(2 * micro_tp, 2 * micro_tp + fp.sum(1) + fn.sum(1)) \
-            / len(stack)
-        scores["samples_f1"] = scores["samples_f1"] + counts @ per_movie / counts.sum(1) / len(stack)
+        totals["f1"] = totals["f1"] + f1
+        totals["weighted_f1"] = totals["weighted_f1"] + _safe_ratio((support * f1).sum(1), support.sum(1))
+        totals["macro_f1"] = totals["macro_f1"] + f1.mean(1)
+        totals["micro_f1"] = totals["micro_f1"] + _safe_ratio(2 * micro_tp, 2 * micro_tp + fp.sum(1) + fn.sum(1))
+        totals["samples_f1"] = totals["samples_f1"] + counts @ per_movie / counts.sum(1)
+    scores = {name: total / len(stack) for name, total in totals.items()}
     return scores
 
 
