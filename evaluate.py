@@ -20,7 +20,12 @@ def main(argv=None) -> int:
                         help="print Table 3 across the runs (reusing each run's metrics.json when present): each "
                              "row's 95%% interval and its paired difference with the best row and the best floor; "
                              "runs that differ only in seed form one row (mean and spread)")
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="evaluate a run that is still training or stopped before its end (its best "
+                             "checkpoint so far); refused otherwise")
     args = parser.parse_args(argv)
+    import tensorflow as tf
+
     from genre_tf.evaluation import PREDICTIONS, comparison_table, evaluate_run, read_json
 
     all_metrics = []
@@ -30,7 +35,7 @@ def main(argv=None) -> int:
             if args.table and os.path.exists(existing) and os.path.exists(os.path.join(run_dir, PREDICTIONS)):
                 all_metrics.append(read_json(existing))
                 continue
-            metrics = evaluate_run(run_dir)
+            metrics = evaluate_run(run_dir, allow_unfinished=args.allow_unfinished)
             all_metrics.append(metrics)
             test = metrics["splits"]["test"]
             print(f"{run_dir}: test weighted F1 {test['at_0.5']['weighted_f1']:.4f} at 0.5, "
@@ -38,9 +43,9 @@ def main(argv=None) -> int:
                   f"report: {os.path.join(run_dir, 'report.md')}")
         if args.table:
             print(comparison_table(args.runs, all_metrics))
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError, tf.errors.OpError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 

@@ -29,9 +29,9 @@ def main(argv=None) -> int:
 
     try:
         run_dir = train(config)
-    except (ValueError, FileNotFoundError, RunDirectoryInUse) as error:
+    except (ValueError, OSError, RunDirectoryInUse) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return 1
     if not os.path.exists(os.path.join(run_dir, "final.json")):
         print(f"worker finished; the chief multi-worker task writes the results to {run_dir}")
         return 0

@@ -17,7 +17,14 @@ import urllib.request
 from collections.abc import Sequence
 
 
-MAX_POSTER_BYTES = 20 * 2**20  # genre_tf.images.MAX_POSTER_BYTES; the client does not import genre_tf
+MAX_POSTER_BYTES = 20 * 2**20  # genre_tf.files.MAX_POSTER_BYTES; the client does not import genre_tf
+MAX_ANSWER_BYTES = 16 * 2**20  # a reply for one request of 512 movies takes well under 1 MiB
+OUTPUTS = ("probabilities", "predicted", "genres", "inputs_used")  # genre_tf's serving outputs
+
+
+class BadAnswer(ValueError):
+    """The server answered, but not with genre_tf's outputs."""
+
 
 def rest_body(plots: Sequence[str], posters: Sequence[bytes | None], signature: str = "serving_default") -> str:
     """TF Serving's row-format JSON: {"instances": [{"plot": ..., "poster": {"b64": ...}}]}.
@@ -43,7 +50,24 @@ def post_rest(url: str, body: str, model_name: str = "genre_tf", timeout: float 
     request = urllib.request.Request(f"{url.rstrip('/')}/v1/models/{model_name}:predict", data=body.encode("utf-8"),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as reply:
-        return json.loads(reply.read())
+        return parse_answer(reply.read(MAX_ANSWER_BYTES + 1))
+
+
+def parse_answer(body: bytes) -> dict:
+    """A REST reply checked to be genre_tf's: {"predictions": [{probabilities, predicted, genres, inputs_used}]}."""
+    if len(body) > MAX_ANSWER_BYTES:
+        raise BadAnswer(f"the answer is larger than {MAX_ANSWER_BYTES} bytes; is this TF Serving?")
+    try:
+        answer = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # RecursionError: JSON nested too deep
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:100]
+        raise BadAnswer(f"the answer is not JSON ({reason}): {body[:60]!r}") from None
+    rows = answer.get("predictions") if isinstance(answer, dict) else None
+    if not (isinstance(rows, list) and rows and all(isinstance(row, dict) and set(OUTPUTS) <= set(row)
+                                                      for row in rows)):
+        raise BadAnswer(f"the answer is JSON but not genre_tf's outputs ({', '.join(OUTPUTS)} per movie): "
+                        f"{json.dumps(answer)[:100]}")
+    return answer
 
 
 def grpc_request(plots: Sequence[str], posters: Sequence[bytes | None], model_name: str = "genre_tf",
@@ -67,11 +91,15 @@ def send_grpc(target: str, request, timeout: float = 30.0):
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]) as channel:
         try:
-            return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout)
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout)
         except grpc.RpcError as error:
             raise ConnectionError(f"gRPC {error.code().name}: {error.details()}") from None
+    missing = [name for name in OUTPUTS if name not in response.outputs]
+    if missing:
+        raise BadAnswer(f"the answer lacks genre_tf's outputs {missing}; it has {sorted(response.outputs)[:10]}")
+    return response
 
 
 def request_once(args, poster: bytes) -> str:
@@ -85,10 +113,10 @@ def request_once(args, poster: bytes) -> str:
 def failure_message(error: OSError, target: str) -> str:
     """One line saying why a request failed: the server's own error, or that it cannot be reached."""
     if isinstance(error, urllib.error.HTTPError):
-        body = error.read().decode("utf-8", "replace")
-        with contextlib.suppress(ValueError, AttributeError):  # TF Serving answers {"error": "..."}
+        body = error.read(4096).decode("utf-8", "replace")
+        with contextlib.suppress(ValueError, AttributeError, RecursionError):  # TF Serving answers {"error": "..."}
             body = json.loads(body).get("error", body)
-        return f"TF Serving at {target} answered HTTP {error.code}: {body}"
+        return f"TF Serving at {target} answered HTTP {error.code}: {' '.join(str(body).split())[:300]}"
     reason = error.reason if isinstance(error, urllib.error.URLError) else error
     return f"no answer from TF Serving at {target}: {reason}; is the server running there?"
 
@@ -127,6 +155,9 @@ def main(argv=None) -> int:
         print(request_once(args, poster))
     except OSError as error:  # URLError, refused, reset, timed out, and send_grpc's ConnectionError
         print(f"error: {failure_message(error, args.rest or args.grpc)}", file=sys.stderr)
+        return 1
+    except BadAnswer as error:
+        print(f"error: {args.rest or args.grpc} answered, but {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -4,7 +4,9 @@
     python export/export_savedmodel.py --run RUN_DIR --out MODEL_BASE --token-ids   # tokenise client-side
 
 Reads the run directory alone (config.json, genres.txt, the best checkpoint and serving/, written at
-the end of training); runs trained before serving/ existed get it computed once from their dataset.
+the end of training), and refuses a run that is unfinished or whose dataset has changed since (checked
+when the dataset is on this machine). Runs trained before serving/ existed need
+`python -m genre_tf.migrate RUN` once.
 Writes MODEL_BASE/<next integer version>/ atomically (staged beside it, then renamed) and, if absent,
 MODEL_BASE/batching.config. See export/README.md for serving it.
 """
@@ -35,14 +37,20 @@ def main(argv=None) -> int:
     parser.add_argument("--model-name", default="genre_tf", help="the name in the warmup requests")
     parser.add_argument("--token-ids", action="store_true",
                         help="take BERT token ids instead of plot text (servers without tensorflow-text ops)")
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="export a run that is still training or stopped before its end (its best checkpoint "
+                             "so far); refused otherwise")
     args = parser.parse_args(argv)
+    import tensorflow as tf
+
     from genre_tf.serving import export_run
 
     try:
-        export_run(args.run, args.out, token_ids=args.token_ids, model_name=args.model_name, version=args.version)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        export_run(args.run, args.out, token_ids=args.token_ids, model_name=args.model_name, version=args.version,
+                   allow_unfinished=args.allow_unfinished)
+    except (ValueError, OSError, tf.errors.OpError) as error:  # OSError: a full disk, a version taken meanwhile
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 

@@ -66,7 +66,8 @@ def reference_rows(data: str, overrides: Sequence[str] = ()):
     from genre_tf.dataset import split_plots, split_posters
     from genre_tf.metrics import predict_labels
     from genre_tf.readers import SPLIT_NAMES
-    from genre_tf.training import open_dataset, split_labels
+    from genre_tf.dataset import split_labels
+    from genre_tf.training import open_dataset
 
     prepared = open_dataset(_config(data, "most_common", False, "", overrides))
     labels = {split: split_labels(prepared, split)["labels"] for split in SPLIT_NAMES}
@@ -115,11 +116,12 @@ def branch_options(config, runs_root: str, oversample: bool, seed: int, seeds: d
 def train_or_reuse(config) -> str:
     """Train a run, or reuse the finished one in its folder when its config is the same; returns the folder."""
     from genre_tf.config import config_to_dict
-    from genre_tf.training import load_run_config, train
+    from genre_tf.run_dir import load_config
+    from genre_tf.training import train
 
     run_dir = config.run_dir
     finished = os.path.exists(os.path.join(run_dir, "final.json"))
-    if finished and config_to_dict(load_run_config(run_dir)) == config_to_dict(config):
+    if finished and config_to_dict(load_config(run_dir)) == config_to_dict(config):
         print(f"reusing the finished run {run_dir}")
         return run_dir
     if os.path.exists(run_dir):

@@ -1,20 +1,14 @@
 """Training's per-epoch work as Keras callbacks: whole-dev-set F1, the atomic best checkpoint, resume state."""
-import csv
-import glob
 import os
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from genre_tf.files import atomic_path, read_json, write_json
+from genre_tf.files import atomic_path, write_json
 from genre_tf.metrics import f1_scores
-
-BEST = "best"
-CHECKPOINT_RECORD = "checkpoint.json"  # inside checkpoints/best: the epoch and dev score the weights come from
-HISTORY = "history.csv"                # CSVLogger: one row per finished epoch
-MONITOR = "dev_weighted_f1"
-DEV_SCORES = ("weighted_f1", "macro_f1", "micro_f1", "samples_f1")
+from genre_tf.run_dir import (BEST, CHECKPOINT_RECORD, DEV_SCORES, MONITOR, best_checkpoint, best_row,
+                              checkpoint_record, forget_epochs_from, read_history)
 
 
 def make_predictor(model: keras.Model):
@@ -34,54 +28,22 @@ def save_checkpoint(model: keras.Model, folder: str, record: dict) -> None:
         write_json(os.path.join(staging, CHECKPOINT_RECORD), record)
 
 
-def best_checkpoint(run_dir: str) -> str:
-    """The best checkpoint's prefix (falling back to the previous one if a swap was interrupted)."""
-    checkpoints = os.path.join(run_dir, "checkpoints")
-    old = sorted(glob.glob(os.path.join(checkpoints, f".{BEST}.*.old")))  # atomic_path's name while it swaps
-    for folder in (os.path.join(checkpoints, BEST), os.path.join(checkpoints, f"{BEST}.old"), *old):
-        if os.path.exists(os.path.join(folder, "weights.index")):
-            return os.path.join(folder, "weights")
-    raise FileNotFoundError(f"{run_dir} has no checkpoint (checkpoints/{BEST}); train it first")
-
-
-def checkpoint_record(run_dir: str) -> dict:
-    """The best checkpoint's record: its epoch (0-based) and dev weighted F1; {} when there is none."""
-    try:
-        path = os.path.join(os.path.dirname(best_checkpoint(run_dir)), CHECKPOINT_RECORD)
-    except FileNotFoundError:
-        return {}
-    return read_json(path) if os.path.exists(path) else {}
-
-
 def load_best_weights(model: keras.Model, run_dir: str) -> None:
     """Load the best checkpoint into a model built from the run's config; a model that does not fit fails loudly."""
     checkpoint = best_checkpoint(run_dir)
     if not model.weights:
         return
-    status = model.load_weights(checkpoint).expect_partial()  # the optimizer's slots are not needed
+    try:
+        status = model.load_weights(checkpoint).expect_partial()  # the optimizer's slots are not needed
+    except (tf.errors.OpError, ValueError, IndexError) as error:  # truncated (IndexError) or bit-flipped (crc)
+        reason = (getattr(error, "message", None) or str(error)).strip().splitlines()[0][:200]
+        raise ValueError(f"{checkpoint} is damaged and cannot be read ({reason}); retrain the run, or restore "
+                         "its checkpoints folder from a copy") from None
     try:
         status.assert_existing_objects_matched()
     except AssertionError as error:
         raise ValueError(f"{checkpoint} does not fit the model that {run_dir}/config.json builds "
                          f"(was it trained by another genre_tf version?): {str(error)[:300]}") from None
-
-
-def read_history(run_dir: str) -> list[dict]:
-    """The finished epochs' rows of history.csv, in epoch order; an epoch trained twice keeps its last row."""
-    path = os.path.join(run_dir, HISTORY)
-    if not os.path.exists(path):
-        return []
-    rows = {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            rows[int(row["epoch"])] = {"epoch": int(row["epoch"]), "loss": float(row.get("loss") or "nan"),
-                                       **{f"dev_{name}": float(row[f"dev_{name}"]) for name in DEV_SCORES}}
-    return [rows[epoch] for epoch in sorted(rows)]
-
-
-def best_row(history: list[dict]) -> dict:
-    """The first epoch with the highest dev weighted F1 (later ties do not count as improvements)."""
-    return max(history, key=lambda row: row[MONITOR])
 
 
 class DevF1(keras.callbacks.Callback):
@@ -107,19 +69,27 @@ class DevF1(keras.callbacks.Callback):
               f"{scores['weighted_f1']:.4f}", flush=True)
 
 
-class BestCheckpoint(keras.callbacks.ModelCheckpoint):
-    """Keras' ModelCheckpoint on dev weighted F1, whose save replaces checkpoints/best atomically.
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the weights of each epoch that improves dev weighted F1, replacing checkpoints/best atomically.
 
-    ModelCheckpoint writes weights.index and weights.data-* in place, so a kill mid-save would leave a
-    mismatched pair; its save hook is replaced by save_checkpoint, which also records the epoch.
+    Not Keras' ModelCheckpoint: it writes weights.index and weights.data-* in place, so a kill mid-save
+    would leave a mismatched pair, and changing how it saves means overriding its private methods.
+    save_checkpoint stages the folder and also records the epoch and score.
     """
 
     def __init__(self, run_dir: str):
-        super().__init__(os.path.join(run_dir, "checkpoints", BEST, "weights"), monitor=MONITOR, mode="max",
-                         save_best_only=True, save_weights_only=True, verbose=1)
+        super().__init__()
+        self.folder = os.path.join(run_dir, "checkpoints", BEST)
+        self.best = -np.inf  # ResumeProgress sets it from history.csv when a run resumes
 
-    def _save_handler(self, filepath):
-        save_checkpoint(self.model, os.path.dirname(filepath), {"epoch": self._current_epoch, MONITOR: self.best})
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get(MONITOR)
+        if score is None or not score > self.best:
+            return
+        print(f"\nEpoch {epoch + 1}: {MONITOR} improved from {self.best:.5f} to {score:.5f}, saving the weights "
+              f"to {self.folder}", flush=True)
+        self.best = score
+        save_checkpoint(self.model, self.folder, {"epoch": epoch, MONITOR: score})
 
 
 class ResumeProgress(keras.callbacks.Callback):
@@ -151,6 +121,7 @@ class ResumeProgress(keras.callbacks.Callback):
 
     def restore(self, next_epoch: int) -> None:
         """Set the callbacks' state from the epochs before `next_epoch`, whose weights BackupAndRestore restored."""
+        forget_epochs_from(self.run_dir, next_epoch)  # killed after an epoch's row but before its backup
         history = [row for row in read_history(self.shared_run_dir) if row["epoch"] < next_epoch]
         if not history:
             return

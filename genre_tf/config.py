@@ -15,6 +15,10 @@ MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integr
 POSTER_BACKBONES = ("auto", "resnet50", "efficientnet_lite0")
 LAYOUTS = ("auto", "csv", "mmimdb", "jsonl")
 MIN_POSTER_SIDE = 32                  # a smaller poster carries no usable picture
+# Limits shared by prepare, predict and the SavedModel's signatures (a request over them is refused whole):
+MAX_PLOT_BYTES = 65_536               # UTF-8 bytes of one plot; the paper's 545-word plots take about 4 KB
+MAX_REQUEST_MOVIES = 512              # movies in one SavedModel call or one predict batch
+MAX_POSTER_PIXELS = 40_000_000        # width x height (x frames); decoding more would cost gigabytes for one poster
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # the side of the square posters prepare writes and models read
 
 
@@ -112,6 +116,9 @@ class TrainConfig:
     xla: bool = False             # jit_compile the train step
     distribute: str = "auto"      # auto (Mirrored on >1 GPU) | none | mirrored | multi_worker (TF_CONFIG)
 
+    def __post_init__(self):
+        validate(self)
+
 
 # The embedded demo must train in minutes on 2 CPU cores: shorter plots and small posters.
 # Keys set explicitly by the user win over these.
@@ -177,6 +184,9 @@ class PrepareConfig:
     shard_size: int = 2000
     workers: int = 0               # poster decoding threads; 0 = one per core
     min_train_movies: int = 32     # refuse to write a training part smaller than one batch (train.py's batch_size)
+
+    def __post_init__(self):
+        validate_prepare(self)
 
 
 # What a YAML value must look like for each tuple type, in error messages.
@@ -252,10 +262,7 @@ def _coerce_item(value, expected, key: str):
 
 def apply_overrides(config, overrides: dict[str, object]):
     """Set dotted keys (model.kind, rules.image_size, ...) on a copy of any config, type-checked and validated."""
-    config = _replace(config, overrides, "", type(config))
-    if type(config) in VALIDATORS:
-        VALIDATORS[type(config)](config)
-    return config
+    return _replace(config, overrides, "", type(config))  # each config validates itself in __post_init__
 
 
 def _replace(config, overrides: dict[str, object], prefix: str, root: type):
@@ -321,10 +328,10 @@ def validate(config: TrainConfig) -> None:
 
 
 def validate_prepare(config: PrepareConfig) -> None:
-    """Raise ValueError naming the first option that cannot give a trainable dataset (before any reading)."""
+    """Raise ValueError naming the first option that cannot give a trainable dataset (before any reading); the
+    catalogue and out=DIR may still be empty, as in PrepareConfig(), until prepare runs."""
     fractions = config.fractions
     _raise_first([
-        (bool(config.catalogue and config.out), "prepare needs a catalogue and an output folder (out=DIR)"),
         (config.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {_quoted(config.layout)}"),
         (bool(config.genres) or config.num_genres >= 1, f"num_genres must be at least 1, got {config.num_genres}"),
         (config.genreless in ("keep", "drop"), f"genreless must be 'keep' or 'drop', got {_quoted(config.genreless)}"),
@@ -332,9 +339,6 @@ def validate_prepare(config: PrepareConfig) -> None:
         (config.shard_size >= 1 and config.workers >= 0, "shard_size must be >= 1 and workers >= 0"),
         (len(fractions) == 3 and min(fractions) > 0 and abs(sum(fractions) - 1) < 1e-6,
          f"fractions must be three positive numbers summing to 1, got {list(fractions)}")])
-
-
-VALIDATORS = {TrainConfig: validate, PrepareConfig: validate_prepare}
 
 
 def valid_keys(cls: type = TrainConfig) -> dict[str, object]:
@@ -353,7 +357,11 @@ def parse_override(text: str) -> tuple[str, object]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ValueError(f"expected key=value, got {_quoted(text)}")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:  # a tag such as !!python/object, an unclosed bracket
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{key.strip()}: the value {_quoted(raw)} is not a plain YAML value ({problem})") from None
 
 
 def _flatten(tree: dict, cls: type, prefix: str = "") -> dict[str, object]:
@@ -425,6 +433,11 @@ def load_config(path: str = "", overrides=(), cls: type = TrainConfig, **values)
     demo = cls is TrainConfig and explicit.get("data", TrainConfig.data) == "demo"
     preset = {k: v for k, v in DEMO_PRESET.items() if k not in explicit} if demo else {}
     return apply_overrides(cls(), {**preset, **explicit})
+
+
+def config_from_dict(tree: dict, cls: type = TrainConfig):
+    """A config from its config_to_dict form (a run's config.json); options it lacks take their defaults."""
+    return apply_overrides(cls(), _flatten(tree, cls))
 
 
 def config_to_dict(config) -> dict:

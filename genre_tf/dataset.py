@@ -1,14 +1,17 @@
 """The prepared dataset on disk (TFRecord shards + metadata) and the tf.data pipelines that read it."""
 import dataclasses
+import itertools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from genre_tf.files import sha256_of
 from genre_tf.images import decode_poster
+from genre_tf.split import multi_hot
 
 # Format 2 stores each poster as a PNG of decode_poster's pixels; format 1 (no "format" key) stored a JPEG
 # resized and re-encoded by Pillow, whose pixels differ from what the SavedModel computes for the same file.
@@ -33,7 +36,11 @@ def _bytes(value: bytes) -> tf.train.Feature:
 
 def serialize_example(movie_id: str, plot: str, poster_png: bytes, labels: np.ndarray,
                       year: int | None) -> bytes:
-    """One prepared movie as a serialized tf.train.Example."""
+    """One prepared movie as a serialized tf.train.Example, in protobuf's deterministic form (map keys sorted).
+
+    The dataset fingerprint hashes these bytes: protobuf's default map order changed between versions 6 and 7,
+    which gave the same records other bytes, another fingerprint and recomputed feature caches.
+    """
     feature = {
         MOVIE_ID: _bytes(movie_id.encode("utf-8")),
         PLOT: _bytes(plot.encode("utf-8")),
@@ -41,17 +48,24 @@ def serialize_example(movie_id: str, plot: str, poster_png: bytes, labels: np.nd
         "labels": tf.train.Feature(float_list=tf.train.FloatList(value=labels.tolist())),
         "year": tf.train.Feature(int64_list=tf.train.Int64List(value=[year or 0])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
-def write_shards(examples: Sequence[bytes], directory: str, split: str, shard_size: int) -> list[str]:
-    """Write serialized examples into `split-00000-of-0000N.tfrecord` shards; returns the file names."""
-    num_shards = max(1, -(-len(examples) // shard_size))
-    names = []
+def write_shards(examples: Iterable[bytes], directory: str, split: str, shard_size: int,
+                 count: int | None = None) -> list[str]:
+    """Write serialized examples into `split-00000-of-0000N.tfrecord` shards; returns the file names.
+
+    Given their `count`, the examples may be a generator, consumed one at a time.
+    """
+    if count is None:
+        examples = list(examples)
+        count = len(examples)
+    num_shards = max(1, -(-count // shard_size))
+    examples, names = iter(examples), []
     for shard in range(num_shards):
         name = f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
         with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
-            for example in examples[shard * shard_size:(shard + 1) * shard_size]:
+            for example in itertools.islice(examples, shard_size):
                 writer.write(example)
         names.append(name)
     return names
@@ -115,6 +129,34 @@ def check_format(path: str, version: int) -> None:
               "resized by Pillow, a few grey levels away from what the SavedModel computes for the same file. "
               "Remove it and re-run `python -m genre_tf.prepare` to train on the pixels serving sees.",
               file=sys.stderr)
+
+
+DIGESTED = ("movies.jsonl", "genres.txt", "split.json")  # with the shards: every file a run reads labels or inputs from
+
+
+def file_digests(directory: str, shards: dict[str, list[str]]) -> dict[str, str]:
+    """sha256 of each file a prepared dataset is read from, so a run can tell when one was changed since."""
+    names = [*DIGESTED, *(name for split in shards.values() for name in split)]
+    return {name: sha256_of(os.path.join(directory, name)) for name in names}
+
+
+def changed_files(prepared: PreparedDataset, recorded: dict[str, str]) -> list[str]:
+    """What differs from the recorded digests, one phrase per file ('movies.jsonl was changed')."""
+    changes = []
+    for name, digest in recorded.items():
+        path = os.path.join(prepared.path, name)
+        if not os.path.exists(path):
+            changes.append(f"{name} is missing")
+        elif sha256_of(path) != digest:
+            changes.append(f"{name} was changed")
+    return changes
+
+
+def split_labels(prepared: PreparedDataset, split: str) -> dict[str, np.ndarray]:
+    """Ids and multi-hot labels of one split, in the split's order."""
+    genres_of = {movie["movie_id"]: movie["genres"] for movie in prepared.movies()}
+    ids = prepared.split[split]
+    return {"ids": ids, "labels": multi_hot([genres_of[i] for i in ids], prepared.genres)}
 
 
 def raw_examples(prepared: PreparedDataset, split: str, limit: int | None = None):

@@ -135,3 +135,22 @@ def write_demo_catalogue(directory: str, config: DemoConfig = DemoConfig()) -> s
                 image_file.write(poster_bytes or make_poster(["Drama"], rng, 1.0, config.poster_size))
             writer.writerow([f"broken{number}", "Synthetic Broken Row", plot, genres, poster, 2000, "en"])
     return csv_path
+
+
+def prepared_demo(config: DemoConfig | None = None) -> str:
+    """The prepared synthetic demo catalogue, generated and prepared once into the cache."""
+    import json
+
+    from genre_tf.config import PrepareConfig, ValidationRules
+    from genre_tf.files import cache_key, cache_root
+    from genre_tf.prepare import prepare
+
+    config = config or DemoConfig()
+    root = os.path.join(cache_root(), "demo", cache_key(json.dumps(dataclasses.asdict(config)), "v3"))
+    prepared = os.path.join(root, "prepared")
+    if not os.path.exists(prepared):
+        print(f"generating the SYNTHETIC demo catalogue ({config.num_movies} movies) under {root}")
+        csv_path = write_demo_catalogue(os.path.join(root, "raw"), config)
+        prepare(PrepareConfig(catalogue=csv_path, out=prepared, name=DEMO_NAME,
+                              rules=ValidationRules(image_size=config.poster_size)), progress=False)
+    return prepared

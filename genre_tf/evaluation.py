@@ -10,14 +10,15 @@ import tensorflow as tf
 import tf_keras as keras
 
 from genre_tf.config import TrainConfig
-from genre_tf.dataset import PreparedDataset, make_dataset
+from genre_tf.dataset import PreparedDataset, make_dataset, split_labels
 from genre_tf.baselines import METRICS, best_floor, constant_floors, degenerate_genres, lift_rows
 from genre_tf.encoders import encoders_summary
 from genre_tf.files import atomic_path, cache_key, read_json, write_json, write_text
 from genre_tf.fusion import threshold_probabilities
 from genre_tf.metrics import distinct_combinations, f1_scores, predict_labels, ranking_scores, tune_thresholds
 from genre_tf.callbacks import make_predictor
-from genre_tf.training import load_run_config, restore_trained, split_labels
+from genre_tf.network import restore_trained
+from genre_tf.run_dir import load_config, read_serving_files, require_finished
 from genre_tf.uncertainty import LEVEL, RESAMPLES, SEED, bootstrap_intervals, format_interval
 
 REPORT_FILES = ("report.md", "metrics.json", "predictions.npz", "cooccurrence.png", "per_genre_f1.png",
@@ -42,6 +43,16 @@ def restore_run(run_dir: str) -> RestoredRun:
     """Rebuild a run's model and load its best checkpoint, after checking the dataset still matches."""
     config, prepared, model, caches = restore_trained(run_dir)
     return RestoredRun(run_dir, config, prepared, model, caches, read_json(os.path.join(run_dir, "encoders.json")))
+
+
+def served_thresholds(run: RestoredRun) -> np.ndarray:
+    """The thresholds the run serves with, tuned once on dev at the end of training (serving/serving.json).
+
+    The most-common-class baseline serves nothing: its probabilities are 0 or 1, so 0.5 decides alike.
+    """
+    if run.config.model.kind == "most_common":
+        return np.full(len(run.prepared.genres), 0.5)
+    return np.asarray(read_serving_files(run.run_dir)[0]["thresholds"])
 
 
 def predict_split(run: RestoredRun, split: str, batch_size: int = 64) -> dict[str, np.ndarray]:
@@ -80,9 +91,10 @@ def _summary(scores: dict) -> dict:
     return {key: scores[key] for key in ("weighted_f1", "macro_f1", "micro_f1", "samples_f1")}
 
 
-def compute_metrics(genres: Sequence[str], dev: dict, test: dict, movies: dict[str, dict]) -> dict:
-    """Every number of the report. Thresholds are tuned on dev only and applied unchanged to test."""
-    thresholds = tune_thresholds(dev["labels"], dev["probabilities"])
+def compute_metrics(genres: Sequence[str], dev: dict, test: dict, movies: dict[str, dict],
+                    thresholds: np.ndarray | None = None) -> dict:
+    """Every number of the report, at the given thresholds (by default tuned on dev), applied unchanged to test."""
+    thresholds = tune_thresholds(dev["labels"], dev["probabilities"]) if thresholds is None else thresholds
     result = {"genres": list(genres), "thresholds_from": "dev", "thresholds": thresholds.tolist(), "splits": {},
               "intervals_method": {"method": "percentile bootstrap over movies", "resamples": RESAMPLES,
                                    "level": LEVEL, "seed": SEED}}
@@ -264,7 +276,8 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
              f"`{run.prepared.name}` (fingerprint {run.prepared.fingerprint[:12]}), best checkpoint by dev "
              f"weighted F1. Encoders: {encoders_summary(run.encoders)}. "
              f"Dev: {dev['movies']} movies, test: {test['movies']} movies. Per-genre thresholds were tuned on the "
-             "**dev** split to maximise each genre's F1 and applied unchanged to **test**; test chose nothing.", "",
+             "**dev** split to maximise each genre's F1 when training ended (the thresholds the export serves, from "
+             "`serving/serving.json`) and applied unchanged to **test**; test chose nothing.", "",
              "| split | thresholds | weighted F1 (eq. 2) | macro F1 | micro F1 | samples F1 |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, part in (("dev", dev), ("test", test)):
@@ -346,18 +359,19 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def evaluate_run(run_dir: str) -> dict:
+def evaluate_run(run_dir: str, allow_unfinished: bool = False) -> dict:
     """Write report.md, metrics.json and the PNGs into run_dir; returns the metrics.
 
     Everything is computed in memory before the first file is written, so a failure leaves no partial
     report, and each file is replaced atomically.
     """
+    require_finished(run_dir, allow_unfinished)
     run = restore_run(run_dir)
     dev, test = predict_split(run, "dev"), predict_split(run, "test")
     # a model fitted on dev (late fusion) is scored on dev, and tuned, out of fold
     dev["probabilities"] = threshold_probabilities(run_dir, dev["ids"], dev["probabilities"])
     movies = {movie["movie_id"]: movie for movie in run.prepared.movies()}
-    metrics = compute_metrics(run.prepared.genres, dev, test, movies)
+    metrics = compute_metrics(run.prepared.genres, dev, test, movies, served_thresholds(run))
     metrics.update(reference_scores(split_labels(run.prepared, "train")["labels"], dev, test, run.prepared.genres,
                                     metrics))
     metrics.update(run_dir=os.path.abspath(run_dir), model=run.config.model.kind, oversample=run.config.oversample,
@@ -403,7 +417,7 @@ def model_row(metrics: dict, predictions: dict[str, np.ndarray]) -> dict:
 
 def seedless_config(run_dir: str) -> str:
     """A run's config without its seed, run_dir and branch runs: runs equal in it are seeds of one model."""
-    config = load_run_config(run_dir)
+    config = load_config(run_dir)
     model = dataclasses.replace(config.model, text_run="", poster_run="")  # late fusion: each seed's own branches
     config = dataclasses.replace(config, seed=0, run_dir="", model=model)
     return json.dumps(dataclasses.asdict(config), sort_keys=True)

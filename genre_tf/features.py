@@ -6,13 +6,14 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from genre_tf.dataset import MOVIE_ID, PreparedDataset, make_dataset
-from genre_tf.files import atomic_path
+from genre_tf.files import atomic_path, cache_root
 from genre_tf.readers import SPLIT_NAMES
 
 
 def cache_path(prepared: PreparedDataset, name: str, key: str) -> str:
-    """Where the cache of `name` for the encoder identified by `key` lives, beside the dataset."""
-    return os.path.join(prepared.path, "features", f"{name}-{key}.npz")
+    """Where the cache of `name` for the encoder and dataset identified by `key` lives: under the cache root, so a
+    prepared dataset is never written after prepare (it may sit on a shared read-only disk)."""
+    return os.path.join(cache_root(), "features", f"{name}-{key}.npz")
 
 
 def compute_features(prepared: PreparedDataset, encoder, input_name: str, batch_size: int = 32,

@@ -8,6 +8,74 @@ import re
 import secrets
 import shutil
 import socket
+import stat
+
+
+MAX_POSTER_BYTES = 20 * 1024 * 1024  # a poster file larger than this is refused without reading it all
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+class InputFileError(ValueError):
+    """An input file refused by read_input_file, with the reason in its message."""
+
+
+class InputFileNotFoundError(InputFileError):
+    """An input path that names no file."""
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def read_input_file(path: str, root: str, limit: int, what: str = "input") -> bytes:
+    """A regular file's bytes, refused (InputFileError) if outside `root` (symlinks resolved) or over `limit` bytes."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, real_root]) != real_root:
+        raise InputFileError(f"{what} file outside its folder: {path} resolves to {real}, outside {real_root}")
+    try:
+        info = os.stat(real)  # before opening: opening a device or a FIFO can block or have effects
+        if not stat.S_ISREG(info.st_mode):
+            raise InputFileError(f"{what} file not a regular file: {path} is {_file_kind(info.st_mode)}")
+        # O_NONBLOCK: should the file have become a FIFO since the stat, open() cannot wait for a writer.
+        descriptor = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise InputFileNotFoundError(f"{what} file not found: {path}") from None
+    except OSError as error:
+        raise InputFileError(f"{what} file unreadable: {path}: {error.strerror}") from None
+    try:
+        data = _read_at_most(descriptor, limit)
+    except OSError as error:
+        raise InputFileError(f"{what} file unreadable: {path}: {error.strerror}") from None
+    finally:
+        os.close(descriptor)
+    if data is None:
+        size = f"{limit // 2 ** 20} MiB ({limit} bytes)" if limit % 2 ** 20 == 0 else f"{limit} bytes"
+        raise InputFileError(f"{what} file too large: {path} is larger than the limit of {size}")
+    return data
+
+
+def read_poster_file(path: str, root: str, limit: int = MAX_POSTER_BYTES) -> bytes:
+    """A poster file's bytes (see read_input_file): prepare, predict and batch_predict read posters with it."""
+    return read_input_file(path, root, limit, "poster")
+
+
+def _read_at_most(descriptor: int, limit: int) -> bytes | None:
+    """The whole regular file open at `descriptor`, or None when it holds more than `limit` bytes."""
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(0, f"it became {_file_kind(info.st_mode)} while being opened")
+    if info.st_size > limit:
+        return None
+    chunks, size = [], 0
+    while size <= limit:  # the file can grow while it is read: read at most limit + 1 bytes
+        chunk = os.read(descriptor, limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return None if size > limit else b"".join(chunks)
 
 
 def cache_root() -> str:

@@ -8,42 +8,19 @@ Its dev probabilities for threshold tuning are out-of-fold (each dev movie score
 so dev stays honest; test is never looked at.
 
 The result is one Keras model with the integrated model's named inputs: the text branch (encoder inside when
-fine-tuned), the poster branch, the `GenreMix` layer and the sigmoid. It is saved as the run's best checkpoint
-and served like any other.
+fine-tuned), the poster branch, the `GenreMix` layer (genre_tf/layers.py) inside its genre_head, and the
+sigmoid. It is saved as the run's best checkpoint and served like any other.
 """
 import os
 
 import numpy as np
 import tf_keras as keras
 
+from genre_tf.models import HEAD
+
 OUT_OF_FOLD = "dev_out_of_fold.npz"   # dev ids and out-of-fold probabilities: thresholds are tuned on these
 FOLDS = 5
 LOGIT_CLIP = 1e-6
-
-
-@keras.utils.register_keras_serializable(package="genre_tf")
-class GenreMix(keras.layers.Layer):
-    """Per genre, a weighted sum of the text and poster logits plus a bias (a 2-input logistic regression)."""
-
-    def __init__(self, num_genres: int, **kwargs):
-        super().__init__(**kwargs)
-        self.num_genres = num_genres
-
-    def build(self, input_shape):
-        def weight(name, value):
-            return self.add_weight(name=name, shape=(self.num_genres,), initializer=keras.initializers.Constant(value))
-        # Until fitted: the mean of the two logits.
-        self.text_weight = weight("text_weight", 0.5)
-        self.poster_weight = weight("poster_weight", 0.5)
-        self.bias = weight("bias", 0.0)
-        super().build(input_shape)
-
-    def call(self, inputs):
-        text_logits, poster_logits = inputs
-        return self.text_weight * text_logits + self.poster_weight * poster_logits + self.bias
-
-    def get_config(self):
-        return {**super().get_config(), "num_genres": self.num_genres}
 
 
 def to_logits(probabilities: np.ndarray) -> np.ndarray:
@@ -79,22 +56,24 @@ def fit_mix(text_logits: np.ndarray, poster_logits: np.ndarray, labels: np.ndarr
 
 
 def branch_logits(model: keras.Model, dataset) -> np.ndarray:
-    """A trained single-branch model's pre-sigmoid outputs (its genre_logits layer) over a dataset."""
+    """A trained single-branch model's pre-sigmoid outputs (its genre_head's logits) over a dataset."""
     from genre_tf.callbacks import make_predictor
 
-    logits = keras.Model(model.inputs, model.get_layer("genre_logits").output)
+    logits = keras.Model(model.inputs, model.get_layer("probabilities").input)
     return make_predictor(logits)(dataset).astype(np.float64)
 
 
 def copy_branch_weights(target: keras.Model, text_model: keras.Model, poster_model: keras.Model) -> None:
-    """Each branch's layers by name (text encoder and head, genre_logits; a poster encoder trained inside), and the
-    poster model's genre_logits into poster_logits."""
-    text_layers = {layer.name for layer in text_model.layers}
-    for layer in target.layers:
+    """The text branch's head layers (text_dense_*, genre_logits) and the poster branch's genre_logits (as
+    poster_logits) into the target's genre_head, and any encoder trained inside a branch into the target."""
+    head, text_head, poster_head = (model.get_layer(HEAD) for model in (target, text_model, poster_model))
+    for layer in head.layers:
         if layer.weights and layer.name not in ("poster_logits", "fusion_mix"):
-            source = text_model if layer.name in text_layers else poster_model
-            layer.set_weights(source.get_layer(layer.name).get_weights())
-    target.get_layer("poster_logits").set_weights(poster_model.get_layer("genre_logits").get_weights())
+            layer.set_weights(text_head.get_layer(layer.name).get_weights())
+    head.get_layer("poster_logits").set_weights(poster_head.get_layer("genre_logits").get_weights())
+    for name, source in (("text_encoder", text_model), ("poster_encoder", poster_model)):
+        if name in {layer.name for layer in target.layers} and name in {layer.name for layer in source.layers}:
+            target.get_layer(name).set_weights(source.get_layer(name).get_weights())
 
 
 def write_out_of_fold(run_dir: str, ids, probabilities: np.ndarray) -> None:

@@ -7,7 +7,9 @@ import tf_keras as keras
 
 from genre_tf.config import MODEL_KINDS, ModelConfig, fine_tunes_text, late_fusion, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
-from genre_tf.fusion import GenreMix
+from genre_tf.layers import GenreMix
+
+HEAD = "genre_head"  # the named sub-model after the encoders: feature inputs in, genre logits out
 
 
 def _dense(units, config, name, activation="relu"):
@@ -24,11 +26,6 @@ def _text_head(vector, config: ModelConfig):
     return x
 
 
-def _output(x, num_genres, config):
-    return keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(
-        _dense(num_genres, config, "genre_logits", activation=None)(x))
-
-
 def _encoded_input(encoder, name: str, feature_name: str, dim: int):
     """An encoder's raw input run through it, or (no encoder) a cached-feature input; returns (input, vector)."""
     if encoder is None:
@@ -38,36 +35,20 @@ def _encoded_input(encoder, name: str, feature_name: str, dim: int):
     return raw, encoder(raw)
 
 
-def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 1280,
-                text_encoder: keras.Model = None, poster_encoder: keras.Model = None,
-                genre_frequency: Sequence[float] = None) -> keras.Model:
-    """Build the Table 3 model `config.kind`.
-
-    Inputs are named as the tf.data keys. With an encoder given, the model reads the raw input
-    (`plot` text, `poster` pixels) and runs the encoder inside; without one it reads cached features
-    (`plot_embedding`, `poster_features`). Fine-tuning the text encoder needs it inside.
-    """
-    if config.kind not in MODEL_KINDS:
-        raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {config.kind!r}")
-    if config.kind == "most_common":
-        return build_most_common(num_genres, genre_frequency)
-    inputs, branches = [], []
+def build_genre_head(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 1280) -> keras.Model:
+    """The layers after the encoders, as the named sub-model `genre_head`: plot_embedding and/or poster_features in,
+    one logit per genre out. Serving runs this same sub-model behind its own encoders."""
+    inputs, branches = {}, []
     if uses_text(config):
-        if fine_tunes_text(config) and text_encoder is None:
-            raise ValueError(f"model {config.kind} fine-tunes the text encoder: pass text_encoder")
-        text_input, vector = _encoded_input(text_encoder, PLOT, PLOT_EMBEDDING, text_dim)
-        inputs.append(text_input)
-        branches.append(_text_head(vector, config))
+        inputs[PLOT_EMBEDDING] = keras.Input(shape=(text_dim,), name=PLOT_EMBEDDING)
+        branches.append(_text_head(inputs[PLOT_EMBEDDING], config))
     if uses_poster(config):
-        poster_input, features = _encoded_input(poster_encoder, POSTER, POSTER_FEATURES, poster_dim)
-        inputs.append(poster_input)
-        branches.append(features)
+        inputs[POSTER_FEATURES] = keras.Input(shape=(poster_dim,), name=POSTER_FEATURES)
+        branches.append(inputs[POSTER_FEATURES])
     if late_fusion(config):
         text_logits = _dense(num_genres, config, "genre_logits", activation=None)(branches[0])
         poster_logits = _dense(num_genres, config, "poster_logits", activation=None)(branches[1])
-        mixed = GenreMix(num_genres, name="fusion_mix")([text_logits, poster_logits])
-        probabilities = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(mixed)
-        return keras.Model(inputs, probabilities, name=config.kind)
+        return keras.Model(inputs, GenreMix(num_genres, name="fusion_mix")([text_logits, poster_logits]), name=HEAD)
     if config.kind == "integrated":
         if config.branch_norm:
             # CNN features (ResNet50's ~30x) are larger than the text head's output; unnormalised they swamp it.
@@ -78,7 +59,35 @@ def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poste
         x = keras.layers.Dropout(config.dropout, name="fusion_dropout")(x)
     else:
         x = branches[0]  # poster: features straight into the sigmoid layer (section 4.2)
-    return keras.Model(inputs, _output(x, num_genres, config), name=config.kind)
+    return keras.Model(inputs, _dense(num_genres, config, "genre_logits", activation=None)(x), name=HEAD)
+
+
+def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 1280,
+                text_encoder: keras.Model = None, poster_encoder: keras.Model = None,
+                genre_frequency: Sequence[float] = None) -> keras.Model:
+    """Build the Table 3 model `config.kind`: text_encoder and poster_encoder (when given), genre_head, sigmoid.
+
+    Inputs are named as the tf.data keys. With an encoder given, the model reads the raw input
+    (`plot` text, `poster` pixels) and runs the encoder inside; without one it reads cached features
+    (`plot_embedding`, `poster_features`). Fine-tuning the text encoder needs it inside.
+    """
+    if config.kind not in MODEL_KINDS:
+        raise ValueError(f"model.kind must be one of {MODEL_KINDS}, got {config.kind!r}")
+    if config.kind == "most_common":
+        return build_most_common(num_genres, genre_frequency)
+    if fine_tunes_text(config) and text_encoder is None:
+        raise ValueError(f"model {config.kind} fine-tunes the text encoder: pass text_encoder")
+    inputs, features = [], {}
+    for used, encoder, name, feature_name, dim in ((uses_text(config), text_encoder, PLOT, PLOT_EMBEDDING, text_dim),
+                                                   (uses_poster(config), poster_encoder, POSTER, POSTER_FEATURES,
+                                                    poster_dim)):
+        if used:
+            raw, features[feature_name] = _encoded_input(encoder, name, feature_name, dim)
+            inputs.append(raw)
+    head = build_genre_head(config, num_genres, **{key: int(features[name].shape[-1]) for key, name in (
+        ("text_dim", PLOT_EMBEDDING), ("poster_dim", POSTER_FEATURES)) if name in features})
+    probabilities = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(head(features))
+    return keras.Model(inputs, probabilities, name=config.kind)
 
 
 def build_most_common(num_genres: int, genre_frequency: Sequence[float]) -> keras.Model:

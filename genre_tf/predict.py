@@ -16,8 +16,11 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 
-from genre_tf.images import InputFileError, InputFileNotFoundError, read_poster_file
+from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
+from genre_tf.files import InputFileError, InputFileNotFoundError, read_poster_file
+from genre_tf.records import visible_text
 
+READ_COLUMNS = ("id", "title", "plot", "poster")
 PREDICT_BATCH = 64  # rows per call of the model: memory stays that of one batch, whatever the CSV's length
 
 
@@ -35,11 +38,22 @@ def load_movie(label: str, plot: str | None, poster_path: str | None, root: str)
             _warn(f"{label}: poster {poster_path} not found; predicting from the plot")
         except InputFileError as error:
             _warn(f"{label}: {error}; predicting from the plot")
-    return {"label": label, "plot": plot or "", "poster_path": poster_path or "", "poster": poster}
+    plot = plot or ""
+    if len(plot.encode("utf-8", "surrogateescape")) > MAX_PLOT_BYTES:
+        _warn(f"{label}: the plot is longer than {MAX_PLOT_BYTES} bytes (the limit of prepare and of the model); "
+              "not used")
+        plot = ""
+    return {"label": label, "plot": plot, "poster_path": poster_path or "", "poster": poster}
 
 
 def read_csv_movies(path: str, poster_dir: str = "") -> Iterator[dict]:
     """The movies of a CSV (a 'plot' column, optionally 'poster', 'id', 'title'), read row by row."""
+    for row in read_csv_rows(path, poster_dir):
+        yield load_movie(row["label"], row["plot"], row["poster_path"], row["root"])
+
+
+def read_csv_rows(path: str, poster_dir: str = "") -> Iterator[dict]:
+    """A predict CSV's rows: label, plot (None in a row short of the plot column), poster path (or None), root."""
     if not os.path.isfile(path):
         raise ValueError(f"{path} is {'a folder' if os.path.isdir(path) else 'not a regular file'}; "
                          "--csv needs a CSV file")
@@ -49,14 +63,19 @@ def read_csv_movies(path: str, poster_dir: str = "") -> Iterator[dict]:
         reader = csv.DictReader(handle)
         count = 0
         try:
-            if "plot" not in (reader.fieldnames or []):
-                raise ValueError(f"{path} needs a 'plot' column (and optionally 'poster'); it has "
-                                 f"{list(reader.fieldnames or [])}")
+            header = list(reader.fieldnames or [])
+            if "plot" not in header:
+                raise ValueError(f"{path} needs a 'plot' column (and optionally 'poster'); it has {header[:20]}")
+            repeated = sorted({name for name in READ_COLUMNS if header.count(name) > 1})
+            if repeated:  # DictReader keeps the last of them silently
+                raise ValueError(f"{path}: column(s) {repeated} appear more than once in the header; which one is "
+                                 "meant is ambiguous")
             for row in reader:
                 count += 1
                 poster = (row.get("poster") or "").strip()
                 label = row.get("id") or row.get("title") or f"{path} line {reader.line_num}"
-                yield load_movie(label, row["plot"], os.path.join(root, poster) if poster else None, root)
+                yield {"label": label, "plot": row["plot"], "root": root, "source": f"{path}:{reader.line_num}",
+                       "poster_path": os.path.join(root, poster) if poster else None}
         except UnicodeDecodeError as error:
             raise ValueError(f"{path} is not UTF-8 text (line {reader.line_num + 1}: {error.reason})") from None
         except csv.Error as error:
@@ -76,11 +95,35 @@ def read_inputs(args) -> Iterator[dict]:
 
 def predict(model_dir: str, movies: Iterable[dict], batch_size: int = PREDICT_BATCH) -> Iterator[dict]:
     """Run serving_default on the movies, batch_size at a time; yields one dict per movie, warns of unused inputs."""
+    if not 1 <= batch_size <= MAX_REQUEST_MOVIES:
+        raise ValueError(f"batch size must be 1 to {MAX_REQUEST_MOVIES} (the model's limit), got {batch_size}")
+    serving = load_serving(model_dir)
+    movies = iter(movies)
+    while batch := list(itertools.islice(movies, batch_size)):
+        yield from _results(batch, serving.score(batch), serving.genres)
+
+
+class Serving:
+    """An export's serving_default signature, its genres and, for a token-id export, the tokenizer it needs."""
+
+    def __init__(self, signature, genres: list[str], tokenize=None):
+        self.signature, self.genres, self.tokenize = signature, genres, tokenize
+
+    def score(self, batch: list[dict]) -> dict:
+        """serving_default's outputs (tensors) for movies with 'plot' and 'poster' (bytes or None)."""
+        import tensorflow as tf
+
+        plots = tf.constant([m["plot"] for m in batch])
+        posters = tf.constant([m["poster"] or b"" for m in batch])
+        text = self.tokenize(plots) if self.tokenize is not None else {"plot": plots}
+        return self.signature(**text, poster=posters)
+
+
+def load_serving(model_dir: str) -> Serving:
+    """Load an export (a version folder) for predict and batch_predict alike."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  registers the tokenizer ops the export uses
 
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     info_path = os.path.join(model_dir, "assets.extra", "export_info.json")
     if not os.path.exists(info_path):
         raise FileNotFoundError(f"{model_dir} is not a genre_tf export (no assets.extra/export_info.json)")
@@ -93,12 +136,7 @@ def predict(model_dir: str, movies: Iterable[dict], batch_size: int = PREDICT_BA
 
         # exports store the preprocessor inside the model folder, relative to it
         tokenize = hub.load(os.path.join(model_dir, info["text_preprocessor_handle"]))
-    movies = iter(movies)
-    while batch := list(itertools.islice(movies, batch_size)):
-        plots = tf.constant([m["plot"] for m in batch])
-        posters = tf.constant([m["poster"] or b"" for m in batch])
-        text = tokenize(plots) if tokenize is not None else {"plot": plots}
-        yield from _results(batch, signature(**text, poster=posters), info["genres"])
+    return Serving(signature, info["genres"], tokenize)
 
 
 def _results(batch: list[dict], outputs: dict, genres: list[str]) -> Iterator[dict]:
@@ -107,14 +145,14 @@ def _results(batch: list[dict], outputs: dict, genres: list[str]) -> Iterator[di
         if m["poster"] is not None and "poster" not in used:
             _warn(f"{m['label']}: poster {m['poster_path']} could not be decoded; predicted from "
                   f"{used if used != 'none' else 'neither input'}")
-        if not m["plot"].strip():
+        if not visible_text(m["plot"]):
             _warn(f"{m['label']}: empty plot; predicted from {used if used != 'none' else 'neither input'}")
         yield {"movie": m["label"], "genres": outputs["genres"][i].numpy().decode("utf-8"), "inputs_used": used,
                "probabilities": dict(zip(genres, outputs["probabilities"][i].numpy().round(4).tolist(), strict=True))}
 
 
 def main(argv=None) -> int:
-    """`python -m genre_tf.predict`: 0 once every movie is printed, 2 after a one-line error."""
+    """`python -m genre_tf.predict`: 0 once every movie is printed; 2 for a usage error, 1 for one while working."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="MODEL_BASE (latest version) or a version folder")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -126,17 +164,25 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help="CSV rows per model call")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    from genre_tf.serving import latest_version
-
+    if not 1 <= args.batch_size <= MAX_REQUEST_MOVIES:
+        parser.error(f"--batch-size must be 1 to {MAX_REQUEST_MOVIES} (the model's limit), got {args.batch_size}")
     try:
         for result in predict(latest_version(args.model), read_inputs(args), args.batch_size):
             print(json.dumps(result) if args.json else format_result(result), flush=True)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return 1
     return 0
+
+
+def latest_version(model_base: str) -> str:
+    """MODEL_BASE/<largest integer version>, or model_base itself if it is a SavedModel folder."""
+    if os.path.exists(os.path.join(model_base, "saved_model.pb")):
+        return model_base
+    versions = [int(name) for name in os.listdir(model_base) if name.isdigit()] if os.path.isdir(model_base) else []
+    if not versions:
+        raise FileNotFoundError(f"{model_base} holds no exported version (MODEL_BASE/<integer>/saved_model.pb)")
+    return os.path.join(model_base, str(max(versions)))
 
 
 def format_result(result: dict) -> str:

@@ -15,14 +15,15 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from genre_tf.config import PrepareConfig, ValidationRules, config_to_dict, describe_keys, load_config, validate_prepare
+from genre_tf.config import PrepareConfig, ValidationRules, config_to_dict, describe_keys, load_config
 from genre_tf.files import staging_folder
 from genre_tf.readers import SPLIT_NAMES, read_catalogue
 from genre_tf.records import Movie, RecordError, Reject, genre_key, validate_movie
+from genre_tf.spool import PosterSpool
 from genre_tf.split import frequency_table, multi_hot, stratified_split, top_genres
 
 
@@ -42,9 +43,12 @@ def check_trainable(split: dict[str, list[str]], config: PrepareConfig, rejects:
         print(f"warning: the test part is empty ({sizes}); evaluate.py will refuse to score test", file=sys.stderr)
 
 
-def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0,
-                 progress: bool = True) -> tuple[list[Movie], list[Reject]]:
-    """Validate records in parallel, keeping order; duplicates of an earlier id are rejected."""
+def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0, progress: bool = True,
+                 spool: PosterSpool | None = None) -> tuple[list[Movie], list[Reject]]:
+    """Validate records in parallel, keeping order; duplicates of an earlier id are rejected.
+
+    With a spool, each kept movie's poster_png is where its PNG lies in the spool, not the bytes.
+    """
     def check(record):
         if isinstance(record, Reject):
             return record
@@ -65,7 +69,9 @@ def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0,
                                       f"duplicate id (first seen at {first_seen[result.movie_id]})"))
             else:
                 first_seen[result.movie_id] = result.source
-                movies.append(result)
+                # posters go to disk as they come: in memory they were ~46 KB a movie of prepare's peak
+                movies.append(result if spool is None else dataclasses.replace(
+                    result, poster_png=spool.put(result.poster_png)))
     return movies, rejects
 
 
@@ -142,10 +148,11 @@ def genre_counts(movies: list[Movie], ids: list[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: list[str],
-                   rejects: list[Reject], config: PrepareConfig, directory: str, vocabulary: dict) -> dict:
-    """Write every artifact of a prepared dataset into `directory`; returns its metadata."""
-    from genre_tf.dataset import DATASET_FORMAT, POSTER_STORAGE, serialize_example, write_shards
+def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: list[str], rejects: list[Reject],
+                   config: PrepareConfig, directory: str, vocabulary: dict, spool: PosterSpool | None = None) -> dict:
+    """Write every artifact of a prepared dataset into `directory` (posters from `spool`, if given); returns its
+    metadata."""
+    from genre_tf.dataset import DATASET_FORMAT, POSTER_STORAGE, file_digests, serialize_example, write_shards
 
     by_id = {movie.movie_id: movie for movie in movies}
     part_of = {movie_id: name for name, ids in split.items() for movie_id in ids}
@@ -164,24 +171,30 @@ def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: lis
     for name in SPLIT_NAMES:
         chosen = [by_id[movie_id] for movie_id in split[name]]
         labels[name] = multi_hot([movie.genres for movie in chosen], genres)
-        examples = [serialize_example(m.movie_id, m.plot, m.poster_png, row, m.year)
-                    for m, row in zip(chosen, labels[name], strict=True)]
-        for example in examples:
-            digest.update(example)
-        shards[name] = write_shards(examples, directory, name, config.shard_size)
+        # a generator: one serialized example at a time, digested as it is written
+        examples = (serialize_example(m.movie_id, m.plot, spool.get(m.poster_png) if spool else m.poster_png,
+                                      row, m.year) for m, row in zip(chosen, labels[name], strict=True))
+        shards[name] = write_shards(digested(examples, digest), directory, name, config.shard_size, len(chosen))
     metadata = {
         "format": DATASET_FORMAT, "posters": POSTER_STORAGE,
         "name": config.name or os.path.basename(os.path.normpath(config.catalogue)),
         "catalogue": os.path.abspath(config.catalogue), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "image_size": config.rules.image_size, "fingerprint": digest.hexdigest()[:16],
         "counts": {name: len(split[name]) for name in SPLIT_NAMES} | {"rejected": len(rejects)},
-        "genres": genres, "vocabulary": vocabulary, "shards": shards,
+        "genres": genres, "vocabulary": vocabulary, "shards": shards, "files": file_digests(directory, shards),
         "config": config_to_dict(config),
     }
     with open(os.path.join(directory, "dataset.json"), "w", encoding="utf-8") as handle:
         json.dump(metadata, handle, indent=2)
     print(frequency_table(genres, labels))
     return metadata
+
+
+def digested(examples: Iterable[bytes], digest) -> Iterator[bytes]:
+    """The examples, each added to `digest` as it passes."""
+    for example in examples:
+        digest.update(example)
+        yield example
 
 
 def write_rejects(rejects: list[Reject], path: str) -> None:
@@ -210,11 +223,13 @@ def summarize_rejects(rejects: list[Reject], limit: int = 10, report: str | None
 
 def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     """Read, validate, split and write a prepared dataset atomically; returns its metadata."""
-    validate_prepare(config)
+    if not (config.catalogue and config.out):
+        raise ValueError("prepare needs a catalogue and an output folder (out=DIR)")
     if os.path.exists(config.out):
         raise FileExistsError(f"{config.out} already exists; remove it or choose another out=DIR")
     catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns)
-    movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress)
+    spool = PosterSpool(os.path.dirname(os.path.abspath(config.out)))  # closed, and gone, when prepare returns
+    movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress, spool)
     if not movies:
         raise ValueError(f"no valid movie in {config.catalogue}\n{summarize_rejects(rejects, report=None)}")
     movies = unify_spellings(movies)
@@ -228,7 +243,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
                       train_genre_counts=genre_counts(movies, split["train"]))
     staging = staging_folder(os.path.dirname(os.path.abspath(config.out)), "prepare")
     try:
-        metadata = write_prepared(movies, split, genres, rejects, config, staging, vocabulary)
+        metadata = write_prepared(movies, split, genres, rejects, config, staging, vocabulary, spool)
         os.rename(staging, config.out)  # the folder appears whole or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -286,9 +301,12 @@ def parse_args(argv=None) -> PrepareConfig:
     if len(catalogues) != 1:
         parser.error(f"expected one catalogue and key=value options, got {catalogues or 'no catalogue'}")
     try:
-        return load_config(args.config, options, PrepareConfig, catalogue=catalogues[0])
+        config = load_config(args.config, options, PrepareConfig, catalogue=catalogues[0])
     except (ValueError, OSError) as error:
         parser.error(str(error))
+    if not config.out:
+        parser.error("prepare needs an output folder (out=DIR)")
+    return config
 
 
 def main(argv=None) -> int:

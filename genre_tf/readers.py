@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 
 from genre_tf.config import CsvColumns
-from genre_tf.images import InputFileError, read_input_file
+from genre_tf.files import InputFileError, read_input_file
 from genre_tf.records import RawMovie, Reject, has_undecodable
 
 SPLIT_NAMES = ("train", "dev", "test")

@@ -3,12 +3,16 @@ import dataclasses
 import functools
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 
-from genre_tf.config import ValidationRules
-from genre_tf.images import InputFileError, PosterError, load_poster, prepared_poster, read_poster_file
+from genre_tf.config import MAX_PLOT_BYTES, ValidationRules
+from genre_tf.files import InputFileError, read_poster_file
 
 _GENRE_SEPARATORS = re.compile(r"[,|;]")
+# Characters a genre name may not hold: list separators (the served `genres` output joins names with ", ";
+# report.md's tables use |) and markup, which reports and dashboards would render.
+_GENRE_FORBIDDEN = re.compile(r"[,|;<>\x00-\x1f\x7f]")
 # Chinese and Japanese write no spaces between words: each Han or kana character counts as a word,
 # and their punctuation separates words as a space does. Other scripts count whitespace-separated words.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
@@ -63,14 +67,26 @@ def has_undecodable(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
+def visible_text(text: str) -> str:
+    """text in Unicode NFC, without control and format characters (NUL, zero-width spaces, BOMs), spaces collapsed.
+
+    BERT's tokenizer drops those characters too, so a plot holding nothing else is no plot.
+    """
+    text = unicodedata.normalize("NFC", text)
+    if not text.isprintable():
+        text = "".join(" " if ch.isspace() else ch for ch in text
+                       if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf"))
+    return " ".join(text.split())
+
+
 def genre_key(name: str) -> str:
-    """The identity of a genre name: case, surrounding and repeated spaces do not matter."""
-    return " ".join(name.split()).casefold()
+    """The identity of a genre name: Unicode form (NFC or NFD), case, surrounding and repeated spaces do not matter."""
+    return visible_text(name).casefold()
 
 
 @functools.lru_cache(maxsize=8)
 def _alias_lookup(aliases: tuple) -> dict:
-    return {genre_key(alias): " ".join(target.split()) for alias, target in aliases}
+    return {genre_key(alias): visible_text(target) for alias, target in aliases}
 
 
 def parse_genres(value, aliases: Sequence[tuple[str, str]] = ()) -> tuple:
@@ -92,11 +108,15 @@ def parse_genres(value, aliases: Sequence[tuple[str, str]] = ()) -> tuple:
     for part in parts:
         if not isinstance(part, str):
             raise RecordError(f"genre {part!r} is not a string")
-        if not part.strip():
-            raise RecordError(f"blank genre in {value!r}")
         if has_undecodable(part):
             raise RecordError("genre is not valid UTF-8")
-        name = lookup.get(genre_key(part), " ".join(part.split()))
+        if not visible_text(part):
+            raise RecordError(f"blank genre in {str(value)[:80]!r}")
+        forbidden = _GENRE_FORBIDDEN.search(part)
+        if forbidden:
+            raise RecordError(f"genre {part[:40]!r} holds {forbidden.group()!r}: genre names may not hold list "
+                              "separators (, | ;), markup (< >) or control characters")
+        name = lookup.get(genre_key(part), visible_text(part))
         if genre_key(name) not in seen:
             seen.add(genre_key(name))
             genres.append(name)
@@ -127,7 +147,10 @@ def check_plot(plot, rules: ValidationRules) -> str:
         raise RecordError(f"plot must be text, got {type(plot).__name__}")
     if has_undecodable(plot):
         raise RecordError("plot is not valid UTF-8")
-    plot = " ".join(plot.split())
+    size = len(plot.encode("utf-8"))
+    if size > MAX_PLOT_BYTES:  # before any per-character work
+        raise RecordError(f"plot too long: {size} bytes (max {MAX_PLOT_BYTES})")
+    plot = visible_text(plot)
     if not plot:
         raise RecordError("empty plot")
     words = count_words(plot)
@@ -159,6 +182,9 @@ def validate_movie(raw: RawMovie, rules: ValidationRules) -> Movie:
     genres = parse_genres(raw.genres, rules.genre_aliases)
     year = parse_year(raw.year)
     poster = read_poster_bytes(raw.poster, raw.poster_root)
+    # Imported here: images loads TensorFlow, which `prepare --help` and the readers do without.
+    from genre_tf.images import PosterError, load_poster, prepared_poster
+
     try:
         load_poster(poster, rules.min_poster_side)  # Pillow names what is wrong with a bad file
         # The pixels come from the TensorFlow decoder the SavedModel runs, not from Pillow: one poster pipeline.

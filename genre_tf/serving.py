@@ -17,18 +17,20 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from genre_tf.config import TrainConfig, uses_poster, uses_text
+from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES, TrainConfig, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
 from genre_tf.encoders import (build_poster_encoder, build_text_encoder, for_inference, resolve_text_handles,
                                token_id_encoder)
 from genre_tf.files import read_json, staging_folder, write_json, write_text
 from genre_tf.images import decode_posters
-from genre_tf.models import build_model
+from genre_tf.models import HEAD
 from genre_tf.callbacks import load_best_weights
-from genre_tf.training import (ServingFilesMissing, build_network, finalise_run, load_run_config, precision_policy,
-                               read_serving_files, run_genres)
+from genre_tf.network import build_network, precision_policy
+from genre_tf.run_dir import genres as run_genres
+from genre_tf.run_dir import load_config, open_dataset, read_serving_files, require_finished
 
 FEATURES_SIGNATURE = "with_poster_features"
+INVISIBLE_ONLY = r"[\s\p{Z}\p{Cc}\p{Cf}]*"  # RE2: a plot of these characters alone is no plot (records.visible_text)
 TOKEN_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 PREPROCESSOR = os.path.join("assets.extra", "text_preprocessor")  # token-id exports: relative to the version
 # TF Serving's --batching_parameters_file, tuned for CPUs (export/README.md, "Running TF Serving").
@@ -46,7 +48,7 @@ class ServingParts:
     kind: str
     genres: list[str]
     thresholds: np.ndarray
-    head: keras.Model                   # cached-feature inputs (plot_embedding, poster_features) -> probabilities
+    head: keras.Model                   # genre_head: plot_embedding and/or poster_features -> genre logits
     text_encoder: keras.Model | None  # plot -> plot_embedding (or token ids -> plot_embedding)
     poster_encoder: keras.Model | None  # uint8 poster -> poster_features
     text_mean: np.ndarray
@@ -57,34 +59,14 @@ class ServingParts:
     degenerate: list[dict] = dataclasses.field(default_factory=list)  # genres the thresholds predict for ~everyone
 
 
-def head_of(model: keras.Model, config, num_genres: int, text_dim: int, poster_dim: int) -> keras.Model:
-    """The trained model's layers after the encoders, as a model over cached-feature inputs."""
-    # The same layers over cached-feature inputs: a fine-tuned text head is the frozen one's architecture.
-    kind = "text_frozen" if config.model.kind == "text_finetuned" else config.model.kind
-    head = build_model(dataclasses.replace(config.model, kind=kind, fine_tune_text=False), num_genres,
-                       text_dim=text_dim, poster_dim=poster_dim)
-    for layer in head.layers:
-        if layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return head
-
-
-def serving_files(run_dir: str) -> tuple[dict, bytes]:
-    """The run's serving files; for a run trained before training wrote them, computed once from its dataset.
-
-    The fallback is training's finalisation run again, and writes the files into the run directory, so
-    later exports read the run directory alone. Without the dataset it stops with a clear error.
-    """
-    try:
-        return read_serving_files(run_dir)
-    except ServingFilesMissing as missing:
-        print(f"{missing}; computing them once from the run's dataset")
-        try:
-            finalise_run(run_dir)
-        except FileNotFoundError as error:
-            raise ServingFilesMissing(f"{missing}, and they cannot be computed: {error}. Retrain the run "
-                                      "(python train.py with its config.json) to export it") from None
-    return read_serving_files(run_dir)
+def check_dataset(run_dir: str) -> None:
+    """Refuse a run whose dataset changed since training; one not on this machine cannot be checked, and is not."""
+    recorded = read_json(os.path.join(run_dir, "dataset.json"))
+    if recorded.get("path") and os.path.exists(recorded["path"]):
+        open_dataset(run_dir)
+    else:
+        print(f"note: the dataset {run_dir} was trained on is not on this machine ({recorded.get('path')}); "
+              "exporting from the run directory alone")
 
 
 def restore_model(run_dir: str, config: TrainConfig, num_genres: int, record: dict) -> keras.Model:
@@ -111,14 +93,13 @@ def serving_parts(run_dir: str, config: TrainConfig, record: dict, token_ids: bo
         if uses_poster(config.model):
             poster_encoder = for_inference(model.get_layer("poster_encoder") if POSTER in model.input_names
                                            else build_poster_encoder(config.poster))
-        head = head_of(model, config, len(genres), text_dim=record["feature_dims"].get(PLOT_EMBEDDING, 384),
-                       poster_dim=record["feature_dims"].get(POSTER_FEATURES, 1))
         if token_ids and text_encoder is not None:
             text_encoder = token_id_encoder(text_encoder, config.text)
     empty = np.zeros(0, np.float32)
-    return ServingParts(config.model.kind, genres, np.asarray(record["thresholds"]), head, text_encoder,
-                        poster_encoder, means.get(PLOT_EMBEDDING, empty), means.get(POSTER_FEATURES, empty),
-                        config.poster.image_size, config.text.seq_length, token_ids, record["degenerate_genres"])
+    return ServingParts(config.model.kind, genres, np.asarray(record["thresholds"]), model.get_layer(HEAD),
+                        text_encoder, poster_encoder, means.get(PLOT_EMBEDDING, empty),
+                        means.get(POSTER_FEATURES, empty), config.poster.image_size, config.text.seq_length,
+                        token_ids, record["degenerate_genres"])
 
 
 class GenreModel(tf.Module):
@@ -138,8 +119,8 @@ class GenreModel(tf.Module):
         """(plot_embedding, has_plot) from a plot string tensor or a dict of token ids."""
         if self.token_ids:
             has_plot = tf.reduce_sum(tf.cast(text_inputs["input_mask"], tf.int32), axis=1) > 2  # beyond [CLS] [SEP]
-        else:
-            has_plot = tf.strings.length(tf.strings.strip(text_inputs)) > 0
+        else:  # nothing but spaces, control and format characters (NUL, zero-width spaces, BOMs): no plot
+            has_plot = ~tf.strings.regex_full_match(text_inputs, INVISIBLE_ONLY)
         if self.text_encoder is None:
             return None, has_plot
         embedding = self.text_encoder(text_inputs, training=False)
@@ -152,7 +133,7 @@ class GenreModel(tf.Module):
             features[PLOT_EMBEDDING] = embedding
         if self.poster_encoder is not None:
             features[POSTER_FEATURES] = tf.where(has_poster[:, None], poster_features, self.poster_mean[None])
-        probabilities = self.head(features, training=False)
+        probabilities = tf.sigmoid(tf.cast(self.head(features, training=False), tf.float32))
         predicted = probabilities >= self.thresholds
         batch = tf.shape(probabilities)[0]
         names = tf.ragged.boolean_mask(tf.broadcast_to(self.genre_names, tf.shape(predicted)), predicted)
@@ -164,23 +145,29 @@ class GenreModel(tf.Module):
                 "genres": tf.strings.reduce_join(names, axis=1, separator=", "),
                 "inputs_used": tf.reshape(inputs_used, [batch])}
 
-    def _same_batch(self, text_inputs, poster, poster_name: str):
-        """poster, once checked to hold one row per plot: broadcasting would otherwise mix up or drop movies."""
+    def _checked(self, text_inputs, poster, poster_name: str):
+        """(text_inputs, poster), once the request is checked: one poster row per plot (broadcasting would mix up
+        or drop movies), at most MAX_REQUEST_MOVIES movies, plots of at most MAX_PLOT_BYTES bytes (prepare's limit)."""
         plots = text_inputs[TOKEN_INPUTS[0]] if self.token_ids else text_inputs
-        check = tf.debugging.assert_equal(tf.shape(plots)[0], tf.shape(poster)[0],
-                                          message=f"plot and {poster_name} batches must have the same length")
-        with tf.control_dependencies([check]):  # before any op that could fail on the mismatch less clearly
-            return tf.identity(poster)
+        checks = [tf.debugging.assert_equal(tf.shape(plots)[0], tf.shape(poster)[0],
+                                            message=f"plot and {poster_name} batches must have the same length"),
+                  tf.debugging.assert_less_equal(tf.shape(plots)[0], MAX_REQUEST_MOVIES,
+                                                 message=f"a request holds at most {MAX_REQUEST_MOVIES} movies")]
+        if not self.token_ids:
+            checks.append(tf.debugging.assert_less_equal(
+                tf.strings.length(plots), MAX_PLOT_BYTES, message=f"a plot holds at most {MAX_PLOT_BYTES} bytes"))
+        with tf.control_dependencies(checks):  # before any op reads the inputs: a refused request costs nothing
+            return tf.nest.map_structure(tf.identity, (text_inputs, poster))
 
     def serve(self, text_inputs, poster):
-        poster = self._same_batch(text_inputs, poster, POSTER)
+        text_inputs, poster = self._checked(text_inputs, poster, POSTER)
         if self.poster_encoder is None:
             return self._predict(text_inputs, None, tf.zeros(tf.shape(poster), tf.bool))
         images, ok = decode_posters(poster, self.image_size)
         return self._predict(text_inputs, self.poster_encoder(images, training=False), ok)
 
     def serve_features(self, text_inputs, poster_features):
-        poster_features = self._same_batch(text_inputs, poster_features, POSTER_FEATURES)
+        text_inputs, poster_features = self._checked(text_inputs, poster_features, POSTER_FEATURES)
         has_poster = tf.reduce_any(tf.not_equal(poster_features, 0.0), axis=1)  # all zeros: no poster
         return self._predict(text_inputs, poster_features, has_poster)
 
@@ -271,14 +258,20 @@ def _without_keras_traces():
 
 
 def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_name: str = "genre_tf",
-               version: int | None = None) -> str:
-    """Export a trained run as MODEL_BASE/<version>/, from its run directory alone, staged beside it and renamed."""
+               version: int | None = None, allow_unfinished: bool = False) -> str:
+    """Export a trained run as MODEL_BASE/<version>/, from its run directory alone, staged beside it and renamed.
+
+    A run still training or stopped early is refused unless allowed; so is one whose dataset, when it is on
+    this machine, has changed since training.
+    """
     if version is not None and version < 1:
         raise ValueError(f"version must be a positive integer (TF Serving loads folders 1, 2, ...), got {version}")
-    config = load_run_config(run_dir)
+    config = load_config(run_dir)
     if config.model.kind == "most_common":
         raise ValueError("the most-common-class baseline has nothing to export; it predicts the same genres always")
-    record, warmup_poster = serving_files(run_dir)
+    require_finished(run_dir, allow_unfinished)
+    check_dataset(run_dir)
+    record, warmup_poster = read_serving_files(run_dir)
     parts = serving_parts(run_dir, config, record, token_ids=token_ids)
     module = GenreModel(parts)
     signatures = module.signatures(parts.seq_length)
@@ -339,13 +332,3 @@ def without_machine_paths(value):
     if isinstance(value, str):
         return re.sub(r"(?<![\w:/.])/[^\s,;()]+", lambda match: os.path.basename(match.group().rstrip("/")), value)
     return value
-
-
-def latest_version(model_base: str) -> str:
-    """MODEL_BASE/<largest integer version>, or model_base itself if it is a SavedModel folder."""
-    if os.path.exists(os.path.join(model_base, "saved_model.pb")):
-        return model_base
-    versions = [int(name) for name in os.listdir(model_base) if name.isdigit()] if os.path.isdir(model_base) else []
-    if not versions:
-        raise FileNotFoundError(f"{model_base} holds no exported version (MODEL_BASE/<integer>/saved_model.pb)")
-    return os.path.join(model_base, str(max(versions)))

@@ -69,7 +69,9 @@ def training_step(config, steps: int = 6, warmup: int = 2, min_seconds: float = 
 
     from genre_tf.dataset import make_dataset
     from genre_tf.flops import model_flops
-    from genre_tf.training import build_for_training, feature_caches, open_dataset, precision_policy, split_labels
+    from genre_tf.dataset import split_labels
+    from genre_tf.network import feature_caches, precision_policy
+    from genre_tf.training import build_for_training, open_dataset
 
     prepared = open_dataset(config)
     caches = feature_caches(config, prepared) if config.feature_cache else {}
@@ -140,12 +142,12 @@ def serving_rows(run_dir: str, peak: dict[str, float], calls: int = 40) -> list[
     import tensorflow as tf
 
     from genre_tf.dataset import raw_examples
-    from genre_tf.serving import export_run, serving_files, serving_parts
-    from genre_tf.training import load_run_config, open_dataset
+    from genre_tf import run_dir as runs
+    from genre_tf.serving import export_run, serving_parts
 
-    config = load_run_config(run_dir)
-    plots, posters = raw_examples(open_dataset(config), "test", limit=32)
-    parts = serving_parts(run_dir, config, serving_files(run_dir)[0])
+    config = runs.load_config(run_dir)
+    plots, posters = raw_examples(runs.open_dataset(run_dir), "test", limit=32)
+    parts = serving_parts(run_dir, config, runs.read_serving_files(run_dir)[0])
     precisions = {f"{branch} {precision}" for branch, precision, used in (
         ("text", config.text.precision, parts.text_encoder), ("poster", config.poster.precision, parts.poster_encoder))
         if used is not None}

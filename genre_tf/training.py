@@ -1,12 +1,8 @@
 """One training run: data and caches in; a run directory with checkpoints, history, logs and serving files out."""
-import contextlib
 import csv
 import dataclasses
-import fcntl
 import glob
-import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -17,162 +13,32 @@ import tensorflow as tf
 import tf_keras as keras
 
 from genre_tf import demo
+from genre_tf import run_dir as runs
 from genre_tf.baselines import degenerate_genres
-from genre_tf.callbacks import (BEST, DEV_SCORES, HISTORY, MONITOR, BestCheckpoint, DevF1, ResumeProgress,
-                                best_checkpoint, best_row, checkpoint_record, load_best_weights, make_predictor,
-                                read_history, save_checkpoint)
-from genre_tf.config import (TrainConfig, apply_overrides, config_to_dict, fine_tunes_text, late_fusion, uses_poster,
-                             uses_text)
+from genre_tf.callbacks import BestCheckpoint, DevF1, ResumeProgress, load_best_weights, make_predictor, save_checkpoint
+from genre_tf.config import TrainConfig, config_to_dict, fine_tunes_text, late_fusion, uses_poster, uses_text
 from genre_tf.dataset import (PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, PreparedDataset, load_prepared,
-                              make_dataset, raw_examples)
-from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_encoders, encoders_summary,
-                               for_inference, poster_encoder_identity, resolve_backbone, text_encoder_identity)
-from genre_tf.features import load_or_compute, mean_features
+                              make_dataset, raw_examples, split_labels)
+from genre_tf.encoders import describe_encoders, encoders_summary, resolve_backbone
+from genre_tf.features import mean_features
 from genre_tf.fusion import branch_logits, copy_branch_weights, fit_mix, threshold_probabilities, write_out_of_fold
-from genre_tf.files import atomic_path, cache_key, cache_root, read_json, sha256_of, write_json, write_text
+from genre_tf.files import write_json
 from genre_tf.losses import SoftF1Loss, WeightedBinaryCrossentropy, inverse_frequency_weights
 from genre_tf.metrics import f1_scores, tune_thresholds
-from genre_tf.models import build_model
-from genre_tf.precision import keras_policy
-from genre_tf.split import frequency_table, multi_hot, oversample_counts
+from genre_tf.models import HEAD
+from genre_tf.network import build_network, cached_dims, feature_caches, restore_trained
+from genre_tf.run_dir import BEST, DEV_SCORES, FINAL, HISTORY, MONITOR, RunDirectoryInUse, best_row, read_history
+from genre_tf.split import frequency_table, oversample_counts
 
-FINAL = "final.json"
-LOCK = ".lock"
-SERVING = "serving"                    # serving.json and warmup_poster.png: all the export reads besides the checkpoint
-SERVING_FORMAT = 2  # 2: the warm-up poster is the stored PNG (dataset format 2)
-WARMUP_POSTER = "warmup_poster.png"
+__all__ = ["RunDirectoryInUse", "train", "build_for_training", "open_dataset", "finalise_run"]
+
 WARMUP_EXAMPLES = 4
 MEAN_SAMPLE = 1024  # training movies averaged for the missing-input fallbacks
 
 
-class RunDirectoryInUse(RuntimeError):
-    """Another train.py holds the run directory's lock."""
-
-
-class ServingFilesMissing(FileNotFoundError):
-    """A run directory without up-to-date serving files (trained before they existed, or changed since)."""
-
-
-def demo_dataset(config: demo.DemoConfig | None = None) -> str:
-    """The prepared synthetic demo catalogue, generated and prepared once into the cache."""
-    config = config or demo.DemoConfig()
-    from genre_tf.config import PrepareConfig, ValidationRules
-    from genre_tf.prepare import prepare
-
-    root = os.path.join(cache_root(), "demo", cache_key(json.dumps(dataclasses.asdict(config)), "v3"))
-    prepared = os.path.join(root, "prepared")
-    if not os.path.exists(prepared):
-        print(f"generating the SYNTHETIC demo catalogue ({config.num_movies} movies) under {root}")
-        csv_path = demo.write_demo_catalogue(os.path.join(root, "raw"), config)
-        prepare(PrepareConfig(catalogue=csv_path, out=prepared, name=demo.DEMO_NAME,
-                              rules=ValidationRules(image_size=config.poster_size)), progress=False)
-    return prepared
-
-
 def open_dataset(config: TrainConfig) -> PreparedDataset:
     """The prepared dataset a config names (the demo is prepared on first use)."""
-    return load_prepared(demo_dataset() if config.data == "demo" else config.data)
-
-
-def split_labels(prepared: PreparedDataset, split: str) -> dict[str, np.ndarray]:
-    """Ids and multi-hot labels of one split, in the split's order."""
-    genres_of = {movie["movie_id"]: movie["genres"] for movie in prepared.movies()}
-    ids = prepared.split[split]
-    return {"ids": ids, "labels": multi_hot([genres_of[i] for i in ids], prepared.genres)}
-
-
-def safe_name(name: str) -> str:
-    """A dataset name as one path component: [A-Za-z0-9._-] only and no leading dot, so it stays inside runs/."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "dataset"
-
-
-def default_run_dir(config: TrainConfig, prepared: PreparedDataset) -> str:
-    """runs/<dataset>-<model>[-os][-N]: the first such folder that is not finished, so a rerun resumes."""
-    base = os.path.join("runs", f"{safe_name(prepared.name)}-{config.model.kind}{'-os' if config.oversample else ''}")
-    candidate, number = base, 1
-    while os.path.exists(os.path.join(candidate, FINAL)):
-        number += 1
-        candidate = f"{base}-{number}"
-    return candidate
-
-
-@contextlib.contextmanager
-def locked(run_dir: str):
-    """Hold the run directory's exclusive lock, or refuse at once: two trainings would overwrite each other."""
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, LOCK), "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirectoryInUse(f"{run_dir} is in use by another training (it holds {run_dir}/{LOCK}); "
-                                    "wait for it to finish or choose another run_dir") from None
-        yield  # the lock goes with the file descriptor, also when the process is killed
-
-
-def prepare_run_dir(config: TrainConfig, prepared: PreparedDataset) -> str:
-    """Create (or reopen, to resume) the run directory; a reopened one must have the same config."""
-    run_dir = config.run_dir
-    config_path = os.path.join(run_dir, "config.json")
-    encoders = describe_encoders(config.model, config.text, config.poster)
-    if os.path.exists(config_path):
-        if config_to_dict(load_run_config(run_dir)) != config_to_dict(config):  # options added since: defaults
-            raise ValueError(f"{run_dir} holds a run with another config; choose another run_dir")
-        recorded = read_json(os.path.join(run_dir, "encoders.json"))
-        if recorded != encoders:
-            raise ValueError(f"{run_dir} was trained with encoders {recorded}, but this machine resolves the same "
-                             f"config to {encoders}; set poster.backbone explicitly or choose another run_dir")
-        return run_dir
-    write_json(os.path.join(run_dir, "encoders.json"), encoders)
-    with open(os.path.join(prepared.path, "genres.txt"), encoding="utf-8") as handle:
-        write_text(os.path.join(run_dir, "genres.txt"), handle.read())
-    write_json(os.path.join(run_dir, "dataset.json"), {
-        "path": os.path.abspath(prepared.path), "name": prepared.name, "fingerprint": prepared.fingerprint,
-        "split": prepared.split})
-    write_json(os.path.join(run_dir, "config.json"), config_to_dict(config), indent=2)  # last: it marks a run
-    return run_dir
-
-
-def load_run_config(run_dir: str) -> TrainConfig:
-    """A run's config.json, with errors that name the file when it is missing, damaged or empty."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    tree = read_json(path)
-    if not isinstance(tree, dict) or not tree:
-        raise ValueError(f"{path} is empty: it holds no options, and defaults would describe another run; "
-                         "restore it or retrain the run")
-    # Read as JSON, not through load_config's YAML: YAML 1.1 takes JSON's 1e-05 for a string.
-    options = {}
-    for name, value in tree.items():
-        if isinstance(value, dict):
-            options.update({f"{name}.{key}": item for key, item in value.items()})
-        else:
-            options[name] = value
-    try:
-        return apply_overrides(TrainConfig(), options)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-
-
-def run_genres(run_dir: str) -> list[str]:
-    """The genre vocabulary the run was trained on (genres.txt), in output order."""
-    with open(os.path.join(run_dir, "genres.txt"), encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
-
-
-def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> dict[str, tuple]:
-    """The cached inputs this model reads: poster features and, for a frozen encoder, plot embeddings."""
-    caches = {}
-    if uses_poster(config.model) and not config.poster.fine_tune_last_stage:
-        key = cache_key(poster_encoder_identity(config.poster), prepared.fingerprint)
-        caches[POSTER_FEATURES] = load_or_compute(
-            prepared, POSTER_FEATURES, key, lambda: for_inference(build_poster_encoder(config.poster)), "poster",
-            image_size=config.poster.image_size)
-    if uses_text(config.model) and not fine_tunes_text(config.model):
-        key = cache_key(text_encoder_identity(config.text), prepared.fingerprint)
-        caches[PLOT_EMBEDDING] = load_or_compute(
-            prepared, PLOT_EMBEDDING, key, lambda: build_text_encoder(config.text), PLOT)
-    return caches
+    return load_prepared(demo.prepared_demo() if config.data == "demo" else config.data)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -204,29 +70,6 @@ def make_loss(config: TrainConfig, train_labels: np.ndarray) -> keras.losses.Los
     if config.loss == "weighted_bce":
         return WeightedBinaryCrossentropy(inverse_frequency_weights(train_labels))
     return WeightedBinaryCrossentropy(None, name="bce")
-
-
-def precision_policy(config: TrainConfig):
-    """Build layers under the run's float policy (mixed_float16 or float32), then give the global one back."""
-    return keras_policy("float16" if config.mixed_precision else "float32")
-
-
-def build_network(config: TrainConfig, num_genres: int, cached_dims: dict[str, int],
-                  genre_frequency: np.ndarray | None = None) -> keras.Model:
-    """The uncompiled model. Inputs in `cached_dims` (plot_embedding, poster_features) are cached features of that
-    width; the other inputs are encoded inside: fine-tuned text, conv5 fine-tuning, or feature_cache=false."""
-    text_encoder = (build_text_encoder(config.text, trainable=fine_tunes_text(config.model))
-                    if uses_text(config.model) and PLOT_EMBEDDING not in cached_dims else None)
-    poster_encoder = (build_poster_encoder(config.poster)
-                      if uses_poster(config.model) and POSTER_FEATURES not in cached_dims else None)
-    return build_model(config.model, num_genres, text_dim=cached_dims.get(PLOT_EMBEDDING, 0),
-                       poster_dim=cached_dims.get(POSTER_FEATURES, 0), text_encoder=text_encoder,
-                       poster_encoder=poster_encoder, genre_frequency=genre_frequency)
-
-
-def cached_dims(caches: dict[str, tuple]) -> dict[str, int]:
-    """The width of each cached feature input."""
-    return {name: values.shape[1] for name, (_, values) in caches.items()}
 
 
 def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_labels: np.ndarray,
@@ -390,7 +233,7 @@ def fit_late_fusion(config: TrainConfig, model: keras.Model, prepared: PreparedD
     dev = split_labels(prepared, "dev")
     weights, out_of_fold = fit_mix(text_logits, poster_logits, dev["labels"], config.seed)
     copy_branch_weights(model, text_model, poster_model)
-    model.get_layer("fusion_mix").set_weights(list(weights))
+    model.get_layer(HEAD).get_layer("fusion_mix").set_weights(list(weights))
     write_out_of_fold(run_dir, dev["ids"], out_of_fold)
     scores = f1_scores(dev["labels"], out_of_fold >= 0.5)
     row = {"epoch": 0, "loss": "", **{f"dev_{name}": scores[name] for name in DEV_SCORES}}
@@ -421,12 +264,14 @@ def train(config: TrainConfig) -> str:
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    config = runs.with_absolute_data(config)  # the run reads the same data from any folder
     prepared = open_dataset(config)
-    run_dir = config.run_dir or default_run_dir(config, prepared)
+    run_dir = config.run_dir or runs.default_run_dir(config, prepared.name)
     if not is_chief(strategy):
         return train_as_worker(config, strategy, prepared, run_dir)
-    with locked(run_dir):
-        prepare_run_dir(dataclasses.replace(config, run_dir=run_dir), prepared)
+    with runs.locked(run_dir):
+        runs.create(run_dir, dataclasses.replace(config, run_dir=run_dir), prepared,
+                    describe_encoders(config.model, config.text, config.poster))
         if os.path.exists(os.path.join(run_dir, FINAL)):
             print(f"{run_dir} is finished already ({FINAL}); nothing to train")
             return run_dir
@@ -484,56 +329,12 @@ def write_serving_files(run_dir: str, model: keras.Model, config: TrainConfig, p
     thresholds = tune_thresholds(labels["labels"], probabilities)
     means = fallback_means(model, config, prepared, caches)
     plots, posters = raw_examples(prepared, "train", limit=WARMUP_EXAMPLES)
-    record = {"format": SERVING_FORMAT, "checkpoint": checkpoint_identity(run_dir), "genres": prepared.genres,
-              "thresholds": thresholds.tolist(), "thresholds_from": "dev",
+    record = {"genres": prepared.genres, "thresholds": thresholds.tolist(), "thresholds_from": "dev",
               "degenerate_genres": degenerate_genres(probabilities, thresholds, prepared.genres),
               "model_inputs": list(model.input_names), "feature_dims": {k: len(v) for k, v in means.items()},
               "fallback_means": {name: mean.tolist() for name, mean in means.items()},
               "fallback_means_of": f"the first {MEAN_SAMPLE} training movies", "warmup_plots": plots}
-    with atomic_path(os.path.join(run_dir, SERVING)) as staging:
-        write_json(os.path.join(staging, "serving.json"), record)
-        with open(os.path.join(staging, WARMUP_POSTER), "wb") as handle:
-            handle.write(posters[0])
-
-
-def checkpoint_identity(run_dir: str) -> dict:
-    """Which checkpoint serving files belong to: its epoch and the digest of its index."""
-    return {"epoch": checkpoint_record(run_dir).get("epoch"),
-            "index_sha256": sha256_of(best_checkpoint(run_dir) + ".index")}
-
-
-def read_serving_files(run_dir: str) -> tuple[dict, bytes]:
-    """serving/serving.json and the warm-up poster bytes; ServingFilesMissing when absent or from another checkpoint."""
-    path = os.path.join(run_dir, SERVING, "serving.json")
-    if not os.path.exists(path):
-        raise ServingFilesMissing(f"{run_dir} has no serving files ({SERVING}/serving.json); runs trained before "
-                                  "genre_tf wrote them at the end of training lack them")
-    record = read_json(path)
-    if record.get("format") != SERVING_FORMAT or record["checkpoint"] != checkpoint_identity(run_dir):
-        raise ServingFilesMissing(f"{path} belongs to another checkpoint than {best_checkpoint(run_dir)}")
-    if record["genres"] != run_genres(run_dir):
-        raise ServingFilesMissing(f"{path} has genres {record['genres']}, but genres.txt {run_genres(run_dir)}")
-    with open(os.path.join(run_dir, SERVING, WARMUP_POSTER), "rb") as handle:
-        return record, handle.read()
-
-
-def restore_trained(run_dir: str) -> tuple[TrainConfig, PreparedDataset, keras.Model, dict]:
-    """A run's config, its dataset (checked against the run's genres and split), feature caches and best model."""
-    config = load_run_config(run_dir)
-    best_checkpoint(run_dir)  # before opening the dataset: a run without a checkpoint fails fast
-    recorded = read_json(os.path.join(run_dir, "dataset.json"))
-    prepared = open_dataset(config)
-    if run_genres(run_dir) != prepared.genres:
-        raise ValueError(f"the dataset at {prepared.path} has genres {prepared.genres}, but the run was trained "
-                         f"on {run_genres(run_dir)}; evaluate it on the dataset it was trained on")
-    if recorded["split"] != prepared.split:
-        raise ValueError(f"the split of {prepared.path} differs from the one the run recorded in dataset.json")
-    caches = feature_caches(config, prepared) if config.feature_cache else {}
-    with precision_policy(config):
-        model = build_network(config, len(prepared.genres), cached_dims(caches),
-                              split_labels(prepared, "train")["labels"].mean(axis=0))
-    load_best_weights(model, run_dir)
-    return config, prepared, model, caches
+    runs.write_serving_files(run_dir, record, posters[0])
 
 
 def finalise_run(run_dir: str) -> None:

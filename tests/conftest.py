@@ -14,6 +14,38 @@ GENRES = ["Drama", "Comedy", "Action", "Horror"]
 WORDS = ["the", "a", "hero", "love", "fight", "ghost", "laugh", "family", "city", "night", "story", "dark"]
 
 
+# Slow tests of files whose tests carry no marker of their own (the others say @pytest.mark.slow beside the test).
+SLOW_TESTS = (
+    "test_batch_predict.py::",
+    "test_bench.py::test_seeds_fold_",
+    "test_bench.py::test_table3_",
+    "test_evaluation.py::test_a_damaged_or_empty_config_",
+    "test_evaluation.py::test_bad_runs_give_clear_errors_",
+    "test_evaluation.py::test_evaluate_writes_every_file_",
+    "test_evaluation.py::test_table_across_runs_",
+    "test_fusion.py::test_the_integrated_run_is_its_branches_",
+    "test_hostile_inputs.py::test_a_damaged_checkpoint_is_",
+    "test_hostile_inputs.py::test_a_failure_before_the_first_backup_",
+    "test_hostile_inputs.py::test_an_unfinished_or_locked_run_",
+    "test_hostile_inputs.py::test_dev_zero_a_fifo_",
+    "test_hostile_inputs.py::test_evaluate_and_export_refuse_a_dataset_changed_",
+    "test_hostile_inputs.py::test_export_reports_a_full_disk_",
+    "test_hostile_inputs.py::test_serving_refuses_plot_and_poster_",
+    "test_poster_pipeline.py::test_every_format_trains_",
+    "test_poster_pipeline.py::test_the_prepared_folder_",
+    "test_real_movies.py::",
+    "test_speed.py::test_a_head_over_cached_features_",
+    "test_speed.py::test_fine_tuning_step_flops_",
+)
+
+
+def pytest_collection_modifyitems(items):
+    """`pytest -m "not slow"` is the fast tier; the README's command and CI still run everything."""
+    for item in items:
+        if item.nodeid.removeprefix("tests/").startswith(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Converted models, demo data and feature caches go to a per-session folder."""

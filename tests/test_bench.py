@@ -16,7 +16,7 @@ def test_table3_has_floors_classic_rows_and_every_model(small_prepared, tiny_ove
     from genre_tf.dataset import split_plots
     from genre_tf.dataset import load_prepared
     from genre_tf.files import read_json
-    from genre_tf.training import split_labels
+    from genre_tf.dataset import split_labels
 
     table = table3(small_prepared, [*tiny_overrides, "epochs=1", "oversample_genres=2", "integrated:model.fusion=late"],
                    runs_root=str(tmp_path))

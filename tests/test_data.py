@@ -152,12 +152,62 @@ def test_prepare_then_tf_data_round_trip(tmp_path):
     assert set(sizes) == {16} and len(sizes) == len(prepared.split["train"]) // 16
 
 
-def test_prepare_refuses_an_existing_output_and_leaves_nothing_half_written(tmp_path):
-    raw = write_mmimdb(str(tmp_path / "raw"), count=30)
+def test_prepare_refuses_an_existing_output_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    import genre_tf.dataset
+    import genre_tf.prepare
+
+    raw = write_mmimdb(str(tmp_path / "raw"), count=40)
+    config = PrepareConfig(catalogue=raw, out=str(tmp_path / "out"), rules=ValidationRules(image_size=32),
+                           min_train_movies=8)
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("someone else's")
     with pytest.raises(FileExistsError):
-        prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / "out")), progress=False)
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".prepare-")]
+        prepare(config, progress=False)
+    assert os.listdir(tmp_path / "out") == ["mine.txt"]
+    assert (tmp_path / "out" / "mine.txt").read_text() == "someone else's"
+    (tmp_path / "out" / "mine.txt").unlink()
+    (tmp_path / "out").rmdir()
+
+    def leftovers():
+        return [name for name in os.listdir(tmp_path) if name.startswith(".prepare-")]
+
+    # 1. A write fails once the staging folder holds files: no output, no staging folder.
+    write_shards, staged = genre_tf.dataset.write_shards, []
+
+    def fail_on_the_second_split(examples, directory, *args, **kwargs):
+        staged.append(sorted(os.listdir(directory)))
+        if len(staged) == 2:
+            raise OSError(28, "No space left on device")
+        return write_shards(examples, directory, *args, **kwargs)
+
+    monkeypatch.setattr(genre_tf.dataset, "write_shards", fail_on_the_second_split)
+    with pytest.raises(OSError, match="No space left"):
+        prepare(config, progress=False)
+    assert {"movies.jsonl", "split.json", "rejects.csv"} <= set(staged[1]) and any(".tfrecord" in n for n in staged[1])
+    assert not os.path.exists(config.out) and leftovers() == []
+    monkeypatch.setattr(genre_tf.dataset, "write_shards", write_shards)
+
+    # 2. The output appears while prepare writes (another prepare, a user): it is neither replaced nor merged into.
+    write_prepared = genre_tf.prepare.write_prepared
+
+    def someone_else_creates_out(*args, **kwargs):
+        metadata = write_prepared(*args, **kwargs)
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "theirs.txt").write_text("theirs")
+        return metadata
+
+    monkeypatch.setattr(genre_tf.prepare, "write_prepared", someone_else_creates_out)
+    with pytest.raises(OSError):
+        prepare(config, progress=False)
+    assert os.listdir(tmp_path / "out") == ["theirs.txt"] and leftovers() == []
+    monkeypatch.setattr(genre_tf.prepare, "write_prepared", write_prepared)
+
+    # 3. Nothing in the way: the whole folder appears.
+    (tmp_path / "out" / "theirs.txt").unlink()
+    (tmp_path / "out").rmdir()
+    prepare(config, progress=False)
+    assert {"dataset.json", "movies.jsonl", "split.json", "genres.txt", "rejects.csv"} <= set(os.listdir(config.out))
+    assert leftovers() == []
 
 
 def test_open_vocabulary_keeps_every_genre_name_and_merges_case_and_aliases(tmp_path):

@@ -359,6 +359,7 @@ def test_loading_refuses_a_state_dict_that_does_not_fit(state_dict):
         efficientnet.load_lite0_weights(model, {**state_dict, "_bn0.bias": np.zeros(31, np.float32)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["chelsea.png", "coffee.png"])
 def test_imagenet_classes_of_natural_photos(classifier, numpy_photos, name):
     _, outputs = classifier
@@ -380,17 +381,55 @@ def test_imagenet_classes_of_natural_photos(classifier, numpy_photos, name):
         assert abs(probabilities[index] - reference) < REFERENCE_TOLERANCE, (index, probabilities[index])
 
 
+def symmetric_padding(layer_class):
+    """A conv layer class that pads kernel // 2 on every side before a strided conv (PyTorch's way, not TF 'same')."""
+    import tensorflow as tf
+
+    class Symmetric(layer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.pad = self.kernel_size[0] // 2 if self.strides != (1, 1) else 0
+            self.padding = "valid" if self.pad else self.padding
+
+        def call(self, inputs):
+            return super().call(tf.pad(inputs, [[0, 0], [self.pad, self.pad], [self.pad, self.pad], [0, 0]]))
+    return Symmetric
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("wrong", ["eps_1e-5", "symmetric_padding", "relu", "imagenet_mean_std", "bgr"])
-def test_wrong_conventions_would_fail_the_reference_check(state_dict, wrong):
+def test_wrong_conventions_would_fail_the_reference_check(state_dict, monkeypatch, wrong):
+    """genre_tf.efficientnet, built (or fed) with one wrong convention, misses the reference probabilities."""
+    import tf_keras as keras
+
     mean, std = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
     settings = {"eps_1e-5": {"eps": 1e-5}, "symmetric_padding": {"symmetric": True}, "relu": {"relu6": False},
                 "imagenet_mean_std": {"normalise": lambda x: (x - mean) / std},
                 "bgr": {"normalise": lambda x: (x[..., ::-1] - 127.0) / 128.0}}[wrong]
-    misses = [abs(numpy_lite0(state_dict, photo(name), **settings)[2][index] - reference)
-              for name, references in REFERENCE_PROBABILITIES.items() for index, reference in references.items()]
-    assert max(misses) > 3 * REFERENCE_TOLERANCE
+    if wrong == "eps_1e-5":
+        monkeypatch.setattr(efficientnet, "BN_EPSILON", 1e-5)
+    elif wrong == "imagenet_mean_std":
+        monkeypatch.setattr(efficientnet, "INPUT_MEAN", mean.astype(np.float32))
+        monkeypatch.setattr(efficientnet, "INPUT_STD", std.astype(np.float32))
+    elif wrong == "relu":
+        relu = keras.layers.ReLU
+        monkeypatch.setattr(keras.layers, "ReLU", lambda max_value=None, **kwargs: relu(**kwargs))
+    elif wrong == "symmetric_padding":
+        monkeypatch.setattr(keras.layers, "Conv2D", symmetric_padding(keras.layers.Conv2D))
+        monkeypatch.setattr(keras.layers, "DepthwiseConv2D", symmetric_padding(keras.layers.DepthwiseConv2D))
+    model = efficientnet.build_efficientnet_lite0(224, state_dict, include_top=True)
+    monkeypatch.undo()
+    for name, references in REFERENCE_PROBABILITIES.items():
+        pixels = photo(name)[..., ::-1].copy() if wrong == "bgr" else photo(name)  # a pipeline that left BGR
+        got = model(pixels[None], training=False).numpy()[0]
+        want = numpy_lite0(state_dict, photo(name), **settings)[2]  # the same wrong convention, independently
+        indices = list(references)
+        np.testing.assert_allclose(got[indices], want[indices], atol=1e-4, rtol=0)
+        misses = [abs(got[index] - reference) for index, reference in references.items()]
+        assert max(misses) > 3 * REFERENCE_TOLERANCE, (name, misses)
 
 
+@pytest.mark.slow
 def test_folded_batch_norms_match_the_numpy_reference_on_natural_photos(classifier, numpy_photos):
     import tf_keras as keras
 

@@ -11,7 +11,7 @@ from genre_tf.files import read_json
 import tf_keras as keras
 from genre_tf.config import PosterEncoderConfig, TextEncoderConfig
 from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_poster_encoder,
-                               poster_encoder_identity, resolve_backbone)
+                               poster_encoder_identity, resolve_backbone, trim_padding)
 from genre_tf.features import cache_path, load_or_compute
 
 
@@ -19,6 +19,7 @@ def encoder_weights(model):
     return [w.numpy().copy() for w in model.get_layer("bert_encoder").weights]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainable", [True, False])
 def test_fit_updates_the_bert_encoder_only_when_trainable(tiny_hub_bert, trainable):
     encoder, preprocessor = tiny_hub_bert
@@ -37,12 +38,29 @@ def test_fit_updates_the_bert_encoder_only_when_trainable(tiny_hub_bert, trainab
 
 
 def test_pooling_choices_differ_and_mean_ignores_padding(tiny_hub_bert):
+    import tensorflow_hub as hub
+    from conftest import WORDS
+
     encoder, preprocessor = tiny_hub_bert
     mean = build_text_encoder(TextEncoderConfig(encoder=encoder, preprocessor=preprocessor, pooling="mean"))
     pooled = build_text_encoder(TextEncoderConfig(encoder=encoder, preprocessor=preprocessor, pooling="pooled"))
     plots = tf.constant(["the hero", "the hero"])
     assert mean(plots).shape == (2, 8)
     assert not np.allclose(mean(plots), pooled(plots))
+    # A batch is trimmed to its longest plot rounded up to 16 tokens, so the batch-mate sets how much padding
+    # "the hero" ([CLS] the hero [SEP]) carries: 12, 60 or 124 tokens.
+    batches = [["the hero"], ["the hero", " ".join(WORDS * 4)], ["the hero", " ".join(WORDS * 11)]]
+    tokenize, bert = hub.load(preprocessor), mean.get_layer("bert_encoder")
+    ids = [trim_padding(tokenize(tf.constant(batch))) for batch in batches]
+    assert [int(tf.reduce_sum(i["input_mask"][0])) for i in ids] == [4, 4, 4]
+    assert [i["input_mask"].shape[1] - 4 for i in ids] == [12, 60, 124]
+    vectors = np.stack([mean(tf.constant(batch)).numpy()[0] for batch in batches])
+    np.testing.assert_allclose(vectors, np.tile(vectors[:1], (3, 1)), atol=1e-5, rtol=0)
+    sequences = [bert(i)["sequence_output"].numpy()[0] for i in ids]
+    np.testing.assert_allclose(vectors[0], sequences[0][:4].mean(axis=0), atol=1e-5, rtol=0)  # the 4 real tokens
+    # Pooling that counted the padding would move with it, far beyond the tolerance above.
+    with_padding = np.stack([sequence.mean(axis=0) for sequence in sequences])
+    assert min(np.abs(with_padding[a] - with_padding[b]).max() for a, b in [(0, 1), (0, 2), (1, 2)]) > 1e-2
 
 
 SENTENCES = ["A detective hunts a serial killer through the rain-soaked streets of 1970s Chicago.",
@@ -113,6 +131,7 @@ def reference_bert(ids: list, weights: dict, config: dict):
     return x, np.tanh(dense(x[0], "pooler.dense"))
 
 
+@pytest.mark.slow
 def test_minilm_conversion_matches_an_independent_numpy_bert():
     import tensorflow_hub as hub
     from safetensors.numpy import load_file
@@ -179,6 +198,7 @@ def test_auto_backbone_is_resnet50_only_where_its_imagenet_weights_are(monkeypat
     assert resolve_backbone(PosterEncoderConfig(backbone="efficientnet_lite0")) == "efficientnet_lite0"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, dim", [("resnet50", 2048), ("efficientnet_lite0", 1280)])
 def test_random_poster_encoders_are_reproducible_and_keyed_by_backbone(backbone, dim):
     config = PosterEncoderConfig(backbone=backbone, weights="random", image_size=32)
@@ -189,6 +209,7 @@ def test_random_poster_encoders_are_reproducible_and_keyed_by_backbone(backbone,
     assert poster_encoder_identity(config) == f"{backbone}-random0-32"  # caches never mix backbones
 
 
+@pytest.mark.slow
 def test_feature_cache_is_reused_and_keyed_by_encoder(small_prepared):
     from genre_tf.dataset import load_prepared
 
@@ -217,6 +238,7 @@ def test_feature_cache_is_reused_and_keyed_by_encoder(small_prepared):
     assert calls == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.slow
 def test_bfloat16_minilm_embeds_like_float32_and_keys_its_own_cache(monkeypatch, tmp_path):
     from genre_tf.config import load_config
     from genre_tf.encoders import text_encoder_identity
@@ -237,6 +259,7 @@ def test_bfloat16_minilm_embeds_like_float32_and_keys_its_own_cache(monkeypatch,
                                "text.preprocessor=https://tfhub.dev/y"])
 
 
+@pytest.mark.slow
 def test_padding_is_trimmed_without_changing_the_embeddings():
     from genre_tf.encoders import pool_encoder_outputs
 
@@ -252,6 +275,7 @@ def test_padding_is_trimmed_without_changing_the_embeddings():
         np.testing.assert_allclose(encoder(plots).numpy(), untrimmed.numpy(), atol=2e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_poster_features_are_close_and_keyed_apart():
     from genre_tf.encoders import for_inference, poster_encoder_identity
 

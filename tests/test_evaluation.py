@@ -68,6 +68,8 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
     run = restore_run(trained_run)
     dev = predict_split(run, "dev")
     assert metrics["thresholds"] == tune_thresholds(dev["labels"], dev["probabilities"]).tolist()
+    # one source: the thresholds the export serves, tuned when training ended
+    assert metrics["thresholds"] == read_json(os.path.join(trained_run, "serving", "serving.json"))["thresholds"]
     assert read_json(os.path.join(trained_run, "metrics.json"))["splits"]["test"]["movies"] == len(
         run.prepared.split["test"])
     report = Path(os.path.join(trained_run, "report.md")).read_text()
@@ -113,16 +115,16 @@ def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config
     metrics = read_json(os.path.join(moved, "metrics.json"))
     metrics["split_digest"] = "another split"
     Path(os.path.join(moved, "metrics.json")).write_text(json.dumps(metrics))
-    assert evaluate.main([trained_run, moved, "--table"]) == 2
+    assert evaluate.main([trained_run, moved, "--table"]) == 1
     assert "do not compare" in capsys.readouterr().err
     del metrics["floors"]
     metrics["split_digest"] = read_json(os.path.join(trained_run, "metrics.json"))["split_digest"]
     Path(os.path.join(moved, "metrics.json")).write_text(json.dumps(metrics))
-    assert evaluate.main([trained_run, moved, "--table"]) == 2
+    assert evaluate.main([trained_run, moved, "--table"]) == 1
     assert "evaluated by an older genre_tf (no floors or intervals in metrics.json)" in capsys.readouterr().err
     with open(os.path.join(moved, "metrics.json"), "w") as handle:
         handle.write('{"splits": ')
-    assert evaluate.main([trained_run, moved, "--table"]) == 2
+    assert evaluate.main([trained_run, moved, "--table"]) == 1
     assert f"{os.path.join(moved, 'metrics.json')} is damaged" in capsys.readouterr().err
 
 
@@ -137,7 +139,7 @@ def test_bad_runs_give_clear_errors_and_no_partial_report(trained_run, tiny_conf
     shutil.copytree(trained_run, other_genres)
     with open(os.path.join(other_genres, "genres.txt"), "w") as handle:
         handle.write("Drama\nWestern\nMusical\nHorror\n")
-    with pytest.raises(ValueError, match="has genres"):
+    with pytest.raises(ValueError, match=r"its genres are \['Comedy'.* the run was trained on \['Drama', 'Western'"):
         evaluate_run(other_genres)
     for folder in (no_checkpoint, other_genres):
         assert not any(os.path.exists(os.path.join(folder, name)) for name in REPORT_FILES)
@@ -154,7 +156,7 @@ def test_a_damaged_or_empty_config_is_named_not_a_traceback(trained_run, tmp_pat
         run_dir = str(tmp_path / name)
         shutil.copytree(trained_run, run_dir)
         Path(run_dir, "config.json").write_text(text)
-        assert evaluate.main([run_dir]) == 2
+        assert evaluate.main([run_dir]) == 1
         error = capsys.readouterr().err
         assert error.startswith(f"error: {os.path.join(run_dir, 'config.json')}") and message in error, error
         assert "Traceback" not in error and len(error.splitlines()) == 1

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import genre_tf  # noqa: F401
-from genre_tf.fusion import OUT_OF_FOLD, GenreMix, fit_mix, to_logits
+from genre_tf.fusion import OUT_OF_FOLD, fit_mix, to_logits
+from genre_tf.layers import GenreMix
 
 
 def complementary_logits(movies=400, seed=0):
@@ -65,13 +66,15 @@ def test_the_integrated_run_is_its_branches_mixed_and_tunes_on_out_of_fold_dev(t
     from genre_tf.fusion import branch_logits
     from genre_tf.files import read_json
     from genre_tf.metrics import tune_thresholds
-    from genre_tf.training import restore_trained, split_labels, train
+    from genre_tf.dataset import split_labels
+    from genre_tf.network import restore_trained
+    from genre_tf.training import train
 
     run_dir = train(tiny_config("integrated", "model.fusion=late", "epochs=3"))
     branches = {kind: os.path.join(run_dir, "branches", kind) for kind in ("text_frozen", "poster")}
     assert all(os.path.exists(os.path.join(b, "final.json")) for b in branches.values())
     _, prepared, model, caches = restore_trained(run_dir)
-    weights = [w.numpy() for w in model.get_layer("fusion_mix").weights]
+    weights = [w.numpy() for w in model.get_layer("genre_head").get_layer("fusion_mix").weights]
 
     def test_logits(branch_dir):
         _, _, branch, branch_caches = restore_trained(branch_dir)

@@ -1,4 +1,5 @@
 """Hostile inputs (issue #14), each built in a temporary folder: none crashes, vanishes, leaks or reads unbounded."""
+import dataclasses
 import io
 import json
 import os
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +17,10 @@ from PIL import Image
 
 import genre_tf  # noqa: F401
 from conftest import image_bytes, write_csv, write_mmimdb
-from genre_tf.images import (MAX_POSTER_PIXELS, InputFileError, decode_poster, load_poster, poster_dimensions,
-                             read_input_file)
+from genre_tf.config import MAX_POSTER_PIXELS
+from genre_tf.files import InputFileError, read_input_file
+from genre_tf.images import decode_poster, load_poster
+from genre_tf.poster_headers import poster_dimensions
 from genre_tf.config import PrepareConfig, ValidationRules
 from genre_tf.prepare import main as prepare_main, prepare, summarize_rejects, validate_all
 from genre_tf.readers import read_catalogue
@@ -338,7 +342,7 @@ def test_predict_command_batches_resolves_posters_beside_the_csv_and_confines_th
         ("m0", "plot", "3"), ("m1", "plot", "3"), ("m2", "plot", "3"), ("m3", "plot", "1")]
     assert "escape: poster file outside its folder" in captured.err
     assert "zero: poster file outside its folder: /dev/zero" in captured.err
-    assert main(["--model", batch_echo_model, "--csv", str(tmp_path)]) == 2
+    assert main(["--model", batch_echo_model, "--csv", str(tmp_path)]) == 1
     assert f"error: {tmp_path} is a folder; --csv needs a CSV file" in capsys.readouterr().err
 
 
@@ -565,7 +569,7 @@ def late_fusion_export(tmp_path_factory):
     """genre_tf's serving module over a tiny late-fusion head and stand-in encoders, saved and loaded again."""
     import tensorflow as tf
     from genre_tf.config import ModelConfig
-    from genre_tf.models import build_model
+    from genre_tf.models import build_genre_head
     from genre_tf.serving import GenreModel, ServingParts
 
     class Encoder(tf.Module):
@@ -576,7 +580,7 @@ def late_fusion_export(tmp_path_factory):
                 return tf.one_hot(tf.strings.length(inputs) % 4, 4)
             return tf.reduce_mean(tf.cast(inputs, tf.float32), axis=[1, 2]) / 255
 
-    head = build_model(ModelConfig(text_units=(4,), fusion="late"), 2, text_dim=4, poster_dim=3)  # late fusion
+    head = build_genre_head(ModelConfig(text_units=(4,), fusion="late"), 2, text_dim=4, poster_dim=3)  # late fusion
     parts = ServingParts("integrated", ["A", "B"], np.full(2, 0.5), head, Encoder(), Encoder(),
                          np.zeros(4, np.float32), np.zeros(3, np.float32), image_size=32, seq_length=8)
     module = GenreModel(parts)
@@ -611,3 +615,299 @@ def test_a_csv_naming_a_column_twice_is_refused_naming_it(tmp_path, capsys):
     path = write_csv(tmp_path / "notes.csv", [["m1", "t", PLOT, "Drama", "p.jpg", "", ""]],
                      header=("id", "title", "plot", "genres", "poster", "notes", "notes"))
     assert [r.movie_id for r in read_catalogue(str(path)).records] == ["m1"]
+
+
+# Round two (issue 23): the run directory, limits, names, invisible plots, tracebacks ---------------------
+
+
+@pytest.fixture(scope="module")
+def finished_poster_run(tmp_path_factory, small_prepared, make_tiny_config):
+    """A finished tiny poster run on its own copy of the small dataset (copied: tests edit it)."""
+    import shutil
+
+    from genre_tf.training import train
+
+    root = tmp_path_factory.mktemp("finished")
+    data = str(root / "prepared")
+    shutil.copytree(small_prepared, data)
+    config = make_tiny_config("poster", "epochs=1", run_dir=root / "run")
+    return train(dataclasses.replace(config, data=data))
+
+
+def copied_run(run_dir: str, tmp_path, with_data: bool = False) -> str:
+    """A copy of a run (and, if asked, of its dataset, which the copy's dataset.json then names)."""
+    import shutil
+
+    copy = str(tmp_path / "run")
+    shutil.copytree(run_dir, copy)
+    if with_data:
+        record = json.loads(Path(copy, "dataset.json").read_text())
+        shutil.copytree(record["path"], tmp_path / "data")
+        record["path"] = str(tmp_path / "data")
+        with open(os.path.join(copy, "dataset.json"), "w") as handle:
+            json.dump(record, handle)
+    return copy
+
+
+def test_evaluate_and_export_refuse_a_dataset_changed_since_training_naming_what_changed(finished_poster_run,
+                                                                                          tmp_path, capsys):
+    import evaluate
+    from genre_tf.run_dir import DatasetChanged, open_dataset
+    from genre_tf.serving import check_dataset
+
+    run = copied_run(finished_poster_run, tmp_path, with_data=True)
+    assert open_dataset(run).path == str(tmp_path / "data")  # unchanged: accepted
+    movies = (tmp_path / "data" / "movies.jsonl").read_text().splitlines()
+    first = json.loads(movies[0])
+    movies[0] = json.dumps(dict(first, genres=["Horror"] if first["genres"] != ["Horror"] else ["Drama"]))
+    (tmp_path / "data" / "movies.jsonl").write_text("\n".join(movies) + "\n")  # one movie relabelled
+    for check in (open_dataset, check_dataset):
+        with pytest.raises(DatasetChanged, match=r"is not the one .* was trained on: movies.jsonl was changed"):
+            check(run)
+    assert evaluate.main([run]) == 1
+    error = capsys.readouterr().err
+    assert "movies.jsonl was changed" in error and len(error.splitlines()) == 1
+    assert not os.path.exists(os.path.join(run, "report.md"))
+
+
+def test_an_unfinished_or_locked_run_is_refused_unless_allowed_and_then_names_its_epoch(finished_poster_run,
+                                                                                       tmp_path, capsys):
+    import subprocess
+
+    from genre_tf.evaluation import evaluate_run
+    from genre_tf.run_dir import RunUnfinished
+    from genre_tf.serving import export_run
+
+    run = copied_run(finished_poster_run, tmp_path)
+    # a training holds the lock (another process, as in real life)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               os.path.join(run, ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for call in (lambda: evaluate_run(run), lambda: export_run(run, str(tmp_path / "models"))):
+            with pytest.raises(RunUnfinished, match="is being trained now .* best checkpoint so far is epoch 1"):
+                call()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not os.path.exists(tmp_path / "models") and not os.path.exists(os.path.join(run, "report.md"))
+    os.remove(os.path.join(run, "final.json"))  # stopped before its end
+    with pytest.raises(RunUnfinished, match="is unfinished .*--allow-unfinished"):
+        evaluate_run(run)
+    capsys.readouterr()
+    export_run(run, str(tmp_path / "models"), allow_unfinished=True)
+    assert "using its best checkpoint so far (epoch 1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit_flipped"])
+def test_a_damaged_checkpoint_is_a_one_line_error_in_evaluate_and_export(finished_poster_run, tmp_path, capsys,
+                                                                          damage):
+    import glob
+
+    import evaluate
+    from export import export_savedmodel
+
+    run = copied_run(finished_poster_run, tmp_path)
+    data = glob.glob(os.path.join(run, "checkpoints", "best", "weights.data-*"))[0]
+    content = bytearray(Path(data).read_bytes())
+    if damage == "truncated":
+        content = content[:len(content) // 2]
+    else:  # a bit flipped in every 256 bytes: in every tensor (one in an optimizer slot alone is never read)
+        for position in range(0, len(content), 256):
+            content[position] ^= 0x10
+    Path(data).write_bytes(bytes(content))
+    assert evaluate.main([run]) == 1
+    assert export_savedmodel.main(["--run", run, "--out", str(tmp_path / "models")]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and all("is damaged and cannot be read" in line for line in errors), errors
+
+
+def test_export_reports_a_full_disk_and_a_version_taken_meanwhile_in_one_line(finished_poster_run, tmp_path,
+                                                                             monkeypatch, capsys):
+    import errno
+
+    import tensorflow as tf
+    from export import export_savedmodel
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", full_disk)
+    assert export_savedmodel.main(["--run", finished_poster_run, "--out", str(tmp_path / "a")]) == 1
+    assert capsys.readouterr().err.strip() == "error: [Errno 28] No space left on device"
+    monkeypatch.undo()
+    original = tf.saved_model.save
+
+    def racing(module, staging, **kwargs):  # another export takes version 1 while this one saves
+        os.makedirs(tmp_path / "b" / "1" / "variables")
+        original(module, staging, **kwargs)
+
+    monkeypatch.setattr(tf.saved_model, "save", racing)
+    assert export_savedmodel.main(["--run", finished_poster_run, "--out", str(tmp_path / "b")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and len(error.splitlines()) == 1 and "Traceback" not in error
+    assert os.listdir(tmp_path / "b" / "1") == ["variables"]  # the other export's version is untouched
+
+
+def test_a_relative_data_path_is_resolved_when_the_run_is_created(small_prepared, make_tiny_config, tmp_path,
+                                                                  monkeypatch):
+    from genre_tf.evaluation import evaluate_run
+    from genre_tf.run_dir import load_config
+    from genre_tf.training import train
+
+    monkeypatch.chdir(os.path.dirname(small_prepared))
+    config = make_tiny_config("most_common", run_dir=tmp_path / "run")
+    run = train(dataclasses.replace(config, data=os.path.basename(small_prepared)))
+    assert load_config(run).data == small_prepared
+    monkeypatch.chdir(tmp_path)  # evaluate from another folder
+    assert evaluate_run(run)["dataset"]["path"] == small_prepared
+
+
+def test_a_failure_before_the_first_backup_leaves_one_history_row_per_epoch(tiny_config, monkeypatch):
+    import errno
+
+    import tf_keras as keras
+    from genre_tf.training import train
+
+    config = tiny_config("poster", "epochs=2", "patience=5")
+    original = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def disk_full(self, epoch, logs=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", disk_full)
+    with pytest.raises(OSError):
+        train(config)
+    history = Path(config.run_dir, "history.csv")
+    assert [line.split(",")[0] for line in history.read_text().splitlines()[1:]] == ["0"]
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", original)
+    train(config)
+    assert [line.split(",")[0] for line in history.read_text().splitlines()[1:]] == ["0", "1"]
+
+
+def test_a_python_tag_in_an_option_is_a_one_line_usage_error(capsys):
+    import train as train_script
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(["epochs=!!python/object/apply:os.system ['echo hacked']"])
+    out, error = capsys.readouterr()
+    assert exit_info.value.code == 2 and "epochs: the value" in error and "is not a plain YAML value" in error
+    assert "Traceback" not in error and "hacked" not in out  # refused, never constructed
+
+
+def test_serving_refuses_requests_over_the_documented_limits(late_fusion_export):
+    import tensorflow as tf
+    from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
+
+    serve = late_fusion_export["serving_default"]
+    assert serve(plot=tf.constant(["x" * MAX_PLOT_BYTES]), poster=tf.constant([b""]))["probabilities"].shape == (1, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"a plot holds at most {MAX_PLOT_BYTES} bytes"):
+        serve(plot=tf.constant(["x" * (MAX_PLOT_BYTES + 1)]), poster=tf.constant([b""]))
+    many = MAX_REQUEST_MOVIES + 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"a request holds at most {MAX_REQUEST_MOVIES} movies"):
+        serve(plot=tf.constant(["a plot"] * many), poster=tf.constant([b""] * many))
+
+
+def test_prepare_and_predict_apply_the_same_plot_limit(batch_echo_model, tmp_path, capsys):
+    from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
+    from genre_tf.predict import main, predict
+
+    long_plot = "word " * (MAX_PLOT_BYTES // 5) + "word"  # 13,108 words, 65,539 bytes
+    with pytest.raises(RecordError, match=f"plot too long: {len(long_plot)} bytes"):
+        check_plot(long_plot, ValidationRules(max_plot_words=10**9))
+    write_csv(tmp_path / "m.csv", [["long", "t", "x" * (MAX_PLOT_BYTES + 1), "", "", "", ""]])
+    assert main(["--model", batch_echo_model, "--csv", str(tmp_path / "m.csv"), "--json"]) == 0
+    assert f"long: the plot is longer than {MAX_PLOT_BYTES} bytes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", batch_echo_model, "--plot", "p", "--batch-size", str(MAX_REQUEST_MOVIES + 1)])
+    assert exit_info.value.code == 2
+    with pytest.raises(ValueError, match="batch size must be 1 to"):
+        next(predict(batch_echo_model, [], MAX_REQUEST_MOVIES + 1))
+
+
+INVISIBLE = ["\u200b\u200b", "\x00\x00\x00", "\u3000\u3000", "\ufeff \u2060", "\u200d\n\t"]
+
+
+def test_a_plot_of_invisible_characters_is_no_plot_in_prepare_and_in_serving(late_fusion_export):
+    import tensorflow as tf
+
+    for plot in INVISIBLE:
+        with pytest.raises(RecordError, match="empty plot"):
+            check_plot(plot, RULES)
+    assert check_plot("a\u200b " + PLOT + "\x00", RULES) == "a " + PLOT  # invisible characters dropped
+    assert check_plot("Come\u0301die " + PLOT, RULES).startswith("Com\u00e9die ")  # NFC
+    served = late_fusion_export["serving_default"](plot=tf.constant(INVISIBLE + ["a plot"]),
+                                                   poster=tf.constant([b""] * (len(INVISIBLE) + 1)))
+    assert served["inputs_used"].numpy().tolist() == [b"none"] * len(INVISIBLE) + [b"plot"]
+
+
+def test_genre_names_merge_across_unicode_forms_and_case_and_refuse_separators_and_markup(tmp_path):
+    from genre_tf.records import parse_genres
+
+    assert parse_genres(["Com\u00e9die", "come\u0301die", "COMÉDIE "]) == ("Com\u00e9die",)
+    for bad in (["Sci|Fi"], ["<script>alert(1)</script>"], ["Action, Adventure"], ["Dra\x00ma"]):
+        with pytest.raises(RecordError, match="genre names may not hold"):
+            parse_genres(bad)
+    assert parse_genres(["Action & Adventure"]) == ("Action & Adventure",)
+    rows = [[f"m{i}", "t", PLOT, "Com\u00e9die" if i % 2 else "Come\u0301die", "p.png", "", ""] for i in range(80)]
+    (tmp_path / "p.png").write_bytes(image_bytes(fmt="PNG"))
+    write_csv(tmp_path / "c.csv", rows)
+    prepare(PrepareConfig(catalogue=str(tmp_path / "c.csv"), out=str(tmp_path / "out"),
+                          rules=RULES, num_genres=1), progress=False)
+    assert (tmp_path / "out" / "genres.txt").read_text(encoding="utf-8") == "Com\u00e9die\n"
+
+
+def test_a_long_animated_gif_is_judged_alike_by_prepare_and_serving(tmp_path):
+    import tensorflow as tf
+    from genre_tf.images import decode_posters
+
+    frames = [Image.new("RGB", (700, 700), (10 * i % 256, 80, 160)) for i in range(90)]  # 44 M pixels in all
+    long_gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    short_gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:3])
+    (tmp_path / "long.gif").write_bytes(long_gif)
+    (tmp_path / "short.gif").write_bytes(short_gif)
+    records = read_catalogue(str(write_csv(tmp_path / "c.csv", [["long", "t", PLOT, "Drama", "long.gif", "", ""],
+                                                                 ["short", "t", PLOT, "Drama", "short.gif", "", ""]]))
+                             ).records
+    reasons, kept = rejected(records)
+    assert kept == ["short"] and "poster too large" in reasons["long"] and "44100000" in reasons["long"]
+    _, ok = decode_posters(tf.constant([long_gif, short_gif]), 32)
+    assert ok.numpy().tolist() == [False, True]  # the same rule: every frame's pixels count, as both decode them
+
+
+@pytest.mark.parametrize("answer", [b"\xff\xfe\x00garbage", b"[" * 200_000, b'{"predictions": [{"scores": [0.5]}]}',
+                                    b'{"outputs": 1}', b" " * (17 * 2**20)])
+def test_the_client_refuses_a_wrong_answer_in_one_line_and_exits_1(answer, capsys):
+    import http.server
+    import threading
+
+    from export import client
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802  the name http.server calls
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), Answer) as server:
+        threading.Thread(target=server.handle_request, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert client.main(["--rest", url, "--plot", "a ghost story"]) == 1
+    out, error = capsys.readouterr()
+    assert out == "" and error.startswith(f"error: {url} answered, but the answer is ") and len(error.splitlines()) == 1
+    assert len(error) < 400
+
+
+def test_a_predict_csv_naming_a_column_twice_is_refused_naming_it(batch_echo_model, tmp_path, capsys):
+    from genre_tf.predict import main
+
+    write_csv(tmp_path / "m.csv", [["m1", PLOT, "short"]], header=("id", "plot", "plot"))
+    assert main(["--model", batch_echo_model, "--csv", str(tmp_path / "m.csv")]) == 1
+    error = capsys.readouterr().err
+    assert "column(s) ['plot'] appear more than once" in error and len(error.splitlines()) == 1

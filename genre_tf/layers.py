@@ -1,0 +1,27 @@
+"""genre_tf's own Keras layer: the per-genre mix of late fusion (genre_tf/fusion.py fits it)."""
+import tf_keras as keras
+
+
+@keras.utils.register_keras_serializable(package="genre_tf")
+class GenreMix(keras.layers.Layer):
+    """Per genre, a weighted sum of the text and poster logits plus a bias (a 2-input logistic regression)."""
+
+    def __init__(self, num_genres: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_genres = num_genres
+
+    def build(self, input_shape):
+        def weight(name, value):
+            return self.add_weight(name=name, shape=(self.num_genres,), initializer=keras.initializers.Constant(value))
+        # Until fitted: the mean of the two logits.
+        self.text_weight = weight("text_weight", 0.5)
+        self.poster_weight = weight("poster_weight", 0.5)
+        self.bias = weight("bias", 0.0)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        text_logits, poster_logits = inputs
+        return self.text_weight * text_logits + self.poster_weight * poster_logits + self.bias
+
+    def get_config(self):
+        return {**super().get_config(), "num_genres": self.num_genres}

@@ -1,0 +1,31 @@
+"""Bring a run trained by an older genre_tf up to date: compute its serving files once from its dataset.
+
+    python -m genre_tf.migrate runs/my-run
+
+Export reads a run directory alone; a run trained before training wrote serving/ (or whose serving
+files belong to another checkpoint) needs this once.
+"""
+import argparse
+import sys
+
+import genre_tf  # noqa: F401  selects tf-keras before TensorFlow loads
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    args = parser.parse_args(argv)
+    from genre_tf.training import finalise_run
+
+    try:
+        for run_dir in args.runs:
+            finalise_run(run_dir)
+            print(f"{run_dir}: serving files written")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
