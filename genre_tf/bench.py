@@ -258,7 +258,7 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("table3", "speed", "encoders", "all"))
+    parser.add_argument("what", choices=("table3", "speed", "encoders", "all", "scale"))
     parser.add_argument("--data", default="demo", help="a prepared dataset, or demo")
     parser.add_argument("--quick", action="store_true",
                         help=f"short schedules ({' '.join(QUICK)}) for the models that fine-tune BERT")
@@ -269,6 +269,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default="", help="where table3's runs go (default runs/table3-<date>)")
     parser.add_argument("--serve-run", action="append", default=[], help="speed: a run to export and time "
                         "serving, repeatable (default: table3's integrated run when measured together)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 10000], help="scale: catalogue sizes")
+    parser.add_argument("--scale-root", default=os.path.join("runs", "scale"), help="scale: where its data goes")
     parser.add_argument("overrides", nargs="*", metavar="[KIND:]key=value",
                         help="train.py options for every run, or for one model kind (text_finetuned:epochs=8)")
     args = parser.parse_intermixed_args(argv)  # options may come after the key=value list
@@ -292,6 +294,12 @@ def main(argv=None) -> int:
         peak = speed.peaks()
         report["encoders"] = {"peak_gflops": peak, "rows": speed.encoder_rows(peak)}
         sections += ["## Encoders alone", "", speed.rows_markdown(report["encoders"]["rows"])]
+    if args.what == "scale":  # genre_tf/scale.py: cost and peak memory by catalogue size
+        from genre_tf import scale
+
+        report["scale"] = scale.scale(scale.ScaleConfig(sizes=tuple(args.sizes), root=args.scale_root))
+        sections += ["## Cost by catalogue size", "", scale.__doc__.split("\n\n", 2)[2].strip(), "",
+                     scale.scale_markdown(report["scale"])]
     os.makedirs(args.out, exist_ok=True)
     dataset = "" if args.data == "demo" else "-" + os.path.basename(os.path.normpath(args.data))
     name = os.path.join(args.out, f"{stamp}-{args.what}{'-quick' if args.quick else ''}{dataset}")
