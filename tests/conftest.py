@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated cache, generated posters and catalogues, a tiny TF-Hub BERT."""
+import contextlib
 import csv
 import io
 import json
@@ -93,6 +94,28 @@ def write_csv(path, rows, header=("id", "title", "plot", "genres", "poster", "ye
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+@contextlib.contextmanager
+def answering_once(status: int, body: bytes):
+    """A local HTTP server answering one POST with `status` and `body`; yields its http://HOST:PORT."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802  the name http.server calls
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), Answer) as server:
+        threading.Thread(target=server.handle_request, daemon=True).start()
+        yield f"http://127.0.0.1:{server.server_address[1]}"
 
 
 @pytest.fixture(scope="session")

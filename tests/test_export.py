@@ -22,7 +22,7 @@ from genre_tf.serving import export_run
 from genre_tf import migrate
 from genre_tf.training import train
 
-from conftest import image_bytes
+from conftest import answering_once, image_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "export"))
@@ -381,23 +381,7 @@ def test_the_client_says_in_one_line_that_the_server_is_down(transport, capsys):
 
 
 def test_the_client_shows_the_servers_own_error(capsys):
-    import http.server
-    import threading
-
-    class NotFound(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802  the name http.server calls
-            body = b'{"error": "Servable not found for request: Latest(genre_tf)"}'
-            self.send_response(404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    with http.server.HTTPServer(("127.0.0.1", 0), NotFound) as server:
-        threading.Thread(target=server.handle_request, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with answering_once(404, b'{"error": "Servable not found for request: Latest(genre_tf)"}') as url:
         assert client.main(["--rest", url, "--plot", "a ghost story"]) == 1
     assert capsys.readouterr().err == (f"error: TF Serving at {url} answered HTTP 404: Servable not found for "
                                        "request: Latest(genre_tf)\n")

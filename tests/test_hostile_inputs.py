@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import genre_tf  # noqa: F401
-from conftest import image_bytes, write_csv, write_mmimdb
+from conftest import answering_once, image_bytes, write_csv, write_mmimdb
 from genre_tf.config import MAX_POSTER_PIXELS
 from genre_tf.files import InputFileError, read_input_file
 from genre_tf.images import decode_poster, load_poster
@@ -879,25 +879,9 @@ def test_a_long_animated_gif_is_judged_alike_by_prepare_and_serving(tmp_path):
 @pytest.mark.parametrize("answer", [b"\xff\xfe\x00garbage", b"[" * 200_000, b'{"predictions": [{"scores": [0.5]}]}',
                                     b'{"outputs": 1}', b" " * (17 * 2**20)])
 def test_the_client_refuses_a_wrong_answer_in_one_line_and_exits_1(answer, capsys):
-    import http.server
-    import threading
-
     from export import client
 
-    class Answer(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802  the name http.server calls
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args):
-            pass
-
-    with http.server.HTTPServer(("127.0.0.1", 0), Answer) as server:
-        threading.Thread(target=server.handle_request, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with answering_once(200, answer) as url:
         assert client.main(["--rest", url, "--plot", "a ghost story"]) == 1
     out, error = capsys.readouterr()
     assert out == "" and error.startswith(f"error: {url} answered, but the answer is ") and len(error.splitlines()) == 1
