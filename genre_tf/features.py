@@ -18,8 +18,12 @@ def cache_path(prepared: PreparedDataset, name: str, key: str) -> str:
 
 def compute_features(prepared: PreparedDataset, encoder, input_name: str, batch_size: int = 32,
                      image_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Run `encoder` over every split of the dataset; returns (movie ids, float32 features)."""
-    ids, rows = [], []
+    """Run `encoder` over every split of the dataset; returns (movie ids, float32 features).
+
+    The features are written into one array allocated at the first batch: a list of batches joined at the
+    end held every feature twice, 12 KB a movie of the step's peak (benchmarks/2026-12-01-scale.md).
+    """
+    ids, features = [], None
     total = sum(len(prepared.split[name]) for name in SPLIT_NAMES)
     predict = tf.function(lambda x: encoder(x, training=False))
     with tqdm(total=total, desc=f"encoding {input_name}", unit="movie", mininterval=2.0) as bar:
@@ -27,10 +31,13 @@ def compute_features(prepared: PreparedDataset, encoder, input_name: str, batch_
             dataset = make_dataset(prepared, split, batch_size, training=False,
                                    input_names=[MOVIE_ID, input_name], image_size=image_size or None)
             for inputs, _ in dataset:
-                rows.append(predict(inputs[input_name]).numpy().astype(np.float32))
+                batch = predict(inputs[input_name]).numpy()
+                if features is None:
+                    features = np.empty((total, batch.shape[1]), np.float32)
+                features[len(ids):len(ids) + len(batch)] = batch
                 ids.extend(movie_id.decode("utf-8") for movie_id in inputs[MOVIE_ID].numpy())
-                bar.update(len(rows[-1]))
-    return np.asarray(ids), np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+                bar.update(len(batch))
+    return np.asarray(ids), features if features is not None else np.zeros((0, 0), np.float32)
 
 
 def load_or_compute(prepared: PreparedDataset, name: str, key: str, encoder_factory, input_name: str,

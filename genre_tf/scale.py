@@ -163,7 +163,7 @@ def generate(folder: str, size: int, poster_size: int) -> None:
 
 
 def cache_features(options: list[str]) -> None:
-    """The features step: poster features and plot embeddings cached beside the prepared data, as training does."""
+    """The features step: poster features and plot embeddings cached (under the cache root), as training does."""
     import genre_tf  # noqa: F401  sets up tf-keras before TensorFlow loads
     from genre_tf.config import load_config
     from genre_tf.network import feature_caches
