@@ -25,12 +25,19 @@ def main(argv=None) -> int:
         config = load_config(args.config, args.overrides)
     except (ValueError, OSError) as error:
         parser.error(str(error))
-    from genre_tf.training import RunDirectoryInUse, train
+    import tensorflow as tf
+
+    from genre_tf.run_dir import RunDirectoryInUse
+    from genre_tf.training import train
 
     try:
         run_dir = train(config)
     except (ValueError, OSError, RunDirectoryInUse) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except tf.errors.OpError as error:  # a full disk while saving, ...: TensorFlow's message without its trace
+        print(f"error: {error.message.strip().splitlines()[0][:500]}; rerun the same command to resume",
+              file=sys.stderr)
         return 1
     if not os.path.exists(os.path.join(run_dir, "final.json")):
         print(f"worker finished; the chief multi-worker task writes the results to {run_dir}")

@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
 from genre_tf.files import InputFileError, read_poster_file
 from genre_tf.predict import PREDICT_BATCH, latest_version, load_serving, read_csv_rows
-from genre_tf.records import visible_text
+from genre_tf.records import has_words
 
 DEAD = "dead_letters"
 PREDICTIONS_FILE, DEAD_LETTERS_FILE = "predictions.jsonl", "dead_letters.jsonl"
@@ -65,7 +65,7 @@ def load_row(row: dict) -> Iterator:
         except InputFileError as error:
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, str(error)))
             return
-    if poster is None and not visible_text(row["plot"]):
+    if poster is None and not has_words(row["plot"]):
         yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, "neither a plot nor a poster"))
         return
     yield {"label": row["label"], "source": row["source"], "plot": row["plot"], "poster": poster,

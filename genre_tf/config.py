@@ -18,6 +18,7 @@ MIN_POSTER_SIDE = 32                  # a smaller poster carries no usable pictu
 # Limits shared by prepare, predict and the SavedModel's signatures (a request over them is refused whole):
 MAX_PLOT_BYTES = 65_536               # UTF-8 bytes of one plot; the paper's 545-word plots take about 4 KB
 MAX_REQUEST_MOVIES = 512              # movies in one SavedModel call or one predict batch
+MAX_BATCH_SIZE = 65_536               # a training batch; larger ones exhaust memory long before this
 MAX_POSTER_PIXELS = 40_000_000        # width x height (x frames); decoding more would cost gigabytes for one poster
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # the side of the square posters prepare writes and models read
 
@@ -314,7 +315,8 @@ def validate(config: TrainConfig) -> None:
         (config.loss in LOSSES, f"loss must be one of {LOSSES}"),
         (config.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
         (config.learning_rate > 0, "learning_rate must be > 0"),
-        (config.batch_size >= 2, "batch_size must be >= 2 (soft-F1 is a batch statistic)"),
+        (2 <= config.batch_size <= MAX_BATCH_SIZE,
+         f"batch_size must be 2 to {MAX_BATCH_SIZE} (soft-F1 is a batch statistic), got {config.batch_size}"),
         (config.epochs >= 1, "epochs must be >= 1"), (config.patience >= 1, "patience must be >= 1"),
         (8 <= config.text.seq_length <= 512, "text.seq_length must be in [8, 512]"),
         (config.text.pooling in ("mean", "pooled"), "text.pooling must be mean or pooled"),

@@ -140,14 +140,15 @@ def file_digests(directory: str, shards: dict[str, list[str]]) -> dict[str, str]
     return {name: sha256_of(os.path.join(directory, name)) for name in names}
 
 
-def changed_files(prepared: PreparedDataset, recorded: dict[str, str]) -> list[str]:
-    """What differs from the recorded digests, one phrase per file ('movies.jsonl was changed')."""
+def changed_files(prepared: PreparedDataset, recorded: dict[str, list[str]]) -> list[str]:
+    """What differs from the recorded digests (each file's, from one record or more), one phrase per file
+    ('movies.jsonl was changed')."""
     changes = []
-    for name, digest in recorded.items():
+    for name, digests in recorded.items():
         path = os.path.join(prepared.path, name)
         if not os.path.exists(path):
             changes.append(f"{name} is missing")
-        elif sha256_of(path) != digest:
+        elif set(digests) != {sha256_of(path)}:
             changes.append(f"{name} was changed")
     return changes
 

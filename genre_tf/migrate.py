@@ -15,13 +15,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     args = parser.parse_args(argv)
+    from genre_tf import run_dir as runs
     from genre_tf.training import finalise_run
 
     try:
         for run_dir in args.runs:
-            finalise_run(run_dir)
+            runs.load_config(run_dir)  # first: locking would create a folder that is not a run
+            runs.require_finished(run_dir)  # a run training now, or stopped early, writes its own when it ends
+            with runs.locked(run_dir):  # and no training starts meanwhile
+                finalise_run(run_dir)
             print(f"{run_dir}: serving files written")
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError, runs.RunDirectoryInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 
 from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
 from genre_tf.files import InputFileError, InputFileNotFoundError, read_poster_file
-from genre_tf.records import visible_text
+from genre_tf.records import has_words
 
 READ_COLUMNS = ("id", "title", "plot", "poster")
 PREDICT_BATCH = 64  # rows per call of the model: memory stays that of one batch, whatever the CSV's length
@@ -145,7 +145,7 @@ def _results(batch: list[dict], outputs: dict, genres: list[str]) -> Iterator[di
         if m["poster"] is not None and "poster" not in used:
             _warn(f"{m['label']}: poster {m['poster_path']} could not be decoded; predicted from "
                   f"{used if used != 'none' else 'neither input'}")
-        if not visible_text(m["plot"]):
+        if not has_words(m["plot"]):
             _warn(f"{m['label']}: empty plot; predicted from {used if used != 'none' else 'neither input'}")
         yield {"movie": m["label"], "genres": outputs["genres"][i].numpy().decode("utf-8"), "inputs_used": used,
                "probabilities": dict(zip(genres, outputs["probabilities"][i].numpy().round(4).tolist(), strict=True))}

@@ -12,7 +12,10 @@ from genre_tf.files import InputFileError, read_poster_file
 _GENRE_SEPARATORS = re.compile(r"[,|;]")
 # Characters a genre name may not hold: list separators (the served `genres` output joins names with ", ";
 # report.md's tables use |) and markup, which reports and dashboards would render.
-_GENRE_FORBIDDEN = re.compile(r"[,|;<>\x00-\x1f\x7f]")
+_GENRE_FORBIDDEN = re.compile(r"[,|;<>*`\[\]\x00-\x1f\x7f]")
+MAX_GENRE_CHARS = 64  # the longest real genre names take about 20
+# Letters that show nothing: Hangul fillers. A plot needs a letter or digit besides these to be a plot.
+FILLERS = "\u115f\u1160\u3164\uffa0"
 # Chinese and Japanese write no spaces between words: each Han or kana character counts as a word,
 # and their punctuation separates words as a space does. Other scripts count whitespace-separated words.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
@@ -79,6 +82,15 @@ def visible_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def has_words(text: str) -> bool:
+    """Whether text holds a letter or a digit (Unicode categories L and N) other than a blank filler.
+
+    Punctuation, symbols (U+2800, a blank braille cell), combining marks and variation selectors alone are
+    no plot; the SavedModel applies the same rule (serving.WORDLESS).
+    """
+    return any(unicodedata.category(ch)[0] in "LN" and ch not in FILLERS for ch in text)
+
+
 def genre_key(name: str) -> str:
     """The identity of a genre name: Unicode form (NFC or NFD), case, surrounding and repeated spaces do not matter."""
     return visible_text(name).casefold()
@@ -115,7 +127,10 @@ def parse_genres(value, aliases: Sequence[tuple[str, str]] = ()) -> tuple:
         forbidden = _GENRE_FORBIDDEN.search(part)
         if forbidden:
             raise RecordError(f"genre {part[:40]!r} holds {forbidden.group()!r}: genre names may not hold list "
-                              "separators (, | ;), markup (< >) or control characters")
+                              "separators (, | ;), markup (< > * ` [ ]) or control characters")
+        if len(part) > MAX_GENRE_CHARS or not has_words(part):
+            raise RecordError(f"genre {part[:40]!r} is not a genre name: 1 to {MAX_GENRE_CHARS} characters with "
+                              "a letter or digit")
         name = lookup.get(genre_key(part), visible_text(part))
         if genre_key(name) not in seen:
             seen.add(genre_key(name))
@@ -153,6 +168,8 @@ def check_plot(plot, rules: ValidationRules) -> str:
     plot = visible_text(plot)
     if not plot:
         raise RecordError("empty plot")
+    if not has_words(plot):
+        raise RecordError("empty plot: no letter or digit")
     words = count_words(plot)
     if words < rules.min_plot_words:
         raise RecordError(f"plot too short: {words} words (min {rules.min_plot_words})")

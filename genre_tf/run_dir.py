@@ -227,6 +227,10 @@ def write_serving_files(run_dir: str, record: dict, warmup_poster: bytes) -> Non
 def read_serving_files(run_dir: str) -> tuple[dict, bytes]:
     """serving/serving.json and the warm-up poster bytes; ServingFilesMissing when absent or from another checkpoint."""
     path = os.path.join(run_dir, SERVING, "serving.json")
+    best_checkpoint(run_dir)  # a run without a checkpoint is that, whatever else it lacks
+    if not os.path.exists(path) and not os.path.exists(os.path.join(run_dir, FINAL)):
+        raise ServingFilesMissing(f"{run_dir} has no serving files yet: training writes them when it ends, and "
+                                  "this run has not ended; let it finish (rerun train.py to resume it)")
     if not os.path.exists(path):
         raise ServingFilesMissing(f"{run_dir} has no serving files ({SERVING}/serving.json); runs trained before "
                                   "genre_tf wrote them lack them: run `python -m genre_tf.migrate "
@@ -239,6 +243,25 @@ def read_serving_files(run_dir: str) -> tuple[dict, bytes]:
         raise ServingFilesMissing(f"{path} has genres {record['genres']}, but genres.txt {genres(run_dir)}")
     with open(os.path.join(run_dir, SERVING, WARMUP_POSTER), "rb") as handle:
         return record, handle.read()
+
+
+def file_records(run_dir: str, recorded: dict, prepared) -> dict[str, str]:
+    """The digests to check the dataset's files against: the run's record and the dataset's own, by file name.
+
+    Both, so that a record emptied in one place still leaves the other; names must be plain file names of the
+    dataset folder, never paths that would lead the check elsewhere.
+    """
+    records = {}
+    for where, files in ((f"{run_dir}/dataset.json", recorded.get("files", {})),
+                         (f"{prepared.path}/dataset.json", prepared.metadata.get("files", {}))):
+        if not isinstance(files, dict) or not all(isinstance(name, str) and isinstance(digest, str)
+                                                   and name == os.path.basename(name) and name not in ("", ".", "..")
+                                                   for name, digest in files.items()):
+            raise DatasetChanged(f"{where} is damaged: its 'files' record is not a mapping of file names to "
+                                 "digests; retrain the run, or prepare the dataset again")
+        for name, digest in files.items():
+            records.setdefault(name, []).append(digest)
+    return records
 
 
 def open_dataset(run_dir: str):
@@ -255,7 +278,7 @@ def open_dataset(run_dir: str):
     if prepared.fingerprint != recorded["fingerprint"]:
         changes.append(f"its fingerprint is {prepared.fingerprint}, the run recorded {recorded['fingerprint']} "
                        "(it was prepared again)")
-    changes += changed_files(prepared, recorded.get("files", {}))
+    changes += changed_files(prepared, file_records(run_dir, recorded, prepared))
     if prepared.genres != genres(run_dir):
         changes.append(f"its genres are {prepared.genres}, the run was trained on {genres(run_dir)}")
     if prepared.split != recorded["split"]:

@@ -30,7 +30,9 @@ from genre_tf.run_dir import genres as run_genres
 from genre_tf.run_dir import load_config, open_dataset, read_serving_files, require_finished
 
 FEATURES_SIGNATURE = "with_poster_features"
-INVISIBLE_ONLY = r"[\s\p{Z}\p{Cc}\p{Cf}]*"  # RE2: a plot of these characters alone is no plot (records.visible_text)
+# RE2, as records.has_words: after removing the blank Hangul fillers, a plot without a letter or digit is no plot
+FILLERS = "[\u115f\u1160\u3164\uffa0]"
+WORDLESS = r"[^\p{L}\p{N}]*"
 TOKEN_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 PREPROCESSOR = os.path.join("assets.extra", "text_preprocessor")  # token-id exports: relative to the version
 # TF Serving's --batching_parameters_file, tuned for CPUs (export/README.md, "Running TF Serving").
@@ -120,7 +122,7 @@ class GenreModel(tf.Module):
         if self.token_ids:
             has_plot = tf.reduce_sum(tf.cast(text_inputs["input_mask"], tf.int32), axis=1) > 2  # beyond [CLS] [SEP]
         else:  # nothing but spaces, control and format characters (NUL, zero-width spaces, BOMs): no plot
-            has_plot = ~tf.strings.regex_full_match(text_inputs, INVISIBLE_ONLY)
+            has_plot = ~tf.strings.regex_full_match(tf.strings.regex_replace(text_inputs, FILLERS, ""), WORDLESS)
         if self.text_encoder is None:
             return None, has_plot
         embedding = self.text_encoder(text_inputs, training=False)

@@ -266,6 +266,12 @@ def train(config: TrainConfig) -> str:
         keras.mixed_precision.set_global_policy("mixed_float16")
     config = runs.with_absolute_data(config)  # the run reads the same data from any folder
     prepared = open_dataset(config)
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    if config.model.kind != "most_common" and len(prepared.split["train"]) < global_batch:
+        # before the run directory exists: a corrected command must not meet "another config" there
+        raise ValueError(f"batch_size={config.batch_size} (x {strategy.num_replicas_in_sync} replicas) is larger "
+                         f"than the {len(prepared.split['train'])} training movies of {prepared.path}: "
+                         "training drops the last partial batch, so no step would run; lower batch_size")
     run_dir = config.run_dir or runs.default_run_dir(config, prepared.name)
     if not is_chief(strategy):
         return train_as_worker(config, strategy, prepared, run_dir)

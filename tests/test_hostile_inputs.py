@@ -826,7 +826,10 @@ def test_prepare_and_predict_apply_the_same_plot_limit(batch_echo_model, tmp_pat
         next(predict(batch_echo_model, [], MAX_REQUEST_MOVIES + 1))
 
 
-INVISIBLE = ["\u200b\u200b", "\x00\x00\x00", "\u3000\u3000", "\ufeff \u2060", "\u200d\n\t"]
+INVISIBLE = ["\u200b\u200b", "\x00\x00\x00", "\u3000\u3000", "\ufeff \u2060", "\u200d\n\t",
+             # no letter or digit: Hangul fillers, a blank braille cell, a lone combining mark, a variation
+             # selector, punctuation
+             "\u3164 \u3164", "\u2800 \u2800", "\u0301", "\ufe0f \ufe0f", ". . . !"]
 
 
 def test_a_plot_of_invisible_characters_is_no_plot_in_prepare_and_in_serving(late_fusion_export):
@@ -846,8 +849,9 @@ def test_genre_names_merge_across_unicode_forms_and_case_and_refuse_separators_a
     from genre_tf.records import parse_genres
 
     assert parse_genres(["Com\u00e9die", "come\u0301die", "COMÉDIE "]) == ("Com\u00e9die",)
-    for bad in (["Sci|Fi"], ["<script>alert(1)</script>"], ["Action, Adventure"], ["Dra\x00ma"]):
-        with pytest.raises(RecordError, match="genre names may not hold"):
+    for bad in (["Sci|Fi"], ["<script>alert(1)</script>"], ["Action, Adventure"], ["Dra\x00ma"], ["**bold**"],
+                ["[link](http://e)"], ["x" * 65], ["..."], ["\u200b\u3164"]):
+        with pytest.raises(RecordError, match="genre names may not hold|is not a genre name|blank genre"):
             parse_genres(bad)
     assert parse_genres(["Action & Adventure"]) == ("Action & Adventure",)
     rows = [[f"m{i}", "t", PLOT, "Com\u00e9die" if i % 2 else "Come\u0301die", "p.png", "", ""] for i in range(80)]
@@ -895,3 +899,60 @@ def test_a_predict_csv_naming_a_column_twice_is_refused_naming_it(batch_echo_mod
     assert main(["--model", batch_echo_model, "--csv", str(tmp_path / "m.csv")]) == 1
     error = capsys.readouterr().err
     assert "column(s) ['plot'] appear more than once" in error and len(error.splitlines()) == 1
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_before_the_run_folder_exists(tiny_config):
+    from genre_tf.training import train
+
+    config = tiny_config("poster", "batch_size=1000")
+    with pytest.raises(ValueError, match="batch_size=1000 .* is larger than the 75 training movies"):
+        train(config)
+    assert not os.path.exists(os.path.join(config.run_dir, "config.json"))  # the corrected command can use it
+    with pytest.raises(ValueError, match="batch_size must be 2 to 65536"):
+        tiny_config("poster", "batch_size=99999999999999999999")
+
+
+def test_migrate_refuses_a_run_in_training_or_unfinished(finished_poster_run, tmp_path, capsys):
+    from genre_tf import migrate
+    from genre_tf.run_dir import locked
+
+    run = copied_run(finished_poster_run, tmp_path)
+    with locked(run):  # what a running train.py holds
+        assert migrate.main([run]) == 1
+    assert "is being trained now" in capsys.readouterr().err
+    os.remove(os.path.join(run, "final.json"))
+    assert migrate.main([run]) == 1
+    error = capsys.readouterr().err
+    assert "is unfinished" in error and len(error.splitlines()) == 1
+    assert migrate.main([str(tmp_path / "nowhere")]) == 1 and not os.path.exists(tmp_path / "nowhere")
+
+
+def test_a_damaged_or_emptied_files_record_does_not_hide_a_changed_dataset(finished_poster_run, tmp_path):
+    from genre_tf.run_dir import DatasetChanged, open_dataset
+
+    run = copied_run(finished_poster_run, tmp_path, with_data=True)
+    movies = tmp_path / "data" / "movies.jsonl"
+    movies.write_text(movies.read_text().replace('"Drama"', '"Horror"', 1))
+    record_path = Path(run, "dataset.json")
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps(dict(record, files={})))  # the run's record emptied: the dataset's own remains
+    with pytest.raises(DatasetChanged, match="movies.jsonl was changed"):
+        open_dataset(run)
+    for damaged in (None, "movies.jsonl", {"../../etc/passwd": "0" * 64}):
+        record_path.write_text(json.dumps(dict(record, files=damaged)))
+        with pytest.raises(DatasetChanged, match="'files' record is not a mapping of file names"):
+            open_dataset(run)
+
+
+def test_a_tensorflow_error_while_training_is_one_line(monkeypatch, capsys):
+    import tensorflow as tf
+    import train as train_script
+    from genre_tf import training
+
+    def full_disk(config):
+        raise tf.errors.ResourceExhaustedError(None, None, "backup/ckpt.data: No space left on device\n\tat ...")
+
+    monkeypatch.setattr(training, "train", full_disk)
+    assert train_script.main(["epochs=1"]) == 1
+    error = capsys.readouterr().err
+    assert error == "error: backup/ckpt.data: No space left on device; rerun the same command to resume\n"
