@@ -287,7 +287,13 @@ def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_
         with _without_keras_traces():
             tf.saved_model.save(module, staging, signatures=signatures)
         info = write_extras(staging, run_dir, config, parts, (record["warmup_plots"], warmup_poster), model_name)
-        os.rename(staging, final)  # a plain rename, not atomic_path's swap: an existing version is never replaced
+        try:
+            os.rename(staging, final)  # a plain rename, not atomic_path's swap: an existing version is never replaced
+        except OSError:
+            if not os.path.exists(final):
+                raise
+            raise FileExistsError(f"{final} was written by another export meanwhile; TF Serving versions are "
+                                  "immutable, so this export is dropped: run it again for the next version") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not os.path.exists(os.path.join(model_base, "batching.config")):  # never overwrite a tuned one
