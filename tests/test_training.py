@@ -300,7 +300,7 @@ def test_config_round_trips_through_a_file(tmp_path):
 
 @pytest.mark.parametrize("option, message", [
     ("model.kind=bert", "model.kind must be one of"), ("epochs=abc", "epochs must be int"),
-    ("model.dropout=1.5", "dropout must be in"), ("batch_size=1", "batch_size must be >= 2"),
+    ("model.dropout=1.5", "dropout must be in"), ("batch_size=1", "batch_size must be 2 to 65536"),
     ("nonsense=1", "unknown option 'nonsense'"), ("text.pooling=max", "pooling must be"),
 ])
 def test_bad_options_give_clear_errors(option, message, capsys):
