@@ -19,6 +19,8 @@ import os
 import re
 
 from genre_tf.config import TrainConfig, config_from_dict, config_to_dict
+from genre_tf.dataset import PreparedDataset, changed_files, load_prepared
+from genre_tf.demo import prepared_demo
 from genre_tf.files import atomic_path, read_json, sha256_of, write_json, write_text
 
 FINAL = "final.json"
@@ -97,7 +99,7 @@ def with_absolute_data(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, data=os.path.abspath(config.data))
 
 
-def create(run_dir: str, config: TrainConfig, prepared, encoders: dict) -> None:
+def create(run_dir: str, config: TrainConfig, prepared: PreparedDataset, encoders: dict) -> None:
     """Create the run directory, or check that a reopened one (a resume) holds the same config and encoders."""
     config_path = os.path.join(run_dir, "config.json")
     if os.path.exists(config_path):
@@ -245,7 +247,7 @@ def read_serving_files(run_dir: str) -> tuple[dict, bytes]:
         return record, handle.read()
 
 
-def file_records(run_dir: str, recorded: dict, prepared) -> dict[str, str]:
+def file_records(run_dir: str, recorded: dict, prepared: PreparedDataset) -> dict[str, list[str]]:
     """The digests to check the dataset's files against: the run's record and the dataset's own, by file name.
 
     Both, so that a record emptied in one place still leaves the other; names must be plain file names of the
@@ -264,11 +266,8 @@ def file_records(run_dir: str, recorded: dict, prepared) -> dict[str, str]:
     return records
 
 
-def open_dataset(run_dir: str):
+def open_dataset(run_dir: str) -> PreparedDataset:
     """The prepared dataset the run was trained on, refused with what changed if it is not that dataset any more."""
-    from genre_tf.dataset import changed_files, load_prepared
-    from genre_tf.demo import prepared_demo
-
     config, recorded = load_config(run_dir), read_json(os.path.join(run_dir, "dataset.json"))
     path = recorded.get("path") or config.data
     if config.data == "demo" and not os.path.exists(path):
