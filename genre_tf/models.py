@@ -7,7 +7,7 @@ import tf_keras as keras
 
 from genre_tf.config import MODEL_KINDS, ModelConfig, fine_tunes_text, late_fusion, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
-from genre_tf.layers import GenreMix
+from genre_tf.layers import GenreMix, ModalityDropout
 
 HEAD = "genre_head"  # the named sub-model after the encoders: feature inputs in, genre logits out
 
@@ -37,7 +37,22 @@ def _encoded_input(encoder, name: str, feature_name: str, dim: int):
 
 def build_genre_head(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 1280) -> keras.Model:
     """The layers after the encoders, as the named sub-model `genre_head`: plot_embedding and/or poster_features in,
-    one logit per genre out. Serving runs this same sub-model behind its own encoders."""
+    one logit per genre out. Serving runs this same sub-model behind its own encoders.
+
+    With model.heads = N > 1 it holds N such heads (`genre_head_0`...), each trained on its own loss by
+    HeadEnsemble, and returns the logit of their mean probability: an ensemble that runs the encoders once.
+    """
+    if config.heads > 1:
+        members = [_single_head(config, num_genres, text_dim, poster_dim, f"{HEAD}_{index}")
+                   for index in range(config.heads)]
+        inputs = {name: keras.Input(shape=tensor.shape[1:], name=name) for name, tensor in members[0].input.items()}
+        return keras.Model(inputs, MeanProbabilityLogits(name="ensemble_mean")([m(inputs) for m in members]),
+                           name=HEAD)
+    return _single_head(config, num_genres, text_dim, poster_dim, HEAD)
+
+
+def _single_head(config: ModelConfig, num_genres: int, text_dim: int, poster_dim: int, name: str) -> keras.Model:
+    """One head: the text head, the poster features, their fusion, the genre logits."""
     inputs, branches = {}, []
     if uses_text(config):
         inputs[PLOT_EMBEDDING] = keras.Input(shape=(text_dim,), name=PLOT_EMBEDDING)
@@ -48,18 +63,20 @@ def build_genre_head(config: ModelConfig, num_genres: int, text_dim: int = 384, 
     if late_fusion(config):
         text_logits = _dense(num_genres, config, "genre_logits", activation=None)(branches[0])
         poster_logits = _dense(num_genres, config, "poster_logits", activation=None)(branches[1])
-        return keras.Model(inputs, GenreMix(num_genres, name="fusion_mix")([text_logits, poster_logits]), name=HEAD)
+        return keras.Model(inputs, GenreMix(num_genres, name="fusion_mix")([text_logits, poster_logits]), name=name)
     if config.kind == "integrated":
         if config.branch_norm:
             # CNN features (ResNet50's ~30x) are larger than the text head's output; unnormalised they swamp it.
             branches = [keras.layers.LayerNormalization(name=f"{name}_norm")(branch)
                         for name, branch in zip(("text", "poster"), branches, strict=True)]
+        if config.modality_dropout:
+            branches = ModalityDropout(config.modality_dropout, name="modality_dropout")(branches)
         x = keras.layers.Concatenate(name="concatenate")(branches)
         x = _dense(config.fusion_units, config, "fusion_dense")(x)
         x = keras.layers.Dropout(config.dropout, name="fusion_dropout")(x)
     else:
         x = branches[0]  # poster: features straight into the sigmoid layer (section 4.2)
-    return keras.Model(inputs, _dense(num_genres, config, "genre_logits", activation=None)(x), name=HEAD)
+    return keras.Model(inputs, _dense(num_genres, config, "genre_logits", activation=None)(x), name=name)
 
 
 def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 1280,
@@ -87,7 +104,43 @@ def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poste
     head = build_genre_head(config, num_genres, **{key: int(features[name].shape[-1]) for key, name in (
         ("text_dim", PLOT_EMBEDDING), ("poster_dim", POSTER_FEATURES)) if name in features})
     probabilities = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(head(features))
-    return keras.Model(inputs, probabilities, name=config.kind)
+    return (HeadEnsemble if config.heads > 1 else keras.Model)(inputs, probabilities, name=config.kind)
+
+
+@keras.utils.register_keras_serializable("genre_tf")
+class MeanProbabilityLogits(keras.layers.Layer):
+    """The logit of the mean of several heads' probabilities, so that a sigmoid after it gives that mean."""
+
+    def call(self, logits):
+        mean = tf.reduce_mean(tf.sigmoid(tf.stack([tf.cast(x, tf.float32) for x in logits])), axis=0)
+        mean = tf.clip_by_value(mean, 1e-7, 1 - 1e-7)
+        return tf.math.log(mean) - tf.math.log1p(-mean)
+
+
+class HeadEnsemble(keras.Model):
+    """A model whose genre_head holds several heads: each is trained on the loss of its own probabilities (not of
+    their mean, which would train one wide head), while predicting, evaluating and serving use the mean."""
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        head = self.get_layer(HEAD)
+        members = [layer for layer in head.layers if layer.name.startswith(f"{HEAD}_")]
+        with tf.GradientTape() as tape:
+            features = self._head_inputs(x)
+            losses = [self.compute_loss(x, y, tf.sigmoid(tf.cast(member(features, training=True), tf.float32)))
+                      for member in members]
+            loss = tf.add_n(losses) / len(losses)  # each includes the L2 terms once: their mean counts them once
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def _head_inputs(self, x: dict) -> dict:
+        """The genre head's inputs for a batch: cached features as given, raw inputs through their encoders."""
+        features = {name: x[name] for name in (PLOT_EMBEDDING, POSTER_FEATURES) if name in x}
+        for raw, encoder, feature in ((PLOT, "text_encoder", PLOT_EMBEDDING), (POSTER, "poster_encoder",
+                                                                             POSTER_FEATURES)):
+            if raw in x:
+                features[feature] = self.get_layer(encoder)(x[raw], training=True)
+        return features
 
 
 def build_most_common(num_genres: int, genre_frequency: Sequence[float]) -> keras.Model:

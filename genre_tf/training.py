@@ -23,7 +23,8 @@ from genre_tf.encoders import describe_encoders, encoders_summary, resolve_backb
 from genre_tf.features import mean_features
 from genre_tf.fusion import branch_logits, copy_branch_weights, fit_mix, threshold_probabilities, write_out_of_fold
 from genre_tf.files import write_json
-from genre_tf.losses import SoftF1Loss, WeightedBinaryCrossentropy, inverse_frequency_weights
+from genre_tf.losses import (AsymmetricLoss, SoftF1Loss, SoftF1PlusCrossentropy, WeightedBinaryCrossentropy,
+                             inverse_frequency_weights)
 from genre_tf.metrics import f1_scores, tune_thresholds
 from genre_tf.models import HEAD
 from genre_tf.network import build_network, cached_dims, feature_caches, restore_trained
@@ -69,6 +70,10 @@ def make_loss(config: TrainConfig, train_labels: np.ndarray) -> keras.losses.Los
         return SoftF1Loss()
     if config.loss == "weighted_bce":
         return WeightedBinaryCrossentropy(inverse_frequency_weights(train_labels))
+    if config.loss == "soft_f1_bce":
+        return SoftF1PlusCrossentropy()
+    if config.loss == "asl":
+        return AsymmetricLoss()
     return WeightedBinaryCrossentropy(None, name="bce")
 
 

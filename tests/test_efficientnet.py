@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0: the safe legacy .pth reader, the Keras port against an independent numpy forward, ImageNet."""
+"""EfficientNet-Lite0/2: the safe legacy .pth reader, the Keras port against an independent numpy forward, ImageNet."""
 import hashlib
 import os
 import pickle
@@ -17,6 +17,9 @@ from genre_tf.torch_pickle import LEGACY_MAGIC, LEGACY_PROTOCOL, load_torch_stat
 # (repeats, kernel, stride, expand, in, out).
 STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
+# Lite2's, from the EfficientNet-Lite paper's scaling (width 1.1, depth 1.2; stem, head, first and last stage fixed)
+LITE2_STAGES = [(1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48), (4, 3, 2, 6, 48, 88),
+                (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208), (1, 3, 1, 6, 208, 352)]
 CAT_CLASSES = range(281, 288)  # tabby, tiger cat, Persian, Siamese, Egyptian cat, cougar... up to lynx
 ESPRESSO = 967
 # Measured with the preprocessing below (TF EfficientNet's eval crop, bicubic); wrong conventions move
@@ -59,7 +62,8 @@ def depthwise(x, weight, stride, symmetric=False):
     return sum(taps[i][j] * weight[:, 0, i, j].astype(np.float64) for i in range(kernel) for j in range(kernel))
 
 
-def numpy_lite0(sd, image, eps=1e-3, symmetric=False, relu6=True, normalise=lambda x: (x - 127.0) / 128.0):
+def numpy_lite0(sd, image, eps=1e-3, symmetric=False, relu6=True, normalise=lambda x: (x - 127.0) / 128.0,
+                stages=STAGES):
     """(features, logits, probabilities) of one HWC image of 0..255 pixels; the keywords make it wrong on purpose."""
     def bn(x, prefix):
         var = sd[f"{prefix}.running_var"].astype(np.float64)
@@ -70,7 +74,7 @@ def numpy_lite0(sd, image, eps=1e-3, symmetric=False, relu6=True, normalise=lamb
 
     x = act(bn(conv(normalise(np.asarray(image, np.float64)), sd["_conv_stem.weight"], 2, symmetric), "_bn0"))
     index = 0
-    for repeats, _, stride, expand, filters_in, filters_out in STAGES:
+    for repeats, _, stride, expand, filters_in, filters_out in stages:
         for repeat in range(repeats):
             block, inputs = f"_blocks.{index}.", x
             if expand != 1:
@@ -445,3 +449,20 @@ def test_folded_batch_norms_match_the_numpy_reference_on_natural_photos(classifi
     for name, (want_features, _, want_probabilities) in numpy_photos.items():
         np.testing.assert_allclose(features(photo(name)[None]).numpy()[0], want_features, atol=1e-4, rtol=0)
         np.testing.assert_allclose(folded(photo(name)[None]).numpy()[0], want_probabilities, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_lite2_matches_the_numpy_reference_and_knows_espresso():
+    """Lite2's stage table (scaled from B0's by genre_tf.efficientnet) loads every tensor of its package and gives
+    the numpy forward's probabilities; a wrong table would fail to load or to match."""
+    assert [tuple(stage) for stage in efficientnet.lite_stages("efficientnet_lite2")] == LITE2_STAGES
+    state_dict = efficientnet.load_lite_state_dict("efficientnet_lite2")
+    model = efficientnet.build_efficientnet_lite("efficientnet_lite2", 224, state_dict, include_top=True)
+    pixels = photo("coffee.png")
+    got = model(pixels[None], training=False).numpy()[0]
+    _, _, want = numpy_lite0(state_dict, pixels, stages=LITE2_STAGES)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert got.argmax() == ESPRESSO and got[ESPRESSO] > 0.5
+    folded = efficientnet.fold_batch_norms(model)
+    assert len(efficientnet.block_configs("efficientnet_lite2")) == 21
+    np.testing.assert_allclose(folded(pixels[None], training=False).numpy()[0], got, atol=1e-4)

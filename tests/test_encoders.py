@@ -10,9 +10,12 @@ import genre_tf  # noqa: F401
 from genre_tf.files import read_json
 import tf_keras as keras
 from genre_tf.config import PosterEncoderConfig, TextEncoderConfig
-from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_poster_encoder,
+from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_poster_encoder, for_inference,
                                poster_encoder_identity, resolve_backbone, trim_padding)
 from genre_tf.features import cache_path, load_or_compute
+
+
+MPNET_REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "mpnet_reference.json")
 
 
 def encoder_weights(model):
@@ -69,7 +72,7 @@ SENTENCES = ["A detective hunts a serial killer through the rain-soaked streets 
              "short"]
 
 
-def reference_wordpiece(text: str, vocab: dict) -> list:
+def reference_wordpiece(text: str, vocab: dict, first: str = "[CLS]", last: str = "[SEP]") -> list:
     """BERT's uncased BasicTokenizer + WordPiece, written from the algorithm, independent of tensorflow-text."""
     import unicodedata
 
@@ -99,7 +102,7 @@ def reference_wordpiece(text: str, vocab: dict) -> list:
             pieces.append(vocab[("##" if start else "") + word[start:end]])
             start = end
         ids += pieces
-    return [vocab["[CLS]"], *ids, vocab["[SEP]"]]
+    return [vocab[first], *ids, vocab[last]]
 
 
 def reference_bert(ids: list, weights: dict, config: dict):
@@ -131,6 +134,99 @@ def reference_bert(ids: list, weights: dict, config: dict):
     return x, np.tanh(dense(x[0], "pooler.dense"))
 
 
+def reference_mpnet(ids: list, weights: dict, config: dict) -> np.ndarray:
+    """A numpy MPNet forward pass (sequence_output) from the Hugging Face tensors, written from the paper's and the
+    reference code's definitions: positions from padding index + 1, no token types, one T5-style relative position
+    bias for every layer."""
+    from scipy.special import erf
+
+    def norm(x, name):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        normalised = (x - mean) / np.sqrt(var + config["layer_norm_eps"])
+        return normalised * weights[f"{name}.weight"] + weights[f"{name}.bias"]
+
+    def dense(x, name):
+        return x @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
+
+    def bucket(relative):  # relative = key - query; 16 buckets a direction, 8 exact, log-spaced to distance 128
+        n = -relative
+        result = 16 if n < 0 else 0
+        n = abs(n)
+        if n < 8:
+            return result + n
+        return result + min(15, 8 + int(np.log(n / 8) / np.log(128 / 8) * 8))
+
+    n, heads = len(ids), config["num_attention_heads"]
+    positions = np.arange(n) + config["pad_token_id"] + 1
+    embeddings = weights["embeddings.word_embeddings.weight"][ids]
+    x = norm(embeddings + weights["embeddings.position_embeddings.weight"][positions], "embeddings.LayerNorm")
+    table = weights["encoder.relative_attention_bias.weight"]  # [32 buckets, heads]
+    bias = np.array([[table[bucket(k - q)] for k in range(n)] for q in range(n)]).transpose(2, 0, 1)
+    for layer in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{layer}"
+        q, k, v = (dense(x, f"{p}.attention.attn.{m}").reshape(n, heads, -1).transpose(1, 0, 2) for m in "qkv")
+        scores = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1]) + bias
+        attention = np.exp(scores - scores.max(-1, keepdims=True))
+        context = (attention / attention.sum(-1, keepdims=True) @ v).transpose(1, 0, 2).reshape(n, -1)
+        x = norm(x + dense(context, f"{p}.attention.attn.o"), f"{p}.attention.LayerNorm")
+        hidden = dense(x, f"{p}.intermediate.dense")
+        hidden = 0.5 * hidden * (1 + erf(hidden / np.sqrt(2)))
+        x = norm(x + dense(hidden, f"{p}.output.dense"), f"{p}.output.LayerNorm")
+    return x
+
+
+@pytest.mark.slow
+def test_mpnet_conversion_matches_an_independent_numpy_mpnet():
+    """Ids against tokenizer.json's own vocabulary; the TF-Hub pair against the numpy MPNet; cosine similarities of
+    known pairs: related sentences closer than unrelated ones."""
+    import tensorflow_hub as hub
+    from safetensors.numpy import load_file
+
+    from genre_tf.mpnet import mpnet_handles, package_model_dir
+
+    folder = package_model_dir()
+    vocab = read_json(os.path.join(folder, "tokenizer.json"))["model"]["vocab"]
+    weights = {k: v.astype(np.float64) for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
+    config = read_json(os.path.join(folder, "config.json"))
+    encoder, preprocessor = mpnet_handles(128)
+    ids = hub.KerasLayer(preprocessor)(tf.constant(SENTENCES))
+    outputs = hub.KerasLayer(encoder)(ids)
+    embeddings = build_text_encoder(TextEncoderConfig(model="mpnet", seq_length=128))(tf.constant(SENTENCES)).numpy()
+    for row, sentence in enumerate(SENTENCES):
+        expected_ids = reference_wordpiece(sentence, vocab, "<s>", "</s>")
+        length = len(expected_ids)
+        assert ids["input_word_ids"][row, :length].numpy().tolist() == expected_ids
+        assert ids["input_mask"][row].numpy().sum() == length
+        assert set(ids["input_word_ids"][row, length:].numpy().tolist()) <= {vocab["<pad>"]}
+        sequence = reference_mpnet(expected_ids, weights, config)
+        np.testing.assert_allclose(outputs["sequence_output"][row, :length], sequence, atol=1e-4)
+        np.testing.assert_allclose(embeddings[row], sequence.mean(axis=0), atol=1e-4)
+    pairs = tf.constant(["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell."])
+    unit = build_text_encoder(TextEncoderConfig(model="mpnet", seq_length=128))(pairs).numpy()
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    assert unit[0] @ unit[1] > 0.6 > 0.2 > unit[0] @ unit[2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(MPNET_REFERENCE), reason=f"no MPNet reference at {MPNET_REFERENCE}")
+def test_mpnet_conversion_matches_the_reference_outputs():
+    from genre_tf.mpnet import check_against_reference
+
+    result = check_against_reference(MPNET_REFERENCE)
+    # the fixture's cosine similarities are rounded to 4 decimals
+    assert result["ids_equal"] and result["embedding"] < 1e-4 and result["cosine_similarity"] < 1e-4, result
+
+
+def test_relative_position_buckets_follow_t5s_rule():
+    from genre_tf.bert import relative_position_buckets
+
+    buckets = relative_position_buckets(300).numpy()  # [query, key]
+    assert buckets[0, 0] == 0 and buckets[5, 0] == 5 and buckets[0, 5] == 21  # exact: 0-7 and 16-23
+    assert buckets[8, 0] == 8 and buckets[15, 0] == 9 and buckets[16, 0] == 10 and buckets[31, 0] == 11
+    assert buckets[127, 0] == 15 == buckets[299, 0] and buckets[0, 299] == 31  # beyond 128: the last bucket
+    assert (np.diff(buckets[:, 0]) >= 0).all()  # farther back never falls into a nearer bucket
+
+
 @pytest.mark.slow
 def test_minilm_conversion_matches_an_independent_numpy_bert():
     import tensorflow_hub as hub
@@ -146,7 +242,7 @@ def test_minilm_conversion_matches_an_independent_numpy_bert():
     encoder, preprocessor = minilm_handles(128)
     ids = hub.KerasLayer(preprocessor)(tf.constant(SENTENCES))
     outputs = hub.KerasLayer(encoder)(ids)
-    mean = build_text_encoder(TextEncoderConfig(seq_length=128))(tf.constant(SENTENCES)).numpy()
+    mean = build_text_encoder(TextEncoderConfig(model="minilm", seq_length=128))(tf.constant(SENTENCES)).numpy()
     for row, sentence in enumerate(SENTENCES):
         expected_ids = reference_wordpiece(sentence, vocab)
         length = len(expected_ids)
@@ -245,16 +341,16 @@ def test_bfloat16_minilm_embeds_like_float32_and_keys_its_own_cache(monkeypatch,
 
     monkeypatch.setenv("GENRE_TF_CACHE", str(tmp_path))  # a fresh conversion at 32 tokens, not the shared one
     plots = tf.constant(SENTENCES)
-    embeddings = {precision: build_text_encoder(TextEncoderConfig(seq_length=32, precision=precision))(plots).numpy()
-                  for precision in ("float32", "bfloat16")}
+    configs = {p: TextEncoderConfig(model="minilm", seq_length=32, precision=p) for p in ("float32", "bfloat16")}
+    embeddings = {precision: build_text_encoder(config)(plots).numpy() for precision, config in configs.items()}
     assert embeddings["bfloat16"].dtype == np.float32
     cosine = np.sum(embeddings["float32"] * embeddings["bfloat16"], axis=1) / (
         np.linalg.norm(embeddings["float32"], axis=1) * np.linalg.norm(embeddings["bfloat16"], axis=1))
     assert cosine.min() > 0.99  # bfloat16 keeps 8 mantissa bits: close, but not float32's numbers
     assert not np.allclose(embeddings["float32"], embeddings["bfloat16"], atol=1e-4)
-    identities = {p: text_encoder_identity(TextEncoderConfig(precision=p)) for p in ("float32", "bfloat16")}
+    identities = {p: text_encoder_identity(config) for p, config in configs.items()}
     assert identities["bfloat16"] == identities["float32"] + "-bfloat16"
-    with pytest.raises(ValueError, match="text.precision=bfloat16 applies to the offline MiniLM"):
+    with pytest.raises(ValueError, match="text.precision=bfloat16 applies to the offline encoders"):
         load_config(overrides=["text.precision=bfloat16", "text.encoder=https://tfhub.dev/x",
                                "text.preprocessor=https://tfhub.dev/y"])
 
@@ -263,7 +359,7 @@ def test_bfloat16_minilm_embeds_like_float32_and_keys_its_own_cache(monkeypatch,
 def test_padding_is_trimmed_without_changing_the_embeddings():
     from genre_tf.encoders import pool_encoder_outputs
 
-    config = TextEncoderConfig(seq_length=128)
+    config = TextEncoderConfig(model="minilm", seq_length=128)
     encoder = build_text_encoder(config)
     long_plot = " ".join(["story"] * 200)
     for plots, length in ((SENTENCES, 32), (SENTENCES[3:], 16), ([long_plot, "short"], 128)):
@@ -313,3 +409,20 @@ def test_trimming_keeps_every_real_token_of_a_left_padded_or_gapped_mask():
     assert tf.reduce_sum(trimmed["input_mask"]).numpy() == tf.reduce_sum(mask).numpy()
     empty = {name: tf.zeros([0, 128], tf.int32) for name in ids}
     assert trim_padding(empty)["input_mask"].shape == (0, 16)
+
+
+@pytest.mark.slow
+def test_flip_average_is_the_mean_of_a_poster_and_its_mirror_also_when_folded():
+    config = PosterEncoderConfig(backbone="efficientnet_lite2", weights="random", image_size=64)
+    flipped_config = PosterEncoderConfig(backbone="efficientnet_lite2", weights="random", image_size=64,
+                                         flip_average=True)
+    posters = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    plain = build_poster_encoder(config)
+    both = build_poster_encoder(flipped_config)
+    expected = (plain(posters).numpy() + plain(posters[:, :, ::-1].copy()).numpy()) / 2
+    np.testing.assert_allclose(both(posters).numpy(), expected, atol=1e-5)
+    assert np.abs(plain(posters).numpy() - expected).max() > 1e-3  # random features are not mirror-symmetric
+    np.testing.assert_allclose(for_inference(both)(posters).numpy(), expected, atol=1e-4)  # BatchNorms folded
+    assert poster_encoder_identity(flipped_config) == poster_encoder_identity(config) + "-flip"
+    assert describe_poster_encoder(flipped_config)["flip_average"] is True
+    assert "flip_average" not in describe_poster_encoder(config)  # runs from before the option record nothing new

@@ -4,7 +4,7 @@ import pytest
 
 import genre_tf  # noqa: F401
 import tf_keras as keras
-from genre_tf.losses import SoftF1Loss, WeightedBinaryCrossentropy
+from genre_tf.losses import AsymmetricLoss, SoftF1Loss, SoftF1PlusCrossentropy, WeightedBinaryCrossentropy
 from genre_tf.metrics import f1_scores, predict_labels, tune_thresholds
 
 Y = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
@@ -29,6 +29,25 @@ def test_losses_round_trip_their_config():
     # weight 1 everywhere equals plain binary cross-entropy
     np.testing.assert_allclose(WeightedBinaryCrossentropy([1.0, 1.0])(Y, P),
                                keras.losses.binary_crossentropy(Y, P).numpy().mean(), rtol=1e-5)
+
+
+def test_asymmetric_loss_is_its_formula_and_spares_easy_negatives():
+    # Ridnik et al.'s ASL with gamma+ 0, gamma- 4, clip 0.05, written out per entry and averaged over genres
+    y, p = np.asarray(Y, np.float64), np.asarray(P, np.float64)
+    shifted = np.maximum(p - 0.05, 0)
+    by_hand = -(y * np.log(p) + (1 - y) * shifted ** 4 * np.log(1 - shifted + 1e-7)).mean(axis=1).mean()
+    assert float(AsymmetricLoss()(Y, P)) == pytest.approx(by_hand, rel=1e-5)
+    # an easy negative (p = 0.04, under the clip) costs nothing; cross-entropy would still charge it
+    assert float(AsymmetricLoss()([[0.0]], [[0.04]])) == pytest.approx(0.0, abs=1e-6)
+    restored = keras.losses.deserialize(keras.losses.serialize(AsymmetricLoss(gamma_negative=2.0, clip=0.1)))
+    assert (restored.gamma_negative, restored.clip) == (2.0, 0.1)
+
+
+def test_soft_f1_plus_crossentropy_is_the_sum_of_both():
+    crossentropy = keras.losses.binary_crossentropy(Y, P).numpy().mean()
+    assert float(SoftF1PlusCrossentropy()(Y, P)) == pytest.approx(float(SoftF1Loss()(Y, P)) + crossentropy, rel=1e-5)
+    assert isinstance(keras.losses.deserialize(keras.losses.serialize(SoftF1PlusCrossentropy())),
+                      SoftF1PlusCrossentropy)
 
 
 def test_soft_f1_falls_on_a_learnable_toy_problem():

@@ -107,3 +107,16 @@ def test_a_catalogue_whose_name_looks_like_an_option_is_still_the_catalogue(tmp_
     (tmp_path / "year=2020.csv").write_text("id,plot,genres,poster\n")
     config = parse_args(["year=2020.csv", "out=prepared", "num_genres=3"])
     assert (config.catalogue, config.out, config.num_genres) == ("year=2020.csv", "prepared", 3)
+
+
+def test_the_text_model_defaults_to_mpnet_and_old_runs_keep_minilm():
+    from genre_tf.config import config_from_dict, config_to_dict, load_config
+
+    assert load_config(overrides=["data=prepared/x"]).text.model == "mpnet"
+    assert load_config().text.model == "minilm"  # the demo preset: the small encoder, minutes on a CPU
+    assert load_config(overrides=["text.model=mpnet"]).text.model == "mpnet"  # a user's choice beats the preset
+    saved = config_to_dict(load_config(overrides=["data=prepared/x"]))
+    del saved["text"]["model"]  # a run's config.json written before text.model existed
+    assert config_from_dict(saved).text.model == "minilm"
+    with pytest.raises(ValueError, match="text.model must be one of"):
+        load_config(overrides=["text.model=bert-large"])
