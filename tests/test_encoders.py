@@ -413,15 +413,14 @@ def test_trimming_keeps_every_real_token_of_a_left_padded_or_gapped_mask():
 
 @pytest.mark.slow
 def test_flip_average_is_the_mean_of_a_poster_and_its_mirror_also_when_folded():
-    config = PosterEncoderConfig(backbone="efficientnet_lite2", weights="random", image_size=64)
-    flipped_config = PosterEncoderConfig(backbone="efficientnet_lite2", weights="random", image_size=64,
-                                         flip_average=True)
+    config = PosterEncoderConfig(backbone="efficientnet_lite2", image_size=64)  # ImageNet weights
+    flipped_config = PosterEncoderConfig(backbone="efficientnet_lite2", image_size=64, flip_average=True)
     posters = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     plain = build_poster_encoder(config)
     both = build_poster_encoder(flipped_config)
     expected = (plain(posters).numpy() + plain(posters[:, :, ::-1].copy()).numpy()) / 2
     np.testing.assert_allclose(both(posters).numpy(), expected, atol=1e-5)
-    assert np.abs(plain(posters).numpy() - expected).max() > 1e-3  # random features are not mirror-symmetric
+    assert np.abs(plain(posters).numpy() - expected).max() > 1e-2  # noise posters are not mirror-symmetric
     np.testing.assert_allclose(for_inference(both)(posters).numpy(), expected, atol=1e-4)  # BatchNorms folded
     assert poster_encoder_identity(flipped_config) == poster_encoder_identity(config) + "-flip"
     assert describe_poster_encoder(flipped_config)["flip_average"] is True
