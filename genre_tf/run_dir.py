@@ -18,7 +18,7 @@ import glob
 import os
 import re
 
-from genre_tf.config import TrainConfig, config_from_dict, config_to_dict
+from genre_tf.config import TrainConfig, comparable_config, config_from_dict, config_to_dict
 from genre_tf.dataset import PreparedDataset, changed_files, load_prepared
 from genre_tf.demo import prepared_demo
 from genre_tf.files import atomic_path, read_json, sha256_of, write_json, write_text
@@ -103,8 +103,9 @@ def create(run_dir: str, config: TrainConfig, prepared: PreparedDataset, encoder
     """Create the run directory, or check that a reopened one (a resume) holds the same config and encoders."""
     config_path = os.path.join(run_dir, "config.json")
     if os.path.exists(config_path):
-        # Options added since are read as their defaults; a relative data path as it resolves from here.
-        if config_to_dict(with_absolute_data(load_config(run_dir))) != config_to_dict(with_absolute_data(config)):
+        # Options added since are read as they were before (config.LEGACY_DEFAULTS), or as their defaults; a
+        # relative data path as it resolves from here.
+        if comparable_config(with_absolute_data(load_config(run_dir))) != comparable_config(with_absolute_data(config)):
             raise ValueError(f"{run_dir} holds a run with another config; choose another run_dir")
         recorded = read_json(os.path.join(run_dir, "encoders.json"))
         if recorded != encoders:

@@ -246,7 +246,7 @@ def _fine_tuning_row(peak: dict[str, float], seq_length: int, calls: int) -> dic
     from genre_tf.encoders import build_text_encoder
     from genre_tf.flops import model_flops
 
-    tuned = build_text_encoder(TextEncoderConfig(seq_length=seq_length), trainable=True)
+    tuned = build_text_encoder(TextEncoderConfig(model="minilm", seq_length=seq_length), trainable=True)
     model = keras.Model(tuned.input, keras.layers.Dense(10, activation="sigmoid")(tuned.output))
     model.compile(keras.optimizers.Adam(1e-4), "binary_crossentropy")
     plots, labels = tf.constant([" ".join(["story"] * 150)] * 32), np.zeros((32, 10), np.float32)

@@ -217,6 +217,8 @@ def restore_branch(config: TrainConfig, prepared: PreparedDataset, kind: str, gi
     section = "poster" if kind == "poster" else "text"
     if branch.model.kind != kind:
         raise ValueError(f"{branch_dir} is a {branch.model.kind} run; late fusion needs a {kind} run there")
+    if branch.model.heads != 1:
+        raise ValueError(f"{branch_dir} has model.heads={branch.model.heads}; late fusion mixes single-head branches")
     if (branch_prepared.fingerprint, branch_prepared.split) != (prepared.fingerprint, prepared.split):
         raise ValueError(f"{branch_dir} was trained on other data or another split than {prepared.path}")
     if config_to_dict(getattr(branch, section)) != config_to_dict(getattr(config, section)):

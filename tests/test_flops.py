@@ -67,3 +67,16 @@ def test_unknown_spatial_size_is_refused():
     model = keras.Model(pixels, keras.layers.Conv2D(2, 3)(pixels))
     with pytest.raises(ValueError, match="a dimension is unknown"):
         model_flops(model)
+
+
+def test_a_nested_model_called_twice_counts_twice():
+    """Flip averaging runs the poster backbone on the poster and on its mirror: both calls cost."""
+    import tf_keras as keras
+
+    inner_input = keras.Input((4,))
+    inner = keras.Model(inner_input, keras.layers.Dense(5, name="dense")(inner_input), name="inner")
+    x = keras.Input((4,))
+    once = keras.Model(x, inner(x))
+    twice = keras.Model(x, keras.layers.Average()([inner(x), inner(x * 2.0)]))
+    assert model_flops(once).forward == 2 * 4 * 5
+    assert model_flops(twice).forward == 2 * model_flops(once).forward

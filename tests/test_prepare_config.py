@@ -120,3 +120,11 @@ def test_the_text_model_defaults_to_mpnet_and_old_runs_keep_minilm():
     assert config_from_dict(saved).text.model == "minilm"
     with pytest.raises(ValueError, match="text.model must be one of"):
         load_config(overrides=["text.model=bert-large"])
+    # an old poster run still matches its command (it never read text.model); an old text run does not
+    from genre_tf.config import comparable_config
+
+    for kind, same in (("poster", True), ("text_frozen", False)):
+        command = load_config(overrides=["data=prepared/x", f"model.kind={kind}"])
+        saved = config_to_dict(command)
+        del saved["text"]["model"]
+        assert (comparable_config(config_from_dict(saved)) == comparable_config(command)) is same
