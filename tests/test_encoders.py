@@ -278,19 +278,20 @@ def test_missing_handles_and_weights_give_clear_errors(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match=r"notop.h5 and could not be downloaded.*poster.backbone=efficientnet_lite0"):
         describe_poster_encoder(PosterEncoderConfig(backbone="resnet50"))
     with pytest.raises(FileNotFoundError, match="poster.weights file not found"):
-        describe_poster_encoder(PosterEncoderConfig(weights=str(tmp_path / "w.h5")))
+        describe_poster_encoder(PosterEncoderConfig(backbone="auto", weights=str(tmp_path / "w.h5")))
     with pytest.raises(ValueError, match="efficientnet_lite0 takes poster.weights=imagenet or random"):
         describe_poster_encoder(PosterEncoderConfig(backbone="efficientnet_lite0", weights="other.h5"))
 
 
 def test_auto_backbone_is_resnet50_only_where_its_imagenet_weights_are(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
-    offline = describe_poster_encoder(PosterEncoderConfig())
+    assert resolve_backbone(PosterEncoderConfig()) == "efficientnet_lite2"  # the default names its backbone
+    offline = describe_poster_encoder(PosterEncoderConfig(backbone="auto", image_size=224, flip_average=False))
     assert offline["backbone"] == "efficientnet_lite0" and offline["feature_dim"] == 1280
     assert "EfficientNet-Lite0 ImageNet" in offline["weights"] and offline["identity"].startswith("efficientnet_lite0-")
     (tmp_path / ".keras" / "models").mkdir(parents=True)
     (tmp_path / ".keras" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"x")
-    assert resolve_backbone(PosterEncoderConfig()) == "resnet50"
+    assert resolve_backbone(PosterEncoderConfig(backbone="auto")) == "resnet50"
     assert resolve_backbone(PosterEncoderConfig(backbone="efficientnet_lite0")) == "efficientnet_lite0"
 
 

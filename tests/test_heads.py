@@ -14,8 +14,8 @@ from genre_tf.models import HEAD, HeadEnsemble, build_model
 
 def tiny(heads: int, **options) -> keras.Model:
     keras.utils.set_random_seed(0)
-    config = ModelConfig(**{"kind": "integrated", "heads": heads, "dropout": 0.0, "l2": 0.0, "text_units": (8,),
-                            "fusion_units": 8, **options})
+    config = ModelConfig(**{"kind": "integrated", "fusion": "concat", "heads": heads, "dropout": 0.0, "l2": 0.0,
+                            "text_units": (8,), "fusion_units": 8, **options})
     return build_model(config, num_genres=3, text_dim=6, poster_dim=5)
 
 
