@@ -270,7 +270,7 @@ OLD_FLAGS = {"--out": "out=DIR", "--name": "name=NAME", "--layout": "layout=csv"
              "--column": "columns.plot=Overview", "--num-genres": "num_genres=10", "--genres": "genres=[Drama, Comedy]",
              "--genre-alias": "'rules.genre_aliases={Science Fiction: Sci-Fi}'", "--genreless": "genreless=drop",
              "--min-words": "rules.min_plot_words=15", "--max-words": "rules.max_plot_words=545",
-             "--image-size": "rules.image_size=224", "--min-train-movies": "min_train_movies=32", "--seed": "seed=0"}
+             "--image-size": "rules.image_size=260", "--min-train-movies": "min_train_movies=32", "--seed": "seed=0"}
 _OPTION = re.compile(r"[A-Za-z_][\w.]*=")  # key=value; anything else is the catalogue
 
 

@@ -53,7 +53,7 @@ def test_plot_word_limits_can_be_given_in_either_order():
     (["--out", "d"], "error: --out is gone: options are key=value now, e.g. out=DIR"),
     (["--genre-alias", "A=B"], "e.g. 'rules.genre_aliases={Science Fiction: Sci-Fi}'"),
     (["--column=plot=Overview"], "e.g. columns.plot=Overview"),
-    (["--image-size", "64"], "e.g. rules.image_size=224"),
+    (["--image-size", "64"], "e.g. rules.image_size=260"),
     (["out=d", "nonsense=1"], "error: unknown option 'nonsense'; valid options: catalogue, out, name"),
     (["out=d", "seed=abc"], "error: seed must be int, got 'abc'"),
     (["out=d", "genres=Drama"], "error: genres must be a list of names, e.g. [Drama, Comedy], got 'Drama'"),
@@ -76,7 +76,7 @@ def test_help_lists_every_key_with_its_default_and_imports_no_tensorflow():
     result = subprocess.run([sys.executable, "-m", "genre_tf.prepare", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0
-    for line in ("rules.genre_aliases=[]", "rules.image_size=224", "columns.plot=plot", "fractions=[0.6, 0.2, 0.2]",
+    for line in ("rules.genre_aliases=[]", "rules.image_size=260", "columns.plot=plot", "fractions=[0.6, 0.2, 0.2]",
                  "genreless=keep", "out="):
         assert f"\n  {line}\n" in result.stdout
     check = ("import sys, genre_tf.config, genre_tf.prepare; genre_tf.prepare.build_parser().format_help(); "
