@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
 from genre_tf.files import InputFileError, read_poster_file
-from genre_tf.predict import PREDICT_BATCH, latest_version, load_serving, read_csv_rows
+from genre_tf.predict import PREDICT_BATCH, export_info, latest_version, load_serving, read_csv_rows
 from genre_tf.records import has_words
 
 DEAD = "dead_letters"
@@ -49,26 +49,36 @@ def dead_letter(row: dict, reason: str) -> dict:
     return {"movie": row["label"], "source": row["source"], "reason": reason}
 
 
-def load_row(row: dict) -> Iterator:
-    """A CSV row with its poster bytes read (bounded, inside its root), or its dead letter."""
+def load_row(row: dict, inputs: Sequence[str] = ("plot", "poster")) -> Iterator:
+    """A CSV row with its poster bytes read (bounded, inside its root), or its dead letter.
+
+    A row is judged by the inputs the model takes alone: a text model never reads posters, a poster model never
+    sends plots.
+    """
+    if row.get("error"):
+        yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, row["error"]))
+        return
     if row["plot"] is None:
         yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, "the row has fewer fields than the header (no plot)"))
         return
-    if len(row["plot"].encode("utf-8", "surrogateescape")) > MAX_PLOT_BYTES:
+    plot = row["plot"] if "plot" in inputs else ""
+    if len(plot.encode("utf-8", "surrogateescape")) > MAX_PLOT_BYTES:
         yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, f"the plot is longer than {MAX_PLOT_BYTES} bytes "
                                                               "(the limit of prepare and of the model)"))
         return
     poster = None
-    if row["poster_path"]:
+    if row["poster_path"] and "poster" in inputs:
         try:
             poster = read_poster_file(row["poster_path"], row["root"])
         except InputFileError as error:
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, str(error)))
             return
-    if poster is None and not has_words(row["plot"]):
-        yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, "neither a plot nor a poster"))
+    if poster is None and not has_words(plot):
+        reason = ("neither a plot nor a poster" if len(inputs) == 2
+                  else f"no {inputs[0]} (the only input this model takes)")
+        yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, reason))
         return
-    yield {"label": row["label"], "source": row["source"], "plot": row["plot"], "poster": poster,
+    yield {"label": row["label"], "source": row["source"], "plot": plot, "poster": poster,
            "poster_path": row["poster_path"] or ""}
 
 
@@ -112,14 +122,14 @@ def to_row(result: PredictionResult, digits: int = 4) -> Iterator:
            "probabilities": dict(zip(inference["genre_names"], values, strict=True))}
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: BatchPredictConfig) -> None:
+def build_pipeline(pipeline: beam.Pipeline, config: BatchPredictConfig, inputs: Sequence[str]) -> None:
     """Read rows, load posters, score in batches, and write predictions and dead letters."""
     rows = (pipeline
             | "Csv" >> beam.Create([config.input])
             | "ReadRows" >> beam.FlatMap(read_csv_rows, config.poster_dir)
             # one reader streams the CSV; the reshuffle spreads poster reading and scoring over the workers
             | "Spread" >> beam.Reshuffle()
-            | "LoadPosters" >> beam.FlatMap(load_row).with_outputs(DEAD, main="movies"))
+            | "LoadPosters" >> beam.FlatMap(load_row, inputs).with_outputs(DEAD, main="movies"))
     scored = (rows.movies
               | "Score" >> RunInference(GenreModelHandler(config.model, config.batch_size))
               | "Format" >> beam.FlatMap(to_row, config.digits).with_outputs(DEAD, main="results"))
@@ -135,11 +145,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: BatchPredictConfig) -> None:
 def batch_predict(config: BatchPredictConfig, beam_args: Sequence[str] = ()) -> dict:
     """Run the pipeline to completion; returns the two output paths and, when local, their line counts."""
     next(iter(read_csv_rows(config.input, config.poster_dir)))  # a missing column or an empty CSV: fail now
-    if not os.path.exists(os.path.join(config.model, "assets.extra", "export_info.json")):
-        raise ValueError(f"{config.model} is not a genre_tf export (no assets.extra/export_info.json)")
+    inputs = tuple(export_info(config.model)["inputs"])
     options = PipelineOptions(list(beam_args))
     with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, config)
+        build_pipeline(pipeline, config, inputs)
     summary = {}
     for key, name in (("predictions", PREDICTIONS_FILE), ("dead_letters", DEAD_LETTERS_FILE)):
         path = os.path.join(config.output, name)

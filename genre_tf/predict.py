@@ -100,14 +100,14 @@ def predict(model_dir: str, movies: Iterable[dict], batch_size: int = PREDICT_BA
     serving = load_serving(model_dir)
     movies = iter(movies)
     while batch := list(itertools.islice(movies, batch_size)):
-        yield from _results(batch, serving.score(batch), serving.genres)
+        yield from _results(batch, serving.score(batch), serving.genres, serving.inputs)
 
 
 class Serving:
     """An export's serving_default signature, its genres and, for a token-id export, the tokenizer it needs."""
 
-    def __init__(self, signature, genres: list[str], tokenize=None):
-        self.signature, self.genres, self.tokenize = signature, genres, tokenize
+    def __init__(self, signature, genres: list[str], tokenize=None, inputs: tuple[str, ...] = ("plot", "poster")):
+        self.signature, self.genres, self.tokenize, self.inputs = signature, genres, tokenize, inputs
 
     def score(self, batch: list[dict]) -> dict:
         """serving_default's outputs (tensors) for movies with 'plot' and 'poster' (bytes or None)."""
@@ -119,16 +119,26 @@ class Serving:
         return self.signature(**text, poster=posters)
 
 
-def load_serving(model_dir: str) -> Serving:
-    """Load an export (a version folder) for predict and batch_predict alike."""
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  registers the tokenizer ops the export uses
-
+def export_info(model_dir: str) -> dict:
+    """An export's assets.extra/export_info.json, with `inputs` (what the model reads) also for older exports."""
     info_path = os.path.join(model_dir, "assets.extra", "export_info.json")
     if not os.path.exists(info_path):
         raise FileNotFoundError(f"{model_dir} is not a genre_tf export (no assets.extra/export_info.json)")
     with open(info_path, encoding="utf-8") as handle:
         info = json.load(handle)
+    if "inputs" not in info:  # exported before the field existed: the model kind says it
+        kind = info.get("model", "integrated")
+        info["inputs"] = [name for name, used in (("plot", kind != "poster"),
+                                                  ("poster", kind in ("poster", "integrated"))) if used]
+    return info
+
+
+def load_serving(model_dir: str) -> Serving:
+    """Load an export (a version folder) for predict and batch_predict alike."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  registers the tokenizer ops the export uses
+
+    info = export_info(model_dir)
     signature = tf.saved_model.load(model_dir).signatures["serving_default"]
     tokenize = None
     if info["token_id_inputs"]:
@@ -136,13 +146,13 @@ def load_serving(model_dir: str) -> Serving:
 
         # exports store the preprocessor inside the model folder, relative to it
         tokenize = hub.load(os.path.join(model_dir, info["text_preprocessor_handle"]))
-    return Serving(signature, info["genres"], tokenize)
+    return Serving(signature, info["genres"], tokenize, tuple(info["inputs"]))
 
 
-def _results(batch: list[dict], outputs: dict, genres: list[str]) -> Iterator[dict]:
+def _results(batch: list[dict], outputs: dict, genres: list[str], inputs: tuple[str, ...]) -> Iterator[dict]:
     for i, m in enumerate(batch):
         used = outputs["inputs_used"][i].numpy().decode("utf-8")
-        if m["poster"] is not None and "poster" not in used:
+        if m["poster"] is not None and "poster" in inputs and "poster" not in used:
             _warn(f"{m['label']}: poster {m['poster_path']} could not be decoded; predicted from "
                   f"{used if used != 'none' else 'neither input'}")
         if not has_words(m["plot"]):

@@ -324,6 +324,8 @@ def write_extras(version_dir: str, run_dir: str, config: TrainConfig, parts: Ser
             "run": os.path.basename(os.path.normpath(run_dir)),
             "dataset": read_json(os.path.join(run_dir, "dataset.json"))["name"],
             "token_id_inputs": parts.token_ids, "text_preprocessor_handle": preprocessor,
+            "inputs": [name for name, encoder in ((PLOT, parts.text_encoder), (POSTER, parts.poster_encoder))
+                       if encoder is not None],
             "seq_length": parts.seq_length, "image_size": parts.image_size,
             "encoders": without_machine_paths(read_json(os.path.join(run_dir, "encoders.json"))),
             "signatures": ["serving_default", FEATURES_SIGNATURE], "non_stock_ops": non_stock_ops(version_dir)}

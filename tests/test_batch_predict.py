@@ -92,3 +92,26 @@ def test_batch_predict_refuses_a_csv_without_plots_in_one_line(tiny_export, tmp_
     assert not (tmp_path / "o").exists()
     assert main(["--model", str(tmp_path), "--input", str(tmp_path / "noplot.csv"), "--output", "o"]) == 1
     assert "holds no exported version" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def text_export(make_tiny_config, tmp_path_factory):
+    """A text_frozen model (tiny BERT) trained one epoch and exported: it takes plots only."""
+    root = tmp_path_factory.mktemp("batch_text_export")
+    run_dir = train(make_tiny_config("text_frozen", "epochs=1", run_dir=root / "run"))
+    return export_run(run_dir, str(root / "models"))
+
+
+def test_a_text_model_judges_rows_by_their_plot_alone(text_export, tmp_path):
+    csv_path, _ = write_catalogue(tmp_path)
+    out = tmp_path / "out"
+    assert main(["--model", text_export, "--input", csv_path, "--output", str(out)]) == 0
+    rows, dead = read_lines(out / "predictions.jsonl"), read_lines(out / "dead_letters.jsonl")
+    # posters that are broken or missing do not matter to a model that never reads posters
+    assert sorted(rows) == ["broken-poster", "m1", "m2", "m3", "m4", "missing-poster"]
+    assert {row["inputs_used"] for row in rows.values()} == {"plot"}
+    assert {movie: row["reason"] for movie, row in dead.items()} == {
+        "m5": "no plot (the only input this model takes)",
+        "short-row": "the row has fewer fields than the header (no plot)"}
+    expected = {row["movie"]: row for row in predict(text_export, read_csv_movies(csv_path)) if row["movie"] in rows}
+    assert {m: r["genres"] for m, r in rows.items()} == {m: r["genres"] for m, r in expected.items()}
