@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from tqdm import tqdm
 
 from genre_tf.config import PrepareConfig, ValidationRules, config_to_dict, describe_keys, load_config
-from genre_tf.files import staging_folder
+from genre_tf.files import enclosing, is_run_folder, staging_folder
 from genre_tf.readers import SPLIT_NAMES, read_catalogue
 from genre_tf.records import Movie, RecordError, Reject, genre_key, validate_movie
 from genre_tf.spool import PosterSpool
@@ -227,6 +227,10 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
         raise ValueError("prepare needs a catalogue and an output folder (out=DIR)")
     if os.path.exists(config.out):
         raise FileExistsError(f"{config.out} already exists; remove it or choose another out=DIR")
+    run = enclosing(os.path.dirname(os.path.abspath(config.out)), is_run_folder)
+    if run:  # training writes into its run directory, and would overwrite the dataset's files
+        raise ValueError(f"out={config.out} is inside the training run {run}; a prepared dataset and a run directory "
+                         "must be separate folders: choose another out=DIR")
     catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns)
     spool = PosterSpool(os.path.dirname(os.path.abspath(config.out)))  # closed, and gone, when prepare returns
     movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress, spool)

@@ -193,12 +193,17 @@ def run_training(config: TrainConfig, strategy, prepared: PreparedDataset, run_d
     return model, caches, time.time() - started
 
 
+def check_given_branch(kind: str, given: str) -> None:
+    """A late-fusion branch run named by model.text_run or model.poster_run must be a finished run."""
+    if given and not os.path.exists(os.path.join(given, FINAL)):
+        raise ValueError(f"model.{'poster' if kind == 'poster' else 'text'}_run={given} is not a finished run "
+                         f"({FINAL} missing); train it first or leave the option empty")
+
+
 def branch_run(config: TrainConfig, kind: str, given: str, run_dir: str) -> str:
     """A finished single-branch run for late fusion: the one given, or one trained in run_dir/branches/KIND."""
     if given:
-        if not os.path.exists(os.path.join(given, FINAL)):
-            raise ValueError(f"model.{'poster' if kind == 'poster' else 'text'}_run={given} is not a finished run "
-                             f"({FINAL} missing); train it first or leave the option empty")
+        check_given_branch(kind, given)
         return given
     model = dataclasses.replace(config.model, kind=kind, text_run="", poster_run="")
     print(f"\nlate fusion: training the {kind} branch")
@@ -272,22 +277,46 @@ def train(config: TrainConfig) -> str:
         raise ValueError(f"batch_size={config.batch_size} (x {strategy.num_replicas_in_sync} replicas) is larger "
                          f"than the {len(prepared.split['train'])} training movies of {prepared.path}: "
                          "training drops the last partial batch, so no step would run; lower batch_size")
+    if late_fusion(config.model):  # before the run directory exists, as every refusal that can be
+        check_given_branch("text", config.model.text_run)
+        check_given_branch("poster", config.model.poster_run)
     run_dir = config.run_dir or runs.default_run_dir(config, prepared.name)
+    runs.refuse_dataset_overlap(run_dir, prepared.path)
     if not is_chief(strategy):
         return train_as_worker(config, strategy, prepared, run_dir)
+    try:
+        return train_as_chief(config, strategy, prepared, run_dir)
+    except RunDirectoryInUse:
+        raise  # the folder is another training's
+    except Exception:
+        runs.remove_if_empty(run_dir)
+        raise
+
+
+def train_as_chief(config: TrainConfig, strategy, prepared: PreparedDataset, run_dir: str) -> str:
+    """Create (or reopen) the run directory under its lock, train, and write the serving files and final.json."""
     with runs.locked(run_dir):
-        runs.create(run_dir, dataclasses.replace(config, run_dir=run_dir), prepared,
-                    describe_encoders(config.model, config.text, config.poster))
-        if os.path.exists(os.path.join(run_dir, FINAL)):
-            print(f"{run_dir} is finished already ({FINAL}); nothing to train")
-            return run_dir
-        if read_history(run_dir):
-            print(f"resuming the run in {run_dir}")
-        model, caches, seconds = run_training(config, strategy, prepared, run_dir, run_dir)
-        if config.model.kind != "most_common":
-            load_best_weights(model, run_dir)
-            write_serving_files(run_dir, model, config, prepared, caches)
-        write_json(os.path.join(run_dir, FINAL), final_summary(config, strategy, prepared, run_dir, seconds), indent=2)
+        try:
+            return train_locked(config, strategy, prepared, run_dir)
+        except Exception:
+            runs.discard_untrained(run_dir)  # a refusal before the first epoch must not block the corrected command
+            raise
+
+
+def train_locked(config: TrainConfig, strategy, prepared: PreparedDataset, run_dir: str) -> str:
+    """train's work once this process holds the run directory's lock."""
+    runs.create(run_dir, dataclasses.replace(config, run_dir=run_dir), prepared,
+                describe_encoders(config.model, config.text, config.poster))
+    if os.path.exists(os.path.join(run_dir, FINAL)):
+        print(f"{run_dir} is finished already ({FINAL}); nothing to train")
+        return run_dir
+    if read_history(run_dir):
+        print(f"resuming the run in {run_dir}")
+    model, caches, seconds = run_training(config, strategy, prepared, run_dir, run_dir)
+    if config.model.kind != "most_common":
+        load_best_weights(model, run_dir)
+        write_serving_files(run_dir, model, config, prepared, caches)
+    write_json(os.path.join(run_dir, FINAL), final_summary(config, strategy, prepared, run_dir, seconds), indent=2)
     return run_dir
 
 

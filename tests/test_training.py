@@ -1,5 +1,6 @@
 """Every Table 3 model trains on tiny data; run directories, resume after interruption, locking, the config."""
 import csv
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -362,3 +363,57 @@ def test_a_training_run_never_writes_into_its_prepared_dataset(make_tiny_config,
     before = digests(data)
     train(make_tiny_config("integrated", "epochs=1", f"data={data}", run_dir=tmp_path / "run"))  # with feature caches
     assert digests(data) == before
+
+
+def test_a_run_directory_is_never_a_prepared_dataset_nor_inside_one(small_prepared, tiny_overrides, tmp_path, capsys):
+    import train as train_script
+    from genre_tf.config import PrepareConfig
+    from genre_tf.files import sha256_of
+    from genre_tf.prepare import prepare
+
+    data = tmp_path / "data"
+    shutil.copytree(small_prepared, data, ignore=shutil.ignore_patterns("features"))
+    before = {name: sha256_of(str(data / name)) for name in os.listdir(data) if (data / name).is_file()}
+    options = [f"data={data}", "model.kind=most_common", *tiny_overrides]
+    for run_dir, where in ((data, "is"), (data / "runs" / "x", "is inside")):
+        assert train_script.main([*options, f"run_dir={run_dir}"]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: run_dir={run_dir} {where} the prepared dataset")
+        assert len(error.splitlines()) == 1
+    assert train_script.main([*options, f"run_dir={tmp_path}"]) == 1  # a run directory that holds the dataset
+    assert f"run_dir={tmp_path} holds the prepared dataset {data}" in capsys.readouterr().err
+    assert {name: sha256_of(str(data / name)) for name in before} == before and not (data / "runs").exists()
+    assert not (tmp_path / "config.json").exists()
+    run_dir = train(load_config(overrides=[*options, f"run_dir={tmp_path / 'run'}"]))
+    with pytest.raises(ValueError, match=f"out={run_dir}/prepared is inside the training run {run_dir}"):
+        prepare(PrepareConfig(catalogue=str(tmp_path / "raw"), out=f"{run_dir}/prepared"), progress=False)
+
+
+def test_a_refused_run_leaves_nothing_that_blocks_the_corrected_command(tiny_config, tmp_path, monkeypatch,
+                                                                       make_tiny_config):
+    typo = tmp_path / "text_rnu"
+    late = ("model.fusion=late", f"model.text_run={typo}", f"model.poster_run={typo}")
+    config = tiny_config("integrated", *late)
+    with pytest.raises(ValueError, match="is not a finished run"):
+        train(config)
+    assert not os.path.exists(config.run_dir)  # it did not exist before
+    os.makedirs(config.run_dir)
+    Path(config.run_dir, "notes.txt").write_text("mine")  # a folder the user made keeps what the user put there
+    with pytest.raises(ValueError, match="is not a finished run"):
+        train(config)
+    assert os.listdir(config.run_dir) == ["notes.txt"]
+    # the default run folder: the corrected command (here another model in the same folder) is not refused
+    monkeypatch.chdir(tmp_path)
+    default = make_tiny_config("integrated", *late, run_dir="")
+    with pytest.raises(ValueError, match="is not a finished run"):
+        train(default)
+    assert not os.path.exists(os.path.join("runs", "small-test-integrated", "config.json"))
+    corrected = make_tiny_config("integrated", "model.fusion=late", "model.kind=most_common", run_dir="")
+    run_dir = train(dataclasses.replace(corrected, run_dir=os.path.join("runs", "small-test-integrated")))
+    assert read_json(os.path.join(run_dir, "final.json"))["model"] == "most_common"
+    # refused after the run folder was written (a finished run, but of the wrong kind): it is removed again
+    wrong_kind = make_tiny_config("integrated", "model.fusion=late", f"model.text_run={run_dir}",
+                                  f"model.poster_run={run_dir}", run_dir=tmp_path / "late")
+    with pytest.raises(ValueError, match="is a most_common run; late fusion needs a text_frozen run"):
+        train(wrong_kind)
+    assert not (tmp_path / "late").exists()
