@@ -116,7 +116,10 @@ class Serving:
         plots = tf.constant([m["plot"] for m in batch])
         posters = tf.constant([m["poster"] or b"" for m in batch])
         text = self.tokenize(plots) if self.tokenize is not None else {"plot": plots}
-        return self.signature(**text, poster=posters)
+        try:
+            return self.signature(**text, poster=posters)
+        except tf.errors.InvalidArgumentError as error:  # a refused request: the model's one-line reason
+            raise ValueError(f"the model refused the request: {error.message.strip().splitlines()[0][:300]}") from None
 
 
 def export_info(model_dir: str) -> dict:
@@ -178,7 +181,8 @@ def main(argv=None) -> int:
         parser.error(f"--batch-size must be 1 to {MAX_REQUEST_MOVIES} (the model's limit), got {args.batch_size}")
     try:
         for result in predict(latest_version(args.model), read_inputs(args), args.batch_size):
-            print(json.dumps(result) if args.json else format_result(result), flush=True)
+            # allow_nan=False: NaN is not JSON; the model refuses to answer it, and this never prints it
+            print(json.dumps(result, allow_nan=False) if args.json else format_result(result), flush=True)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

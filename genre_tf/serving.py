@@ -135,7 +135,9 @@ class GenreModel(tf.Module):
             features[PLOT_EMBEDDING] = embedding
         if self.poster_encoder is not None:
             features[POSTER_FEATURES] = tf.where(has_poster[:, None], poster_features, self.poster_mean[None])
-        probabilities = tf.sigmoid(tf.cast(self.head(features, training=False), tf.float32))
+        probabilities = tf.debugging.assert_all_finite(  # an answer of NaN is no answer: refuse it
+            tf.sigmoid(tf.cast(self.head(features, training=False), tf.float32)),
+            "the model computed a non-finite probability (NaN or Inf)")
         predicted = probabilities >= self.thresholds
         batch = tf.shape(probabilities)[0]
         names = tf.ragged.boolean_mask(tf.broadcast_to(self.genre_names, tf.shape(predicted)), predicted)
@@ -241,6 +243,14 @@ def warmup_requests(seq_length: int, token_ids: bool, model_name: str, poster_by
     return logs
 
 
+def refuse_non_finite_weights(run_dir: str, parts: ServingParts) -> None:
+    """A checkpoint with NaN or Inf weights would answer NaN for every movie: refuse to export it."""
+    for model in (parts.head, parts.text_encoder, parts.poster_encoder):
+        if model is not None and not all(np.isfinite(weight).all() for weight in model.get_weights()):
+            raise ValueError(f"{run_dir}'s best checkpoint holds non-finite weights (NaN or Inf) in {model.name}; "
+                             "retrain the run with a lower learning_rate")
+
+
 def next_version(model_base: str) -> int:
     """One more than the largest integer version folder under model_base (1 for a new base)."""
     versions = [int(name) for name in os.listdir(model_base) if name.isdigit()] if os.path.isdir(model_base) else []
@@ -275,6 +285,7 @@ def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_
     check_dataset(run_dir)
     record, warmup_poster = read_serving_files(run_dir)
     parts = serving_parts(run_dir, config, record, token_ids=token_ids)
+    refuse_non_finite_weights(run_dir, parts)
     module = GenreModel(parts)
     signatures = module.signatures(parts.seq_length)
     version = version or next_version(model_base)

@@ -15,7 +15,8 @@ import tf_keras as keras
 from genre_tf import demo
 from genre_tf import run_dir as runs
 from genre_tf.baselines import degenerate_genres
-from genre_tf.callbacks import BestCheckpoint, DevF1, ResumeProgress, load_best_weights, make_predictor, save_checkpoint
+from genre_tf.callbacks import (BestCheckpoint, DevF1, EpochSeededDropout, ResumeProgress, StopOnNonFiniteLoss,
+                               backup_epoch, load_best_weights, make_predictor, save_checkpoint)
 from genre_tf.config import TrainConfig, config_to_dict, fine_tunes_text, late_fusion, uses_poster, uses_text
 from genre_tf.dataset import (PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, PreparedDataset, load_prepared,
                               make_dataset, raw_examples, split_labels)
@@ -101,7 +102,8 @@ def epoch_callbacks(config: TrainConfig, model: keras.Model, run_dir: str, share
     learning_rate = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(
         learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate))))
     # BackupAndRestore sends non-chief workers' writes to temporary folders itself.
-    return [dev_f1, learning_rate, keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY), append=True),
+    return [StopOnNonFiniteLoss(), EpochSeededDropout(config.seed), dev_f1, learning_rate,
+            keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY), append=True),
             keras.callbacks.BackupAndRestore(os.path.join(shared_run_dir, "backup")), checkpoint, early_stopping,
             ResumeProgress(shared_run_dir, run_dir, early_stopping, checkpoint),
             keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0)]
@@ -138,11 +140,6 @@ def fit_model(config: TrainConfig, model: keras.Model, prepared: PreparedDataset
     repeat = train_repeat_counts(config, prepared, split_labels(prepared, "train"), run_dir)
     # Only small cached features are kept in memory; decoded posters and plots are re-read.
     only_features = set(common["input_names"]) <= {PLOT_EMBEDDING, POSTER_FEATURES}
-    train_dataset = make_dataset(prepared, "train", global_batch, training=True, repeat_counts=repeat,
-                                 cache=only_features, seed=config.seed, **common)
-    steps = (sum(repeat.values()) if repeat else len(prepared.split["train"])) // global_batch
-    # A known length gives the progress bar its total from the first step, also in a resumed run.
-    train_dataset = train_dataset.apply(tf.data.experimental.assert_cardinality(steps))
     log_hparams(config, run_dir)
     history = read_history(shared_run_dir)
     epochs = epochs_to_run(config, history)
@@ -150,7 +147,15 @@ def fit_model(config: TrainConfig, model: keras.Model, prepared: PreparedDataset
         # fit ended (it deletes its backup then) and the kill came in the final steps: a new fit would start over.
         print("every epoch was trained before the interruption; only the final steps remain")
         return
-    model.fit(train_dataset, epochs=epochs, callbacks=epoch_callbacks(config, model, run_dir, shared_run_dir, dev_f1),
+    # The epochs fit will run: BackupAndRestore resumes after the epoch its backup holds.
+    remaining = range(backup_epoch(os.path.join(shared_run_dir, "backup")) + 1, epochs)
+    train_dataset = make_dataset(prepared, "train", global_batch, training=True, repeat_counts=repeat,
+                                 cache=only_features, seed=config.seed, epochs=remaining, **common)
+    steps = (sum(repeat.values()) if repeat else len(prepared.split["train"])) // global_batch
+    # A known length gives the progress bar its total from the first step, also in a resumed run.
+    train_dataset = train_dataset.apply(tf.data.experimental.assert_cardinality(steps * max(len(remaining), 1)))
+    model.fit(train_dataset, epochs=epochs, steps_per_epoch=steps,
+              callbacks=epoch_callbacks(config, model, run_dir, shared_run_dir, dev_f1),
               verbose=1 if sys.stdout.isatty() else 2)
 
 
