@@ -13,9 +13,11 @@ others go on. Every option this command does not know is a Beam pipeline option 
 a Flink, Spark or Dataflow runner's flags).
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -24,7 +26,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
-from genre_tf.files import InputFileError, read_poster_file
+from genre_tf.files import InputFileError, read_poster_file, staging_folder
 from genre_tf.predict import PREDICT_BATCH, export_info, latest_version, load_serving, read_csv_rows
 from genre_tf.records import has_words
 
@@ -142,20 +144,49 @@ def build_pipeline(pipeline: beam.Pipeline, config: BatchPredictConfig, inputs: 
          | f"Write {name}" >> beam.io.WriteToText(stem, file_name_suffix=".jsonl", shard_name_template=""))
 
 
+def prepare_output(output: str) -> str:
+    """Check --output before the pipeline starts (a folder, or a path where one can be made) and make a staging
+    folder inside it for this run; OSError names the problem in one line."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"--output {output} is a file; give a folder (it is made if missing)")
+    try:
+        os.makedirs(output, exist_ok=True)
+        return staging_folder(output, "batch_predict")
+    except OSError as error:
+        raise ValueError(f"--output {output} cannot be written: {error.strerror or error}") from None
+
+
+def publish(staging: str, output: str) -> None:
+    """Replace the previous run's two files by this run's: both old files go first, so the folder never holds
+    one run's predictions beside another run's dead letters."""
+    for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(output, name))
+    for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
+        os.replace(os.path.join(staging, name), os.path.join(output, name))
+
+
 def batch_predict(config: BatchPredictConfig, beam_args: Sequence[str] = ()) -> dict:
-    """Run the pipeline to completion; returns the two output paths and, when local, their line counts."""
+    """Run the pipeline to completion; returns the two output paths and their line counts.
+
+    The pipeline writes into a staging folder inside --output; only a run that completes replaces the files of
+    the previous one, and a failed run leaves them (and no beam-temp-* folders) as they were.
+    """
     next(iter(read_csv_rows(config.input, config.poster_dir)))  # a missing column or an empty CSV: fail now
     inputs = tuple(export_info(config.model)["inputs"])
     options = PipelineOptions(list(beam_args))
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, config, inputs)
+    staging = prepare_output(config.output)
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, dataclasses.replace(config, output=staging), inputs)
+        publish(staging, config.output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     summary = {}
     for key, name in (("predictions", PREDICTIONS_FILE), ("dead_letters", DEAD_LETTERS_FILE)):
-        path = os.path.join(config.output, name)
-        summary[key] = path
-        if os.path.exists(path):  # a remote runner writes where this machine may not look
-            with open(path, encoding="utf-8") as handle:
-                summary[f"{key}_count"] = sum(1 for _ in handle)
+        summary[key] = path = os.path.join(config.output, name)
+        with open(path, encoding="utf-8") as handle:
+            summary[f"{key}_count"] = sum(1 for _ in handle)
     return summary
 
 
@@ -178,8 +209,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"scored {summary.get('predictions_count', '?')} movies into {summary['predictions']}; "
-          f"{summary.get('dead_letters_count', '?')} dead letters in {summary['dead_letters']}")
+    print(f"scored {summary['predictions_count']} movies into {summary['predictions']}; "
+          f"{summary['dead_letters_count']} dead letters in {summary['dead_letters']}")
     return 0
 
 
