@@ -25,7 +25,7 @@ from genre_tf.features import mean_features
 from genre_tf.fusion import branch_logits, copy_branch_weights, fit_mix, threshold_probabilities, write_out_of_fold
 from genre_tf.files import write_json
 from genre_tf.losses import SoftF1Loss, WeightedBinaryCrossentropy, inverse_frequency_weights
-from genre_tf.metrics import f1_scores, tune_thresholds
+from genre_tf.metrics import f1_scores, tune_thresholds, unseen_genres
 from genre_tf.models import HEAD
 from genre_tf.network import build_network, cached_dims, feature_caches, restore_trained
 from genre_tf.run_dir import BEST, DEV_SCORES, FINAL, HISTORY, MONITOR, RunDirectoryInUse, best_row, read_history
@@ -367,6 +367,10 @@ def write_serving_files(run_dir: str, model: keras.Model, config: TrainConfig, p
     labels = split_labels(prepared, "dev")
     probabilities = threshold_probabilities(run_dir, labels["ids"], make_predictor(model)(dev))
     thresholds = tune_thresholds(labels["labels"], probabilities)
+    unseen = unseen_genres(prepared.genres, thresholds)
+    if unseen:
+        print(f"warning: {', '.join(unseen)} had no positive movie on dev; no threshold can be tuned for them, so "
+              "the model never predicts them (threshold above any probability)", file=sys.stderr)
     means = fallback_means(model, config, prepared, caches)
     plots, posters = raw_examples(prepared, "train", limit=WARMUP_EXAMPLES)
     record = {"genres": prepared.genres, "thresholds": thresholds.tolist(), "thresholds_from": "dev",
