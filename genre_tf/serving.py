@@ -172,6 +172,8 @@ class GenreModel(tf.Module):
 
     def serve_features(self, text_inputs, poster_features):
         text_inputs, poster_features = self._checked(text_inputs, poster_features, POSTER_FEATURES)
+        poster_features = tf.debugging.assert_all_finite(  # NaN or Inf would answer about 0.5 for every genre
+            poster_features, "poster_features must be finite numbers (no NaN or Inf)")
         has_poster = tf.reduce_any(tf.not_equal(poster_features, 0.0), axis=1)  # all zeros: no poster
         return self._predict(text_inputs, poster_features, has_poster)
 

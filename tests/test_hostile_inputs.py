@@ -1,4 +1,5 @@
 """Hostile inputs (issue #14), each built in a temporary folder: none crashes, vanishes, leaks or reads unbounded."""
+import contextlib
 import dataclasses
 import io
 import json
@@ -957,3 +958,75 @@ def test_a_tensorflow_error_while_training_is_one_line(monkeypatch, capsys):
     assert train_script.main(["epochs=1"]) == 1
     error = capsys.readouterr().err
     assert error == "error: backup/ckpt.data: No space left on device; rerun the same command to resume\n"
+
+
+def test_serving_refuses_non_finite_poster_features(late_fusion_export):
+    import tensorflow as tf
+
+    plots = tf.constant(["a ghost story", "a family laughs"])
+    for bad in (np.nan, np.inf, -np.inf):
+        features = tf.constant([[0.5, 0.5, 0.5], [0.2, bad, 0.1]], tf.float32)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="poster_features must be finite numbers"):
+            late_fusion_export["with_poster_features"](plot=plots, poster_features=features)
+    served = late_fusion_export["with_poster_features"](plot=plots, poster_features=tf.fill([2, 3], 0.5))
+    assert np.isfinite(served["probabilities"].numpy()).all()
+
+
+@contextlib.contextmanager
+def raw_server(answer_chunks, pause: float = 0.0):
+    """A local TCP server that reads one request and sends the chunks (pausing between them); yields its URL."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for chunk in answer_chunks:
+                try:
+                    connection.sendall(chunk)
+                except OSError:
+                    return
+                time.sleep(pause)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_the_client_timeout_bounds_the_whole_request(capsys):
+    import time
+
+    from export import client
+
+    trickle = [bytes([byte]) for byte in b"HTTP/1.0 200 OK\r\nContent-Length: 1000\r\n\r\n" + b" " * 1000]
+    with raw_server(trickle, pause=0.2) as url:  # a byte every 0.2 s: each read is quick, the answer never ends
+        started = time.monotonic()
+        assert client.main(["--rest", url, "--plot", "a ghost story", "--timeout", "1.5"]) == 1
+        seconds = time.monotonic() - started
+    error = capsys.readouterr().err
+    assert error == f"error: TF Serving at {url} sent no complete answer within --timeout 1.5 s\n"
+    assert seconds < 1.5 + 10  # before: 200 s, the time the trickle takes; the margin is for a loaded machine
+
+
+@pytest.mark.parametrize("answer", [
+    [b"SSH-2.0-OpenSSH_9.6\r\n"],                                                    # not HTTP at all
+    [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n"],  # malformed chunked body
+    [b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n{}"],  # > 100 headers
+], ids=["not_http", "bad_chunk", "many_headers"])
+def test_the_client_turns_malformed_http_into_its_one_line_error(answer, capsys):
+    from export import client
+
+    with raw_server(answer) as url:
+        assert client.main(["--rest", url, "--plot", "a ghost story", "--timeout", "20"]) == 1
+    out, error = capsys.readouterr()
+    assert out == "" and error.startswith(f"error: {url} answered, but the answer is not valid HTTP (")
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
