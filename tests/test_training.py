@@ -510,3 +510,30 @@ def test_option_bounds_are_checked_before_a_run_folder_exists(option, message, t
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in error and "Traceback" not in error
     assert os.listdir(tmp_path) == []
+
+
+def test_a_preprocessor_without_tokenize_refuses_another_seq_length_in_one_line(small_prepared, tiny_hub_bert,
+                                                                                 tmp_path, capsys):
+    import tensorflow as tf
+
+    import train as train_script
+
+    class PackOnly(tf.Module):
+        """A preprocessor that only packs 128 tokens (no tokenize, no bert_pack_inputs)."""
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, plot):
+            ids = tf.zeros([tf.shape(plot)[0], 128], tf.int32)
+            return {"input_word_ids": ids, "input_mask": ids, "input_type_ids": ids}
+
+    tf.saved_model.save(PackOnly(), str(tmp_path / "pack_only"))
+    run_dir = tmp_path / "run"
+    assert train_script.main([f"data={small_prepared}", f"run_dir={run_dir}", "model.kind=text_frozen",
+                              f"text.encoder={tiny_hub_bert[0]}", f"text.preprocessor={tmp_path / 'pack_only'}",
+                              "text.seq_length=64", "batch_size=8", "epochs=1"]) == 1
+    error = capsys.readouterr().err
+    assert error.splitlines()[-1] == (f"error: text.seq_length=64 needs a preprocessor with TF-Hub's tokenize and "
+                                      f"bert_pack_inputs, and {tmp_path / 'pack_only'} has no tokenize or "
+                                      "bert_pack_inputs; use text.seq_length=128 (what it packs) or another "
+                                      "text.preprocessor")
+    assert "Traceback" not in error and not run_dir.exists()  # nothing left to block the corrected command
