@@ -35,11 +35,14 @@ FILLERS = "[\u115f\u1160\u3164\uffa0]"
 WORDLESS = r"[^\p{L}\p{N}]*"
 TOKEN_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 PREPROCESSOR = os.path.join("assets.extra", "text_preprocessor")  # token-id exports: relative to the version
-# TF Serving's --batching_parameters_file, tuned for CPUs (export/README.md, "Running TF Serving").
-BATCHING_CONFIG = """max_batch_size { value: 32 }
-batch_timeout_micros { value: 5000 }
-num_batch_threads { value: 2 }
-max_enqueued_batches { value: 100 }
+# TF Serving's --batching_parameters_file, tuned for CPUs (export/README.md, "Running TF Serving"). With large-batch
+# splitting, max_batch_size bounds a request (the signature's own limit) and max_execution_batch_size the batches run.
+BATCHING_CONFIG = f"""max_batch_size {{ value: {MAX_REQUEST_MOVIES} }}
+enable_large_batch_splitting {{ value: true }}
+max_execution_batch_size {{ value: 32 }}
+batch_timeout_micros {{ value: 5000 }}
+num_batch_threads {{ value: 2 }}
+max_enqueued_batches {{ value: 100 }}
 """
 
 
@@ -122,7 +125,9 @@ class GenreModel(tf.Module):
         if self.token_ids:
             has_plot = tf.reduce_sum(tf.cast(text_inputs["input_mask"], tf.int32), axis=1) > 2  # beyond [CLS] [SEP]
         else:  # nothing but spaces, control and format characters (NUL, zero-width spaces, BOMs): no plot
-            has_plot = ~tf.strings.regex_full_match(tf.strings.regex_replace(text_inputs, FILLERS, ""), WORDLESS)
+            # bytes that are not UTF-8 become U+FFFD first: RE2 would take them for characters of a plot
+            readable = tf.strings.unicode_transcode(text_inputs, "UTF-8", "UTF-8", errors="replace")
+            has_plot = ~tf.strings.regex_full_match(tf.strings.regex_replace(readable, FILLERS, ""), WORDLESS)
         if self.text_encoder is None:
             return None, has_plot
         embedding = self.text_encoder(text_inputs, training=False)
@@ -156,7 +161,8 @@ class GenreModel(tf.Module):
         checks = [tf.debugging.assert_equal(tf.shape(plots)[0], tf.shape(poster)[0],
                                             message=f"plot and {poster_name} batches must have the same length"),
                   tf.debugging.assert_less_equal(tf.shape(plots)[0], MAX_REQUEST_MOVIES,
-                                                 message=f"a request holds at most {MAX_REQUEST_MOVIES} movies")]
+                                                 message=f"a request holds at most {MAX_REQUEST_MOVIES} movies"),
+                  tf.debugging.assert_positive(tf.shape(plots)[0], message="a request holds at least 1 movie")]
         if not self.token_ids:
             checks.append(tf.debugging.assert_less_equal(
                 tf.strings.length(plots), MAX_PLOT_BYTES, message=f"a plot holds at most {MAX_PLOT_BYTES} bytes"))

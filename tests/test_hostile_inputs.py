@@ -1030,3 +1030,26 @@ def test_the_client_turns_malformed_http_into_its_one_line_error(answer, capsys)
     out, error = capsys.readouterr()
     assert out == "" and error.startswith(f"error: {url} answered, but the answer is not valid HTTP (")
     assert len(error.splitlines()) == 1 and "Traceback" not in error
+
+
+def test_serving_refuses_an_empty_request_and_reads_invalid_utf8_as_no_plot(late_fusion_export):
+    import tensorflow as tf
+
+    for name, posters in (("serving_default", tf.constant([], tf.string)),
+                          ("with_poster_features", tf.zeros([0, 3]))):
+        inputs = {"poster" if name == "serving_default" else "poster_features": posters}
+        with pytest.raises(tf.errors.InvalidArgumentError, match="a request holds at least 1 movie"):
+            late_fusion_export[name](plot=tf.constant([], tf.string), **inputs)
+    served = late_fusion_export["serving_default"](plot=tf.constant([b"\xff\xfe\xfd", b"\xc3", b"a ghost"]),
+                                                   poster=tf.constant([b"", b"", b""]))
+    assert served["inputs_used"].numpy().tolist() == [b"none", b"none", b"plot"]
+
+
+def test_ids_differing_only_in_case_width_or_invisible_characters_are_one_movie(tmp_path):
+    (tmp_path / "p.jpg").write_bytes(image_bytes())
+    ids = ["tt0001", "TT0001", "ｔｔ０００１", "tt\u200b0001", "tt0002"]
+    rows = [[movie_id, "t", PLOT, "Drama", "p.jpg"] for movie_id in ids]
+    csv_path = write_csv(tmp_path / "c.csv", rows, header=("id", "title", "plot", "genres", "poster"))
+    reasons, kept = rejected(read_catalogue(str(csv_path)).records)
+    assert kept == ["tt0001", "tt0002"]  # before: all five kept, free to land on both sides of the split
+    assert reasons == {movie_id: f"duplicate id (first seen at {csv_path}:2 as 'tt0001')" for movie_id in ids[1:4]}
