@@ -93,9 +93,11 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(float(loss)):
             learning_rate = float(keras.backend.get_value(self.model.optimizer.learning_rate))
+            kept = ("the last finite checkpoint and backup are kept" if self.epoch else
+                    "no epoch had finished, so the run is not kept")
             raise NonFiniteLoss(f"the training loss became {float(loss)} at step {batch + 1} of epoch "
-                                f"{self.epoch + 1} (learning_rate={learning_rate:g}); training stopped, the last "
-                                "finite checkpoint and backup are kept: lower learning_rate, then rerun")
+                                f"{self.epoch + 1} (learning_rate={learning_rate:g}); training stopped, {kept}: "
+                                "lower learning_rate, then rerun")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
