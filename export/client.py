@@ -8,12 +8,16 @@ Needs only numpy (REST) and tensorflow-serving-api (gRPC); not genre_tf.
 import argparse
 import base64
 import contextlib
+import http.client
+import io
 import json
 import os
+import socket
 import stat
 import sys
+import threading
 import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Sequence
 
 
@@ -24,6 +28,10 @@ OUTPUTS = ("probabilities", "predicted", "genres", "inputs_used")  # genre_tf's 
 
 class BadAnswer(ValueError):
     """The server answered, but not with genre_tf's outputs."""
+
+
+class RequestTimedOut(TimeoutError):
+    """The whole request took longer than --timeout (a slow or trickling server)."""
 
 
 def rest_body(plots: Sequence[str], posters: Sequence[bytes | None], signature: str = "serving_default") -> str:
@@ -46,11 +54,46 @@ def decode_rest_body(body: str) -> dict[str, list]:
 
 
 def post_rest(url: str, body: str, model_name: str = "genre_tf", timeout: float = 30.0) -> dict:
-    """POST the body to http://HOST:8501/v1/models/<model_name>:predict; returns the parsed reply."""
-    request = urllib.request.Request(f"{url.rstrip('/')}/v1/models/{model_name}:predict", data=body.encode("utf-8"),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as reply:
-        return parse_answer(reply.read(MAX_ANSWER_BYTES + 1))
+    """POST the body to http://HOST:8501/v1/models/<model_name>:predict; returns the parsed reply.
+
+    `timeout` bounds the whole request, not each socket read: a server that trickles its answer a byte at a
+    time is cut off when the time is up (TimeoutError). An answer that is not well-formed HTTP is a BadAnswer.
+    """
+    parts = urllib.parse.urlsplit(f"{url.rstrip('/')}/v1/models/{model_name}:predict")
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+    expired = threading.Event()
+
+    def expire():  # unblocks whatever read or write is waiting on the socket
+        expired.set()
+        with contextlib.suppress(OSError, AttributeError):
+            connection.sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        connection.connect()
+        if expired.is_set():
+            raise TimeoutError
+        connection.request("POST", parts.path, body=body.encode("utf-8"), headers={"Content-Type": "application/json"})
+        reply = connection.getresponse()
+        answer = reply.read(MAX_ANSWER_BYTES + 1)
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        if expired.is_set():
+            raise RequestTimedOut(f"no complete answer within --timeout {timeout:g} s") from None
+        if isinstance(error, OSError):
+            raise
+        detail = " ".join(str(error).split())[:100]  # the server's bytes, on one line
+        raise BadAnswer(f"the answer is not valid HTTP ({type(error).__name__}: {detail})") from None
+    finally:
+        timer.cancel()
+        connection.close()
+    if expired.is_set():
+        raise RequestTimedOut(f"no complete answer within --timeout {timeout:g} s")
+    if reply.status != 200:
+        raise urllib.error.HTTPError(url, reply.status, reply.reason, reply.headers, io.BytesIO(answer))
+    return parse_answer(answer)
 
 
 def parse_answer(body: bytes) -> dict:
@@ -117,6 +160,8 @@ def failure_message(error: OSError, target: str) -> str:
         with contextlib.suppress(ValueError, AttributeError, RecursionError):  # TF Serving answers {"error": "..."}
             body = json.loads(body).get("error", body)
         return f"TF Serving at {target} answered HTTP {error.code}: {' '.join(str(body).split())[:300]}"
+    if isinstance(error, RequestTimedOut):
+        return f"TF Serving at {target} sent {error}"
     reason = error.reason if isinstance(error, urllib.error.URLError) else error
     return f"no answer from TF Serving at {target}: {reason}; is the server running there?"
 

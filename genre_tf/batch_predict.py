@@ -13,9 +13,11 @@ others go on. Every option this command does not know is a Beam pipeline option 
 a Flink, Spark or Dataflow runner's flags).
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -24,8 +26,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
-from genre_tf.files import InputFileError, read_poster_file
-from genre_tf.predict import PREDICT_BATCH, latest_version, load_serving, read_csv_rows
+from genre_tf.files import InputFileError, read_poster_file, staging_folder
+from genre_tf.predict import PREDICT_BATCH, export_info, latest_version, load_serving, read_csv_rows
 from genre_tf.records import has_words
 
 DEAD = "dead_letters"
@@ -49,26 +51,36 @@ def dead_letter(row: dict, reason: str) -> dict:
     return {"movie": row["label"], "source": row["source"], "reason": reason}
 
 
-def load_row(row: dict) -> Iterator:
-    """A CSV row with its poster bytes read (bounded, inside its root), or its dead letter."""
+def load_row(row: dict, inputs: Sequence[str] = ("plot", "poster")) -> Iterator:
+    """A CSV row with its poster bytes read (bounded, inside its root), or its dead letter.
+
+    A row is judged by the inputs the model takes alone: a text model never reads posters, a poster model never
+    sends plots.
+    """
+    if row.get("error"):
+        yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, row["error"]))
+        return
     if row["plot"] is None:
         yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, "the row has fewer fields than the header (no plot)"))
         return
-    if len(row["plot"].encode("utf-8", "surrogateescape")) > MAX_PLOT_BYTES:
+    plot = row["plot"] if "plot" in inputs else ""
+    if len(plot.encode("utf-8", "surrogateescape")) > MAX_PLOT_BYTES:
         yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, f"the plot is longer than {MAX_PLOT_BYTES} bytes "
                                                               "(the limit of prepare and of the model)"))
         return
     poster = None
-    if row["poster_path"]:
+    if row["poster_path"] and "poster" in inputs:
         try:
             poster = read_poster_file(row["poster_path"], row["root"])
         except InputFileError as error:
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, str(error)))
             return
-    if poster is None and not has_words(row["plot"]):
-        yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, "neither a plot nor a poster"))
+    if poster is None and not has_words(plot):
+        reason = ("neither a plot nor a poster" if len(inputs) == 2
+                  else f"no {inputs[0]} (the only input this model takes)")
+        yield beam.pvalue.TaggedOutput(DEAD, dead_letter(row, reason))
         return
-    yield {"label": row["label"], "source": row["source"], "plot": row["plot"], "poster": poster,
+    yield {"label": row["label"], "source": row["source"], "plot": plot, "poster": poster,
            "poster_path": row["poster_path"] or ""}
 
 
@@ -112,14 +124,14 @@ def to_row(result: PredictionResult, digits: int = 4) -> Iterator:
            "probabilities": dict(zip(inference["genre_names"], values, strict=True))}
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: BatchPredictConfig) -> None:
+def build_pipeline(pipeline: beam.Pipeline, config: BatchPredictConfig, inputs: Sequence[str]) -> None:
     """Read rows, load posters, score in batches, and write predictions and dead letters."""
     rows = (pipeline
             | "Csv" >> beam.Create([config.input])
             | "ReadRows" >> beam.FlatMap(read_csv_rows, config.poster_dir)
             # one reader streams the CSV; the reshuffle spreads poster reading and scoring over the workers
             | "Spread" >> beam.Reshuffle()
-            | "LoadPosters" >> beam.FlatMap(load_row).with_outputs(DEAD, main="movies"))
+            | "LoadPosters" >> beam.FlatMap(load_row, inputs).with_outputs(DEAD, main="movies"))
     scored = (rows.movies
               | "Score" >> RunInference(GenreModelHandler(config.model, config.batch_size))
               | "Format" >> beam.FlatMap(to_row, config.digits).with_outputs(DEAD, main="results"))
@@ -132,21 +144,49 @@ def build_pipeline(pipeline: beam.Pipeline, config: BatchPredictConfig) -> None:
          | f"Write {name}" >> beam.io.WriteToText(stem, file_name_suffix=".jsonl", shard_name_template=""))
 
 
+def prepare_output(output: str) -> str:
+    """Check --output before the pipeline starts (a folder, or a path where one can be made) and make a staging
+    folder inside it for this run; OSError names the problem in one line."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"--output {output} is a file; give a folder (it is made if missing)")
+    try:
+        os.makedirs(output, exist_ok=True)
+        return staging_folder(output, "batch_predict")
+    except OSError as error:
+        raise ValueError(f"--output {output} cannot be written: {error.strerror or error}") from None
+
+
+def publish(staging: str, output: str) -> None:
+    """Replace the previous run's two files by this run's: both old files go first, so the folder never holds
+    one run's predictions beside another run's dead letters."""
+    for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(output, name))
+    for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
+        os.replace(os.path.join(staging, name), os.path.join(output, name))
+
+
 def batch_predict(config: BatchPredictConfig, beam_args: Sequence[str] = ()) -> dict:
-    """Run the pipeline to completion; returns the two output paths and, when local, their line counts."""
+    """Run the pipeline to completion; returns the two output paths and their line counts.
+
+    The pipeline writes into a staging folder inside --output; only a run that completes replaces the files of
+    the previous one, and a failed run leaves them (and no beam-temp-* folders) as they were.
+    """
     next(iter(read_csv_rows(config.input, config.poster_dir)))  # a missing column or an empty CSV: fail now
-    if not os.path.exists(os.path.join(config.model, "assets.extra", "export_info.json")):
-        raise ValueError(f"{config.model} is not a genre_tf export (no assets.extra/export_info.json)")
+    inputs = tuple(export_info(config.model)["inputs"])
     options = PipelineOptions(list(beam_args))
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, config)
+    staging = prepare_output(config.output)
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, dataclasses.replace(config, output=staging), inputs)
+        publish(staging, config.output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     summary = {}
     for key, name in (("predictions", PREDICTIONS_FILE), ("dead_letters", DEAD_LETTERS_FILE)):
-        path = os.path.join(config.output, name)
-        summary[key] = path
-        if os.path.exists(path):  # a remote runner writes where this machine may not look
-            with open(path, encoding="utf-8") as handle:
-                summary[f"{key}_count"] = sum(1 for _ in handle)
+        summary[key] = path = os.path.join(config.output, name)
+        with open(path, encoding="utf-8") as handle:
+            summary[f"{key}_count"] = sum(1 for _ in handle)
     return summary
 
 
@@ -169,8 +209,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"scored {summary.get('predictions_count', '?')} movies into {summary['predictions']}; "
-          f"{summary.get('dead_letters_count', '?')} dead letters in {summary['dead_letters']}")
+    print(f"scored {summary['predictions_count']} movies into {summary['predictions']}; "
+          f"{summary['dead_letters_count']} dead letters in {summary['dead_letters']}")
     return 0
 
 

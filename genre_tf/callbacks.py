@@ -46,6 +46,63 @@ def load_best_weights(model: keras.Model, run_dir: str) -> None:
                          f"(was it trained by another genre_tf version?): {str(error)[:300]}") from None
 
 
+def backup_epoch(backup_dir: str) -> int:
+    """The last epoch BackupAndRestore's backup holds (-1 without one): fit resumes at the epoch after it."""
+    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if latest is None:
+        return -1
+    return int(tf.train.load_checkpoint(latest).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+class EpochSeededDropout(keras.callbacks.Callback):
+    """Reseed every dropout layer's generator at each epoch's start from (seed, epoch, layer).
+
+    A backup holds weights, optimizer and epoch, but no random state: Keras' default dropout draws from
+    stateful ops that start over when a resumed run traces its step again, so it would drop other units
+    than the uninterrupted run. With this, epoch k's masks are the same whether or not the run was resumed.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        layers = [layer for layer in self.model._flatten_layers() if isinstance(layer, keras.layers.Dropout)]
+        for index, layer in enumerate(layers):
+            generator = layer._random_generator  # tf-keras' RandomGenerator; the layer built it with force_generator
+            with self.model.distribute_strategy.scope():
+                generator._maybe_init()
+            if generator._generator is None:
+                raise ValueError(f"dropout layer {layer.name} has no seedable generator (build it with "
+                                 "force_generator=True)")
+            generator._generator.reset_from_seed((self.seed * 1_000_003 + epoch) * 1_009 + index)
+
+
+class NonFiniteLoss(ValueError):
+    """The training loss became NaN or infinite: the weights are lost from that step on."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop training at the first batch whose loss is not finite, before any epoch end saves such weights.
+
+    Keras' TerminateOnNaN only ends fit, as if training had finished; the run would then be written up and
+    exported with NaN weights. This raises, so the run keeps its last finite checkpoint and backup.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            learning_rate = float(keras.backend.get_value(self.model.optimizer.learning_rate))
+            kept = ("the last finite checkpoint and backup are kept" if self.epoch else
+                    "no epoch had finished, so the run is not kept")
+            raise NonFiniteLoss(f"the training loss became {float(loss)} at step {batch + 1} of epoch "
+                                f"{self.epoch + 1} (learning_rate={learning_rate:g}); training stopped, {kept}: "
+                                "lower learning_rate, then rerun")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
 class DevF1(keras.callbacks.Callback):
     """Each epoch: F1 over the whole dev set into `logs` (dev_weighted_f1, ...) and per-genre F1 into TensorBoard."""
 

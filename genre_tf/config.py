@@ -4,6 +4,7 @@ This module imports no TensorFlow, numpy or Pillow, so `--help` and option error
 """
 import dataclasses
 import json
+import math
 import reprlib
 import typing
 
@@ -342,7 +343,8 @@ def validate(config: TrainConfig) -> None:
         (model.modality_dropout == 0 or model.kind == "integrated" and not late_fusion(model),
          "model.modality_dropout applies to the integrated model with model.fusion=concat"),
         (config.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
-        (config.learning_rate > 0, "learning_rate must be > 0"),
+        (math.isfinite(config.learning_rate) and config.learning_rate > 0,
+         f"learning_rate must be a finite number > 0, got {config.learning_rate}"),
         (2 <= config.batch_size <= MAX_BATCH_SIZE,
          f"batch_size must be 2 to {MAX_BATCH_SIZE} (soft-F1 is a batch statistic), got {config.batch_size}"),
         (config.epochs >= 1, "epochs must be >= 1"), (config.patience >= 1, "patience must be >= 1"),
@@ -355,7 +357,8 @@ def validate(config: TrainConfig) -> None:
         (config.text.precision == "float32" or not config.text.encoder,
          "text.precision=bfloat16 applies to the offline encoders; a TF-Hub SavedModel computes in the dtype it was "
          "saved with"),
-        (config.poster.image_size >= 32, "poster.image_size must be >= 32"),
+        (MIN_IMAGE_SIZE <= config.poster.image_size <= MAX_IMAGE_SIZE,  # 1024 px: 12 MB a poster, as prepare's cap
+         f"poster.image_size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {config.poster.image_size}"),
         (config.oversample_fraction >= 0, "oversample_fraction must be >= 0")])
 
 

@@ -1,5 +1,6 @@
 """The prepared dataset on disk (TFRecord shards + metadata) and the tf.data pipelines that read it."""
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -200,16 +201,41 @@ def make_lookup(ids: Sequence[str], values: np.ndarray, name: str):
     return lookup
 
 
+def epoch_examples(files: list[str], parse, cache: bool, repeated: bool, buffer: int, seed: int):
+    """A function from an epoch number to that epoch's shuffled training examples, deterministically."""
+    def read(file_order):
+        dataset = tf.data.TFRecordDataset(file_order, num_parallel_reads=tf.data.AUTOTUNE)
+        return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def repeat(dataset):
+        if not repeated:
+            return dataset
+        return dataset.flat_map(lambda inputs, labels: tf.data.Dataset.from_tensors(
+            ({k: v for k, v in inputs.items() if k != "_repeat"}, labels)).repeat(inputs["_repeat"]))
+
+    cached = read(tf.data.Dataset.from_tensor_slices(files)).cache() if cache else None
+
+    def one_epoch(epoch):
+        epoch_seed = (seed * 1_000_003 + epoch) % 2**31
+        if cached is not None:
+            dataset = cached
+        else:
+            dataset = read(tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=epoch_seed))
+        return repeat(dataset).shuffle(buffer, seed=epoch_seed)
+    return one_epoch
+
+
 def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, training: bool,
                  input_names: Sequence[str], image_size: int | None = None,
                  feature_caches: dict[str, tuple] | None = None,
                  repeat_counts: dict[str, int] | None = None, cache: bool = False,
-                 seed: int = 0) -> tf.data.Dataset:
+                 seed: int = 0, epochs: Sequence[int] | None = None) -> tf.data.Dataset:
     """Batches of ({input_name: tensor}, multi-hot labels) for one split.
 
     feature_caches maps an input name (poster_features, plot_embedding) to (ids, array); those
     inputs are looked up by movie_id instead of being computed. repeat_counts oversamples training
-    rows. Training shuffles and drops the last partial batch (soft-F1 is computed over a batch).
+    rows. Training shuffles and drops the last partial batch (soft-F1 is computed over a batch); its dataset
+    holds the given epochs (default: one) one after the other, each in the order of (seed, epoch).
     """
     num_genres = len(prepared.genres)
     spec = dict(_PARSE_SPEC, labels=tf.io.FixedLenFeature([num_genres], tf.float32))
@@ -235,20 +261,17 @@ def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, trai
             inputs["_repeat"] = repeat_table.lookup(example[MOVIE_ID])
         return inputs, example["labels"]
     files = prepared.shards(split)
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = tf.data.TFRecordDataset(dataset, num_parallel_reads=tf.data.AUTOTUNE if training else None)
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    if cache:
-        dataset = dataset.cache()
-    if repeat_counts is not None:
-        dataset = dataset.flat_map(lambda inputs, labels: tf.data.Dataset.from_tensors(
-            ({k: v for k, v in inputs.items() if k != "_repeat"}, labels)).repeat(inputs["_repeat"]))
-    if training:
+    if not training:
+        dataset = tf.data.TFRecordDataset(tf.data.Dataset.from_tensor_slices(files))
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        dataset = (dataset.cache() if cache else dataset).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    else:
         size = sum(repeat_counts.values()) if repeat_counts else len(prepared.split[split])
-        dataset = dataset.shuffle(min(size, 20_000), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+        one_epoch = epoch_examples(files, parse, cache, repeat_counts is not None, min(size, 20_000), seed)
+        # Each epoch's order follows from (seed, epoch) alone, so a run resumed at epoch k reads what an
+        # uninterrupted run reads there (a shuffle with reshuffle_each_iteration would start over).
+        batches = [one_epoch(epoch).batch(batch_size, drop_remainder=True) for epoch in (epochs or range(1))]
+        dataset = functools.reduce(tf.data.Dataset.concatenate, batches).prefetch(tf.data.AUTOTUNE)
     # Multi-worker training shards by batch: a split may have fewer files than there are workers.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

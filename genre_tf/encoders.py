@@ -55,6 +55,11 @@ def build_text_encoder(config: TextEncoderConfig, trainable: bool = False) -> ke
     if config.encoder and config.seq_length != 128:
         # TF-Hub preprocessors pack 128 tokens by default; other lengths go through bert_pack_inputs.
         loaded = hub.load(preprocessor_handle)
+        missing = [name for name in ("tokenize", "bert_pack_inputs") if not hasattr(loaded, name)]
+        if missing:
+            raise ValueError(f"text.seq_length={config.seq_length} needs a preprocessor with TF-Hub's tokenize and "
+                             f"bert_pack_inputs, and {preprocessor_handle} has no {' or '.join(missing)}; use "
+                             "text.seq_length=128 (what it packs) or another text.preprocessor")
         tokens = hub.KerasLayer(loaded.tokenize, name="tokenize")(plot)
         ids = hub.KerasLayer(loaded.bert_pack_inputs, arguments=dict(seq_length=config.seq_length),
                              name="preprocessor")([tokens])

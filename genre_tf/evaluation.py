@@ -15,7 +15,8 @@ from genre_tf.baselines import METRICS, best_floor, constant_floors, degenerate_
 from genre_tf.encoders import encoders_summary
 from genre_tf.files import atomic_path, cache_key, read_json, write_json, write_text
 from genre_tf.fusion import threshold_probabilities
-from genre_tf.metrics import distinct_combinations, f1_scores, predict_labels, ranking_scores, tune_thresholds
+from genre_tf.metrics import (NEVER_THRESHOLD, distinct_combinations, f1_scores, predict_labels, ranking_scores,
+                              tune_thresholds, unseen_genres)
 from genre_tf.callbacks import make_predictor
 from genre_tf.network import restore_trained
 from genre_tf.run_dir import load_config, read_serving_files, require_finished
@@ -284,7 +285,8 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
         for label, key in (("0.5", "at_0.5"), ("tuned on dev", "tuned")):
             lines.append(f"| {name} | {label} | " + " | ".join(
                 format_interval(part["intervals"][key][m]) for m in METRICS) + " |")
-    lines += ["", interval_note(metrics), "", *floor_lines(metrics), "", *degenerate_lines(metrics["degenerate"])]
+    lines += ["", interval_note(metrics), "", *floor_lines(metrics), "", *degenerate_lines(metrics["degenerate"]),
+              *unseen_lines(unseen_genres(metrics["genres"], metrics["thresholds"]))]
     lines += ["", "## Per genre (test split, dev-tuned thresholds; the paper's Table 4)", "",
               "| genre | support | frequency | precision | recall | F1 (95% CI) | F1 @0.5 | frequency x F1 | ROC-AUC "
               "| PR-AUC | threshold |", "| --- " * 11 + "|"]
@@ -341,6 +343,14 @@ def degenerate_lines(degenerate: Sequence[dict]) -> list[str]:
             "adds nothing for them beyond always saying yes: " + ", ".join(
                 f"{d['genre']} (threshold {d['threshold']:.2f}, {d['share_predicted']:.0%} of dev)" for d in degenerate)
             + "."]
+
+
+def unseen_lines(unseen: Sequence[str]) -> list[str]:
+    """Genres with no positive dev movie, as markdown: their threshold (NEVER_THRESHOLD) never predicts them."""
+    if not unseen:
+        return []
+    return ["", f"Genres never predicted: {', '.join(unseen)} had no positive movie on dev, so no threshold could be "
+                f"tuned for them; their threshold is {NEVER_THRESHOLD:g}, above any probability."]
 
 
 def interval_lines(metrics: dict) -> list[str]:

@@ -166,6 +166,38 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+PREPARED_MARKERS = ("split.json", "movies.jsonl")   # what prepare writes and a run directory never holds
+RUN_MARKERS = ("config.json", "encoders.json")      # what a run directory holds and prepare never writes
+
+
+def is_prepared_folder(folder: str) -> bool:
+    """Whether a folder is a prepared dataset (prepare's output)."""
+    return all(os.path.isfile(os.path.join(folder, name)) for name in PREPARED_MARKERS)
+
+
+def is_run_folder(folder: str) -> bool:
+    """Whether a folder is a training run directory."""
+    return all(os.path.isfile(os.path.join(folder, name)) for name in RUN_MARKERS)
+
+
+def enclosing(path: str, is_kind) -> str | None:
+    """The nearest of `path` and its parent folders for which is_kind(folder) holds, or None."""
+    folder = os.path.realpath(path)
+    while True:
+        if is_kind(folder):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def is_within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies below it, symlinks resolved."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
 def cache_key(*parts: str) -> str:
     """A short stable hash of the parts that identify a cached computation."""
     return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:16]

@@ -34,12 +34,27 @@ def predict_labels(probabilities: np.ndarray, thresholds) -> np.ndarray:
     return (probabilities >= np.asarray(thresholds, dtype=probabilities.dtype)).astype(np.int32)
 
 
+NEVER_THRESHOLD = 2.0  # a sigmoid never reaches it: the threshold of a genre that has no positive dev movie
+
+
+def unseen_genres(genres: Sequence[str], thresholds) -> list[str]:
+    """The genres whose threshold never fires (no positive dev movie to tune it on)."""
+    return [genre for genre, threshold in zip(genres, thresholds, strict=True) if threshold > 1]
+
+
 def tune_thresholds(labels: np.ndarray, probabilities: np.ndarray,
                     candidates: Sequence[float] = tuple(np.round(np.arange(0.02, 0.99, 0.01), 2))) -> np.ndarray:
-    """Per-genre thresholds maximising each genre's F1 on the given (dev) set (Lipton et al. 2014)."""
+    """Per-genre thresholds maximising each genre's F1 on the given (dev) set (Lipton et al. 2014).
+
+    A genre with no positive movie there has no F1 to maximise (every threshold scores 0, and the lowest would
+    predict it for every movie): it gets NEVER_THRESHOLD, above any probability, and is never predicted.
+    """
     thresholds = np.full(labels.shape[1], 0.5)
     for genre in range(labels.shape[1]):
         truth = labels[:, genre].astype(bool)
+        if not truth.any():
+            thresholds[genre] = NEVER_THRESHOLD
+            continue
         best = -1.0
         for threshold in candidates:
             predicted = probabilities[:, genre] >= threshold

@@ -12,6 +12,11 @@ from genre_tf.layers import GenreMix, ModalityDropout
 HEAD = "genre_head"  # the named sub-model after the encoders: feature inputs in, genre logits out
 
 
+def dropout(rate: float, name: str) -> keras.layers.Dropout:
+    """Dropout drawing from a tf.random.Generator, which training reseeds each epoch (callbacks.EpochSeededDropout)."""
+    return keras.layers.Dropout(rate, name=name, force_generator=True)
+
+
 def _dense(units, config, name, activation="relu"):
     return keras.layers.Dense(units, activation=activation, kernel_initializer="glorot_uniform",
                               kernel_regularizer=keras.regularizers.L2(config.l2), name=name)
@@ -19,10 +24,10 @@ def _dense(units, config, name, activation="relu"):
 
 def _text_head(vector, config: ModelConfig):
     """Dropout and the two dense layers of section 4.3."""
-    x = keras.layers.Dropout(config.dropout, name="text_dropout")(vector)
+    x = dropout(config.dropout, "text_dropout")(vector)
     for index, units in enumerate(config.text_units):
         x = _dense(units, config, f"text_dense_{index}")(x)
-        x = keras.layers.Dropout(config.dropout, name=f"text_dense_{index}_dropout")(x)
+        x = dropout(config.dropout, f"text_dense_{index}_dropout")(x)
     return x
 
 
@@ -73,7 +78,7 @@ def _single_head(config: ModelConfig, num_genres: int, text_dim: int, poster_dim
             branches = ModalityDropout(config.modality_dropout, name="modality_dropout")(branches)
         x = keras.layers.Concatenate(name="concatenate")(branches)
         x = _dense(config.fusion_units, config, "fusion_dense")(x)
-        x = keras.layers.Dropout(config.dropout, name="fusion_dropout")(x)
+        x = dropout(config.dropout, "fusion_dropout")(x)
     else:
         x = branches[0]  # poster: features straight into the sigmoid layer (section 4.2)
     return keras.Model(inputs, _dense(num_genres, config, "genre_logits", activation=None)(x), name=name)

@@ -9,7 +9,6 @@ CSV poster paths are relative to the CSV's folder (or --poster-dir) and must sta
 prepare. A CSV is read and predicted --batch-size rows at a time, each batch printed when it is done.
 """
 import argparse
-import csv
 import itertools
 import json
 import os
@@ -17,6 +16,7 @@ import sys
 from collections.abc import Iterable, Iterator
 
 from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
+from genre_tf.csv_records import read_records
 from genre_tf.files import InputFileError, InputFileNotFoundError, read_poster_file
 from genre_tf.records import has_words
 
@@ -46,48 +46,67 @@ def load_movie(label: str, plot: str | None, poster_path: str | None, root: str)
     return {"label": label, "plot": plot, "poster_path": poster_path or "", "poster": poster}
 
 
-def read_csv_movies(path: str, poster_dir: str = "") -> Iterator[dict]:
-    """The movies of a CSV (a 'plot' column, optionally 'poster', 'id', 'title'), read row by row."""
+def read_csv_movies(path: str, poster_dir: str = "", unread: list | None = None) -> Iterator[dict]:
+    """The movies of a CSV (a 'plot' column, optionally 'poster', 'id', 'title'), read row by row.
+
+    A row that cannot be read is warned about and appended to `unread` (its source and reason), not predicted.
+    """
     for row in read_csv_rows(path, poster_dir):
+        if row.get("error"):
+            _warn(f"{row['source']}: {row['error']}; not predicted")
+            if unread is not None:
+                unread.append((row["source"], row["error"]))
+            continue
         yield load_movie(row["label"], row["plot"], row["poster_path"], row["root"])
 
 
 def read_csv_rows(path: str, poster_dir: str = "") -> Iterator[dict]:
-    """A predict CSV's rows: label, plot (None in a row short of the plot column), poster path (or None), root."""
+    """A predict CSV's rows: label, plot (None in a row short of the plot column), poster path (or None), root,
+    source (file:line), and for a row that cannot be read (genre_tf.csv_records' limits) the error instead."""
     if not os.path.isfile(path):
         raise ValueError(f"{path} is {'a folder' if os.path.isdir(path) else 'not a regular file'}; "
                          "--csv needs a CSV file")
     root = poster_dir or os.path.dirname(os.path.abspath(path))
-    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first column's name.
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
+    with open(path, "rb") as handle:
+        records = read_records(handle)
+        header = list(_header(path, next(records, None)))
         count = 0
-        try:
-            header = list(reader.fieldnames or [])
-            if "plot" not in header:
-                raise ValueError(f"{path} needs a 'plot' column (and optionally 'poster'); it has {header[:20]}")
-            repeated = sorted({name for name in READ_COLUMNS if header.count(name) > 1})
-            if repeated:  # DictReader keeps the last of them silently
-                raise ValueError(f"{path}: column(s) {repeated} appear more than once in the header; which one is "
-                                 "meant is ambiguous")
-            for row in reader:
-                count += 1
-                poster = (row.get("poster") or "").strip()
-                label = row.get("id") or row.get("title") or f"{path} line {reader.line_num}"
-                yield {"label": label, "plot": row["plot"], "root": root, "source": f"{path}:{reader.line_num}",
-                       "poster_path": os.path.join(root, poster) if poster else None}
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path} is not UTF-8 text (line {reader.line_num + 1}: {error.reason})") from None
-        except csv.Error as error:
-            raise ValueError(f"{path}: unreadable CSV at line {reader.line_num}: {error}") from None
+        for record in records:
+            count += 1
+            source = f"{path}:{record.line}"
+            if record.error:
+                yield {"label": f"{path} line {record.line}", "source": source, "error": record.error,
+                       "plot": None, "root": root, "poster_path": None}
+                continue
+            # a short row lacks the last columns; extra fields are ignored
+            row = dict(zip(header, record.fields, strict=False))
+            poster = (row.get("poster") or "").strip()
+            yield {"label": row.get("id") or row.get("title") or f"{path} line {record.line}", "plot": row.get("plot"),
+                   "root": root, "source": source, "poster_path": os.path.join(root, poster) if poster else None}
     if not count:
         raise ValueError(f"{path} has no movies (a header line, then one row per movie)")
 
 
-def read_inputs(args) -> Iterator[dict]:
+def _header(path: str, record) -> tuple[str, ...]:
+    """The header record's column names, refused when unreadable, without 'plot', or naming a read column twice."""
+    if record is None:
+        raise ValueError(f"{path} has no movies (a header line, then one row per movie)")
+    if record.error:
+        raise ValueError(f"{path}: unreadable CSV header at line {record.line}: {record.error}")
+    header = record.fields
+    if "plot" not in header:
+        raise ValueError(f"{path} needs a 'plot' column (and optionally 'poster'); it has {list(header[:20])}")
+    repeated = sorted({name for name in READ_COLUMNS if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{path}: column(s) {repeated} appear more than once in the header; which one is "
+                         "meant is ambiguous")
+    return header
+
+
+def read_inputs(args, unread: list | None = None) -> Iterator[dict]:
     """The movies asked about on the command line: one --plot (and --poster), or the rows of --csv."""
     if args.csv:
-        return read_csv_movies(args.csv, args.poster_dir)
+        return read_csv_movies(args.csv, args.poster_dir, unread)
     # A poster named on the command line is the user's own choice of file: its folder is its root.
     root = os.path.dirname(os.path.realpath(args.poster)) if args.poster else ""
     return iter([load_movie("movie", args.plot, args.poster, root)])
@@ -100,14 +119,14 @@ def predict(model_dir: str, movies: Iterable[dict], batch_size: int = PREDICT_BA
     serving = load_serving(model_dir)
     movies = iter(movies)
     while batch := list(itertools.islice(movies, batch_size)):
-        yield from _results(batch, serving.score(batch), serving.genres)
+        yield from _results(batch, serving.score(batch), serving.genres, serving.inputs)
 
 
 class Serving:
     """An export's serving_default signature, its genres and, for a token-id export, the tokenizer it needs."""
 
-    def __init__(self, signature, genres: list[str], tokenize=None):
-        self.signature, self.genres, self.tokenize = signature, genres, tokenize
+    def __init__(self, signature, genres: list[str], tokenize=None, inputs: tuple[str, ...] = ("plot", "poster")):
+        self.signature, self.genres, self.tokenize, self.inputs = signature, genres, tokenize, inputs
 
     def score(self, batch: list[dict]) -> dict:
         """serving_default's outputs (tensors) for movies with 'plot' and 'poster' (bytes or None)."""
@@ -116,7 +135,24 @@ class Serving:
         plots = tf.constant([m["plot"] for m in batch])
         posters = tf.constant([m["poster"] or b"" for m in batch])
         text = self.tokenize(plots) if self.tokenize is not None else {"plot": plots}
-        return self.signature(**text, poster=posters)
+        try:
+            return self.signature(**text, poster=posters)
+        except tf.errors.InvalidArgumentError as error:  # a refused request: the model's one-line reason
+            raise ValueError(f"the model refused the request: {error.message.strip().splitlines()[0][:300]}") from None
+
+
+def export_info(model_dir: str) -> dict:
+    """An export's assets.extra/export_info.json, with `inputs` (what the model reads) also for older exports."""
+    info_path = os.path.join(model_dir, "assets.extra", "export_info.json")
+    if not os.path.exists(info_path):
+        raise FileNotFoundError(f"{model_dir} is not a genre_tf export (no assets.extra/export_info.json)")
+    with open(info_path, encoding="utf-8") as handle:
+        info = json.load(handle)
+    if "inputs" not in info:  # exported before the field existed: the model kind says it
+        kind = info.get("model", "integrated")
+        info["inputs"] = [name for name, used in (("plot", kind != "poster"),
+                                                  ("poster", kind in ("poster", "integrated"))) if used]
+    return info
 
 
 def load_serving(model_dir: str) -> Serving:
@@ -124,11 +160,7 @@ def load_serving(model_dir: str) -> Serving:
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  registers the tokenizer ops the export uses
 
-    info_path = os.path.join(model_dir, "assets.extra", "export_info.json")
-    if not os.path.exists(info_path):
-        raise FileNotFoundError(f"{model_dir} is not a genre_tf export (no assets.extra/export_info.json)")
-    with open(info_path, encoding="utf-8") as handle:
-        info = json.load(handle)
+    info = export_info(model_dir)
     signature = tf.saved_model.load(model_dir).signatures["serving_default"]
     tokenize = None
     if info["token_id_inputs"]:
@@ -136,13 +168,13 @@ def load_serving(model_dir: str) -> Serving:
 
         # exports store the preprocessor inside the model folder, relative to it
         tokenize = hub.load(os.path.join(model_dir, info["text_preprocessor_handle"]))
-    return Serving(signature, info["genres"], tokenize)
+    return Serving(signature, info["genres"], tokenize, tuple(info["inputs"]))
 
 
-def _results(batch: list[dict], outputs: dict, genres: list[str]) -> Iterator[dict]:
+def _results(batch: list[dict], outputs: dict, genres: list[str], inputs: tuple[str, ...]) -> Iterator[dict]:
     for i, m in enumerate(batch):
         used = outputs["inputs_used"][i].numpy().decode("utf-8")
-        if m["poster"] is not None and "poster" not in used:
+        if m["poster"] is not None and "poster" in inputs and "poster" not in used:
             _warn(f"{m['label']}: poster {m['poster_path']} could not be decoded; predicted from "
                   f"{used if used != 'none' else 'neither input'}")
         if not has_words(m["plot"]):
@@ -166,11 +198,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.batch_size <= MAX_REQUEST_MOVIES:
         parser.error(f"--batch-size must be 1 to {MAX_REQUEST_MOVIES} (the model's limit), got {args.batch_size}")
+    unread = []
     try:
-        for result in predict(latest_version(args.model), read_inputs(args), args.batch_size):
-            print(json.dumps(result) if args.json else format_result(result), flush=True)
+        for result in predict(latest_version(args.model), read_inputs(args, unread), args.batch_size):
+            # allow_nan=False: NaN is not JSON; the model refuses to answer it, and this never prints it
+            print(json.dumps(result, allow_nan=False) if args.json else format_result(result), flush=True)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    if unread:  # every other row is printed; these were each warned about with their line and reason
+        print(f"error: {len(unread)} row(s) of {args.csv} could not be read, the first at {unread[0][0]}: "
+              f"{unread[0][1]}", file=sys.stderr)
         return 1
     return 0
 

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from tqdm import tqdm
 
 from genre_tf.config import PrepareConfig, ValidationRules, config_to_dict, describe_keys, load_config
-from genre_tf.files import staging_folder
+from genre_tf.files import enclosing, is_run_folder, staging_folder
 from genre_tf.readers import SPLIT_NAMES, read_catalogue
-from genre_tf.records import Movie, RecordError, Reject, genre_key, validate_movie
+from genre_tf.records import Movie, RecordError, Reject, genre_key, id_key, validate_movie
 from genre_tf.spool import PosterSpool
 from genre_tf.split import frequency_table, multi_hot, stratified_split, top_genres
 
@@ -64,11 +64,13 @@ def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0, pr
                            disable=not progress, mininterval=1.0):
             if isinstance(result, Reject):
                 rejects.append(result)
-            elif result.movie_id in first_seen:
+            elif id_key(result.movie_id) in first_seen:  # "tt1", "TT1", "ｔｔ1" and "tt\u200b1" are one movie
+                source, spelled = first_seen[id_key(result.movie_id)]
+                seen_as = "" if spelled == result.movie_id else f" as {spelled!r}"
                 rejects.append(Reject(result.source, result.movie_id,
-                                      f"duplicate id (first seen at {first_seen[result.movie_id]})"))
+                                      f"duplicate id (first seen at {source}{seen_as})"))
             else:
-                first_seen[result.movie_id] = result.source
+                first_seen[id_key(result.movie_id)] = (result.source, result.movie_id)
                 # posters go to disk as they come: in memory they were ~46 KB a movie of prepare's peak
                 movies.append(result if spool is None else dataclasses.replace(
                     result, poster_png=spool.put(result.poster_png)))
@@ -227,6 +229,10 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
         raise ValueError("prepare needs a catalogue and an output folder (out=DIR)")
     if os.path.exists(config.out):
         raise FileExistsError(f"{config.out} already exists; remove it or choose another out=DIR")
+    run = enclosing(os.path.dirname(os.path.abspath(config.out)), is_run_folder)
+    if run:  # training writes into its run directory, and would overwrite the dataset's files
+        raise ValueError(f"out={config.out} is inside the training run {run}; a prepared dataset and a run directory "
+                         "must be separate folders: choose another out=DIR")
     catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns)
     spool = PosterSpool(os.path.dirname(os.path.abspath(config.out)))  # closed, and gone, when prepare returns
     movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress, spool)

@@ -82,6 +82,13 @@ def visible_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def id_key(movie_id: str) -> str:
+    """The identity of a movie id: ids that differ only in case, compatibility forms (fullwidth letters) or
+    invisible format characters (a zero-width space) are one movie (Unicode NFKC, then case folding)."""
+    text = unicodedata.normalize("NFKC", movie_id)
+    return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf")).casefold()
+
+
 def has_words(text: str) -> bool:
     """Whether text holds a letter or a digit (Unicode categories L and N) other than a blank filler.
 

@@ -17,11 +17,13 @@ import fcntl
 import glob
 import os
 import re
+import shutil
 
 from genre_tf.config import TrainConfig, comparable_config, config_from_dict, config_to_dict
 from genre_tf.dataset import PreparedDataset, changed_files, load_prepared
 from genre_tf.demo import prepared_demo
-from genre_tf.files import atomic_path, read_json, sha256_of, write_json, write_text
+from genre_tf.files import (atomic_path, enclosing, is_prepared_folder, is_within, read_json, sha256_of, write_json,
+                            write_text)
 
 FINAL = "final.json"
 LOCK = ".lock"
@@ -79,6 +81,46 @@ def locked(run_dir: str):
         yield  # the lock goes with the file descriptor, also when the process is killed
 
 
+def refuse_dataset_overlap(run_dir: str, data_path: str) -> None:
+    """A run directory may not be, hold or lie inside a prepared dataset: training would overwrite its files."""
+    if is_within(data_path, run_dir):
+        where = "is" if os.path.realpath(data_path) == os.path.realpath(run_dir) else "holds"
+        raise ValueError(f"run_dir={run_dir} {where} the prepared dataset {data_path}; a run directory and a prepared "
+                         "dataset must be separate folders: choose another run_dir")
+    holder = enclosing(run_dir, is_prepared_folder)
+    if holder:
+        raise ValueError(f"run_dir={run_dir} is inside the prepared dataset {holder}; a run directory and a "
+                         "prepared dataset must be separate folders: choose another run_dir")
+
+
+# What create and training write into a run directory; a run refused before its first epoch loses them again.
+RUN_FILES = ("config.json", "encoders.json", "genres.txt", "dataset.json", HISTORY, "oversampled_counts.json",
+             "logs", "backup", "checkpoints", SERVING, "dev_out_of_fold.npz")
+
+
+def discard_untrained(run_dir: str) -> None:
+    """Remove what a run that failed before training anything wrote, so a corrected command starts afresh.
+
+    Only the run's own files go (a late-fusion run keeps its trained branches/); the caller holds the lock.
+    """
+    if read_history(run_dir) or os.path.exists(os.path.join(run_dir, "checkpoints", BEST)):
+        return
+    for name in RUN_FILES:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
+def remove_if_empty(run_dir: str) -> None:
+    """After a refused run: its lock file goes when no run is left there, and the folder when it is then empty."""
+    with contextlib.suppress(OSError):
+        if not os.path.exists(os.path.join(run_dir, "config.json")):
+            os.remove(os.path.join(run_dir, LOCK))
+        os.rmdir(run_dir)  # only when empty
+
+
 def in_use(run_dir: str) -> bool:
     """Whether a training holds the run directory's lock now."""
     path = os.path.join(run_dir, LOCK)
@@ -102,6 +144,10 @@ def with_absolute_data(config: TrainConfig) -> TrainConfig:
 def create(run_dir: str, config: TrainConfig, prepared: PreparedDataset, encoders: dict) -> None:
     """Create the run directory, or check that a reopened one (a resume) holds the same config and encoders."""
     config_path = os.path.join(run_dir, "config.json")
+    if os.path.exists(config_path) and not read_history(run_dir) and not os.path.exists(
+            os.path.join(run_dir, "checkpoints", BEST)):
+        discard_untrained(run_dir)  # left by a run refused before its first epoch: nothing there to resume
+        os.makedirs(run_dir, exist_ok=True)
     if os.path.exists(config_path):
         # Options added since are read as they were before (config.LEGACY_DEFAULTS), or as their defaults; a
         # relative data path as it resolves from here.

@@ -35,11 +35,14 @@ FILLERS = "[\u115f\u1160\u3164\uffa0]"
 WORDLESS = r"[^\p{L}\p{N}]*"
 TOKEN_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 PREPROCESSOR = os.path.join("assets.extra", "text_preprocessor")  # token-id exports: relative to the version
-# TF Serving's --batching_parameters_file, tuned for CPUs (export/README.md, "Running TF Serving").
-BATCHING_CONFIG = """max_batch_size { value: 32 }
-batch_timeout_micros { value: 5000 }
-num_batch_threads { value: 2 }
-max_enqueued_batches { value: 100 }
+# TF Serving's --batching_parameters_file, tuned for CPUs (export/README.md, "Running TF Serving"). With large-batch
+# splitting, max_batch_size bounds a request (the signature's own limit) and max_execution_batch_size the batches run.
+BATCHING_CONFIG = f"""max_batch_size {{ value: {MAX_REQUEST_MOVIES} }}
+enable_large_batch_splitting {{ value: true }}
+max_execution_batch_size {{ value: 32 }}
+batch_timeout_micros {{ value: 5000 }}
+num_batch_threads {{ value: 2 }}
+max_enqueued_batches {{ value: 100 }}
 """
 
 
@@ -122,7 +125,9 @@ class GenreModel(tf.Module):
         if self.token_ids:
             has_plot = tf.reduce_sum(tf.cast(text_inputs["input_mask"], tf.int32), axis=1) > 2  # beyond [CLS] [SEP]
         else:  # nothing but spaces, control and format characters (NUL, zero-width spaces, BOMs): no plot
-            has_plot = ~tf.strings.regex_full_match(tf.strings.regex_replace(text_inputs, FILLERS, ""), WORDLESS)
+            # bytes that are not UTF-8 become U+FFFD first: RE2 would take them for characters of a plot
+            readable = tf.strings.unicode_transcode(text_inputs, "UTF-8", "UTF-8", errors="replace")
+            has_plot = ~tf.strings.regex_full_match(tf.strings.regex_replace(readable, FILLERS, ""), WORDLESS)
         if self.text_encoder is None:
             return None, has_plot
         embedding = self.text_encoder(text_inputs, training=False)
@@ -135,7 +140,9 @@ class GenreModel(tf.Module):
             features[PLOT_EMBEDDING] = embedding
         if self.poster_encoder is not None:
             features[POSTER_FEATURES] = tf.where(has_poster[:, None], poster_features, self.poster_mean[None])
-        probabilities = tf.sigmoid(tf.cast(self.head(features, training=False), tf.float32))
+        probabilities = tf.debugging.assert_all_finite(  # an answer of NaN is no answer: refuse it
+            tf.sigmoid(tf.cast(self.head(features, training=False), tf.float32)),
+            "the model computed a non-finite probability (NaN or Inf)")
         predicted = probabilities >= self.thresholds
         batch = tf.shape(probabilities)[0]
         names = tf.ragged.boolean_mask(tf.broadcast_to(self.genre_names, tf.shape(predicted)), predicted)
@@ -154,7 +161,8 @@ class GenreModel(tf.Module):
         checks = [tf.debugging.assert_equal(tf.shape(plots)[0], tf.shape(poster)[0],
                                             message=f"plot and {poster_name} batches must have the same length"),
                   tf.debugging.assert_less_equal(tf.shape(plots)[0], MAX_REQUEST_MOVIES,
-                                                 message=f"a request holds at most {MAX_REQUEST_MOVIES} movies")]
+                                                 message=f"a request holds at most {MAX_REQUEST_MOVIES} movies"),
+                  tf.debugging.assert_positive(tf.shape(plots)[0], message="a request holds at least 1 movie")]
         if not self.token_ids:
             checks.append(tf.debugging.assert_less_equal(
                 tf.strings.length(plots), MAX_PLOT_BYTES, message=f"a plot holds at most {MAX_PLOT_BYTES} bytes"))
@@ -170,6 +178,8 @@ class GenreModel(tf.Module):
 
     def serve_features(self, text_inputs, poster_features):
         text_inputs, poster_features = self._checked(text_inputs, poster_features, POSTER_FEATURES)
+        poster_features = tf.debugging.assert_all_finite(  # NaN or Inf would answer about 0.5 for every genre
+            poster_features, "poster_features must be finite numbers (no NaN or Inf)")
         has_poster = tf.reduce_any(tf.not_equal(poster_features, 0.0), axis=1)  # all zeros: no poster
         return self._predict(text_inputs, poster_features, has_poster)
 
@@ -241,6 +251,14 @@ def warmup_requests(seq_length: int, token_ids: bool, model_name: str, poster_by
     return logs
 
 
+def refuse_non_finite_weights(run_dir: str, parts: ServingParts) -> None:
+    """A checkpoint with NaN or Inf weights would answer NaN for every movie: refuse to export it."""
+    for model in (parts.head, parts.text_encoder, parts.poster_encoder):
+        if model is not None and not all(np.isfinite(weight).all() for weight in model.get_weights()):
+            raise ValueError(f"{run_dir}'s best checkpoint holds non-finite weights (NaN or Inf) in {model.name}; "
+                             "retrain the run with a lower learning_rate")
+
+
 def next_version(model_base: str) -> int:
     """One more than the largest integer version folder under model_base (1 for a new base)."""
     versions = [int(name) for name in os.listdir(model_base) if name.isdigit()] if os.path.isdir(model_base) else []
@@ -275,6 +293,7 @@ def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_
     check_dataset(run_dir)
     record, warmup_poster = read_serving_files(run_dir)
     parts = serving_parts(run_dir, config, record, token_ids=token_ids)
+    refuse_non_finite_weights(run_dir, parts)
     module = GenreModel(parts)
     signatures = module.signatures(parts.seq_length)
     version = version or next_version(model_base)
@@ -324,6 +343,8 @@ def write_extras(version_dir: str, run_dir: str, config: TrainConfig, parts: Ser
             "run": os.path.basename(os.path.normpath(run_dir)),
             "dataset": read_json(os.path.join(run_dir, "dataset.json"))["name"],
             "token_id_inputs": parts.token_ids, "text_preprocessor_handle": preprocessor,
+            "inputs": [name for name, encoder in ((PLOT, parts.text_encoder), (POSTER, parts.poster_encoder))
+                       if encoder is not None],
             "seq_length": parts.seq_length, "image_size": parts.image_size,
             "encoders": without_machine_paths(read_json(os.path.join(run_dir, "encoders.json"))),
             "signatures": ["serving_default", FEATURES_SIGNATURE], "non_stock_ops": non_stock_ops(version_dir)}

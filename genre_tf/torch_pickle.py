@@ -1,5 +1,6 @@
 """Read PyTorch's legacy (non-zip) .pth state dicts into numpy, without torch and without running pickled code."""
 import collections
+import math
 import os
 import pickle
 import struct
@@ -113,6 +114,11 @@ def _materialise(tensor, data, name):
     # as_strided reads raw memory, so every element it can touch must lie inside the storage.
     if last >= storage.numel:
         raise ValueError(f"tensor {name} reaches element {last} of a {storage.numel}-element storage")
+    # Zero or overlapping strides repeat elements: a few bytes of storage could claim gigabytes once copied.
+    # A weight never holds more elements than the storage it is a view of, whose bytes the file holds.
+    if math.prod(tensor.size) > storage.numel:
+        raise ValueError(f"tensor {name} claims {math.prod(tensor.size)} elements, more than its "
+                         f"{storage.numel}-element storage (zero or overlapping strides)")
     span = data[storage.key][tensor.offset:last + 1].copy()
     strides = [s * storage.dtype.itemsize for s in tensor.stride]
     view = np.lib.stride_tricks.as_strided(span, shape=tensor.size, strides=strides, writeable=False)

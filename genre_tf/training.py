@@ -15,7 +15,8 @@ import tf_keras as keras
 from genre_tf import demo
 from genre_tf import run_dir as runs
 from genre_tf.baselines import degenerate_genres
-from genre_tf.callbacks import BestCheckpoint, DevF1, ResumeProgress, load_best_weights, make_predictor, save_checkpoint
+from genre_tf.callbacks import (BestCheckpoint, DevF1, EpochSeededDropout, ResumeProgress, StopOnNonFiniteLoss,
+                               backup_epoch, load_best_weights, make_predictor, save_checkpoint)
 from genre_tf.config import TrainConfig, config_to_dict, fine_tunes_text, late_fusion, uses_poster, uses_text
 from genre_tf.dataset import (PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, PreparedDataset, load_prepared,
                               make_dataset, raw_examples, split_labels)
@@ -25,7 +26,7 @@ from genre_tf.fusion import branch_logits, copy_branch_weights, fit_mix, thresho
 from genre_tf.files import write_json
 from genre_tf.losses import (AsymmetricLoss, SoftF1Loss, SoftF1PlusCrossentropy, WeightedBinaryCrossentropy,
                              inverse_frequency_weights)
-from genre_tf.metrics import f1_scores, tune_thresholds
+from genre_tf.metrics import f1_scores, tune_thresholds, unseen_genres
 from genre_tf.models import HEAD
 from genre_tf.network import build_network, cached_dims, feature_caches, restore_trained
 from genre_tf.run_dir import BEST, DEV_SCORES, FINAL, HISTORY, MONITOR, RunDirectoryInUse, best_row, read_history
@@ -106,7 +107,8 @@ def epoch_callbacks(config: TrainConfig, model: keras.Model, run_dir: str, share
     learning_rate = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(
         learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate))))
     # BackupAndRestore sends non-chief workers' writes to temporary folders itself.
-    return [dev_f1, learning_rate, keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY), append=True),
+    return [StopOnNonFiniteLoss(), EpochSeededDropout(config.seed), dev_f1, learning_rate,
+            keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY), append=True),
             keras.callbacks.BackupAndRestore(os.path.join(shared_run_dir, "backup")), checkpoint, early_stopping,
             ResumeProgress(shared_run_dir, run_dir, early_stopping, checkpoint),
             keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), profile_batch=0)]
@@ -143,11 +145,6 @@ def fit_model(config: TrainConfig, model: keras.Model, prepared: PreparedDataset
     repeat = train_repeat_counts(config, prepared, split_labels(prepared, "train"), run_dir)
     # Only small cached features are kept in memory; decoded posters and plots are re-read.
     only_features = set(common["input_names"]) <= {PLOT_EMBEDDING, POSTER_FEATURES}
-    train_dataset = make_dataset(prepared, "train", global_batch, training=True, repeat_counts=repeat,
-                                 cache=only_features, seed=config.seed, **common)
-    steps = (sum(repeat.values()) if repeat else len(prepared.split["train"])) // global_batch
-    # A known length gives the progress bar its total from the first step, also in a resumed run.
-    train_dataset = train_dataset.apply(tf.data.experimental.assert_cardinality(steps))
     log_hparams(config, run_dir)
     history = read_history(shared_run_dir)
     epochs = epochs_to_run(config, history)
@@ -155,7 +152,15 @@ def fit_model(config: TrainConfig, model: keras.Model, prepared: PreparedDataset
         # fit ended (it deletes its backup then) and the kill came in the final steps: a new fit would start over.
         print("every epoch was trained before the interruption; only the final steps remain")
         return
-    model.fit(train_dataset, epochs=epochs, callbacks=epoch_callbacks(config, model, run_dir, shared_run_dir, dev_f1),
+    # The epochs fit will run: BackupAndRestore resumes after the epoch its backup holds.
+    remaining = range(backup_epoch(os.path.join(shared_run_dir, "backup")) + 1, epochs)
+    train_dataset = make_dataset(prepared, "train", global_batch, training=True, repeat_counts=repeat,
+                                 cache=only_features, seed=config.seed, epochs=remaining, **common)
+    steps = (sum(repeat.values()) if repeat else len(prepared.split["train"])) // global_batch
+    # A known length gives the progress bar its total from the first step, also in a resumed run.
+    train_dataset = train_dataset.apply(tf.data.experimental.assert_cardinality(steps * max(len(remaining), 1)))
+    model.fit(train_dataset, epochs=epochs, steps_per_epoch=steps,
+              callbacks=epoch_callbacks(config, model, run_dir, shared_run_dir, dev_f1),
               verbose=1 if sys.stdout.isatty() else 2)
 
 
@@ -198,12 +203,17 @@ def run_training(config: TrainConfig, strategy, prepared: PreparedDataset, run_d
     return model, caches, time.time() - started
 
 
+def check_given_branch(kind: str, given: str) -> None:
+    """A late-fusion branch run named by model.text_run or model.poster_run must be a finished run."""
+    if given and not os.path.exists(os.path.join(given, FINAL)):
+        raise ValueError(f"model.{'poster' if kind == 'poster' else 'text'}_run={given} is not a finished run "
+                         f"({FINAL} missing); train it first or leave the option empty")
+
+
 def branch_run(config: TrainConfig, kind: str, given: str, run_dir: str) -> str:
     """A finished single-branch run for late fusion: the one given, or one trained in run_dir/branches/KIND."""
     if given:
-        if not os.path.exists(os.path.join(given, FINAL)):
-            raise ValueError(f"model.{'poster' if kind == 'poster' else 'text'}_run={given} is not a finished run "
-                             f"({FINAL} missing); train it first or leave the option empty")
+        check_given_branch(kind, given)
         return given
     model = dataclasses.replace(config.model, kind=kind, text_run="", poster_run="")
     print(f"\nlate fusion: training the {kind} branch")
@@ -279,22 +289,46 @@ def train(config: TrainConfig) -> str:
         raise ValueError(f"batch_size={config.batch_size} (x {strategy.num_replicas_in_sync} replicas) is larger "
                          f"than the {len(prepared.split['train'])} training movies of {prepared.path}: "
                          "training drops the last partial batch, so no step would run; lower batch_size")
+    if late_fusion(config.model):  # before the run directory exists, as every refusal that can be
+        check_given_branch("text", config.model.text_run)
+        check_given_branch("poster", config.model.poster_run)
     run_dir = config.run_dir or runs.default_run_dir(config, prepared.name)
+    runs.refuse_dataset_overlap(run_dir, prepared.path)
     if not is_chief(strategy):
         return train_as_worker(config, strategy, prepared, run_dir)
+    try:
+        return train_as_chief(config, strategy, prepared, run_dir)
+    except RunDirectoryInUse:
+        raise  # the folder is another training's
+    except Exception:
+        runs.remove_if_empty(run_dir)
+        raise
+
+
+def train_as_chief(config: TrainConfig, strategy, prepared: PreparedDataset, run_dir: str) -> str:
+    """Create (or reopen) the run directory under its lock, train, and write the serving files and final.json."""
     with runs.locked(run_dir):
-        runs.create(run_dir, dataclasses.replace(config, run_dir=run_dir), prepared,
-                    describe_encoders(config.model, config.text, config.poster))
-        if os.path.exists(os.path.join(run_dir, FINAL)):
-            print(f"{run_dir} is finished already ({FINAL}); nothing to train")
-            return run_dir
-        if read_history(run_dir):
-            print(f"resuming the run in {run_dir}")
-        model, caches, seconds = run_training(config, strategy, prepared, run_dir, run_dir)
-        if config.model.kind != "most_common":
-            load_best_weights(model, run_dir)
-            write_serving_files(run_dir, model, config, prepared, caches)
-        write_json(os.path.join(run_dir, FINAL), final_summary(config, strategy, prepared, run_dir, seconds), indent=2)
+        try:
+            return train_locked(config, strategy, prepared, run_dir)
+        except Exception:
+            runs.discard_untrained(run_dir)  # a refusal before the first epoch must not block the corrected command
+            raise
+
+
+def train_locked(config: TrainConfig, strategy, prepared: PreparedDataset, run_dir: str) -> str:
+    """train's work once this process holds the run directory's lock."""
+    runs.create(run_dir, dataclasses.replace(config, run_dir=run_dir), prepared,
+                describe_encoders(config.model, config.text, config.poster))
+    if os.path.exists(os.path.join(run_dir, FINAL)):
+        print(f"{run_dir} is finished already ({FINAL}); nothing to train")
+        return run_dir
+    if read_history(run_dir):
+        print(f"resuming the run in {run_dir}")
+    model, caches, seconds = run_training(config, strategy, prepared, run_dir, run_dir)
+    if config.model.kind != "most_common":
+        load_best_weights(model, run_dir)
+        write_serving_files(run_dir, model, config, prepared, caches)
+    write_json(os.path.join(run_dir, FINAL), final_summary(config, strategy, prepared, run_dir, seconds), indent=2)
     return run_dir
 
 
@@ -340,6 +374,10 @@ def write_serving_files(run_dir: str, model: keras.Model, config: TrainConfig, p
     labels = split_labels(prepared, "dev")
     probabilities = threshold_probabilities(run_dir, labels["ids"], make_predictor(model)(dev))
     thresholds = tune_thresholds(labels["labels"], probabilities)
+    unseen = unseen_genres(prepared.genres, thresholds)
+    if unseen:
+        print(f"warning: {', '.join(unseen)} had no positive movie on dev; no threshold can be tuned for them, so "
+              "the model never predicts them (threshold above any probability)", file=sys.stderr)
     means = fallback_means(model, config, prepared, caches)
     plots, posters = raw_examples(prepared, "train", limit=WARMUP_EXAMPLES)
     record = {"genres": prepared.genres, "thresholds": thresholds.tolist(), "thresholds_from": "dev",

@@ -92,3 +92,78 @@ def test_batch_predict_refuses_a_csv_without_plots_in_one_line(tiny_export, tmp_
     assert not (tmp_path / "o").exists()
     assert main(["--model", str(tmp_path), "--input", str(tmp_path / "noplot.csv"), "--output", "o"]) == 1
     assert "holds no exported version" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def text_export(make_tiny_config, tmp_path_factory):
+    """A text_frozen model (tiny BERT) trained one epoch and exported: it takes plots only."""
+    root = tmp_path_factory.mktemp("batch_text_export")
+    run_dir = train(make_tiny_config("text_frozen", "epochs=1", run_dir=root / "run"))
+    return export_run(run_dir, str(root / "models"))
+
+
+def test_a_text_model_judges_rows_by_their_plot_alone(text_export, tmp_path):
+    csv_path, _ = write_catalogue(tmp_path)
+    out = tmp_path / "out"
+    assert main(["--model", text_export, "--input", csv_path, "--output", str(out)]) == 0
+    rows, dead = read_lines(out / "predictions.jsonl"), read_lines(out / "dead_letters.jsonl")
+    # posters that are broken or missing do not matter to a model that never reads posters
+    assert sorted(rows) == ["broken-poster", "m1", "m2", "m3", "m4", "missing-poster"]
+    assert {row["inputs_used"] for row in rows.values()} == {"plot"}
+    assert {movie: row["reason"] for movie, row in dead.items()} == {
+        "m5": "no plot (the only input this model takes)",
+        "short-row": "the row has fewer fields than the header (no plot)"}
+    expected = {row["movie"]: row for row in predict(text_export, read_csv_movies(csv_path)) if row["movie"] in rows}
+    assert {m: r["genres"] for m, r in rows.items()} == {m: r["genres"] for m, r in expected.items()}
+
+
+def test_every_row_is_scored_or_dead_lettered_once_whatever_its_size_or_quoting(text_export, tmp_path, capsys):
+    from genre_tf.predict import main as predict_main
+
+    lines = ["id,plot,poster", "m1,a ghost in the dark night,", "m2," + "x" * 10_000_000 + ",",
+             'm3,"a ghost story with a quote never closed,', "m4,the hero will fight in the city,",
+             'm5,"a love story, told twice",', 'm6,"a plot ""quoted"" inside",']
+    (tmp_path / "movies.csv").write_text("\n".join(lines) + "\n")
+    csv_path, out = str(tmp_path / "movies.csv"), tmp_path / "out"
+    assert main(["--model", text_export, "--input", csv_path, "--output", str(out)]) == 0
+    assert sorted(read_lines(out / "predictions.jsonl")) == ["m1", "m4", "m5", "m6"]
+    dead = {row["source"]: row["reason"] for row in read_lines(out / "dead_letters.jsonl").values()}
+    assert dead == {f"{csv_path}:3": "the row is longer than 1048576 bytes (the CSV reader's limit)",
+                    f"{csv_path}:4": "a quote inside a quoted field is followed by 'a', not by a comma or the line's "
+                                     "end (an unterminated quote, or a quote not doubled)"}
+    assert sorted(os.listdir(out)) == ["dead_letters.jsonl", "predictions.jsonl"]  # no beam-temp-* left
+    capsys.readouterr()
+    assert predict_main(["--model", text_export, "--csv", csv_path, "--json"]) == 1
+    captured = capsys.readouterr()
+    assert [json.loads(line)["movie"] for line in captured.out.splitlines()] == ["m1", "m4", "m5", "m6"]
+    assert f"{csv_path}:3: the row is longer than" in captured.err and f"{csv_path}:4: a quote inside" in captured.err
+    assert captured.err.splitlines()[-1].startswith(f"error: 2 row(s) of {csv_path} could not be read")
+
+
+def test_an_unusable_output_is_refused_before_the_pipeline_and_a_failed_rerun_keeps_the_last_run(
+        text_export, tmp_path, monkeypatch, capsys):
+    from genre_tf import batch_predict
+
+    csv_path, _ = write_catalogue(tmp_path)
+    (tmp_path / "a-file").write_text("mine")
+    for output, message in ((tmp_path / "a-file", "is a file; give a folder (it is made if missing)"),
+                            (tmp_path / "a-file" / "sub", "cannot be written: Not a directory")):
+        assert main(["--model", text_export, "--input", csv_path, "--output", str(output)]) == 1
+        error = capsys.readouterr().err
+        assert error == f"error: --output {output} {message}\n"
+    assert (tmp_path / "a-file").read_text() == "mine"
+    out = tmp_path / "out"
+    assert main(["--model", text_export, "--input", csv_path, "--output", str(out)]) == 0
+    before = {name: (out / name).read_text() for name in os.listdir(out)}
+
+    def broken(self, batch, model, inference_args=None):
+        raise ValueError("the model broke mid-run")
+
+    monkeypatch.setattr(batch_predict.GenreModelHandler, "run_inference", broken)
+    (tmp_path / "other.csv").write_text("id,plot\nz1,a ghost in the dark night\n")
+    assert main(["--model", text_export, "--input", str(tmp_path / "other.csv"), "--output", str(out)]) == 1
+    assert "the model broke mid-run" in capsys.readouterr().err
+    assert {name: (out / name).read_text() for name in os.listdir(out)} == before  # the last run, whole
+    monkeypatch.undo()
+    assert main(["--model", text_export, "--input", str(tmp_path / "other.csv"), "--output", str(out)]) == 0
+    assert list(read_lines(out / "predictions.jsonl")) == ["z1"] and (out / "dead_letters.jsonl").read_text() == ""

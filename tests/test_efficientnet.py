@@ -216,6 +216,7 @@ def test_hand_built_file_with_strided_views_and_all_dtypes(tmp_path):
     ("missing_storage", "have no data"),
     ("not_a_tensor", "not a dict of tensors"),
     ("zip", "zip-format"),
+    ("zero_stride", "claims 3000000000 elements, more than its 12-element storage"),
 ])
 def test_malformed_files_give_clear_errors(tmp_path, case, message):
     floats = np.arange(12, dtype=np.float32)
@@ -234,6 +235,9 @@ def test_malformed_files_give_clear_errors(tmp_path, case, message):
         path.write_bytes(data[:count_at] + struct.pack("<q", 2**62) + data[count_at + 8:])
     elif case == "missing_storage":
         legacy_file(path, good, [])
+    elif case == "zero_stride":  # a few hundred bytes that would copy out 12 GB of one repeated float
+        legacy_file(path, state_ops([("w", tensor_ops("FloatStorage", "0", 12, 0, (3_000_000_000,), (0,)))]),
+                    [("0", floats)])
     elif case == "not_a_tensor":
         legacy_file(path, pickle.dumps({"w": [1.0, 2.0]}, protocol=2))
     else:

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import genre_tf  # noqa: F401
+from genre_tf.config import MAX_REQUEST_MOVIES
 from genre_tf.files import cache_root, read_json
 from genre_tf.dataset import load_prepared, raw_examples
 from genre_tf.evaluation import predict_split, restore_run
@@ -326,11 +327,13 @@ def batching_parameters(text: str) -> dict[str, int]:
     proto = descriptor_pb2.FileDescriptorProto(name="batching_parameters.proto", package="tensorflow.serving",
                                                dependency=["google/protobuf/wrappers.proto"])
     message = proto.message_type.add(name="BatchingParameters")
-    fields = ["max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"]
+    fields = {"max_batch_size": "Int64Value", "batch_timeout_micros": "Int64Value",
+              "max_enqueued_batches": "Int64Value", "num_batch_threads": "Int64Value",
+              "enable_large_batch_splitting": "BoolValue", "max_execution_batch_size": "Int64Value"}
     field = descriptor_pb2.FieldDescriptorProto
-    for number, name in enumerate(fields, start=1):
+    for number, (name, kind) in enumerate(fields.items(), start=1):
         message.field.add(name=name, number=number, type=field.TYPE_MESSAGE, label=field.LABEL_OPTIONAL,
-                          type_name=".google.protobuf.Int64Value")
+                          type_name=f".google.protobuf.{kind}")
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(proto)
@@ -349,18 +352,20 @@ def test_the_export_writes_the_batching_config_the_readme_names(text_exports):
     assert "--batching_parameters_file=/models/genre_tf/batching.config" in readme
     block = re.search(r"this is what the export writes:\n\n```\n(.*?)```", readme, re.S)
     assert parameters == batching_parameters(block.group(1)) == {
-        "max_batch_size": 32, "batch_timeout_micros": 5000, "num_batch_threads": 2, "max_enqueued_batches": 100}
-    # With batching on, TF Serving runs up to max_batch_size requests from different clients as one batch:
+        "max_batch_size": MAX_REQUEST_MOVIES, "enable_large_batch_splitting": True, "max_execution_batch_size": 32,
+        "batch_timeout_micros": 5000, "num_batch_threads": 2, "max_enqueued_batches": 100}
+    # Any request the signature takes (up to 512 movies) is taken, split into batches of max_execution_batch_size.
+    # With batching on, TF Serving runs up to that many requests from different clients as one batch:
     # the model must take that batch, and each row must come out as it does alone (plots of other lengths
     # beside it change how far the batch is trimmed).
     serve = tf.saved_model.load(text_exports[1]).signatures["serving_default"]
     words = ["the", "hero", "ghost", "laugh", "family", "night", "dark", "city"]
     plots = [" ".join(words[(row + i) % len(words)] for i in range(1 + 4 * row)) for row in range(
-        parameters["max_batch_size"])]
+        parameters["max_execution_batch_size"])]
     merged = serve(plot=tf.constant(plots), poster=tf.constant([b""] * len(plots)))["probabilities"].numpy()
     alone = np.concatenate([serve(plot=tf.constant([plot]), poster=tf.constant([b""]))["probabilities"].numpy()
                             for plot in plots])
-    assert merged.shape == (parameters["max_batch_size"], 4) and np.ptp(alone, axis=0).max() > 1e-4
+    assert merged.shape == (parameters["max_execution_batch_size"], 4) and np.ptp(alone, axis=0).max() > 1e-4
     np.testing.assert_allclose(merged, alone, atol=1e-5, rtol=0)
 
 

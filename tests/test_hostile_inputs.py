@@ -1,4 +1,5 @@
 """Hostile inputs (issue #14), each built in a temporary folder: none crashes, vanishes, leaks or reads unbounded."""
+import contextlib
 import dataclasses
 import io
 import json
@@ -143,20 +144,30 @@ def test_dev_zero_a_fifo_and_a_folder_are_refused_at_once(tmp_path):
             ["folder", "t", PLOT, "Drama", str(tmp_path / "folder.jpg")],
             ["ok", "t", PLOT, "Drama", str(tmp_path / "ok.jpg")]]
     csv_path = write_csv(tmp_path / "movies.csv", rows, header=("id", "title", "plot", "genres", "poster"))
+    # The work is bounded, not the clock (shared CI cores): every byte read through os.read is counted, and a
+    # FIFO waited on would hang the child until run_bounded's timeout.
     result = run_bounded(f"""
-        import json, pathlib, time
+        import json, os, pathlib
         from genre_tf.prepare import validate_all
         from genre_tf.readers import read_catalogue
         from genre_tf.config import ValidationRules
         from genre_tf.images import prepared_poster
         records = read_catalogue({str(csv_path)!r}, poster_dir="/").records  # "/" lets /dev/zero past confinement
         prepared_poster(pathlib.Path({str(tmp_path / "ok.jpg")!r}).read_bytes(), 32)  # loads TensorFlow first
-        start = time.perf_counter()
+        read, real_read = [0], os.read
+
+        def counted_read(descriptor, count):
+            data = real_read(descriptor, count)
+            read[0] += len(data)
+            return data
+
+        os.read = counted_read
         movies, rejects = validate_all(records, ValidationRules(image_size=32), progress=False)
-        print(json.dumps({{"seconds": time.perf_counter() - start, "kept": [m.movie_id for m in movies],
+        print(json.dumps({{"bytes_read": read[0], "kept": [m.movie_id for m in movies],
                           "reasons": {{r.movie_id: r.reason for r in rejects}}}}))
     """)
-    assert result["kept"] == ["ok"] and result["seconds"] < 1.0
+    ok_size = (tmp_path / "ok.jpg").stat().st_size
+    assert result["kept"] == ["ok"] and result["bytes_read"] <= ok_size  # nothing of /dev/zero, the FIFO or folder
     assert result["reasons"] == {
         "zero": "poster file not a regular file: /dev/zero is a character device",
         "fifo": f"poster file not a regular file: {tmp_path / 'fifo.jpg'} is a FIFO (named pipe)",
@@ -957,3 +968,98 @@ def test_a_tensorflow_error_while_training_is_one_line(monkeypatch, capsys):
     assert train_script.main(["epochs=1"]) == 1
     error = capsys.readouterr().err
     assert error == "error: backup/ckpt.data: No space left on device; rerun the same command to resume\n"
+
+
+def test_serving_refuses_non_finite_poster_features(late_fusion_export):
+    import tensorflow as tf
+
+    plots = tf.constant(["a ghost story", "a family laughs"])
+    for bad in (np.nan, np.inf, -np.inf):
+        features = tf.constant([[0.5, 0.5, 0.5], [0.2, bad, 0.1]], tf.float32)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="poster_features must be finite numbers"):
+            late_fusion_export["with_poster_features"](plot=plots, poster_features=features)
+    served = late_fusion_export["with_poster_features"](plot=plots, poster_features=tf.fill([2, 3], 0.5))
+    assert np.isfinite(served["probabilities"].numpy()).all()
+
+
+@contextlib.contextmanager
+def raw_server(answer_chunks, pause: float = 0.0):
+    """A local TCP server that reads one request and sends the chunks (pausing between them); yields its URL."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for chunk in answer_chunks:
+                try:
+                    connection.sendall(chunk)
+                except OSError:
+                    return
+                time.sleep(pause)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_the_client_timeout_bounds_the_whole_request(capsys):
+    import time
+
+    from export import client
+
+    trickle = [bytes([byte]) for byte in b"HTTP/1.0 200 OK\r\nContent-Length: 1000\r\n\r\n" + b" " * 1000]
+    with raw_server(trickle, pause=0.2) as url:  # a byte every 0.2 s: each read is quick, the answer never ends
+        started = time.monotonic()
+        assert client.main(["--rest", url, "--plot", "a ghost story", "--timeout", "1.5"]) == 1
+        seconds = time.monotonic() - started
+    error = capsys.readouterr().err
+    assert error == f"error: TF Serving at {url} sent no complete answer within --timeout 1.5 s\n"
+    assert seconds < 1.5 + 10  # before: 200 s, the time the trickle takes; the margin is for a loaded machine
+
+
+@pytest.mark.parametrize("answer", [
+    [b"SSH-2.0-OpenSSH_9.6\r\n"],                                                    # not HTTP at all
+    [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n"],  # malformed chunked body
+    [b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n{}"],  # > 100 headers
+], ids=["not_http", "bad_chunk", "many_headers"])
+def test_the_client_turns_malformed_http_into_its_one_line_error(answer, capsys):
+    from export import client
+
+    with raw_server(answer) as url:
+        assert client.main(["--rest", url, "--plot", "a ghost story", "--timeout", "20"]) == 1
+    out, error = capsys.readouterr()
+    assert out == "" and error.startswith(f"error: {url} answered, but the answer is not valid HTTP (")
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+
+
+def test_serving_refuses_an_empty_request_and_reads_invalid_utf8_as_no_plot(late_fusion_export):
+    import tensorflow as tf
+
+    for name, posters in (("serving_default", tf.constant([], tf.string)),
+                          ("with_poster_features", tf.zeros([0, 3]))):
+        inputs = {"poster" if name == "serving_default" else "poster_features": posters}
+        with pytest.raises(tf.errors.InvalidArgumentError, match="a request holds at least 1 movie"):
+            late_fusion_export[name](plot=tf.constant([], tf.string), **inputs)
+    served = late_fusion_export["serving_default"](plot=tf.constant([b"\xff\xfe\xfd", b"\xc3", b"a ghost"]),
+                                                   poster=tf.constant([b"", b"", b""]))
+    assert served["inputs_used"].numpy().tolist() == [b"none", b"none", b"plot"]
+
+
+def test_ids_differing_only_in_case_width_or_invisible_characters_are_one_movie(tmp_path):
+    (tmp_path / "p.jpg").write_bytes(image_bytes())
+    ids = ["tt0001", "TT0001", "ｔｔ０００１", "tt\u200b0001", "tt0002"]
+    rows = [[movie_id, "t", PLOT, "Drama", "p.jpg"] for movie_id in ids]
+    csv_path = write_csv(tmp_path / "c.csv", rows, header=("id", "title", "plot", "genres", "poster"))
+    reasons, kept = rejected(read_catalogue(str(csv_path)).records)
+    assert kept == ["tt0001", "tt0002"]  # before: all five kept, free to land on both sides of the split
+    assert reasons == {movie_id: f"duplicate id (first seen at {csv_path}:2 as 'tt0001')" for movie_id in ids[1:4]}

@@ -80,3 +80,17 @@ def test_thresholds_maximise_each_genres_f1():
     threshold = tune_thresholds(labels, probabilities)
     assert 0.2 < threshold[0] <= 0.25
     np.testing.assert_array_equal(predict_labels(probabilities, threshold), labels)
+
+
+def test_a_genre_without_a_positive_dev_movie_is_never_predicted():
+    from genre_tf.evaluation import unseen_lines
+    from genre_tf.metrics import NEVER_THRESHOLD, predict_labels, unseen_genres
+
+    labels = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    probabilities = np.array([[0.9, 0.3], [0.2, 1.0], [0.8, 0.99], [0.1, 0.05]], np.float32)
+    thresholds = tune_thresholds(labels, probabilities)
+    assert thresholds.tolist() == [0.21, NEVER_THRESHOLD]  # before: 0.02, which predicted B for every movie
+    assert predict_labels(np.ones((3, 2), np.float32), thresholds)[:, 1].tolist() == [0, 0, 0]
+    assert unseen_genres(["A", "B"], thresholds) == ["B"]
+    assert unseen_lines(["B"]) == ["", "Genres never predicted: B had no positive movie on dev, so no threshold could "
+                                       "be tuned for them; their threshold is 2, above any probability."]

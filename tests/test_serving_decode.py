@@ -75,7 +75,8 @@ def test_a_jpeg_built_to_stall_the_header_walk_is_refused_quickly():
     decode(tf.constant([jpeg]))  # traced before the clock starts
     started = time.perf_counter()
     _, decoded = decode(tf.constant([stray, tiny_segments, jpeg]))
-    assert time.perf_counter() - started < 10  # each walked byte by byte took 60 s and more before
+    # each walked byte by byte took 60 s and more before; the margin is for shared, loaded CI cores
+    assert time.perf_counter() - started < 40
     # Stray bytes are skipped as libjpeg skips them (it decodes this file, with a warning); more
     # markers than any real JPEG has is no poster.
     assert decoded.numpy().tolist() == [True, False, True]

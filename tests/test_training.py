@@ -1,5 +1,6 @@
 """Every Table 3 model trains on tiny data; run directories, resume after interruption, locking, the config."""
 import csv
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -16,7 +17,7 @@ from genre_tf import callbacks, training
 from genre_tf.files import read_json, write_json
 from genre_tf.config import dump_config, load_config
 from genre_tf.metrics import f1_scores
-from genre_tf.run_dir import HISTORY, MONITOR, best_checkpoint, checkpoint_record, read_history
+from genre_tf.run_dir import HISTORY, MONITOR, best_checkpoint, checkpoint_identity, checkpoint_record, read_history
 from genre_tf.run_dir import RunDirectoryInUse
 from genre_tf.training import train
 
@@ -362,3 +363,177 @@ def test_a_training_run_never_writes_into_its_prepared_dataset(make_tiny_config,
     before = digests(data)
     train(make_tiny_config("integrated", "epochs=1", f"data={data}", run_dir=tmp_path / "run"))  # with feature caches
     assert digests(data) == before
+
+
+def test_a_run_directory_is_never_a_prepared_dataset_nor_inside_one(small_prepared, tiny_overrides, tmp_path, capsys):
+    import train as train_script
+    from genre_tf.config import PrepareConfig
+    from genre_tf.files import sha256_of
+    from genre_tf.prepare import prepare
+
+    data = tmp_path / "data"
+    shutil.copytree(small_prepared, data, ignore=shutil.ignore_patterns("features"))
+    before = {name: sha256_of(str(data / name)) for name in os.listdir(data) if (data / name).is_file()}
+    options = [f"data={data}", "model.kind=most_common", *tiny_overrides]
+    for run_dir, where in ((data, "is"), (data / "runs" / "x", "is inside")):
+        assert train_script.main([*options, f"run_dir={run_dir}"]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: run_dir={run_dir} {where} the prepared dataset")
+        assert len(error.splitlines()) == 1
+    assert train_script.main([*options, f"run_dir={tmp_path}"]) == 1  # a run directory that holds the dataset
+    assert f"run_dir={tmp_path} holds the prepared dataset {data}" in capsys.readouterr().err
+    assert {name: sha256_of(str(data / name)) for name in before} == before and not (data / "runs").exists()
+    assert not (tmp_path / "config.json").exists()
+    run_dir = train(load_config(overrides=[*options, f"run_dir={tmp_path / 'run'}"]))
+    with pytest.raises(ValueError, match=f"out={run_dir}/prepared is inside the training run {run_dir}"):
+        prepare(PrepareConfig(catalogue=str(tmp_path / "raw"), out=f"{run_dir}/prepared"), progress=False)
+
+
+def test_a_refused_run_leaves_nothing_that_blocks_the_corrected_command(tiny_config, tmp_path, monkeypatch,
+                                                                       make_tiny_config):
+    typo = tmp_path / "text_rnu"
+    late = ("model.fusion=late", f"model.text_run={typo}", f"model.poster_run={typo}")
+    config = tiny_config("integrated", *late)
+    with pytest.raises(ValueError, match="is not a finished run"):
+        train(config)
+    assert not os.path.exists(config.run_dir)  # it did not exist before
+    os.makedirs(config.run_dir)
+    Path(config.run_dir, "notes.txt").write_text("mine")  # a folder the user made keeps what the user put there
+    with pytest.raises(ValueError, match="is not a finished run"):
+        train(config)
+    assert os.listdir(config.run_dir) == ["notes.txt"]
+    # the default run folder: the corrected command (here another model in the same folder) is not refused
+    monkeypatch.chdir(tmp_path)
+    default = make_tiny_config("integrated", *late, run_dir="")
+    with pytest.raises(ValueError, match="is not a finished run"):
+        train(default)
+    assert not os.path.exists(os.path.join("runs", "small-test-integrated", "config.json"))
+    corrected = make_tiny_config("integrated", "model.fusion=late", "model.kind=most_common", run_dir="")
+    run_dir = train(dataclasses.replace(corrected, run_dir=os.path.join("runs", "small-test-integrated")))
+    assert read_json(os.path.join(run_dir, "final.json"))["model"] == "most_common"
+    # refused after the run folder was written (a finished run, but of the wrong kind): it is removed again
+    wrong_kind = make_tiny_config("integrated", "model.fusion=late", f"model.text_run={run_dir}",
+                                  f"model.poster_run={run_dir}", run_dir=tmp_path / "late")
+    with pytest.raises(ValueError, match="is a most_common run; late fusion needs a text_frozen run"):
+        train(wrong_kind)
+    assert not (tmp_path / "late").exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_trains_as_the_uninterrupted_run_did(make_tiny_config, tmp_path, monkeypatch):
+    # Dropout and the data order are random; a resumed run must draw what the uninterrupted run drew at each
+    # epoch, so both runs give the same loss epoch by epoch (and the same dev scores).
+    options = ("epochs=4", "patience=10", "model.dropout=0.5")
+    whole = train(make_tiny_config("text_frozen", *options, run_dir=tmp_path / "whole"))
+    config = make_tiny_config("text_frozen", *options, run_dir=tmp_path / "resumed")
+    original = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def killed_after_epoch_2(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", original)
+    train(config)
+    expected, resumed = read_history(whole), read_history(config.run_dir)
+    assert [row["epoch"] for row in resumed] == [0, 1, 2, 3]
+    assert len({row["loss"] for row in expected}) == 4  # the model does learn: every epoch's loss differs
+    for ours, theirs in zip(resumed, expected, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5, abs=1e-6)
+        assert ours[MONITOR] == pytest.approx(theirs[MONITOR], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_training_at_once_and_keeps_the_last_finite_checkpoint(
+        small_prepared, tiny_overrides, tmp_path, monkeypatch, capsys):
+    import tensorflow as tf
+
+    import train as train_script
+    from genre_tf.serving import export_run
+
+    options = [f"data={small_prepared}", f"run_dir={tmp_path / 'run'}", "model.kind=poster", *tiny_overrides,
+               "epochs=3", "patience=5"]
+    config = load_config(overrides=options)
+    poisoned = tf.Variable(False)
+    make_loss, epoch_callbacks = training.make_loss, training.epoch_callbacks
+
+    def nan_from_epoch_2(config, train_labels):
+        loss = make_loss(config, train_labels)
+        return lambda labels, probabilities: tf.where(poisoned, np.nan, loss(labels, probabilities))
+
+    def poisoning_epoch_2(*args):
+        return [keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: poisoned.assign(epoch == 1)),
+                *epoch_callbacks(*args)]
+
+    monkeypatch.setattr(training, "make_loss", nan_from_epoch_2)
+    monkeypatch.setattr(training, "epoch_callbacks", poisoning_epoch_2)
+    assert train_script.main(options) == 1
+    error = capsys.readouterr().err  # feature caching's progress bars, then the one-line error
+    assert error.splitlines()[-1].startswith("error: the training loss became nan at step 1 of epoch 2 "
+                                             "(learning_rate=0.001); training stopped")
+    assert "Traceback" not in error
+    assert [row["epoch"] for row in read_history(config.run_dir)] == [0]
+    assert checkpoint_record(config.run_dir)["epoch"] == 0
+    assert not os.path.exists(os.path.join(config.run_dir, "final.json"))
+    monkeypatch.undo()
+    run_dir = train(config)  # the same command again: it resumes from the last finite epoch and finishes
+    assert [row["epoch"] for row in read_history(run_dir)] == [0, 1, 2]
+    # a checkpoint of NaN weights (as training before this kept one) is never exported
+    from genre_tf.callbacks import save_checkpoint
+    from genre_tf.network import restore_trained
+
+    _, _, model, _ = restore_trained(run_dir)
+    model.set_weights([np.full_like(weight, np.nan) for weight in model.get_weights()])
+    save_checkpoint(model, os.path.join(run_dir, "checkpoints", "best"), checkpoint_record(run_dir))
+    serving = read_json(os.path.join(run_dir, "serving", "serving.json"))
+    write_json(os.path.join(run_dir, "serving", "serving.json"), dict(serving, checkpoint=checkpoint_identity(run_dir)))
+    with pytest.raises(ValueError, match="best checkpoint holds non-finite weights"):
+        export_run(run_dir, os.path.join(config.run_dir, "models"))
+
+
+
+@pytest.mark.parametrize("option, message", [
+    ("learning_rate=inf", "learning_rate must be a finite number > 0, got inf"),
+    ("learning_rate=.nan", "learning_rate must be a finite number > 0, got nan"),
+    ("poster.image_size=20000", "poster.image_size must be 32 to 1024 pixels, got 20000"),
+    ("text.seq_length=100000", "text.seq_length must be in [8, 512]"),
+])
+def test_option_bounds_are_checked_before_a_run_folder_exists(option, message, tmp_path, monkeypatch, capsys):
+    import train as train_script
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main([option, "run_dir=run"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in error and "Traceback" not in error
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_preprocessor_without_tokenize_refuses_another_seq_length_in_one_line(small_prepared, tiny_hub_bert,
+                                                                                 tmp_path, capsys):
+    import tensorflow as tf
+
+    import train as train_script
+
+    class PackOnly(tf.Module):
+        """A preprocessor that only packs 128 tokens (no tokenize, no bert_pack_inputs)."""
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, plot):
+            ids = tf.zeros([tf.shape(plot)[0], 128], tf.int32)
+            return {"input_word_ids": ids, "input_mask": ids, "input_type_ids": ids}
+
+    tf.saved_model.save(PackOnly(), str(tmp_path / "pack_only"))
+    run_dir = tmp_path / "run"
+    assert train_script.main([f"data={small_prepared}", f"run_dir={run_dir}", "model.kind=text_frozen",
+                              f"text.encoder={tiny_hub_bert[0]}", f"text.preprocessor={tmp_path / 'pack_only'}",
+                              "text.seq_length=64", "batch_size=8", "epochs=1"]) == 1
+    error = capsys.readouterr().err
+    assert error.splitlines()[-1] == (f"error: text.seq_length=64 needs a preprocessor with TF-Hub's tokenize and "
+                                      f"bert_pack_inputs, and {tmp_path / 'pack_only'} has no tokenize or "
+                                      "bert_pack_inputs; use text.seq_length=128 (what it packs) or another "
+                                      "text.preprocessor")
+    assert "Traceback" not in error and not run_dir.exists()  # nothing left to block the corrected command
