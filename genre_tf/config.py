@@ -42,6 +42,9 @@ class ModelConfig:
     # late only: finished runs to use as the branches (same dataset); empty = train them inside this run
     text_run: str = ""            # a text_finetuned run (text_frozen when fine_tune_text is false)
     poster_run: str = ""          # a poster run
+    # A per-genre calibrator on the logits, fitted on dev after training (genre_tf/calibration.py); it sits inside
+    # the model and the export, and thresholds are tuned on its cross-fitted dev probabilities.
+    calibration: str = "none"     # none | temperature | platt
 
 
 @dataclasses.dataclass
@@ -126,6 +129,7 @@ class TrainConfig:
 DEMO_PRESET = {"text.seq_length": 64, "poster.image_size": 96, "epochs": 40, "patience": 8}
 LOSSES = ("soft_f1", "bce", "weighted_bce")
 FUSIONS = ("late", "concat")
+CALIBRATIONS = ("none", "temperature", "platt")
 DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
 
 
@@ -308,6 +312,8 @@ def validate(config: TrainConfig) -> None:
     _raise_first([
         (model.kind in MODEL_KINDS, f"model.kind must be one of {MODEL_KINDS}, got {_quoted(model.kind)}"),
         (model.fusion in FUSIONS, f"model.fusion must be one of {FUSIONS}, got {_quoted(model.fusion)}"),
+        (model.calibration in CALIBRATIONS,
+         f"model.calibration must be one of {CALIBRATIONS}, got {_quoted(model.calibration)}"),
         (0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}"),
         (model.l2 >= 0 and model.fusion_units >= 1 and all(u >= 1 for u in model.text_units),
          "model.l2 must be >= 0 and every layer width >= 1"),

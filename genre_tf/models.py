@@ -7,9 +7,10 @@ import tf_keras as keras
 
 from genre_tf.config import MODEL_KINDS, ModelConfig, fine_tunes_text, late_fusion, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
-from genre_tf.layers import GenreMix
+from genre_tf.layers import GenreCalibration, GenreMix
 
 HEAD = "genre_head"  # the named sub-model after the encoders: feature inputs in, genre logits out
+CALIBRATION = "genre_calibration"  # the head's last layer when model.calibration is not none
 
 
 def _dense(units, config, name, activation="relu"):
@@ -48,7 +49,8 @@ def build_genre_head(config: ModelConfig, num_genres: int, text_dim: int = 384, 
     if late_fusion(config):
         text_logits = _dense(num_genres, config, "genre_logits", activation=None)(branches[0])
         poster_logits = _dense(num_genres, config, "poster_logits", activation=None)(branches[1])
-        return keras.Model(inputs, GenreMix(num_genres, name="fusion_mix")([text_logits, poster_logits]), name=HEAD)
+        logits = GenreMix(num_genres, name="fusion_mix")([text_logits, poster_logits])
+        return keras.Model(inputs, _calibrated(logits, config, num_genres), name=HEAD)
     if config.kind == "integrated":
         if config.branch_norm:
             # CNN features (ResNet50's ~30x) are larger than the text head's output; unnormalised they swamp it.
@@ -59,7 +61,15 @@ def build_genre_head(config: ModelConfig, num_genres: int, text_dim: int = 384, 
         x = keras.layers.Dropout(config.dropout, name="fusion_dropout")(x)
     else:
         x = branches[0]  # poster: features straight into the sigmoid layer (section 4.2)
-    return keras.Model(inputs, _dense(num_genres, config, "genre_logits", activation=None)(x), name=HEAD)
+    logits = _dense(num_genres, config, "genre_logits", activation=None)(x)
+    return keras.Model(inputs, _calibrated(logits, config, num_genres), name=HEAD)
+
+
+def _calibrated(logits, config: ModelConfig, num_genres: int):
+    """The logits through the per-genre calibrator (identity until fitted on dev), or unchanged without one."""
+    if config.calibration == "none":
+        return logits
+    return GenreCalibration(num_genres, name=CALIBRATION)(logits)
 
 
 def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 1280,
