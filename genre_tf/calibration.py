@@ -209,3 +209,29 @@ def fit_calibrators(logits: np.ndarray, labels: np.ndarray, method: str,
             out_of_fold[held_rows, genre] = _sigmoid(a * z[held_rows, genre] + b)
         scale[genre], bias[genre] = fit_scaling(z[:, genre], column, method)
     return scale, bias, out_of_fold
+
+
+def calibration_lines(metrics: dict) -> list[str]:
+    """The report's calibration section (markdown): pooled scores per split, then each genre's on test."""
+    lines = ["## Calibration: does a probability of 0.7 come true 7 times in 10?", "",
+             f"Expected calibration error (ECE: the mean gap between predicted probability and observed frequency "
+             f"over {BINS} equal-mass bins; 0 is perfect), Brier score (mean squared error of the probabilities) "
+             "and log loss (mean binary cross-entropy); lower is better for all three. In brackets: the 95% "
+             "bootstrap interval over movies. Pooled: every (movie, genre) pair together.", "",
+             "| split | ECE (95% CI) | Brier (95% CI) | log loss (95% CI) |", "| --- | --- | --- | --- |"]
+    for name in ("dev", "test"):
+        scores = metrics["splits"][name]["calibration"]
+        lines.append(f"| {name} | " + " | ".join(_interval_text(scores[s]) for s in SCORES) + " |")
+    test = metrics["splits"]["test"]["calibration"]
+    lines += ["", "| genre (test) | ECE (95% CI) | Brier (95% CI) | log loss (95% CI) |", "| --- | --- | --- | --- |"]
+    for index, genre in enumerate(metrics["genres"]):
+        lines.append(f"| {genre} | " + " | ".join(_interval_text(test[f"{s}_per_genre"][index]) for s in SCORES) + " |")
+    return lines + ["", "![reliability diagram](reliability.png)", "",
+                    "Reading the diagram: each dot is a bin of test predictions; across, their mean probability; up, "
+                    "how often the genre was really there. Dots below the dashed diagonal: the model is overconfident "
+                    "there (it says 0.8, the genre is there less often); above: underconfident. The numbers are how "
+                    "many predictions fell in each bin."]
+
+
+def _interval_text(interval: dict) -> str:
+    return f"{interval['value']:.4f} ({interval['low']:.4f}-{interval['high']:.4f})"

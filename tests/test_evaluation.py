@@ -93,6 +93,17 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
     np.testing.assert_allclose(stored["test_probabilities"], test_split["probabilities"], atol=1e-6)
     assert stored["test_ids"].tolist() == list(test_split["ids"]) and stored["dev_labels"].shape == dev["labels"].shape
     assert os.listdir(os.path.join(trained_run, "logs", "evaluation"))
+    # calibration: the scores of these very test probabilities, with intervals, in metrics.json and the report
+    from genre_tf.calibration import calibration_intervals
+
+    expected = calibration_intervals(test_split["labels"], stored["test_probabilities"])
+    for name in ("ece", "brier", "log_loss"):
+        stored_score = test["calibration"][name]
+        assert stored_score["value"] == pytest.approx(expected[name]["value"], abs=1e-6)
+        assert stored_score["low"] <= stored_score["value"] <= stored_score["high"]
+        assert f"{stored_score['value']:.4f} ({stored_score['low']:.4f}-{stored_score['high']:.4f})" in report
+    assert len(test["calibration"]["ece_per_genre"]) == len(run.prepared.genres)
+    assert "![reliability diagram](reliability.png)" in report and "equal-mass bins" in report
 
 
 def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config, capsys):
@@ -103,6 +114,8 @@ def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config
     table = capsys.readouterr().out
     assert "| poster (poster) | no |" in table and "| most_common (most_common) | no |" in table
     assert "| best / best |" in table and "paired" in table and "95%" in table
+    ece = read_json(os.path.join(trained_run, "metrics.json"))["splits"]["test"]["calibration"]["ece"]
+    assert f"| poster (poster) | no | 1 | {ece['value']:.4f} (" in table and "| ECE (95% CI) |" in table
     # a second seed of the poster model is folded into the poster row: the mean of the two, with their range
     seed_1 = train(tiny_config("poster", "epochs=3", "seed=1", f"run_dir={trained_run}-seed1"))
     scores = [evaluate_run(run)["splits"]["test"]["tuned"]["weighted_f1"] for run in (trained_run, seed_1)]
