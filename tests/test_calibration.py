@@ -147,3 +147,32 @@ def test_a_platt_run_serves_calibrated_probabilities_and_tunes_on_the_cross_fitt
     with open(path, "w") as handle:
         json.dump(tree, handle)
     assert load_config(run_dir).model.calibration == "none" and config.model.calibration == "platt"
+
+
+@pytest.mark.slow
+def test_recalibrate_gives_a_finished_run_a_calibrator_on_the_same_network(tiny_config, tmp_path, capsys):
+    from genre_tf.dataset import make_dataset
+    from genre_tf.evaluation import evaluate_run
+    from genre_tf.models import CALIBRATION, HEAD
+    from genre_tf.network import restore_trained
+    from genre_tf.recalibrate import main
+    from genre_tf.run_dir import load_config
+    from genre_tf.training import train
+
+    plain_dir = train(tiny_config("text_frozen", "epochs=3"))  # the tiny poster model's scores are all tied
+    out = str(tmp_path / "text-temperature")
+    assert main([plain_dir, "temperature", out]) == 0
+    assert load_config(out).model.calibration == "temperature" and load_config(plain_dir).model.calibration == "none"
+    _, prepared, plain, caches = restore_trained(plain_dir)
+    _, _, calibrated, _ = restore_trained(out)
+    scale, bias = calibrated.get_layer(HEAD).get_layer(CALIBRATION).get_weights()
+    assert (bias == 0).all() and not np.allclose(scale, 1)
+    test = make_dataset(prepared, "test", 64, training=False, input_names=list(plain.input_names), image_size=32,
+                        feature_caches=caches)
+    p = plain.predict(test, verbose=0).astype(np.float64)
+    np.testing.assert_allclose(calibrated.predict(test, verbose=0), sigmoid(scale * np.log(p / (1 - p))), atol=1e-5)
+    before, after = evaluate_run(plain_dir), evaluate_run(out)
+    for name in ("roc_auc", "pr_auc"):  # a monotone map per genre: the ranking is the network's
+        assert [g[name] for g in after["splits"]["test"]["per_genre"]] == pytest.approx(
+            [g[name] for g in before["splits"]["test"]["per_genre"]], abs=1e-6)
+    assert main([plain_dir, "platt", out]) == 1 and "exists already" in capsys.readouterr().err
