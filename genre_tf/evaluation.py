@@ -19,6 +19,7 @@ from genre_tf.fusion import threshold_probabilities
 from genre_tf.metrics import distinct_combinations, f1_scores, predict_labels, ranking_scores, tune_thresholds
 from genre_tf.callbacks import make_predictor
 from genre_tf.network import restore_trained
+from genre_tf.projector import write_projector
 from genre_tf.run_dir import load_config, read_serving_files, require_finished
 from genre_tf.uncertainty import LEVEL, RESAMPLES, SEED, bootstrap_intervals, format_interval
 
@@ -393,6 +394,8 @@ def evaluate_run(run_dir: str, allow_unfinished: bool = False) -> dict:
     write_json(os.path.join(run_dir, "metrics.json"), metrics)
     write_text(os.path.join(run_dir, "report.md"), report)
     write_tensorboard(run_dir, run.prepared.genres, test, pictures, metrics)
+    if run.config.model.kind != "most_common":  # no head, nothing learned to map
+        write_projector(run, test, metrics["thresholds"], movies)
     return metrics
 
 

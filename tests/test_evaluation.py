@@ -104,6 +104,21 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
         assert f"{stored_score['value']:.4f} ({stored_score['low']:.4f}-{stored_score['high']:.4f})" in report
     assert len(test["calibration"]["ece_per_genre"]) == len(run.prepared.genres)
     assert "![reliability diagram](reliability.png)" in report and "equal-mass bins" in report
+    # the projector: one point per test movie, placed by the head's last hidden layer (for the poster model, the
+    # poster features themselves), with its metadata row and its poster in the sprite
+    folder = os.path.join(trained_run, "logs", "projector")
+    rows = Path(os.path.join(folder, "metadata.tsv")).read_text().splitlines()
+    assert rows[0] == "title\tyear\ttrue genres\tpredicted genres" and len(rows) == len(test_split["ids"]) + 1
+    assert "projector_config.pbtxt" in os.listdir(folder)
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(folder))
+    vectors = reader.get_tensor("embedding/.ATTRIBUTES/VARIABLE_VALUE")
+    ids, features = run.caches["poster_features"]
+    row_of = {movie_id: index for index, movie_id in enumerate(ids)}
+    np.testing.assert_allclose(vectors, features[[row_of[i] for i in test_split["ids"]]], atol=1e-6)
+    with Image.open(os.path.join(folder, "sprite.png")) as sprite:
+        side = int(np.ceil(np.sqrt(len(rows) - 1))) * 48
+        assert sprite.size == (side, side)
 
 
 def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config, capsys):
