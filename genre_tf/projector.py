@@ -84,4 +84,8 @@ def _save_embedding(folder: str, vectors: np.ndarray) -> str:
     embedding.sprite.image_path = "sprite.png"
     embedding.sprite.single_image_dim.extend([THUMBNAIL, THUMBNAIL])
     projector.visualize_embeddings(folder, config)
+    # TensorBoard lists a subfolder as a run (and the projector looks for its config there) only if it holds events
+    with tf.summary.create_file_writer(folder).as_default(step=0):
+        tf.summary.text("projector/about", f"{len(vectors)} test movies, {vectors.shape[1]} dimensions: the genre "
+                        "head's last hidden layer. Open the Projector tab.")
     return folder

@@ -110,6 +110,7 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
     rows = Path(os.path.join(folder, "metadata.tsv")).read_text().splitlines()
     assert rows[0] == "title\tyear\ttrue genres\tpredicted genres" and len(rows) == len(test_split["ids"]) + 1
     assert "projector_config.pbtxt" in os.listdir(folder)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(folder))  # else TensorBoard skips it
     import tensorflow as tf
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(folder))
     vectors = reader.get_tensor("embedding/.ATTRIBUTES/VARIABLE_VALUE")
