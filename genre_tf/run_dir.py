@@ -128,6 +128,9 @@ def load_config(run_dir: str) -> TrainConfig:
     if not isinstance(tree, dict) or not tree:
         raise ValueError(f"{path} is empty: it holds no options, and defaults would describe another run; "
                          "restore it or retrain the run")
+    model = tree.get("model", {})
+    if isinstance(model, dict) and "calibration" not in model:  # runs from before the option had no calibrator
+        tree = {**tree, "model": {**model, "calibration": "none"}}
     try:
         return config_from_dict(tree)  # JSON, not YAML: YAML 1.1 reads JSON's 1e-05 as a string
     except ValueError as error:
