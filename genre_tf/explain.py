@@ -150,15 +150,13 @@ def heatmap_png(poster: bytes, heat: np.ndarray, genre_names: Sequence[str], exp
     return buffer.getvalue()
 
 
-def explain_movies(model_dir: str, movies, explain_dir: str = "", as_json: bool = False):
+def explain_movies(serving, movies, explain_dir: str = "", as_json: bool = False):
     """`predict --explain`: yields each movie's explanation as text (or a JSON line), and with explain_dir writes
-    its poster heat map as <explain_dir>/<movie>.png."""
+    its poster heat map as <explain_dir>/<movie>.png. `serving`: predict.load_serving's (explain never imports
+    predict, which imports it)."""
     import json
     import os
 
-    from genre_tf.predict import load_serving
-
-    serving = load_serving(model_dir)
     if explain_dir:
         os.makedirs(explain_dir, exist_ok=True)
     for index, movie in enumerate(movies):
@@ -208,33 +206,3 @@ def _without_words(plot: str, keys) -> str:
     keys = set(keys)
     return " ".join(word for word in plot.split() if word_key(word) not in keys)
 
-
-def main(argv=None) -> int:
-    """`python -m genre_tf.explain --model EXPORT --csv MOVIES.csv`: the faithfulness check of the explanations."""
-    import argparse
-    import itertools
-    import json
-    import sys
-
-    from genre_tf.predict import latest_version, load_serving, read_csv_movies
-
-    parser = argparse.ArgumentParser(description=faithfulness.__doc__)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--csv", required=True, help="columns: plot, optionally poster (a path), id, title")
-    parser.add_argument("--poster-dir", default="")
-    parser.add_argument("--limit", type=int, default=100, help="movies to explain (the first ones of the CSV)")
-    parser.add_argument("--words", type=int, default=3)
-    args = parser.parse_args(argv)
-    try:
-        started = time.perf_counter()
-        movies = itertools.islice(read_csv_movies(args.csv, args.poster_dir), args.limit)
-        result = faithfulness(load_serving(latest_version(args.model)), movies, args.words)
-        print(json.dumps(dict(result, seconds=round(time.perf_counter() - started, 1))))
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

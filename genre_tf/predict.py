@@ -176,7 +176,8 @@ def main(argv=None) -> int:
         if args.explain or args.explain_dir:
             from genre_tf.explain import explain_movies
 
-            for text in explain_movies(latest_version(args.model), read_inputs(args), args.explain_dir, args.json):
+            serving = load_serving(latest_version(args.model))
+            for text in explain_movies(serving, read_inputs(args), args.explain_dir, args.json):
                 print(text, flush=True)
             return 0
         for result in predict(latest_version(args.model), read_inputs(args), args.batch_size):
