@@ -137,6 +137,18 @@ def test_a_platt_run_serves_calibrated_probabilities_and_tunes_on_the_cross_fitt
     np.testing.assert_allclose(stored["probabilities"], refit, atol=1e-4)
     serving = read_json(os.path.join(run_dir, "serving", "serving.json"))
     assert serving["thresholds"] == tune_thresholds(labels["labels"], stored["probabilities"]).tolist()
+    # the SavedModel serves the calibrated probabilities and predicts at the thresholds tuned on them
+    import tensorflow as tf
+
+    from genre_tf.serving import export_run
+
+    version = export_run(run_dir, str(os.path.join(run_dir, "models")))
+    movies = {movie["movie_id"]: movie for movie in prepared.movies()}
+    serve = tf.saved_model.load(version).signatures["serving_default"]
+    served = serve(plot=tf.constant([movies[i]["plot"] for i in labels["ids"]]),
+                   poster=tf.constant([b""] * len(labels["ids"])))
+    np.testing.assert_allclose(served["probabilities"].numpy(), probabilities, atol=1e-4)
+    np.testing.assert_array_equal(served["predicted"].numpy(), probabilities >= np.asarray(serving["thresholds"]))
     finalise_run(run_dir)  # refitting starts from the plain logits: the same calibrator, not one on top of it
     _, _, again, _ = restore_trained(run_dir)
     np.testing.assert_allclose(again.get_layer(HEAD).get_layer(CALIBRATION).get_weights()[0], scale, rtol=1e-4)
