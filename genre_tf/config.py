@@ -44,8 +44,8 @@ class ModelConfig:
     poster_run: str = ""          # a poster run
     # A per-genre calibrator on the logits, fitted on dev after training (genre_tf/calibration.py); it sits inside
     # the model and the export, and thresholds are tuned on its cross-fitted dev probabilities. platt: on real movies
-    # its cross-fitted dev ECE was a tenth of the uncalibrated model's, temperature's under half (README, "Calibrated
-    # probabilities"). Runs whose config.json predates the option load as none.
+    # its cross-fitted dev ECE was a twentieth of the uncalibrated model's, temperature's under half (README,
+    # "Calibrated probabilities"). Runs whose config.json predates the option load as none.
     calibration: str = "platt"    # none | temperature | platt
 
 
