@@ -210,7 +210,7 @@ def table3_markdown(table: dict) -> str:
     """Table 3 under its floors and classic rows, the paper's numbers beside ours, and per-genre F1."""
     from genre_tf.baselines import METRICS
     from genre_tf.encoders import encoders_summary
-    from genre_tf.comparison import uncertainty_lines
+    from genre_tf.comparison import calibration_table_lines, uncertainty_lines
     from genre_tf.evaluation import table3_lines
 
     quick = " Quick mode: the models that fine-tune BERT ran " + " ".join(QUICK) + "." if table["quick"] else ""
@@ -222,6 +222,7 @@ def table3_markdown(table: dict) -> str:
              f"test split of {table['test_movies']} movies; per-genre thresholds tuned on dev, applied unchanged to "
              f"test. Options: {' '.join(table['overrides']) or 'defaults'}.{quick} Seeds per model: {seeds}. "
              f"Encoders: {encoders}.", "", *uncertainty_lines([*table["floors"], *table["rows"]], best),
+             "", *calibration_table_lines(table["rows"]),
              "", "Every score (means over seeds, four decimals; not a claim of that precision):", "",
              *table3_lines([*table["floors"], *table["rows"]])]
     deep = [row for row in table["rows"] if row["kind"] == "deep"]

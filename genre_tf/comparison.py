@@ -9,6 +9,7 @@ differ only in their seed into one row; `add_uncertainty` then adds
     "intervals":  {metric: {value, low, high}}                # bootstrap over test movies, of the seed mean
     "vs_best":    {metric: {value, low, high, excludes_zero}} # paired: this row minus the best model row
     "vs_floor":   {metric: {value, low, high, excludes_zero}} # paired: this row minus the best floor for that metric
+    "calibration": {ece, brier, log_loss: {value, low, high}} # rows with probabilities (genre_tf.calibration)
 
 and floors get "intervals". The best row is the model row with the highest mean test weighted F1.
 """
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from genre_tf.baselines import METRICS
+from genre_tf.calibration import SCORES, calibration_intervals
 from genre_tf.uncertainty import (RESAMPLES, bootstrap_intervals, format_interval, paired_difference,
                                   seed_spread)
 
@@ -79,6 +81,8 @@ def add_uncertainty(rows: Sequence[dict], floors: Sequence[dict], labels: np.nda
         row["per_genre_intervals"] = dict(zip(genres, intervals["per_genre_f1"], strict=True))
         if "probabilities" in row:  # ranking, independent of thresholds: weighted average precision, seed mean
             row["weighted_ap"] = float(np.mean([weighted_average_precision(labels, p) for p in row["probabilities"]]))
+            scores = calibration_intervals(labels, row["probabilities"], resamples)
+            row["calibration"] = {name: scores[name] for name in SCORES}
         row["vs_floor"] = {metric: paired_difference(labels, stack, floor_predictions[metric], resamples,
                                                      metrics=(metric,))[metric] for metric in METRICS}
         if row is not best:
@@ -147,3 +151,21 @@ def uncertainty_lines(rows: Sequence[dict], best: dict) -> list[str]:
                     f"resampled movies. **Bold**: the 95% interval excludes 0, a real difference at this size. Best "
                     f"row: {best['model']}{' (OS)' if best.get('oversampled') else ''}, weighted F1 "
                     f"{format_interval(resamples)}."]
+
+
+def calibration_table_lines(rows: Sequence[dict]) -> list[str]:
+    """The rows' calibration on test as markdown: ECE, Brier and log loss, each with its 95% interval."""
+    rows = [row for row in rows if "calibration" in row]
+    if not rows:
+        return []
+    lines = ["| model | OS | seeds | ECE (95% CI) | Brier (95% CI) | log loss (95% CI) | weighted AP |",
+             "| --- " * 7 + "|"]
+    for row in rows:
+        oversampled = {True: "yes", False: "no"}.get(row.get("oversampled"), "-")
+        cells = [format_interval(row["calibration"][name], digits=4) for name in SCORES]
+        seeds = row.get("spread", {}).get("weighted_f1", {}).get("seeds", 1)
+        lines.append(f"| {row['model']} | {oversampled} | {seeds} | " + " | ".join(cells)
+                     + f" | {row.get('weighted_ap', float('nan')):.3f} |")
+    return lines + ["", "Calibration on the test split, lower is better: expected calibration error over equal-mass "
+                    "bins, Brier score and log loss of the probabilities, pooled over genres; with several seeds "
+                    "the mean of their scores, its interval a percentile bootstrap over test movies."]

@@ -12,6 +12,7 @@ import tf_keras as keras
 from genre_tf.config import TrainConfig
 from genre_tf.dataset import PreparedDataset, make_dataset, split_labels
 from genre_tf.baselines import METRICS, best_floor, constant_floors, degenerate_genres, lift_rows
+from genre_tf.calibration import calibration_intervals, calibration_lines, reliability_figure
 from genre_tf.encoders import encoders_summary
 from genre_tf.files import atomic_path, cache_key, read_json, write_json, write_text
 from genre_tf.fusion import threshold_probabilities
@@ -19,11 +20,12 @@ from genre_tf.metrics import (NEVER_THRESHOLD, distinct_combinations, f1_scores,
                               tune_thresholds, unseen_genres)
 from genre_tf.callbacks import make_predictor
 from genre_tf.network import restore_trained
+from genre_tf.projector import write_projector
 from genre_tf.run_dir import load_config, read_serving_files, require_finished
 from genre_tf.uncertainty import LEVEL, RESAMPLES, SEED, bootstrap_intervals, format_interval
 
 REPORT_FILES = ("report.md", "metrics.json", "predictions.npz", "cooccurrence.png", "per_genre_f1.png",
-                "f1_by_year.png", "pr_curves.png")
+                "f1_by_year.png", "pr_curves.png", "reliability.png")
 PREDICTIONS = "predictions.npz"  # dev and test ids, labels and probabilities: what paired comparisons read
 NUM_EXAMPLES = 6
 
@@ -121,7 +123,8 @@ def compute_metrics(genres: Sequence[str], dev: dict, test: dict, movies: dict[s
                                       "predicted_at_0.5": distinct_combinations(half_predictions),
                                       "predicted_tuned": distinct_combinations(tuned_predictions)},
             "by_year": scores_by_year(part["labels"], tuned_predictions,
-                                      [movies[i].get("year") for i in part["ids"]])}
+                                      [movies[i].get("year") for i in part["ids"]]),
+            "calibration": calibration_intervals(part["labels"], part["probabilities"])}
     return result
 
 
@@ -163,7 +166,9 @@ def draw_pictures(genres: Sequence[str], metrics: dict, test: dict) -> dict[str,
     return {"cooccurrence": _png(_cooccurrence_figure(genres, metrics, test)),
             "per_genre_f1": _png(_per_genre_figure(genres, metrics)),
             "f1_by_year": _png(_by_year_figure(metrics)),
-            "pr_curves": _png(_pr_curves_figure(genres, metrics, test))}
+            "pr_curves": _png(_pr_curves_figure(genres, metrics, test)),
+            "reliability": _png(reliability_figure(genres, test["labels"], test["probabilities"],
+                                                   "reliability on the test split"))}
 
 
 def _cooccurrence_figure(genres: Sequence[str], metrics: dict, test: dict):
@@ -260,6 +265,7 @@ def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures:
         tf.summary.text("evaluation/floors_and_lift", "\n".join(floor_lines(metrics)))
         tf.summary.text("evaluation/intervals", "\n".join(interval_lines(metrics)))
         tf.summary.text("evaluation/degenerate_genres", "\n".join(degenerate_lines(metrics["degenerate"])))
+        tf.summary.text("evaluation/calibration", "\n".join(calibration_lines(metrics)))
         for name, png in pictures.items():
             tf.summary.image(f"evaluation/{name}", tf.io.decode_png(png, channels=4)[None])
         for index, genre in enumerate(genres):
@@ -303,8 +309,8 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
               "## By release decade (test split, tuned thresholds)", "", "| decade | movies | weighted F1 |",
               "| --- | --- | --- |"]
     lines += [f"| {row['bucket']} | {row['movies']} | {row['weighted_f1']:.3f} |" for row in test["by_year"]]
-    lines += ["", "![F1 by year](f1_by_year.png)", "", "![PR curves](pr_curves.png)", "",
-              "## Example predictions (test split, chosen with a fixed seed)", ""]
+    lines += ["", "![F1 by year](f1_by_year.png)", "", "![PR curves](pr_curves.png)", "", *calibration_lines(metrics),
+              "", "## Example predictions (test split, chosen with a fixed seed)", ""]
     for example in metrics["examples"]:
         lines += [f"**{example['title'] or example['movie_id']}** ({example['movie_id']})  ",
                   f"> {example['plot_excerpt']}", "",
@@ -398,6 +404,8 @@ def evaluate_run(run_dir: str, allow_unfinished: bool = False) -> dict:
     write_json(os.path.join(run_dir, "metrics.json"), metrics)
     write_text(os.path.join(run_dir, "report.md"), report)
     write_tensorboard(run_dir, run.prepared.genres, test, pictures, metrics)
+    if run.config.model.kind != "most_common":  # no head, nothing learned to map
+        write_projector(run, test, metrics["thresholds"], movies)
     return metrics
 
 
@@ -475,7 +483,7 @@ def table3_lines(rows: Sequence[dict]) -> list[str]:
 def comparison_table(run_dirs: Sequence[str], metrics_list: Sequence[dict]) -> str:
     """The paper's Table 3 across runs on one dataset and split: the floors, each model's 95% interval, and paired
     differences with the best row and the best floor. Runs whose configs differ only in seed are one row."""
-    from genre_tf.comparison import add_uncertainty, group_seeds, uncertainty_lines
+    from genre_tf.comparison import add_uncertainty, calibration_table_lines, group_seeds, uncertainty_lines
 
     check_same_split(metrics_list)
     first = metrics_list[0]
@@ -497,5 +505,5 @@ def comparison_table(run_dirs: Sequence[str], metrics_list: Sequence[dict]) -> s
     best = add_uncertainty(rows, floors, predictions[0]["test_labels"], first["genres"])
     lines = [f"Dataset `{first['dataset']['name']}` (fingerprint {first['dataset']['fingerprint'][:12]}), test split "
              f"({first['splits']['test']['movies']} movies); thresholds tuned on dev; floors scored on the same split.",
-             "", *uncertainty_lines([*floors, *lift_rows(rows, floors)], best)]
+             "", *uncertainty_lines([*floors, *lift_rows(rows, floors)], best), "", *calibration_table_lines(rows)]
     return "\n".join(lines) + "\n"

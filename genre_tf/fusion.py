@@ -19,6 +19,7 @@ import tf_keras as keras
 from genre_tf.models import HEAD
 
 OUT_OF_FOLD = "dev_out_of_fold.npz"   # dev ids and out-of-fold probabilities: thresholds are tuned on these
+CALIBRATED_OUT_OF_FOLD = "dev_calibrated_out_of_fold.npz"  # the same after a calibrator cross-fitted on dev
 FOLDS = 5
 LOGIT_CLIP = 1e-6
 
@@ -59,8 +60,14 @@ def branch_logits(model: keras.Model, dataset) -> np.ndarray:
     """A trained single-branch model's pre-sigmoid outputs (its genre_head's logits) over a dataset."""
     from genre_tf.callbacks import make_predictor
 
-    logits = keras.Model(model.inputs, model.get_layer("probabilities").input)
-    return make_predictor(logits)(dataset).astype(np.float64)
+    from genre_tf.models import CALIBRATION
+
+    logits = make_predictor(keras.Model(model.inputs, model.get_layer("probabilities").input))(dataset)
+    head = model.get_layer(HEAD)
+    if CALIBRATION in {layer.name for layer in head.layers}:  # the mix is fitted on the plain logits it will see
+        scale, bias = head.get_layer(CALIBRATION).get_weights()
+        logits = (logits - bias) / scale
+    return logits.astype(np.float64)
 
 
 def copy_branch_weights(target: keras.Model, text_model: keras.Model, poster_model: keras.Model) -> None:
@@ -68,7 +75,7 @@ def copy_branch_weights(target: keras.Model, text_model: keras.Model, poster_mod
     poster_logits) into the target's genre_head, and any encoder trained inside a branch into the target."""
     head, text_head, poster_head = (model.get_layer(HEAD) for model in (target, text_model, poster_model))
     for layer in head.layers:
-        if layer.weights and layer.name not in ("poster_logits", "fusion_mix"):
+        if layer.weights and layer.name not in ("poster_logits", "fusion_mix", "genre_calibration"):
             layer.set_weights(text_head.get_layer(layer.name).get_weights())
     head.get_layer("poster_logits").set_weights(poster_head.get_layer("genre_logits").get_weights())
     for name, source in (("text_encoder", text_model), ("poster_encoder", poster_model)):
@@ -76,20 +83,22 @@ def copy_branch_weights(target: keras.Model, text_model: keras.Model, poster_mod
             target.get_layer(name).set_weights(source.get_layer(name).get_weights())
 
 
-def write_out_of_fold(run_dir: str, ids, probabilities: np.ndarray) -> None:
+def write_out_of_fold(run_dir: str, ids, probabilities: np.ndarray, name: str = OUT_OF_FOLD) -> None:
     """Keep the honest dev probabilities beside the checkpoint, for threshold tuning at train end and in evaluate."""
     from genre_tf.files import atomic_path
 
-    with atomic_path(os.path.join(run_dir, OUT_OF_FOLD)) as staging:
+    with atomic_path(os.path.join(run_dir, name)) as staging:
         np.savez(staging, ids=np.asarray(ids), probabilities=np.asarray(probabilities, np.float32))
 
 
-def threshold_probabilities(run_dir: str, ids, probabilities: np.ndarray) -> np.ndarray:
-    """The dev probabilities to tune thresholds on: out-of-fold ones where the model was fitted on dev."""
-    path = os.path.join(run_dir, OUT_OF_FOLD)
-    if not os.path.exists(path):
-        return probabilities
-    with np.load(path, allow_pickle=False) as stored:
-        if stored["ids"].tolist() != list(ids):
-            raise ValueError(f"{path} holds other dev movies than the dataset's dev split; retrain the run")
-        return stored["probabilities"]
+def threshold_probabilities(run_dir: str, ids, probabilities: np.ndarray, calibrated: bool = True) -> np.ndarray:
+    """The dev probabilities to tune thresholds on: out-of-fold ones where the model was fitted on dev (the
+    calibrator's when it has one and `calibrated`, else the mix's), else `probabilities`."""
+    for name in (CALIBRATED_OUT_OF_FOLD, OUT_OF_FOLD)[0 if calibrated else 1:]:
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            with np.load(path, allow_pickle=False) as stored:
+                if stored["ids"].tolist() != list(ids):
+                    raise ValueError(f"{path} holds other dev movies than the dataset's dev split; retrain the run")
+                return stored["probabilities"]
+    return probabilities

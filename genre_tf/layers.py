@@ -1,4 +1,5 @@
-"""genre_tf's own Keras layers: the per-genre mix of late fusion (genre_tf/fusion.py fits it), modality dropout."""
+"""genre_tf's own Keras layers: the per-genre mix of late fusion (genre_tf/fusion.py fits it), the per-genre
+calibrator (genre_tf/calibration.py fits it) and modality dropout."""
 import tensorflow as tf
 import tf_keras as keras
 
@@ -23,6 +24,29 @@ class GenreMix(keras.layers.Layer):
     def call(self, inputs):
         text_logits, poster_logits = inputs
         return self.text_weight * text_logits + self.poster_weight * poster_logits + self.bias
+
+    def get_config(self):
+        return {**super().get_config(), "num_genres": self.num_genres}
+
+
+@keras.utils.register_keras_serializable(package="genre_tf")
+class GenreCalibration(keras.layers.Layer):
+    """Per genre, a * logit + b: temperature (b = 0) or Platt scaling, fitted on dev after training, never trained."""
+
+    def __init__(self, num_genres: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_genres = num_genres
+
+    def build(self, input_shape):
+        # Until fitted: the identity, so training and its checkpoints see plain logits.
+        self.scale = self.add_weight(name="scale", shape=(self.num_genres,), trainable=False,
+                                     initializer=keras.initializers.Ones())
+        self.bias = self.add_weight(name="bias", shape=(self.num_genres,), trainable=False,
+                                    initializer=keras.initializers.Zeros())
+        super().build(input_shape)
+
+    def call(self, logits):
+        return self.scale * logits + self.bias
 
     def get_config(self):
         return {**super().get_config(), "num_genres": self.num_genres}

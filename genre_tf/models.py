@@ -7,9 +7,10 @@ import tf_keras as keras
 
 from genre_tf.config import MODEL_KINDS, ModelConfig, fine_tunes_text, late_fusion, uses_poster, uses_text
 from genre_tf.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
-from genre_tf.layers import GenreMix, ModalityDropout
+from genre_tf.layers import GenreCalibration, GenreMix, ModalityDropout
 
 HEAD = "genre_head"  # the named sub-model after the encoders: feature inputs in, genre logits out
+CALIBRATION = "genre_calibration"  # the head's last layer when model.calibration is not none
 
 
 def dropout(rate: float, name: str) -> keras.layers.Dropout:
@@ -42,22 +43,24 @@ def _encoded_input(encoder, name: str, feature_name: str, dim: int):
 
 def build_genre_head(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 1280) -> keras.Model:
     """The layers after the encoders, as the named sub-model `genre_head`: plot_embedding and/or poster_features in,
-    one logit per genre out. Serving runs this same sub-model behind its own encoders.
+    one logit per genre out (through the per-genre calibrator, when there is one). Serving runs this same sub-model
+    behind its own encoders.
 
-    With model.heads = N > 1 it holds N such heads (`genre_head_0`...), each trained on its own loss by
-    HeadEnsemble, and returns the logit of their mean probability: an ensemble that runs the encoders once.
+    With model.heads = N > 1 it holds N heads (`genre_head_0`...), each trained on its own loss by HeadEnsemble,
+    and returns the logit of their mean probability: an ensemble that runs the encoders once.
     """
     if config.heads > 1:
-        members = [_single_head(config, num_genres, text_dim, poster_dim, f"{HEAD}_{index}")
+        members = [keras.Model(*_head_layers(config, num_genres, text_dim, poster_dim), name=f"{HEAD}_{index}")
                    for index in range(config.heads)]
         inputs = {name: keras.Input(shape=tensor.shape[1:], name=name) for name, tensor in members[0].input.items()}
-        return keras.Model(inputs, MeanProbabilityLogits(name="ensemble_mean")([m(inputs) for m in members]),
-                           name=HEAD)
-    return _single_head(config, num_genres, text_dim, poster_dim, HEAD)
+        logits = MeanProbabilityLogits(name="ensemble_mean")([member(inputs) for member in members])
+    else:
+        inputs, logits = _head_layers(config, num_genres, text_dim, poster_dim)
+    return keras.Model(inputs, _calibrated(logits, config, num_genres), name=HEAD)
 
 
-def _single_head(config: ModelConfig, num_genres: int, text_dim: int, poster_dim: int, name: str) -> keras.Model:
-    """One head: the text head, the poster features, their fusion, the genre logits."""
+def _head_layers(config: ModelConfig, num_genres: int, text_dim: int, poster_dim: int):
+    """One head's (inputs, logits): the text head, the poster features, their fusion, the genre logits."""
     inputs, branches = {}, []
     if uses_text(config):
         inputs[PLOT_EMBEDDING] = keras.Input(shape=(text_dim,), name=PLOT_EMBEDDING)
@@ -68,12 +71,12 @@ def _single_head(config: ModelConfig, num_genres: int, text_dim: int, poster_dim
     if late_fusion(config):
         text_logits = _dense(num_genres, config, "genre_logits", activation=None)(branches[0])
         poster_logits = _dense(num_genres, config, "poster_logits", activation=None)(branches[1])
-        return keras.Model(inputs, GenreMix(num_genres, name="fusion_mix")([text_logits, poster_logits]), name=name)
+        return inputs, GenreMix(num_genres, name="fusion_mix")([text_logits, poster_logits])
     if config.kind == "integrated":
         if config.branch_norm:
             # CNN features (ResNet50's ~30x) are larger than the text head's output; unnormalised they swamp it.
-            branches = [keras.layers.LayerNormalization(name=f"{name}_norm")(branch)
-                        for name, branch in zip(("text", "poster"), branches, strict=True)]
+            branches = [keras.layers.LayerNormalization(name=f"{branch_name}_norm")(branch)
+                        for branch_name, branch in zip(("text", "poster"), branches, strict=True)]
         if config.modality_dropout:
             branches = ModalityDropout(config.modality_dropout, name="modality_dropout")(branches)
         x = keras.layers.Concatenate(name="concatenate")(branches)
@@ -81,7 +84,14 @@ def _single_head(config: ModelConfig, num_genres: int, text_dim: int, poster_dim
         x = dropout(config.dropout, "fusion_dropout")(x)
     else:
         x = branches[0]  # poster: features straight into the sigmoid layer (section 4.2)
-    return keras.Model(inputs, _dense(num_genres, config, "genre_logits", activation=None)(x), name=name)
+    return inputs, _dense(num_genres, config, "genre_logits", activation=None)(x)
+
+
+def _calibrated(logits, config: ModelConfig, num_genres: int):
+    """The logits through the per-genre calibrator (identity until fitted on dev), or unchanged without one."""
+    if config.calibration == "none":
+        return logits
+    return GenreCalibration(num_genres, name=CALIBRATION)(logits)
 
 
 def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 1280,

@@ -2,6 +2,7 @@
 
     python -m genre_tf.predict --model models/genre_tf --plot "A detective ..." --poster poster.jpg
     python -m genre_tf.predict --model models/genre_tf --csv movies.csv   # columns: plot, poster (a path; optional)
+    python -m genre_tf.predict --model models/genre_tf --plot "..." --poster p.jpg --explain --explain-dir heat/
 
 Prints each movie's predicted genres (thresholds tuned on dev, inside the model) and every genre's
 probability. A poster that is missing, refused or undecodable is reported, and the plot alone is used.
@@ -195,14 +196,26 @@ def main(argv=None) -> int:
                                                          "default: the CSV's folder")
     parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help="CSV rows per model call")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    parser.add_argument("--explain", action="store_true",
+                        help="for each predicted genre, the plot words that raised it most and the shares of plot and "
+                             "poster, by deleting each word and each input (genre_tf/explain.py)")
+    parser.add_argument("--explain-dir", default="", help="with --explain: write a poster occlusion heat map (PNG) "
+                                                          "per movie into this folder")
     args = parser.parse_args(argv)
     if not 1 <= args.batch_size <= MAX_REQUEST_MOVIES:
         parser.error(f"--batch-size must be 1 to {MAX_REQUEST_MOVIES} (the model's limit), got {args.batch_size}")
     unread = []
     try:
-        for result in predict(latest_version(args.model), read_inputs(args, unread), args.batch_size):
-            # allow_nan=False: NaN is not JSON; the model refuses to answer it, and this never prints it
-            print(json.dumps(result, allow_nan=False) if args.json else format_result(result), flush=True)
+        if args.explain or args.explain_dir:
+            from genre_tf.explain import explain_movies
+
+            serving = load_serving(latest_version(args.model))
+            for text in explain_movies(serving, read_inputs(args, unread), args.explain_dir, args.json):
+                print(text, flush=True)
+        else:
+            for result in predict(latest_version(args.model), read_inputs(args, unread), args.batch_size):
+                # allow_nan=False: NaN is not JSON; the model refuses to answer it, and this never prints it
+                print(json.dumps(result, allow_nan=False) if args.json else format_result(result), flush=True)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import tf_keras as keras
 from genre_tf import demo
 from genre_tf import run_dir as runs
 from genre_tf.baselines import degenerate_genres
+from genre_tf.calibrator import calibrate_run
 from genre_tf.callbacks import (BestCheckpoint, DevF1, EpochSeededDropout, ResumeProgress, StopOnNonFiniteLoss,
                                backup_epoch, load_best_weights, make_predictor, save_checkpoint)
 from genre_tf.config import TrainConfig, config_to_dict, fine_tunes_text, late_fusion, uses_poster, uses_text
@@ -327,6 +328,7 @@ def train_locked(config: TrainConfig, strategy, prepared: PreparedDataset, run_d
     model, caches, seconds = run_training(config, strategy, prepared, run_dir, run_dir)
     if config.model.kind != "most_common":
         load_best_weights(model, run_dir)
+        calibrate_run(run_dir, model, config, prepared, caches)
         write_serving_files(run_dir, model, config, prepared, caches)
     write_json(os.path.join(run_dir, FINAL), final_summary(config, strategy, prepared, run_dir, seconds), indent=2)
     return run_dir
@@ -393,4 +395,5 @@ def finalise_run(run_dir: str) -> None:
     config, prepared, model, caches = restore_trained(run_dir)
     if config.model.kind == "most_common":
         raise ValueError("the most-common-class baseline has nothing to serve; it predicts the same genres always")
+    calibrate_run(run_dir, model, config, prepared, caches)
     write_serving_files(run_dir, model, config, prepared, caches)

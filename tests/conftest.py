@@ -158,7 +158,8 @@ def tiny_overrides(tiny_hub_bert):
     return ["model.text_units=[16, 8]", "model.fusion_units=8", f"text.encoder={encoder}",
             f"text.preprocessor={preprocessor}", "text.seq_length=128", "poster.backbone=efficientnet_lite0",
             "poster.weights=random", "poster.image_size=32", "poster.flip_average=false", "model.fusion=concat",
-            "batch_size=8", "epochs=2", "learning_rate=0.001"]
+            "batch_size=8", "epochs=2", "learning_rate=0.001",
+            "model.calibration=none"]  # tests of calibration set it themselves (tests/test_calibration.py)
 
 
 @pytest.fixture(scope="session")

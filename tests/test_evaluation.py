@@ -93,6 +93,33 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
     np.testing.assert_allclose(stored["test_probabilities"], test_split["probabilities"], atol=1e-6)
     assert stored["test_ids"].tolist() == list(test_split["ids"]) and stored["dev_labels"].shape == dev["labels"].shape
     assert os.listdir(os.path.join(trained_run, "logs", "evaluation"))
+    # calibration: the scores of these very test probabilities, with intervals, in metrics.json and the report
+    from genre_tf.calibration import calibration_intervals
+
+    expected = calibration_intervals(test_split["labels"], stored["test_probabilities"])
+    for name in ("ece", "brier", "log_loss"):
+        stored_score = test["calibration"][name]
+        assert stored_score["value"] == pytest.approx(expected[name]["value"], abs=1e-6)
+        assert stored_score["low"] <= stored_score["value"] <= stored_score["high"]
+        assert f"{stored_score['value']:.4f} ({stored_score['low']:.4f}-{stored_score['high']:.4f})" in report
+    assert len(test["calibration"]["ece_per_genre"]) == len(run.prepared.genres)
+    assert "![reliability diagram](reliability.png)" in report and "equal-mass bins" in report
+    # the projector: one point per test movie, placed by the head's last hidden layer (for the poster model, the
+    # poster features themselves), with its metadata row and its poster in the sprite
+    folder = os.path.join(trained_run, "logs", "projector")
+    rows = Path(os.path.join(folder, "metadata.tsv")).read_text().splitlines()
+    assert rows[0] == "title\tyear\ttrue genres\tpredicted genres" and len(rows) == len(test_split["ids"]) + 1
+    assert "projector_config.pbtxt" in os.listdir(folder)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(folder))  # else TensorBoard skips it
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(folder))
+    vectors = reader.get_tensor("embedding/.ATTRIBUTES/VARIABLE_VALUE")
+    ids, features = run.caches["poster_features"]
+    row_of = {movie_id: index for index, movie_id in enumerate(ids)}
+    np.testing.assert_allclose(vectors, features[[row_of[i] for i in test_split["ids"]]], atol=1e-6)
+    with Image.open(os.path.join(folder, "sprite.png")) as sprite:
+        side = int(np.ceil(np.sqrt(len(rows) - 1))) * 48
+        assert sprite.size == (side, side)
 
 
 def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config, capsys):
@@ -103,6 +130,8 @@ def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config
     table = capsys.readouterr().out
     assert "| poster (poster) | no |" in table and "| most_common (most_common) | no |" in table
     assert "| best / best |" in table and "paired" in table and "95%" in table
+    ece = read_json(os.path.join(trained_run, "metrics.json"))["splits"]["test"]["calibration"]["ece"]
+    assert f"| poster (poster) | no | 1 | {ece['value']:.4f} (" in table and "| ECE (95% CI) |" in table
     # a second seed of the poster model is folded into the poster row: the mean of the two, with their range
     seed_1 = train(tiny_config("poster", "epochs=3", "seed=1", f"run_dir={trained_run}-seed1"))
     scores = [evaluate_run(run)["splits"]["test"]["tuned"]["weighted_f1"] for run in (trained_run, seed_1)]
