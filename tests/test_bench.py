@@ -50,8 +50,8 @@ def test_table3_has_floors_classic_rows_and_every_model(small_prepared, tiny_ove
     baseline = [row for row in deep if row["model"] == "most_common"]
     assert baseline[0]["test"]["at_0.5"] == baseline[1]["test"]["at_0.5"]  # oversampling cannot move it
     markdown = table3_markdown(table)
-    # intervals and scores (5 models and the average), per genre (5 models)
-    assert markdown.count("| no |") == 17 and markdown.count("| yes |") == 17
+    # intervals and scores (5 models and the average), per genre (5 models), calibration (5 models and the average)
+    assert markdown.count("| no |") == 23 and markdown.count("| yes |") == 23
     # the integrated row is late fusion over this table's own text_frozen and poster runs of the same setting
     integrated = read_json(os.path.join(tmp_path, "integrated-os", "config.json"))["model"]
     assert (integrated["text_run"], integrated["poster_run"]) == (

@@ -184,7 +184,8 @@ def test_recalibrate_gives_a_finished_run_a_calibrator_on_the_same_network(tiny_
     p = plain.predict(test, verbose=0).astype(np.float64)
     np.testing.assert_allclose(calibrated.predict(test, verbose=0), sigmoid(scale * np.log(p / (1 - p))), atol=1e-5)
     before, after = evaluate_run(plain_dir), evaluate_run(out)
-    for name in ("roc_auc", "pr_auc"):  # a monotone map per genre: the ranking is the network's
+    for name in ("roc_auc", "pr_auc"):  # a monotone map per genre: the ranking is the network's, up to the ties
+        # float32 sigmoids make or break (a tie between 2 of these 25 test movies moves an AUC by about 0.003)
         assert [g[name] for g in after["splits"]["test"]["per_genre"]] == pytest.approx(
-            [g[name] for g in before["splits"]["test"]["per_genre"]], abs=1e-6)
+            [g[name] for g in before["splits"]["test"]["per_genre"]], abs=0.01)
     assert main([plain_dir, "platt", out]) == 1 and "exists already" in capsys.readouterr().err
