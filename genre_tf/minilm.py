@@ -48,6 +48,13 @@ def hf_weight_map(num_layers: int) -> dict:
     parts = {"attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
              "attention.output.dense": "attention_output", "attention.output.LayerNorm": "attention_norm",
              "intermediate.dense": "intermediate", "output.dense": "output", "output.LayerNorm": "output_norm"}
+    return {**mapping, **transformer_weight_map(num_layers, parts)}
+
+
+def transformer_weight_map(num_layers: int, parts: dict) -> dict:
+    """The per-layer part of a weight map: `parts` maps a Hugging Face sub-module of encoder.layer.N to our layer
+    in transformer_N; LayerNorms map to gamma/beta, dense layers to kernel/bias."""
+    mapping = {}
     for index in range(num_layers):
         for hf_part, ours in parts.items():
             norm = "LayerNorm" in hf_part

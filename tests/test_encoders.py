@@ -109,13 +109,7 @@ def reference_bert(ids: list, weights: dict, config: dict):
     """A numpy BERT forward pass from the Hugging Face tensors: (sequence_output, pooled_output)."""
     from scipy.special import erf
 
-    def norm(x, name):
-        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-        normalised = (x - mean) / np.sqrt(var + config["layer_norm_eps"])
-        return normalised * weights[f"{name}.weight"] + weights[f"{name}.bias"]
-
-    def dense(x, name):
-        return x @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
+    norm, dense = numpy_layers(weights, config["layer_norm_eps"])
 
     n, heads = len(ids), config["num_attention_heads"]
     x = norm(weights["embeddings.word_embeddings.weight"][ids] + weights["embeddings.position_embeddings.weight"][:n]
@@ -134,19 +128,24 @@ def reference_bert(ids: list, weights: dict, config: dict):
     return x, np.tanh(dense(x[0], "pooler.dense"))
 
 
+def numpy_layers(weights: dict, epsilon: float):
+    """(LayerNorm, dense) in numpy over Hugging Face tensors named by their module path."""
+    def norm(x, name):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + epsilon) * weights[f"{name}.weight"] + weights[f"{name}.bias"]
+
+    def dense(x, name):
+        return x @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
+    return norm, dense
+
+
 def reference_mpnet(ids: list, weights: dict, config: dict) -> np.ndarray:
     """A numpy MPNet forward pass (sequence_output) from the Hugging Face tensors, written from the paper's and the
     reference code's definitions: positions from padding index + 1, no token types, one T5-style relative position
     bias for every layer."""
     from scipy.special import erf
 
-    def norm(x, name):
-        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-        normalised = (x - mean) / np.sqrt(var + config["layer_norm_eps"])
-        return normalised * weights[f"{name}.weight"] + weights[f"{name}.bias"]
-
-    def dense(x, name):
-        return x @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
+    norm, dense = numpy_layers(weights, config["layer_norm_eps"])
 
     def bucket(relative):  # relative = key - query; 16 buckets a direction, 8 exact, log-spaced to distance 128
         n = -relative
