@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import tensorflow as tf
 
-    from genre_tf.evaluation import PREDICTIONS, comparison_table, evaluate_run, read_json
+    from genre_tf.evaluate.evaluation import PREDICTIONS, comparison_table, evaluate_run, read_json
 
     all_metrics = []
     try:

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from genre_tf.run_dir import RunDirectoryInUse
-    from genre_tf.training import train
+    from genre_tf.train.training import train
 
     try:
         run_dir = train(config)

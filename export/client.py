@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Sequence
 
 
-MAX_POSTER_BYTES = 20 * 2**20  # genre_tf.files.MAX_POSTER_BYTES; the client does not import genre_tf
+MAX_POSTER_BYTES = 20 * 2**20  # genre_tf.limits.MAX_POSTER_BYTES; the client does not import genre_tf
 MAX_ANSWER_BYTES = 16 * 2**20  # a reply for one request of 512 movies takes well under 1 MiB
 OUTPUTS = ("probabilities", "predicted", "genres", "inputs_used")  # genre_tf's serving outputs
 

@@ -6,7 +6,7 @@
 Reads the run directory alone (config.json, genres.txt, the best checkpoint and serving/, written at
 the end of training), and refuses a run that is unfinished or whose dataset has changed since (checked
 when the dataset is on this machine). Runs trained before serving/ existed need
-`python -m genre_tf.migrate RUN` once.
+`python -m genre_tf.train.migrate RUN` once.
 Writes MODEL_BASE/<next integer version>/ atomically (staged beside it, then renamed) and, if absent,
 MODEL_BASE/batching.config. See export/README.md for serving it.
 """
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import tensorflow as tf
 
-    from genre_tf.serving import export_run
+    from genre_tf.serve.serving import export_run
 
     try:
         export_run(args.run, args.out, token_ids=args.token_ids, model_name=args.model_name, version=args.version,

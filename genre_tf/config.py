@@ -11,17 +11,11 @@ import typing
 import yaml
 
 from genre_tf.files import write_json
+from genre_tf.limits import MAX_BATCH_SIZE, MAX_CONFIG_CHARS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, MIN_POSTER_SIDE
 
 MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
 POSTER_BACKBONES = ("auto", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LAYOUTS = ("auto", "csv", "mmimdb", "jsonl")
-MIN_POSTER_SIDE = 32                  # a smaller poster carries no usable picture
-# Limits shared by prepare, predict and the SavedModel's signatures (a request over them is refused whole):
-MAX_PLOT_BYTES = 65_536               # UTF-8 bytes of one plot; the paper's 545-word plots take about 4 KB
-MAX_REQUEST_MOVIES = 512              # movies in one SavedModel call or one predict batch
-MAX_BATCH_SIZE = 65_536               # a training batch; larger ones exhaust memory long before this
-MAX_POSTER_PIXELS = 40_000_000        # width x height (x frames); decoding more would cost gigabytes for one poster
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # the side of the square posters prepare writes and models read
 
 
 @dataclasses.dataclass
@@ -50,7 +44,7 @@ class ModelConfig:
     # late only: finished runs to use as the branches (same dataset); empty = train them inside this run
     text_run: str = ""            # a text_finetuned run (text_frozen when fine_tune_text is false)
     poster_run: str = ""          # a poster run
-    # A per-genre calibrator on the logits, fitted on dev after training (genre_tf/calibration.py); it sits inside
+    # A per-genre calibrator on the logits, fitted on dev after training (evaluate/calibration.py); it sits inside
     # the model and the export, and thresholds are tuned on its cross-fitted dev probabilities. platt: on real movies
     # its cross-fitted dev ECE was a twentieth of the uncalibrated model's, temperature's under half (README,
     # "Calibrated probabilities"). Runs whose config.json predates the option load as none.
@@ -103,7 +97,7 @@ def fine_tunes_text(config: ModelConfig) -> bool:
 
 
 def late_fusion(config: ModelConfig) -> bool:
-    """Whether the model is the integrated model mixing separately trained branches (genre_tf.fusion)."""
+    """Whether the model is the integrated model mixing separately trained branches (genre_tf.train.fusion)."""
     return config.kind == "integrated" and config.fusion == "late"
 
 
@@ -418,7 +412,6 @@ def _flatten(tree: dict, cls: type, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-MAX_CONFIG_CHARS = 1_000_000  # a real config file is a few hundred characters
 
 
 class _AliasFound(yaml.YAMLError):

@@ -10,8 +10,7 @@ import shutil
 import socket
 import stat
 
-
-MAX_POSTER_BYTES = 20 * 1024 * 1024  # a poster file larger than this is refused without reading it all
+from genre_tf.limits import MAX_POSTER_BYTES
 
 _FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
@@ -91,6 +90,19 @@ def sha256_of(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """sha256_of a file, computed once per process while its size, modification time and inode stay the same:
+    evaluating or exporting many runs of one dataset reads its shards once. (A file rewritten in place with the
+    same size and a forged mtime passes unseen; this check catches accidents, not intent.)"""
+    status = os.stat(path)
+    return _digest_of(os.path.realpath(path), status.st_size, status.st_mtime_ns, status.st_ino, status.st_dev)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest_of(path: str, *_stat) -> str:
+    return sha256_of(path)
 
 
 @functools.cache

@@ -19,9 +19,10 @@ import os
 import re
 import shutil
 
+import numpy as np
+
 from genre_tf.config import TrainConfig, comparable_config, config_from_dict, config_to_dict
-from genre_tf.dataset import PreparedDataset, changed_files, load_prepared
-from genre_tf.demo import prepared_demo
+from genre_tf.data.dataset import PreparedDataset, changed_files, load_prepared
 from genre_tf.files import (atomic_path, enclosing, is_prepared_folder, is_within, read_json, sha256_of, write_json,
                             write_text)
 
@@ -35,6 +36,8 @@ DEV_SCORES = ("weighted_f1", "macro_f1", "micro_f1", "samples_f1")
 SERVING = "serving"                    # serving.json and warmup_poster.png: all the export reads besides the checkpoint
 SERVING_FORMAT = 2  # 2: the warm-up poster is the stored PNG (dataset format 2)
 WARMUP_POSTER = "warmup_poster.png"
+OUT_OF_FOLD = "dev_out_of_fold.npz"   # dev ids and out-of-fold probabilities: thresholds are tuned on these
+CALIBRATED_OUT_OF_FOLD = "dev_calibrated_out_of_fold.npz"  # the same after a calibrator cross-fitted on dev
 
 
 class RunDirectoryInUse(RuntimeError):
@@ -282,12 +285,12 @@ def read_serving_files(run_dir: str) -> tuple[dict, bytes]:
                                   "this run has not ended; let it finish (rerun train.py to resume it)")
     if not os.path.exists(path):
         raise ServingFilesMissing(f"{run_dir} has no serving files ({SERVING}/serving.json); runs trained before "
-                                  "genre_tf wrote them lack them: run `python -m genre_tf.migrate "
+                                  "genre_tf wrote them lack them: run `python -m genre_tf.train.migrate "
                                   f"{run_dir}` once to compute them from its dataset")
     record = read_json(path)
     if record.get("format") != SERVING_FORMAT or record["checkpoint"] != checkpoint_identity(run_dir):
         raise ServingFilesMissing(f"{path} belongs to another checkpoint than {best_checkpoint(run_dir)}; run "
-                                  f"`python -m genre_tf.migrate {run_dir}` to compute them again")
+                                  f"`python -m genre_tf.train.migrate {run_dir}` to compute them again")
     if record["genres"] != genres(run_dir):
         raise ServingFilesMissing(f"{path} has genres {record['genres']}, but genres.txt {genres(run_dir)}")
     with open(os.path.join(run_dir, SERVING, WARMUP_POSTER), "rb") as handle:
@@ -317,8 +320,6 @@ def open_dataset(run_dir: str) -> PreparedDataset:
     """The prepared dataset the run was trained on, refused with what changed if it is not that dataset any more."""
     config, recorded = load_config(run_dir), read_json(os.path.join(run_dir, "dataset.json"))
     path = recorded.get("path") or config.data
-    if config.data == "demo" and not os.path.exists(path):
-        path = prepared_demo()  # the cache was emptied: the demo is generated again, identically
     prepared = load_prepared(path)
     changes = []
     if prepared.fingerprint != recorded["fingerprint"]:
@@ -333,3 +334,22 @@ def open_dataset(run_dir: str) -> PreparedDataset:
         raise DatasetChanged(f"the dataset at {prepared.path} is not the one {run_dir} was trained on: "
                              + "; ".join(changes) + ". Evaluate the run on its own dataset, or retrain it")
     return prepared
+
+
+def write_out_of_fold(run_dir: str, ids, probabilities: np.ndarray, name: str = OUT_OF_FOLD) -> None:
+    """Keep the honest dev probabilities beside the checkpoint, for threshold tuning at train end and in evaluate."""
+    with atomic_path(os.path.join(run_dir, name)) as staging:
+        np.savez(staging, ids=np.asarray(ids), probabilities=np.asarray(probabilities, np.float32))
+
+
+def threshold_probabilities(run_dir: str, ids, probabilities: np.ndarray, calibrated: bool = True) -> np.ndarray:
+    """The dev probabilities to tune thresholds on: out-of-fold ones where the model was fitted on dev (the
+    calibrator's when it has one and `calibrated`, else the mix's), else `probabilities`."""
+    for name in (CALIBRATED_OUT_OF_FOLD, OUT_OF_FOLD)[0 if calibrated else 1:]:
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            with np.load(path, allow_pickle=False) as stored:
+                if stored["ids"].tolist() != list(ids):
+                    raise ValueError(f"{path} holds other dev movies than the dataset's dev split; retrain the run")
+                return stored["probabilities"]
+    return probabilities

@@ -123,7 +123,7 @@ def tiny_hub_bert(tmp_path_factory):
     """A tiny BERT saved in TF-Hub format (encoder + preprocessor), loaded like any TF-Hub handle."""
     import genre_tf  # noqa: F401
     import tf_keras as keras
-    from genre_tf.bert import BertShape, build_bert_encoder, save_hub_encoder, save_hub_preprocessor
+    from genre_tf.nets.bert import BertShape, build_bert_encoder, save_hub_encoder, save_hub_preprocessor
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS
@@ -142,7 +142,7 @@ def small_prepared(tmp_path_factory):
     """A prepared dataset of 120 generated MM-IMDb movies at 32x32 posters."""
     import genre_tf  # noqa: F401
     from genre_tf.config import PrepareConfig, ValidationRules
-    from genre_tf.prepare import prepare
+    from genre_tf.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("small")
     write_mmimdb(str(root / "raw"), count=120, seed=1)

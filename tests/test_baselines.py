@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from genre_tf.baselines import (METRICS, best_constant_sets, best_floor, colour_histogram_logistic, colour_histograms,
-                                constant_floors, degenerate_genres, lift_rows, score_probabilities, tfidf_logistic)
-from genre_tf.metrics import tune_thresholds
+from genre_tf.evaluate.baselines import (METRICS, best_constant_sets, best_floor, colour_histogram_logistic,
+                                         colour_histograms, constant_floors, degenerate_genres, lift_rows,
+                                         score_probabilities, tfidf_logistic)
+from genre_tf.evaluate.metrics import tune_thresholds
 
 GENRES = ["A", "B", "C"]
 TRAIN = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]])
@@ -18,7 +19,7 @@ TEST = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [1, 0, 1], [0, 0, 0]])  # the 
 
 
 def sklearn_scores(labels, predicted) -> dict:
-    """genre_tf.metrics counts an empty per-genre F1 as 0 but a movie with no true and no predicted genre as 1."""
+    """evaluate/metrics.py counts an empty per-genre F1 as 0 but a movie with no true and no predicted genre as 1."""
     scores = {f"{average}_f1": f1_score(labels, predicted, average=average, zero_division=0)
               for average in ("weighted", "macro", "micro")}
     scores["samples_f1"] = f1_score(labels, predicted, average="samples", zero_division=1)
@@ -214,5 +215,5 @@ def test_bad_shapes_raise_clear_errors(call, message):
 
 
 def test_module_does_not_import_tensorflow():
-    code = "import sys, genre_tf.baselines; assert 'tensorflow' not in sys.modules"
+    code = "import sys, genre_tf.evaluate.baselines; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

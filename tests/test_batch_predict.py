@@ -1,4 +1,4 @@
-"""genre_tf.batch_predict: Beam RunInference on the DirectRunner gives predict's rows and sets bad rows aside."""
+"""genre_tf.serve.batch_predict: Beam RunInference on the DirectRunner gives predict's rows and sets bad rows aside."""
 import json
 import os
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import genre_tf  # noqa: F401
-from genre_tf.batch_predict import main
-from genre_tf.predict import load_serving, predict, read_csv_movies
-from genre_tf.serving import export_run
-from genre_tf.training import train
+from genre_tf.serve.batch_predict import main
+from genre_tf.serve.predict import load_serving, predict, read_csv_movies
+from genre_tf.serve.serving import export_run
+from genre_tf.train.training import train
 
 from conftest import image_bytes
 
@@ -118,7 +118,7 @@ def test_a_text_model_judges_rows_by_their_plot_alone(text_export, tmp_path):
 
 
 def test_every_row_is_scored_or_dead_lettered_once_whatever_its_size_or_quoting(text_export, tmp_path, capsys):
-    from genre_tf.predict import main as predict_main
+    from genre_tf.serve.predict import main as predict_main
 
     lines = ["id,plot,poster", "m1,a ghost in the dark night,", "m2," + "x" * 10_000_000 + ",",
              'm3,"a ghost story with a quote never closed,', "m4,the hero will fight in the city,",
@@ -142,7 +142,7 @@ def test_every_row_is_scored_or_dead_lettered_once_whatever_its_size_or_quoting(
 
 def test_an_unusable_output_is_refused_before_the_pipeline_and_a_failed_rerun_keeps_the_last_run(
         text_export, tmp_path, monkeypatch, capsys):
-    from genre_tf import batch_predict
+    from genre_tf.serve import batch_predict
 
     csv_path, _ = write_catalogue(tmp_path)
     (tmp_path / "a-file").write_text("mine")

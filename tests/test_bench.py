@@ -1,4 +1,4 @@
-"""genre_tf.bench: Table 3 has every row, and every figure is a measurement."""
+"""genre_tf.bench.table3: Table 3 has every row, and every figure is a measurement."""
 
 import os
 
@@ -6,17 +6,15 @@ import numpy as np
 import pytest
 
 import genre_tf  # noqa: F401
-from genre_tf.bench import KINDS, table3, table3_markdown
+from genre_tf.bench.table3 import KINDS, table3, table3_markdown
 
 
 def test_table3_has_floors_classic_rows_and_every_model(small_prepared, tiny_overrides, tmp_path):
     from sklearn.metrics import f1_score
 
-    from genre_tf.baselines import METRICS, score_probabilities, tfidf_logistic
-    from genre_tf.dataset import split_plots
-    from genre_tf.dataset import load_prepared
+    from genre_tf.data.dataset import split_plots, load_prepared, split_labels
+    from genre_tf.evaluate.baselines import METRICS, score_probabilities, tfidf_logistic
     from genre_tf.files import read_json
-    from genre_tf.dataset import split_labels
 
     table = table3(small_prepared, [*tiny_overrides, "epochs=1", "oversample_genres=2", "integrated:model.fusion=late"],
                    runs_root=str(tmp_path))
@@ -86,7 +84,7 @@ def test_table3_reuses_finished_rows_with_the_same_options(small_prepared, tiny_
 
 
 def test_kind_prefixed_options_apply_to_their_model_only():
-    from genre_tf.bench import for_kind
+    from genre_tf.bench.table3 import for_kind
 
     options = ["epochs=3", "text_finetuned:learning_rate=1e-5", "poster:epochs=9", "text.encoder=https://tfhub.dev/x"]
     assert for_kind(options, "poster") == ["epochs=3", "epochs=9", "text.encoder=https://tfhub.dev/x"]
@@ -96,7 +94,7 @@ def test_kind_prefixed_options_apply_to_their_model_only():
 
 
 def test_seeds_fold_into_one_row_with_their_mean_and_range(small_prepared, tiny_overrides, tmp_path):
-    from genre_tf.bench import seed_counts
+    from genre_tf.bench.table3 import seed_counts
 
     assert seed_counts(["3", "text_finetuned=1"]) == {**dict.fromkeys(KINDS, 3), "text_finetuned": 1}
     for bad in ("0", "poster=x", "txt=2"):

@@ -6,9 +6,9 @@ import pytest
 from sklearn.metrics import brier_score_loss, log_loss
 
 import genre_tf  # noqa: F401
-from genre_tf.calibration import (calibration_intervals, equal_mass_bins, fit_calibrators, fit_scaling,
-                                  reliability_points, resampled_calibration)
-from genre_tf.uncertainty import resample_counts, resample_indices
+from genre_tf.evaluate.calibration import (calibration_intervals, equal_mass_bins, fit_calibrators, fit_scaling,
+                                           reliability_points, resampled_calibration)
+from genre_tf.evaluate.uncertainty import resample_counts, resample_indices
 
 
 def sigmoid(values):
@@ -111,14 +111,13 @@ def test_cross_fitted_dev_probabilities_come_from_other_folds_and_mend_overconfi
 def test_a_platt_run_serves_calibrated_probabilities_and_tunes_on_the_cross_fitted_ones(tiny_config):
     import json
 
-    from genre_tf.dataset import make_dataset, split_labels
+    from genre_tf.data.dataset import make_dataset, split_labels
+    from genre_tf.evaluate.metrics import tune_thresholds
     from genre_tf.files import read_json
-    from genre_tf.fusion import CALIBRATED_OUT_OF_FOLD
-    from genre_tf.metrics import tune_thresholds
-    from genre_tf.models import CALIBRATION, HEAD
-    from genre_tf.network import restore_trained
-    from genre_tf.run_dir import checkpoint_record, load_config
-    from genre_tf.training import finalise_run, train
+    from genre_tf.nets.models import CALIBRATION, HEAD
+    from genre_tf.nets.network import restore_trained
+    from genre_tf.run_dir import CALIBRATED_OUT_OF_FOLD, checkpoint_record, load_config
+    from genre_tf.train.training import finalise_run, train
 
     run_dir = train(tiny_config("text_frozen", "model.calibration=platt", "epochs=3"))
     config, prepared, model, caches = restore_trained(run_dir)
@@ -140,7 +139,7 @@ def test_a_platt_run_serves_calibrated_probabilities_and_tunes_on_the_cross_fitt
     # the SavedModel serves the calibrated probabilities and predicts at the thresholds tuned on them
     import tensorflow as tf
 
-    from genre_tf.serving import export_run
+    from genre_tf.serve.serving import export_run
 
     version = export_run(run_dir, str(os.path.join(run_dir, "models")))
     movies = {movie["movie_id"]: movie for movie in prepared.movies()}
@@ -163,13 +162,13 @@ def test_a_platt_run_serves_calibrated_probabilities_and_tunes_on_the_cross_fitt
 
 @pytest.mark.slow
 def test_recalibrate_gives_a_finished_run_a_calibrator_on_the_same_network(tiny_config, tmp_path, capsys):
-    from genre_tf.dataset import make_dataset
-    from genre_tf.evaluation import evaluate_run
-    from genre_tf.models import CALIBRATION, HEAD
-    from genre_tf.network import restore_trained
-    from genre_tf.recalibrate import main
+    from genre_tf.data.dataset import make_dataset
+    from genre_tf.evaluate.evaluation import evaluate_run
+    from genre_tf.nets.models import CALIBRATION, HEAD
+    from genre_tf.nets.network import restore_trained
     from genre_tf.run_dir import load_config
-    from genre_tf.training import train
+    from genre_tf.train.recalibrate import main
+    from genre_tf.train.training import train
 
     plain_dir = train(tiny_config("text_frozen", "epochs=3"))  # the tiny poster model's scores are all tied
     out = str(tmp_path / "text-temperature")

@@ -1,11 +1,11 @@
-"""genre_tf.csv_records: the bounded CSV reader gives csv's records, and every line lands in exactly one record."""
+"""genre_tf.data.csv_records: the bounded CSV reader gives csv's records, and every line lands in exactly one record."""
 import csv
 import io
 import random
 
 import pytest
 
-from genre_tf.csv_records import read_records
+from genre_tf.data.csv_records import read_records
 
 
 def records(data: bytes, limit: int = 1 << 20) -> list[tuple]:

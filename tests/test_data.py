@@ -2,7 +2,6 @@
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +9,10 @@ import pytest
 import genre_tf  # noqa: F401
 from genre_tf.files import read_json
 from conftest import image_bytes, write_csv, write_mmimdb
-from genre_tf.images import PosterError, load_poster
 from genre_tf.config import PrepareConfig, ValidationRules
-from genre_tf.prepare import prepare, validate_all
-from genre_tf.readers import read_catalogue
+from genre_tf.data.images import PosterError, load_poster
+from genre_tf.data.prepare import prepare, validate_all
+from genre_tf.data.readers import read_catalogue
 
 PLOT = " ".join(["word"] * 20)
 RULES = ValidationRules(image_size=32)
@@ -125,7 +124,7 @@ def test_jsonl_folder_defines_the_split(tmp_path):
 
 
 def test_prepare_then_tf_data_round_trip(tmp_path):
-    from genre_tf.dataset import load_prepared, make_dataset
+    from genre_tf.data.dataset import load_prepared, make_dataset
 
     raw = write_mmimdb(str(tmp_path / "raw"), count=300, seed=3)
     (tmp_path / "raw" / "tt9999999.json").write_text(json.dumps({"plot": ["x"], "genres": ["Drama"]}))
@@ -153,8 +152,8 @@ def test_prepare_then_tf_data_round_trip(tmp_path):
 
 
 def test_prepare_refuses_an_existing_output_and_leaves_nothing_half_written(tmp_path, monkeypatch):
-    import genre_tf.dataset
-    import genre_tf.prepare
+    import genre_tf.data.dataset
+    import genre_tf.data.prepare
 
     raw = write_mmimdb(str(tmp_path / "raw"), count=40)
     config = PrepareConfig(catalogue=raw, out=str(tmp_path / "out"), rules=ValidationRules(image_size=32),
@@ -172,7 +171,7 @@ def test_prepare_refuses_an_existing_output_and_leaves_nothing_half_written(tmp_
         return [name for name in os.listdir(tmp_path) if name.startswith(".prepare-")]
 
     # 1. A write fails once the staging folder holds files: no output, no staging folder.
-    write_shards, staged = genre_tf.dataset.write_shards, []
+    write_shards, staged = genre_tf.data.dataset.write_shards, []
 
     def fail_on_the_second_split(examples, directory, *args, **kwargs):
         staged.append(sorted(os.listdir(directory)))
@@ -180,15 +179,15 @@ def test_prepare_refuses_an_existing_output_and_leaves_nothing_half_written(tmp_
             raise OSError(28, "No space left on device")
         return write_shards(examples, directory, *args, **kwargs)
 
-    monkeypatch.setattr(genre_tf.dataset, "write_shards", fail_on_the_second_split)
+    monkeypatch.setattr(genre_tf.data.dataset, "write_shards", fail_on_the_second_split)
     with pytest.raises(OSError, match="No space left"):
         prepare(config, progress=False)
     assert {"movies.jsonl", "split.json", "rejects.csv"} <= set(staged[1]) and any(".tfrecord" in n for n in staged[1])
     assert not os.path.exists(config.out) and leftovers() == []
-    monkeypatch.setattr(genre_tf.dataset, "write_shards", write_shards)
+    monkeypatch.setattr(genre_tf.data.dataset, "write_shards", write_shards)
 
     # 2. The output appears while prepare writes (another prepare, a user): it is neither replaced nor merged into.
-    write_prepared = genre_tf.prepare.write_prepared
+    write_prepared = genre_tf.data.prepare.write_prepared
 
     def someone_else_creates_out(*args, **kwargs):
         metadata = write_prepared(*args, **kwargs)
@@ -196,11 +195,11 @@ def test_prepare_refuses_an_existing_output_and_leaves_nothing_half_written(tmp_
         (tmp_path / "out" / "theirs.txt").write_text("theirs")
         return metadata
 
-    monkeypatch.setattr(genre_tf.prepare, "write_prepared", someone_else_creates_out)
+    monkeypatch.setattr(genre_tf.data.prepare, "write_prepared", someone_else_creates_out)
     with pytest.raises(OSError):
         prepare(config, progress=False)
     assert os.listdir(tmp_path / "out") == ["theirs.txt"] and leftovers() == []
-    monkeypatch.setattr(genre_tf.prepare, "write_prepared", write_prepared)
+    monkeypatch.setattr(genre_tf.data.prepare, "write_prepared", write_prepared)
 
     # 3. Nothing in the way: the whole folder appears.
     (tmp_path / "out" / "theirs.txt").unlink()
@@ -223,7 +222,7 @@ def test_open_vocabulary_keeps_every_genre_name_and_merges_case_and_aliases(tmp_
     config = PrepareConfig(catalogue=str(raw), out=str(tmp_path / "prep"), num_genres=3, min_train_movies=5,
                            rules=ValidationRules(image_size=32, genre_aliases=(("science fiction", "Sci-Fi"),)))
     metadata = prepare(config, progress=False)
-    from genre_tf.dataset import load_prepared
+    from genre_tf.data.dataset import load_prepared
 
     prepared = load_prepared(str(tmp_path / "prep"))
     assert metadata["counts"]["rejected"] == 0  # no movie is lost for a genre name
@@ -245,25 +244,36 @@ def test_open_vocabulary_keeps_every_genre_name_and_merges_case_and_aliases(tmp_
         prepare(dataclasses.replace(config, out=str(tmp_path / "w"), genres=("Western",)), progress=False)
 
 
-def test_no_module_of_genre_tf_imports_itself_back():
-    """The import graph of genre_tf (function-level imports included) has no cycle."""
-    import ast
-    import glob
-    import graphlib
+def test_prepare_reads_each_file_once_and_a_dataset_check_rehashes_only_what_changed(tmp_path, monkeypatch):
+    """Prepare hashes every shard once (its fingerprint is made of their digests); checking a run's dataset again in
+    the same process reads nothing unchanged, and still sees a shard that was rewritten since."""
+    import shutil
 
-    package = os.path.join(os.path.dirname(__file__), "..", "genre_tf")
-    graph = {}
-    for path in glob.glob(os.path.join(package, "*.py")):
-        names = set()
-        for node in ast.walk(ast.parse(Path(path).read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("genre_tf."):
-                names.add(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("genre_tf."))
-        graph[os.path.basename(path)[:-3]] = names
-    assert len(graph) > 20 and "encoders" in graph["training"]  # the walk sees real imports
-    try:
-        order = list(graphlib.TopologicalSorter(graph).static_order())
-    except graphlib.CycleError as error:
-        pytest.fail(f"import cycle: {' -> '.join(error.args[1])}")
-    assert order.index("config") < order.index("training")
+    from genre_tf import files
+    from genre_tf.data.dataset import changed_files, load_prepared
+
+    write_mmimdb(tmp_path / "mm", count=60)
+    hashed = []
+    real = files.sha256_of
+    monkeypatch.setattr(files, "sha256_of", lambda path: hashed.append(os.path.basename(path)) or real(path))
+    out = tmp_path / "prepared"
+    prepare(PrepareConfig(catalogue=str(tmp_path / "mm"), out=str(out), shard_size=20,
+                          rules=ValidationRules(image_size=32)), progress=False)
+    metadata = read_json(str(out / "dataset.json"))
+    shards = [name for split in metadata["shards"].values() for name in split]
+    assert len(shards) >= 3 and sorted(hashed) == sorted([*shards, "movies.jsonl", "genres.txt", "split.json"])
+
+    copy = tmp_path / "copy"  # a fresh path: nothing of it is known to this process yet
+    shutil.copytree(out, copy)
+    prepared = load_prepared(str(copy))
+    recorded = {name: [digest] for name, digest in metadata["files"].items()}
+    hashed.clear()
+    assert changed_files(prepared, recorded) == [] and changed_files(prepared, recorded) == []
+    assert sorted(hashed) == sorted(metadata["files"])  # the second check read nothing
+    shard = copy / shards[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(1, 1))  # a new mtime, as any rewrite gives
+    hashed.clear()
+    assert changed_files(prepared, recorded) == [f"{shards[0]} was changed"] and hashed == [shards[0]]

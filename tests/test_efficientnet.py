@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genre_tf import efficientnet
-from genre_tf.torch_pickle import LEGACY_MAGIC, LEGACY_PROTOCOL, load_torch_state_dict
+from genre_tf.nets import efficientnet
+from genre_tf.nets.torch_pickle import LEGACY_MAGIC, LEGACY_PROTOCOL, load_torch_state_dict
 
-# The Lite0 table written out again, independently of genre_tf.efficientnet:
+# The Lite0 table written out again, independently of genre_tf.nets.efficientnet:
 # (repeats, kernel, stride, expand, in, out).
 STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
@@ -407,7 +407,7 @@ def symmetric_padding(layer_class):
 @pytest.mark.slow
 @pytest.mark.parametrize("wrong", ["eps_1e-5", "symmetric_padding", "relu", "imagenet_mean_std", "bgr"])
 def test_wrong_conventions_would_fail_the_reference_check(state_dict, monkeypatch, wrong):
-    """genre_tf.efficientnet, built (or fed) with one wrong convention, misses the reference probabilities."""
+    """genre_tf.nets.efficientnet, built (or fed) with one wrong convention, misses the reference probabilities."""
     import tf_keras as keras
 
     mean, std = np.array([0.485, 0.456, 0.406]) * 255, np.array([0.229, 0.224, 0.225]) * 255
@@ -457,7 +457,7 @@ def test_folded_batch_norms_match_the_numpy_reference_on_natural_photos(classifi
 
 @pytest.mark.slow
 def test_lite2_matches_the_numpy_reference_and_knows_espresso():
-    """Lite2's stage table (scaled from B0's by genre_tf.efficientnet) loads every tensor of its package and gives
+    """Lite2's stage table (scaled from B0's by genre_tf.nets.efficientnet) loads every tensor of its package and gives
     the numpy forward's probabilities; a wrong table would fail to load or to match."""
     assert [tuple(stage) for stage in efficientnet.lite_stages("efficientnet_lite2")] == LITE2_STAGES
     state_dict = efficientnet.load_lite_state_dict("efficientnet_lite2")

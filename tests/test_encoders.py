@@ -10,9 +10,9 @@ import genre_tf  # noqa: F401
 from genre_tf.files import read_json
 import tf_keras as keras
 from genre_tf.config import PosterEncoderConfig, TextEncoderConfig
-from genre_tf.encoders import (build_poster_encoder, build_text_encoder, describe_poster_encoder, for_inference,
-                               poster_encoder_identity, resolve_backbone, trim_padding)
-from genre_tf.features import cache_path, load_or_compute
+from genre_tf.data.features import cache_path, load_or_compute
+from genre_tf.nets.encoders import (build_poster_encoder, build_text_encoder, describe_poster_encoder, for_inference,
+                                    poster_encoder_identity, resolve_backbone, trim_padding)
 
 
 MPNET_REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "mpnet_reference.json")
@@ -181,7 +181,7 @@ def test_mpnet_conversion_matches_an_independent_numpy_mpnet():
     import tensorflow_hub as hub
     from safetensors.numpy import load_file
 
-    from genre_tf.mpnet import mpnet_handles, package_model_dir
+    from genre_tf.nets.mpnet import mpnet_handles, package_model_dir
 
     folder = package_model_dir()
     vocab = read_json(os.path.join(folder, "tokenizer.json"))["model"]["vocab"]
@@ -209,7 +209,7 @@ def test_mpnet_conversion_matches_an_independent_numpy_mpnet():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(MPNET_REFERENCE), reason=f"no MPNet reference at {MPNET_REFERENCE}")
 def test_mpnet_conversion_matches_the_reference_outputs():
-    from genre_tf.mpnet import check_against_reference
+    from genre_tf.nets.mpnet import check_against_reference
 
     result = check_against_reference(MPNET_REFERENCE)
     # the fixture's cosine similarities are rounded to 4 decimals
@@ -217,7 +217,7 @@ def test_mpnet_conversion_matches_the_reference_outputs():
 
 
 def test_relative_position_buckets_follow_t5s_rule():
-    from genre_tf.bert import relative_position_buckets
+    from genre_tf.nets.bert import relative_position_buckets
 
     buckets = relative_position_buckets(300).numpy()  # [query, key]
     assert buckets[0, 0] == 0 and buckets[5, 0] == 5 and buckets[0, 5] == 21  # exact: 0-7 and 16-23
@@ -231,7 +231,7 @@ def test_minilm_conversion_matches_an_independent_numpy_bert():
     import tensorflow_hub as hub
     from safetensors.numpy import load_file
 
-    from genre_tf.minilm import minilm_handles, package_model_dir
+    from genre_tf.nets.minilm import minilm_handles, package_model_dir
 
     folder = package_model_dir()
     with open(os.path.join(folder, "vocab.txt"), encoding="utf-8") as handle:
@@ -256,7 +256,7 @@ def test_minilm_conversion_matches_an_independent_numpy_bert():
 def test_missing_package_and_damaged_weights_say_how_to_install(monkeypatch, tmp_path):
     import builtins
 
-    from genre_tf import minilm
+    from genre_tf.nets import minilm
 
     real_import = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
@@ -307,7 +307,7 @@ def test_random_poster_encoders_are_reproducible_and_keyed_by_backbone(backbone,
 
 @pytest.mark.slow
 def test_feature_cache_is_reused_and_keyed_by_encoder(small_prepared):
-    from genre_tf.dataset import load_prepared
+    from genre_tf.data.dataset import load_prepared
 
     prepared = load_prepared(small_prepared)
     calls = []
@@ -337,7 +337,7 @@ def test_feature_cache_is_reused_and_keyed_by_encoder(small_prepared):
 @pytest.mark.slow
 def test_bfloat16_minilm_embeds_like_float32_and_keys_its_own_cache(monkeypatch, tmp_path):
     from genre_tf.config import load_config
-    from genre_tf.encoders import text_encoder_identity
+    from genre_tf.nets.encoders import text_encoder_identity
 
     monkeypatch.setenv("GENRE_TF_CACHE", str(tmp_path))  # a fresh conversion at 32 tokens, not the shared one
     plots = tf.constant(SENTENCES)
@@ -357,7 +357,7 @@ def test_bfloat16_minilm_embeds_like_float32_and_keys_its_own_cache(monkeypatch,
 
 @pytest.mark.slow
 def test_padding_is_trimmed_without_changing_the_embeddings():
-    from genre_tf.encoders import pool_encoder_outputs
+    from genre_tf.nets.encoders import pool_encoder_outputs
 
     config = TextEncoderConfig(model="minilm", seq_length=128)
     encoder = build_text_encoder(config)
@@ -373,7 +373,7 @@ def test_padding_is_trimmed_without_changing_the_embeddings():
 
 @pytest.mark.slow
 def test_bfloat16_poster_features_are_close_and_keyed_apart():
-    from genre_tf.encoders import for_inference, poster_encoder_identity
+    from genre_tf.nets.encoders import for_inference, poster_encoder_identity
 
     posters = tf.constant(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)), tf.uint8)
     configs = {p: PosterEncoderConfig(backbone="efficientnet_lite0", image_size=64, precision=p, flip_average=False)
@@ -391,7 +391,7 @@ def test_bfloat16_poster_features_are_close_and_keyed_apart():
 
 
 def test_a_float32_poster_backbone_follows_the_mixed_precision_policy_it_is_built_under():
-    from genre_tf.precision import keras_policy
+    from genre_tf.nets.precision import keras_policy
 
     with keras_policy("float16"):  # what training.precision_policy sets for mixed_precision=true
         encoder = build_poster_encoder(PosterEncoderConfig(backbone="efficientnet_lite0", image_size=32))
@@ -400,7 +400,7 @@ def test_a_float32_poster_backbone_follows_the_mixed_precision_policy_it_is_buil
 
 
 def test_trimming_keeps_every_real_token_of_a_left_padded_or_gapped_mask():
-    from genre_tf.encoders import trim_padding
+    from genre_tf.nets.encoders import trim_padding
 
     mask = tf.constant([[0] * 40 + [1] * 20 + [0] * 68, [1] * 3 + [0] * 10 + [1] * 2 + [0] * 113])
     ids = {"input_word_ids": mask * 7, "input_mask": mask, "input_type_ids": tf.zeros_like(mask)}

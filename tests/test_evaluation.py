@@ -10,10 +10,10 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 import genre_tf  # noqa: F401
+from genre_tf.evaluate.evaluation import REPORT_FILES, compute_metrics, evaluate_run, predict_split, restore_run
+from genre_tf.evaluate.metrics import tune_thresholds
 from genre_tf.files import read_json
-from genre_tf.evaluation import REPORT_FILES, compute_metrics, evaluate_run, predict_split, restore_run
-from genre_tf.metrics import tune_thresholds
-from genre_tf.training import train
+from genre_tf.train.training import train
 
 from conftest import write_mmimdb
 
@@ -94,7 +94,7 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
     assert stored["test_ids"].tolist() == list(test_split["ids"]) and stored["dev_labels"].shape == dev["labels"].shape
     assert os.listdir(os.path.join(trained_run, "logs", "evaluation"))
     # calibration: the scores of these very test probabilities, with intervals, in metrics.json and the report
-    from genre_tf.calibration import calibration_intervals
+    from genre_tf.evaluate.calibration import calibration_intervals
 
     expected = calibration_intervals(test_split["labels"], stored["test_probabilities"])
     for name in ("ece", "brier", "log_loss"):
@@ -194,7 +194,7 @@ def test_a_damaged_or_empty_config_is_named_not_a_traceback(trained_run, tmp_pat
 
 def test_an_empty_test_split_is_refused(tiny_config, tmp_path):
     from genre_tf.config import PrepareConfig, ValidationRules
-    from genre_tf.prepare import prepare
+    from genre_tf.data.prepare import prepare
 
     raw = write_mmimdb(str(tmp_path / "raw"), count=50, seed=3)
     ids = sorted(name[:-5] for name in os.listdir(raw) if name.endswith(".json"))

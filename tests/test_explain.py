@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import genre_tf  # noqa: F401
-from genre_tf.explain import distinct_words, explain_movie, occluded_posters, without_word
+from genre_tf.serve.explain import distinct_words, explain_movie, occluded_posters, without_word
 
 from conftest import WORDS, write_csv
 
@@ -37,7 +37,7 @@ def bag_of_words_bert(folder) -> tuple[str, str]:
     """A TF-Hub BERT with no transformer layer, 48 wide: its mean-pooled output keeps which words a plot holds
     (the 2-layer, 8-wide test BERT scrambles them: a logistic regression on it cannot find a planted word)."""
     import tf_keras as keras
-    from genre_tf.bert import BertShape, build_bert_encoder, save_hub_encoder, save_hub_preprocessor
+    from genre_tf.nets.bert import BertShape, build_bert_encoder, save_hub_encoder, save_hub_preprocessor
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -55,9 +55,9 @@ def planted_export(tmp_path_factory):
 
     The poster branch is the real ImageNet EfficientNet-Lite0 at 32 px (random weights give features of 1e-13)."""
     from genre_tf.config import PrepareConfig, ValidationRules, load_config
-    from genre_tf.prepare import prepare
-    from genre_tf.serving import export_run
-    from genre_tf.training import train
+    from genre_tf.data.prepare import prepare
+    from genre_tf.serve.serving import export_run
+    from genre_tf.train.training import train
 
     root = tmp_path_factory.mktemp("planted")
     encoder, preprocessor = bag_of_words_bert(root)
@@ -95,7 +95,7 @@ def test_word_helpers_delete_every_occurrence_ignoring_case_and_punctuation():
 
 @pytest.mark.slow
 def test_explain_ranks_the_planted_word_first_and_the_planted_patch_hottest(planted_export, tmp_path, capsys):
-    from genre_tf.predict import load_serving, main
+    from genre_tf.serve.predict import load_serving, main
 
     rng = np.random.default_rng(11)
     plot = planted_plot(True, rng)
@@ -118,7 +118,7 @@ def test_explain_ranks_the_planted_word_first_and_the_planted_patch_hottest(plan
     comedy = heat[:, :, serving.genres.index("Comedy")]
     assert np.unravel_index(np.argmax(comedy), comedy.shape) == PATCH and comedy[PATCH] > 0.2
     # faithful: deleting the top words of each explained genre costs it more than deleting as many random words
-    from genre_tf.explain import faithfulness
+    from genre_tf.serve.explain import faithfulness
 
     movies = [{"plot": planted_plot(True, rng), "poster": planted_poster(False, rng)} for _ in range(6)]
     result = faithfulness(serving, movies, words=2)

@@ -13,15 +13,15 @@ import pytest
 import tensorflow as tf
 
 import genre_tf  # noqa: F401
-from genre_tf.config import MAX_REQUEST_MOVIES
+from genre_tf.limits import MAX_REQUEST_MOVIES
+from genre_tf.data.dataset import load_prepared, raw_examples
+from genre_tf.evaluate.evaluation import predict_split, restore_run
+from genre_tf.evaluate.metrics import tune_thresholds
 from genre_tf.files import cache_root, read_json
-from genre_tf.dataset import load_prepared, raw_examples
-from genre_tf.evaluation import predict_split, restore_run
-from genre_tf.metrics import tune_thresholds
-from genre_tf.predict import latest_version
-from genre_tf.serving import export_run
-from genre_tf import migrate
-from genre_tf.training import train
+from genre_tf.serve.predict import latest_version
+from genre_tf.serve.serving import export_run
+from genre_tf.train import migrate
+from genre_tf.train.training import train
 
 from conftest import answering_once, image_bytes
 
@@ -181,7 +181,7 @@ def test_poster_only_model_exports_with_the_same_signature(tiny_config, tmp_path
 
 @pytest.mark.slow
 def test_predict_command_reads_a_csv_and_names_missing_posters(exported, tmp_path, capsys):
-    from genre_tf.predict import main
+    from genre_tf.serve.predict import main
 
     poster = tmp_path / "poster.jpg"
     poster.write_bytes(image_bytes())
@@ -197,7 +197,7 @@ def test_predict_command_reads_a_csv_and_names_missing_posters(exported, tmp_pat
 
 @pytest.mark.slow
 def test_predict_names_bad_rows_and_keeps_the_good_ones(exported, tmp_path, capsys):
-    from genre_tf.predict import main
+    from genre_tf.serve.predict import main
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")
@@ -241,10 +241,10 @@ def test_export_reads_the_run_directory_alone(make_tiny_config, small_prepared, 
     plots, posters = raw_examples(load_prepared(str(data)), "dev")
     written_at_training = read_json(os.path.join(run_dir, "serving", "serving.json"))
 
-    # A run from before the serving files: the export refuses it and names genre_tf.migrate, which computes
+    # A run from before the serving files: the export refuses it and names genre_tf.train.migrate, which computes
     # them once from the dataset, the same as training did.
     shutil.rmtree(os.path.join(run_dir, "serving"))
-    with pytest.raises(FileNotFoundError, match=f"has no serving files .*`python -m genre_tf.migrate {run_dir}`"):
+    with pytest.raises(FileNotFoundError, match=f"has no serving files .*`python -m genre_tf.train.migrate {run_dir}`"):
         export_run(run_dir, str(tmp_path / "models"))
     assert migrate.main([run_dir]) == 0
     assert read_json(os.path.join(run_dir, "serving", "serving.json")) == written_at_training

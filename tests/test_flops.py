@@ -5,10 +5,10 @@ import genre_tf  # noqa: F401  selects tf-keras
 import pytest
 import tf_keras as keras
 
-from genre_tf.bert import BertShape, build_bert_encoder
+from genre_tf.bench.flops import Flops, model_flops
 from genre_tf.config import ModelConfig
-from genre_tf.flops import Flops, model_flops
-from genre_tf.models import build_model
+from genre_tf.nets.bert import BertShape, build_bert_encoder
+from genre_tf.nets.models import build_model
 
 
 def test_tiny_cnn_matches_a_hand_count():

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import genre_tf  # noqa: F401
-from genre_tf.fusion import OUT_OF_FOLD, fit_mix, to_logits
-from genre_tf.layers import GenreMix
+from genre_tf.nets.layers import GenreMix
+from genre_tf.run_dir import OUT_OF_FOLD
+from genre_tf.train.fusion import fit_mix, to_logits
 
 
 def complementary_logits(movies=400, seed=0):
@@ -62,13 +63,12 @@ def test_genre_mix_layer_round_trips_its_config_and_weights(tmp_path):
 
 
 def test_the_integrated_run_is_its_branches_mixed_and_tunes_on_out_of_fold_dev(tiny_config):
-    from genre_tf.dataset import make_dataset
-    from genre_tf.fusion import branch_logits
+    from genre_tf.data.dataset import make_dataset, split_labels
+    from genre_tf.evaluate.metrics import tune_thresholds
     from genre_tf.files import read_json
-    from genre_tf.metrics import tune_thresholds
-    from genre_tf.dataset import split_labels
-    from genre_tf.network import restore_trained
-    from genre_tf.training import train
+    from genre_tf.nets.network import restore_trained
+    from genre_tf.train.fusion import branch_logits
+    from genre_tf.train.training import train
 
     run_dir = train(tiny_config("integrated", "model.fusion=late", "epochs=3"))
     branches = {kind: os.path.join(run_dir, "branches", kind) for kind in ("text_frozen", "poster")}

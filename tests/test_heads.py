@@ -6,10 +6,10 @@ import tensorflow as tf
 import genre_tf  # noqa: F401
 import tf_keras as keras
 from genre_tf.config import ModelConfig
-from genre_tf.dataset import PLOT_EMBEDDING, POSTER_FEATURES
-from genre_tf.layers import ModalityDropout
-from genre_tf.losses import SoftF1Loss
-from genre_tf.models import HEAD, HeadEnsemble, build_model
+from genre_tf.data.dataset import PLOT_EMBEDDING, POSTER_FEATURES
+from genre_tf.nets.layers import ModalityDropout
+from genre_tf.nets.models import HEAD, HeadEnsemble, build_model
+from genre_tf.train.losses import SoftF1Loss
 
 
 def tiny(heads: int, **options) -> keras.Model:

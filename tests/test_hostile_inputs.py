@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -18,14 +19,14 @@ from PIL import Image
 
 import genre_tf  # noqa: F401
 from conftest import answering_once, image_bytes, write_csv, write_mmimdb
-from genre_tf.config import MAX_POSTER_PIXELS
-from genre_tf.files import InputFileError, read_input_file
-from genre_tf.images import decode_poster, load_poster
-from genre_tf.poster_headers import poster_dimensions
 from genre_tf.config import PrepareConfig, ValidationRules
-from genre_tf.prepare import main as prepare_main, prepare, summarize_rejects, validate_all
-from genre_tf.readers import read_catalogue
-from genre_tf.records import RecordError, Reject, check_plot, count_words
+from genre_tf.limits import MAX_POSTER_PIXELS
+from genre_tf.data.images import decode_poster, load_poster
+from genre_tf.data.poster_headers import poster_dimensions
+from genre_tf.data.prepare import main as prepare_main, prepare, summarize_rejects, validate_all
+from genre_tf.data.readers import read_catalogue
+from genre_tf.data.records import RecordError, Reject, check_plot, count_words
+from genre_tf.files import InputFileError, read_input_file
 
 PLOT = " ".join(["word"] * 20)
 RULES = ValidationRules(image_size=32)
@@ -148,10 +149,10 @@ def test_dev_zero_a_fifo_and_a_folder_are_refused_at_once(tmp_path):
     # FIFO waited on would hang the child until run_bounded's timeout.
     result = run_bounded(f"""
         import json, os, pathlib
-        from genre_tf.prepare import validate_all
-        from genre_tf.readers import read_catalogue
         from genre_tf.config import ValidationRules
-        from genre_tf.images import prepared_poster
+        from genre_tf.data.images import prepared_poster
+        from genre_tf.data.prepare import validate_all
+        from genre_tf.data.readers import read_catalogue
         records = read_catalogue({str(csv_path)!r}, poster_dir="/").records  # "/" lets /dev/zero past confinement
         prepared_poster(pathlib.Path({str(tmp_path / "ok.jpg")!r}).read_bytes(), 32)  # loads TensorFlow first
         read, real_read = [0], os.read
@@ -179,7 +180,7 @@ def test_an_mmimdb_json_that_is_a_fifo_is_rejected_not_waited_on(tmp_path):
     os.mkfifo(os.path.join(folder, "tt9999999.json"))
     result = run_bounded(f"""
         import json
-        from genre_tf.readers import read_catalogue
+        from genre_tf.data.readers import read_catalogue
         records = read_catalogue({folder!r}).records
         print(json.dumps([[r.movie_id, getattr(r, "reason", "")] for r in records]))
     """)
@@ -245,7 +246,7 @@ def test_transparent_posters_decode_to_the_same_pixels_in_prepare_and_in_decode_
 def test_a_transparent_png_poster_trains_as_it_is_served(tmp_path):
     import tensorflow as tf
 
-    from genre_tf.dataset import load_prepared, make_dataset
+    from genre_tf.data.dataset import load_prepared, make_dataset
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -318,7 +319,7 @@ def batch_echo_model(tmp_path_factory):
 
 
 def test_predict_reads_and_predicts_a_csv_batch_by_batch(batch_echo_model, tmp_path):
-    from genre_tf.predict import predict, read_csv_movies
+    from genre_tf.serve.predict import predict, read_csv_movies
 
     (tmp_path / "p.jpg").write_bytes(image_bytes())
     rows = [[f"m{i}", "a ghost story", "p.jpg" if i in (0, 100) else ""] for i in range(150)]
@@ -335,7 +336,7 @@ def test_predict_reads_and_predicts_a_csv_batch_by_batch(batch_echo_model, tmp_p
 
 def test_predict_command_batches_resolves_posters_beside_the_csv_and_confines_them(batch_echo_model, tmp_path,
                                                                                      monkeypatch, capsys):
-    from genre_tf.predict import main
+    from genre_tf.serve.predict import main
 
     (tmp_path / "data").mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -405,7 +406,7 @@ def test_decode_poster_refuses_huge_declared_dimensions_and_tiny_posters_before_
 
 
 def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
-    from genre_tf.predict import read_csv_movies
+    from genre_tf.serve.predict import read_csv_movies
 
     (tmp_path / "p.jpg").write_bytes(image_bytes())
     path = write_csv(tmp_path / "bom.csv", [["m1", "t", PLOT, "Drama", "p.jpg"]],
@@ -532,7 +533,7 @@ def test_a_billion_laughs_config_is_refused_at_its_first_alias(tmp_path):
         import contextlib, io, json, time
         import train
         from genre_tf.config import load_config
-        from genre_tf.prepare import main as prepare_main
+        from genre_tf.data.prepare import main as prepare_main
         start = time.perf_counter()
         try:
             load_config({str(path)!r})
@@ -580,8 +581,8 @@ def late_fusion_export(tmp_path_factory):
     """genre_tf's serving module over a tiny late-fusion head and stand-in encoders, saved and loaded again."""
     import tensorflow as tf
     from genre_tf.config import ModelConfig
-    from genre_tf.models import build_genre_head
-    from genre_tf.serving import GenreModel, ServingParts
+    from genre_tf.nets.models import build_genre_head
+    from genre_tf.serve.serving import GenreModel, ServingParts
 
     class Encoder(tf.Module):
         """A stand-in encoder without weights: plot lengths one-hot, or a poster's mean colour."""
@@ -636,7 +637,7 @@ def finished_poster_run(tmp_path_factory, small_prepared, make_tiny_config):
     """A finished tiny poster run on its own copy of the small dataset (copied: tests edit it)."""
     import shutil
 
-    from genre_tf.training import train
+    from genre_tf.train.training import train
 
     root = tmp_path_factory.mktemp("finished")
     data = str(root / "prepared")
@@ -664,7 +665,7 @@ def test_evaluate_and_export_refuse_a_dataset_changed_since_training_naming_what
                                                                                           tmp_path, capsys):
     import evaluate
     from genre_tf.run_dir import DatasetChanged, open_dataset
-    from genre_tf.serving import check_dataset
+    from genre_tf.serve.serving import check_dataset
 
     run = copied_run(finished_poster_run, tmp_path, with_data=True)
     assert open_dataset(run).path == str(tmp_path / "data")  # unchanged: accepted
@@ -685,9 +686,9 @@ def test_an_unfinished_or_locked_run_is_refused_unless_allowed_and_then_names_it
                                                                                        tmp_path, capsys):
     import subprocess
 
-    from genre_tf.evaluation import evaluate_run
+    from genre_tf.evaluate.evaluation import evaluate_run
     from genre_tf.run_dir import RunUnfinished
-    from genre_tf.serving import export_run
+    from genre_tf.serve.serving import export_run
 
     run = copied_run(finished_poster_run, tmp_path)
     # a training holds the lock (another process, as in real life)
@@ -764,9 +765,9 @@ def test_export_reports_a_full_disk_and_a_version_taken_meanwhile_in_one_line(fi
 
 def test_a_relative_data_path_is_resolved_when_the_run_is_created(small_prepared, make_tiny_config, tmp_path,
                                                                   monkeypatch):
-    from genre_tf.evaluation import evaluate_run
+    from genre_tf.evaluate.evaluation import evaluate_run
     from genre_tf.run_dir import load_config
-    from genre_tf.training import train
+    from genre_tf.train.training import train
 
     monkeypatch.chdir(os.path.dirname(small_prepared))
     config = make_tiny_config("most_common", run_dir=tmp_path / "run")
@@ -780,7 +781,7 @@ def test_a_failure_before_the_first_backup_leaves_one_history_row_per_epoch(tiny
     import errno
 
     import tf_keras as keras
-    from genre_tf.training import train
+    from genre_tf.train.training import train
 
     config = tiny_config("poster", "epochs=2", "patience=5")
     original = keras.callbacks.BackupAndRestore.on_epoch_end
@@ -810,11 +811,11 @@ def test_a_python_tag_in_an_option_is_a_one_line_usage_error(capsys):
 
 def test_serving_refuses_requests_over_the_documented_limits(late_fusion_export):
     import tensorflow as tf
-    from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
+    from genre_tf.limits import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
 
     serve = late_fusion_export["serving_default"]
     assert serve(plot=tf.constant(["x" * MAX_PLOT_BYTES]), poster=tf.constant([b""]))["probabilities"].shape == (1, 2)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=f"a plot holds at most {MAX_PLOT_BYTES} bytes"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(f"plot too long (max {MAX_PLOT_BYTES} bytes")):
         serve(plot=tf.constant(["x" * (MAX_PLOT_BYTES + 1)]), poster=tf.constant([b""]))
     many = MAX_REQUEST_MOVIES + 1
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"a request holds at most {MAX_REQUEST_MOVIES} movies"):
@@ -822,15 +823,15 @@ def test_serving_refuses_requests_over_the_documented_limits(late_fusion_export)
 
 
 def test_prepare_and_predict_apply_the_same_plot_limit(batch_echo_model, tmp_path, capsys):
-    from genre_tf.config import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
-    from genre_tf.predict import main, predict
+    from genre_tf.limits import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES
+    from genre_tf.serve.predict import main, predict
 
     long_plot = "word " * (MAX_PLOT_BYTES // 5) + "word"  # 13,108 words, 65,539 bytes
     with pytest.raises(RecordError, match=f"plot too long: {len(long_plot)} bytes"):
         check_plot(long_plot, ValidationRules(max_plot_words=10**9))
     write_csv(tmp_path / "m.csv", [["long", "t", "x" * (MAX_PLOT_BYTES + 1), "", "", "", ""]])
     assert main(["--model", batch_echo_model, "--csv", str(tmp_path / "m.csv"), "--json"]) == 0
-    assert f"long: the plot is longer than {MAX_PLOT_BYTES} bytes" in capsys.readouterr().err
+    assert f"long: plot too long: {MAX_PLOT_BYTES + 1} bytes (max {MAX_PLOT_BYTES} bytes" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", batch_echo_model, "--plot", "p", "--batch-size", str(MAX_REQUEST_MOVIES + 1)])
     assert exit_info.value.code == 2
@@ -858,7 +859,7 @@ def test_a_plot_of_invisible_characters_is_no_plot_in_prepare_and_in_serving(lat
 
 
 def test_genre_names_merge_across_unicode_forms_and_case_and_refuse_separators_and_markup(tmp_path):
-    from genre_tf.records import parse_genres
+    from genre_tf.data.records import parse_genres
 
     assert parse_genres(["Com\u00e9die", "come\u0301die", "COMÉDIE "]) == ("Com\u00e9die",)
     for bad in (["Sci|Fi"], ["<script>alert(1)</script>"], ["Action, Adventure"], ["Dra\x00ma"], ["**bold**"],
@@ -876,7 +877,7 @@ def test_genre_names_merge_across_unicode_forms_and_case_and_refuse_separators_a
 
 def test_a_long_animated_gif_is_judged_alike_by_prepare_and_serving(tmp_path):
     import tensorflow as tf
-    from genre_tf.images import decode_posters
+    from genre_tf.data.images import decode_posters
 
     frames = [Image.new("RGB", (700, 700), (10 * i % 256, 80, 160)) for i in range(90)]  # 44 M pixels in all
     long_gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
@@ -905,7 +906,7 @@ def test_the_client_refuses_a_wrong_answer_in_one_line_and_exits_1(answer, capsy
 
 
 def test_a_predict_csv_naming_a_column_twice_is_refused_naming_it(batch_echo_model, tmp_path, capsys):
-    from genre_tf.predict import main
+    from genre_tf.serve.predict import main
 
     write_csv(tmp_path / "m.csv", [["m1", PLOT, "short"]], header=("id", "plot", "plot"))
     assert main(["--model", batch_echo_model, "--csv", str(tmp_path / "m.csv")]) == 1
@@ -914,7 +915,7 @@ def test_a_predict_csv_naming_a_column_twice_is_refused_naming_it(batch_echo_mod
 
 
 def test_a_batch_larger_than_the_training_split_is_refused_before_the_run_folder_exists(tiny_config):
-    from genre_tf.training import train
+    from genre_tf.train.training import train
 
     config = tiny_config("poster", "batch_size=1000")
     with pytest.raises(ValueError, match="batch_size=1000 .* is larger than the 75 training movies"):
@@ -925,8 +926,8 @@ def test_a_batch_larger_than_the_training_split_is_refused_before_the_run_folder
 
 
 def test_migrate_refuses_a_run_in_training_or_unfinished(finished_poster_run, tmp_path, capsys):
-    from genre_tf import migrate
     from genre_tf.run_dir import locked
+    from genre_tf.train import migrate
 
     run = copied_run(finished_poster_run, tmp_path)
     with locked(run):  # what a running train.py holds
@@ -959,7 +960,7 @@ def test_a_damaged_or_emptied_files_record_does_not_hide_a_changed_dataset(finis
 def test_a_tensorflow_error_while_training_is_one_line(monkeypatch, capsys):
     import tensorflow as tf
     import train as train_script
-    from genre_tf import training
+    from genre_tf.train import training
 
     def full_disk(config):
         raise tf.errors.ResourceExhaustedError(None, None, "backup/ckpt.data: No space left on device\n\tat ...")

@@ -1,29 +1,54 @@
-"""The run directory is the one hand-off: evaluation, serving, export and predict never import training (issue 24)."""
+"""The package's stages import one way: data <- nets <- train; evaluate and serve read run directories and nets,
+never train (nor each other); bench and the commands may use everything. Every module of genre_tf and export/ is
+checked, function-level imports included, and a wrong-way arrow is printed as the chain of imports that makes it."""
 import ast
-import glob
-import os
+import graphlib
 from collections import deque
 from pathlib import Path
 
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "genre_tf"
-FORBIDDEN = "genre_tf.training"
-# Read from the source only: nothing here is imported, so the test also runs where TensorFlow is missing.
-ROOTS = ["genre_tf/evaluation.py", "genre_tf/serving.py", "genre_tf/predict.py", *sorted(
-    os.path.relpath(path, ROOT) for path in glob.glob(str(ROOT / "export" / "*.py")))]
+# Which stages each stage may import. "shared" is the package itself, files.py, limits.py and config.py; run_dir.py, the
+# hand-off, sits above data (it records the prepared dataset a run read); "commands" are the short entry modules
+# (python -m genre_tf.prepare, .predict, .batch_predict) and export/'s scripts.
+BELOW = {
+    "shared": set(),
+    "data": {"shared"},
+    "run_dir": {"shared", "data"},
+    "nets": {"shared", "data", "run_dir"},
+    "evaluate": {"shared", "data", "run_dir", "nets"},
+    "serve": {"shared", "data", "run_dir", "nets"},
+    "train": {"shared", "data", "run_dir", "nets", "evaluate"},
+    "bench": {"shared", "data", "run_dir", "nets", "evaluate", "serve", "train"},
+    "commands": {"shared", "data", "run_dir", "nets", "evaluate", "serve", "train", "bench"},
+}
+SHARED = {PACKAGE, f"{PACKAGE}.files", f"{PACKAGE}.config", f"{PACKAGE}.limits"}
+COMMANDS = {f"{PACKAGE}.prepare", f"{PACKAGE}.predict", f"{PACKAGE}.batch_predict"}
 
 
 def module_files() -> dict[str, Path]:
-    """genre_tf's own modules by dotted name (the package's __init__ as `genre_tf`), and export/'s scripts."""
-    files = {PACKAGE: ROOT / PACKAGE / "__init__.py"}
-    files |= {f"{PACKAGE}.{path.stem}": path for path in (ROOT / PACKAGE).glob("*.py") if path.stem != "__init__"}
+    """genre_tf's own modules by dotted name (a package by its __init__), and export/'s scripts."""
+    files = {}
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     # export/'s scripts put export/ on sys.path and import each other by bare name (`import client`)
     return files | {f"export/{path.stem}": path for path in (ROOT / "export").glob("*.py")}
 
 
-def name_of(path: str, files: dict[str, Path]) -> str:
-    return next(name for name, file in files.items() if file == ROOT / path)
+def stage_of(module: str) -> str:
+    """The stage a module belongs to: its subpackage, or one of the top level's roles."""
+    if module in SHARED:
+        return "shared"
+    if module in COMMANDS or module.startswith("export/"):
+        return "commands"
+    if module == f"{PACKAGE}.run_dir":
+        return "run_dir"
+    stage = module.split(".")[1]
+    assert stage in BELOW, f"{module} belongs to no stage: put it in a stage folder, or name its role here"
+    return stage
 
 
 def is_type_checking(node: ast.AST) -> bool:
@@ -93,28 +118,61 @@ def chain_to(graph: dict[str, dict[str, int]], start: str, goal: str) -> list[st
     return None
 
 
+def wrong_way(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """Each import that points at a stage its importer may not use, as the chain from the importer to it."""
+    return [[module, f"{target} (line {line} of {module})"] for module, edges in sorted(graph.items())
+            for target, line in edges.items()
+            if stage_of(target) != stage_of(module) and stage_of(target) not in BELOW[stage_of(module)]]
+
+
 def test_the_walk_sees_real_imports_of_every_form():
     files = module_files()
     graph = import_graph(files)
-    assert set(ROOTS) >= {"genre_tf/evaluation.py", "export/export_savedmodel.py", "export/client.py"}
-    assert len(graph) > 25 and any(FORBIDDEN in edges for edges in graph.values())  # bench, speed... train
-    assert "genre_tf.serving" in graph["export/export_savedmodel"]  # a function-level import
-    assert "genre_tf" in graph["genre_tf.predict"]  # importing genre_tf.x runs genre_tf/__init__.py first
-    tree = ast.parse("from genre_tf import training\nfrom . import files\nfrom .metrics import f1_scores\n"
-                     "import genre_tf.dataset as d\nimportlib.import_module('genre_tf.bench')\n"
-                     "if TYPE_CHECKING:\n    import genre_tf.models\n")
-    names = {name for name, _ in imported_names(tree, "genre_tf.serving")}
-    assert {FORBIDDEN, "genre_tf.files", "genre_tf.metrics", "genre_tf.dataset", "genre_tf.bench"} <= names
-    assert "genre_tf.models" not in names
+    assert {"genre_tf.data.prepare", "genre_tf.nets.network", "genre_tf.bench", "export/client"} <= set(graph)
+    assert "genre_tf.serve.serving" in graph["export/export_savedmodel"]  # a function-level import
+    assert "genre_tf" in graph["genre_tf.serve.predict"]  # importing genre_tf.x.y runs genre_tf/__init__.py first
+    assert "genre_tf.data" in graph["genre_tf.data.prepare"]  # ... and genre_tf/x/__init__.py
+    tree = ast.parse("from genre_tf.train import training\nfrom . import files\nfrom .metrics import f1_scores\n"
+                     "import genre_tf.data.dataset as d\nimportlib.import_module('genre_tf.bench.table3')\n"
+                     "if TYPE_CHECKING:\n    import genre_tf.nets.models\n")
+    names = {name for name, _ in imported_names(tree, "genre_tf.evaluate.evaluation")}
+    assert {"genre_tf.train.training", "genre_tf.evaluate.files", "genre_tf.evaluate.metrics",
+            "genre_tf.data.dataset", "genre_tf.bench.table3"} <= names
+    assert "genre_tf.nets.models" not in names
     chain = chain_to({"a": {"b": 3}, "b": {"c": 7}, "c": {}}, "a", "c")
     assert chain == ["a", "b (line 3 of a)", "c (line 7 of b)"]
 
 
-def test_evaluation_serving_export_and_predict_never_import_training():
-    """Not directly, nor through any chain of genre_tf's own modules (function-level imports included)."""
+def test_every_module_imports_only_its_own_stage_and_those_below():
+    graph = import_graph(module_files())
+    broken = wrong_way(graph)
+    assert not broken, "imports that point the wrong way between stages:\n" + "\n".join(" -> ".join(c) for c in broken)
+
+
+def test_a_planted_wrong_way_import_is_caught_and_its_chain_printed():
+    graph = import_graph(module_files())
+    graph["genre_tf.nets.models"] = dict(graph["genre_tf.nets.models"], **{"genre_tf.train.losses": 12})
+    graph["genre_tf.serve.serving"] = dict(graph["genre_tf.serve.serving"], **{"genre_tf.evaluate.metrics": 3})
+    assert wrong_way(graph) == [
+        ["genre_tf.nets.models", "genre_tf.train.losses (line 12 of genre_tf.nets.models)"],
+        ["genre_tf.serve.serving", "genre_tf.evaluate.metrics (line 3 of genre_tf.serve.serving)"]]
+
+
+def test_nothing_after_training_reaches_it_through_any_chain():
+    """evaluate, serve and export never import train, directly or through any chain of genre_tf's modules."""
     files = module_files()
     graph = import_graph(files)
-    chains = [chain for path in ROOTS if (chain := chain_to(graph, name_of(path, files), FORBIDDEN))]
-    for chain in chains:
-        print(" -> ".join(chain))
-    assert not chains, "imports of genre_tf.training:\n" + "\n".join(" -> ".join(chain) for chain in chains)
+    starts = [module for module in graph if stage_of(module) in ("evaluate", "serve") or module.startswith("export/")]
+    chains = [chain for start in starts for goal in graph if goal.startswith("genre_tf.train.")
+              if (chain := chain_to(graph, start, goal))]
+    assert len(starts) > 10
+    assert not chains, "chains into training:\n" + "\n".join(" -> ".join(chain) for chain in chains)
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph(module_files())
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as error:
+        pytest.fail(f"import cycle: {' -> '.join(error.args[1])}")
+    assert order.index("genre_tf.config") < order.index("genre_tf.train.training")

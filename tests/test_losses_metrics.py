@@ -4,8 +4,8 @@ import pytest
 
 import genre_tf  # noqa: F401
 import tf_keras as keras
-from genre_tf.losses import AsymmetricLoss, SoftF1Loss, SoftF1PlusCrossentropy, WeightedBinaryCrossentropy
-from genre_tf.metrics import f1_scores, predict_labels, tune_thresholds
+from genre_tf.evaluate.metrics import f1_scores, predict_labels, tune_thresholds
+from genre_tf.train.losses import AsymmetricLoss, SoftF1Loss, SoftF1PlusCrossentropy, WeightedBinaryCrossentropy
 
 Y = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
 P = np.array([[0.9, 0.2], [0.3, 0.6], [0.5, 0.5]], np.float32)
@@ -83,8 +83,8 @@ def test_thresholds_maximise_each_genres_f1():
 
 
 def test_a_genre_without_a_positive_dev_movie_is_never_predicted():
-    from genre_tf.evaluation import unseen_lines
-    from genre_tf.metrics import NEVER_THRESHOLD, predict_labels, unseen_genres
+    from genre_tf.evaluate.evaluation import unseen_lines
+    from genre_tf.evaluate.metrics import NEVER_THRESHOLD, predict_labels, unseen_genres
 
     labels = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
     probabilities = np.array([[0.9, 0.3], [0.2, 1.0], [0.8, 0.99], [0.1, 0.05]], np.float32)

@@ -13,10 +13,10 @@ from PIL import Image
 
 from conftest import write_csv
 from genre_tf.config import PrepareConfig, ValidationRules
-from genre_tf.dataset import DATASET_FORMAT, MOVIE_ID, POSTER, load_prepared, make_dataset, raw_examples
-from genre_tf.images import decode_poster, decode_posters
-from genre_tf.prepare import prepare
-from genre_tf.readers import SPLIT_NAMES
+from genre_tf.data.dataset import DATASET_FORMAT, MOVIE_ID, POSTER, load_prepared, make_dataset, raw_examples
+from genre_tf.data.images import decode_poster, decode_posters
+from genre_tf.data.prepare import prepare
+from genre_tf.data.readers import SPLIT_NAMES
 
 PLOT = "a family story told over one long night in the dark city where the hero learns to love and laugh again"
 WIDTH, HEIGHT = 150, 240  # portrait, as posters are: 32 px shrinks both sides, 224 px stretches one

@@ -9,7 +9,7 @@ import pytest
 import genre_tf  # noqa: F401
 from conftest import write_mmimdb
 from genre_tf.config import PrepareConfig, ValidationRules, dump_config, load_config
-from genre_tf.prepare import main as prepare_main, parse_args
+from genre_tf.data.prepare import main as prepare_main, parse_args
 
 OPTIONS = ["out=prep", "name=tiny", "columns.plot=Overview", "genres=[Drama, Comedy]", "genreless=drop",
            "fractions=[0.5, 0.25, 0.25]", "rules.genre_aliases={Science Fiction: Sci-Fi}", "rules.image_size=64"]
@@ -79,7 +79,7 @@ def test_help_lists_every_key_with_its_default_and_imports_no_tensorflow():
     for line in ("rules.genre_aliases=[]", "rules.image_size=260", "columns.plot=plot", "fractions=[0.6, 0.2, 0.2]",
                  "genreless=keep", "out="):
         assert f"\n  {line}\n" in result.stdout
-    check = ("import sys, genre_tf.config, genre_tf.prepare; genre_tf.prepare.build_parser().format_help(); "
+    check = ("import sys, genre_tf.config, genre_tf.data.prepare; genre_tf.data.prepare.build_parser().format_help(); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras')))")
     modules = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert modules.returncode == 0 and modules.stdout.strip() == "[]", modules.stderr

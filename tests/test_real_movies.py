@@ -10,7 +10,7 @@ import pytest
 
 import genre_tf  # noqa: F401
 from genre_tf.config import PrepareConfig, ValidationRules
-from genre_tf.prepare import prepare
+from genre_tf.data.prepare import prepare
 
 REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real-movies")
 CSV = os.path.join(REAL, "movies.csv")
@@ -51,7 +51,7 @@ def test_prepare_keeps_every_movie_whose_plot_and_poster_are_valid(real_prepared
 def test_a_short_poster_run_beats_most_common_class_on_dev(real_prepared, tmp_path):
     from genre_tf.config import load_config
     from genre_tf.files import read_json
-    from genre_tf.training import train
+    from genre_tf.train.training import train
 
     out, _ = real_prepared
     config = load_config(overrides=[f"data={out}", f"run_dir={tmp_path / 'poster'}", "model.kind=poster",
@@ -66,7 +66,7 @@ def test_the_integrated_model_beats_its_poster_branch_on_dev(real_prepared, tmp_
     """A short fusion check: the default integrated model (late fusion over frozen text) against the poster model."""
     from genre_tf.config import load_config
     from genre_tf.files import read_json
-    from genre_tf.training import train
+    from genre_tf.train.training import train
 
     out, _ = real_prepared
     common = [f"data={out}", "poster.backbone=efficientnet_lite0", "poster.image_size=128", "poster.flip_average=false",

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from genre_tf.images import decode_poster, decode_posters
-from genre_tf.poster_headers import poster_dimensions
+from genre_tf.data.images import decode_poster, decode_posters
+from genre_tf.data.poster_headers import poster_dimensions
 
 
 def encoded(fmt: str, size=(40, 50), mode="RGB", seed=0, **options) -> bytes:

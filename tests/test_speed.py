@@ -1,7 +1,7 @@
 """The speed benchmark's arithmetic: FLOPs of the models it times, rates against the peak, the report."""
 import genre_tf  # noqa: F401  selects tf-keras
 
-from genre_tf.speed import matmul_peak, rate_row, speed_markdown, training_step
+from genre_tf.bench.speed import matmul_peak, rate_row, speed_markdown, training_step
 
 TINY_BERT = 2 * (2 * 128 * (4 * 8 * 8 + 2 * 8 * 16) + 2 * 2 * 128 * 128 * 8) + 2 * 8 * 8  # see conftest's tiny BERT
 TEXT_HEAD = 2 * (8 * 16 + 16 * 8 + 8 * 4)  # text_units [16, 8], 4 genres
@@ -48,10 +48,10 @@ def test_the_report_states_the_batch_1_ratio():
 def test_served_flops_count_the_trimmed_plot_length(tiny_hub_bert):
     import tensorflow as tf
 
+    from genre_tf.bench.speed import encoded_tokens, served_flops
     from genre_tf.config import TextEncoderConfig
-    from genre_tf.encoders import build_text_encoder
-    from genre_tf.serving import ServingParts
-    from genre_tf.speed import encoded_tokens, served_flops
+    from genre_tf.nets.encoders import build_text_encoder
+    from genre_tf.serve.serving import ServingParts
 
     encoder, preprocessor = tiny_hub_bert
     text = build_text_encoder(TextEncoderConfig(encoder=encoder, preprocessor=preprocessor, seq_length=128))

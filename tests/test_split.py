@@ -1,7 +1,7 @@
 """Stratified splitting and oversampling."""
 import numpy as np
 
-from genre_tf.split import multi_hot, oversample_counts, stratified_split, top_genres
+from genre_tf.data.split import multi_hot, oversample_counts, stratified_split, top_genres
 
 
 def catalogue(n=1000, seed=0):

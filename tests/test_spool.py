@@ -6,9 +6,9 @@ import numpy as np
 import genre_tf  # noqa: F401
 from conftest import image_bytes, write_csv
 from genre_tf.config import PrepareConfig, ValidationRules
-from genre_tf.prepare import validate_all, write_prepared
-from genre_tf.readers import read_catalogue
-from genre_tf.spool import PosterSpool, SpooledPoster
+from genre_tf.data.prepare import validate_all, write_prepared
+from genre_tf.data.readers import read_catalogue
+from genre_tf.data.spool import PosterSpool, SpooledPoster
 
 RULES = ValidationRules(image_size=32)
 

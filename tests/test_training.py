@@ -13,13 +13,13 @@ import pytest
 import tf_keras as keras
 
 import genre_tf  # noqa: F401
-from genre_tf import callbacks, training
-from genre_tf.files import read_json, write_json
 from genre_tf.config import dump_config, load_config
-from genre_tf.metrics import f1_scores
-from genre_tf.run_dir import HISTORY, MONITOR, best_checkpoint, checkpoint_identity, checkpoint_record, read_history
-from genre_tf.run_dir import RunDirectoryInUse
-from genre_tf.training import train
+from genre_tf.evaluate.metrics import f1_scores
+from genre_tf.files import read_json, write_json
+from genre_tf.run_dir import (HISTORY, MONITOR, best_checkpoint, checkpoint_identity, checkpoint_record, read_history,
+                              RunDirectoryInUse)
+from genre_tf.train import callbacks, training
+from genre_tf.train.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ def learnable_prepared(tmp_path_factory):
     """
     from conftest import GENRES, image_bytes
     from genre_tf.config import PrepareConfig, ValidationRules
-    from genre_tf.prepare import prepare
+    from genre_tf.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("learnable")
     (root / "raw").mkdir()
@@ -57,7 +57,7 @@ def learnable_prepared(tmp_path_factory):
 
 def constant_floor(prepared_dir) -> float:
     """Dev weighted F1 of the better constant prediction: every genre, or the genres of most training movies."""
-    from genre_tf.dataset import load_prepared, split_labels
+    from genre_tf.data.dataset import load_prepared, split_labels
 
     prepared = load_prepared(prepared_dir)
     train_labels, dev = (split_labels(prepared, name)["labels"] for name in ("train", "dev"))
@@ -149,7 +149,7 @@ def test_a_resumed_run_continues_from_the_right_epoch_and_stops_early_on_time(ti
 
 
 def test_a_kill_while_saving_the_best_checkpoint_loses_no_evaluation(tiny_config, monkeypatch, capsys):
-    from genre_tf.evaluation import predict_split, restore_run
+    from genre_tf.evaluate.evaluation import predict_split, restore_run
 
     config = tiny_config("poster", "epochs=3", "learning_rate=1.0e-12")  # epoch 1 stays the best (see above)
 
@@ -213,8 +213,9 @@ def test_a_kill_in_the_final_steps_trains_nothing_again(tiny_config, monkeypatch
 
 @pytest.mark.slow
 def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(tiny_config, small_prepared, learnable_prepared):
-    from genre_tf.dataset import split_labels
-    from genre_tf.training import build_for_training, open_dataset
+    from genre_tf.data.dataset import split_labels
+    from genre_tf.data.demo import open_prepared
+    from genre_tf.train.training import build_for_training
 
     config = tiny_config("integrated", f"data={learnable_prepared}", *LEARNS, "epochs=4",
                          "feature_cache=false", "model.fine_tune_text=false")
@@ -228,7 +229,7 @@ def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(tiny_config, sm
 
     tuned = tiny_config("poster",
                         "poster.fine_tune_last_stage=true")
-    prepared = open_dataset(tuned)
+    prepared = open_prepared(tuned.data)
     model = build_for_training(tuned, prepared, split_labels(prepared, "train")["labels"], {})
     assert model.input_names == ["poster"]
     backbone = model.get_layer("poster_encoder").get_layer("efficientnet_lite0")
@@ -314,7 +315,7 @@ def test_bad_options_give_clear_errors(option, message, capsys):
 
 @pytest.mark.slow
 def test_two_workers_on_localhost_train_one_model(tiny_config, small_prepared, tiny_hub_bert):
-    from genre_tf.multiworker import run_workers
+    from genre_tf.train.multiworker import run_workers
 
     config = tiny_config("text_frozen")
     encoder, preprocessor = tiny_hub_bert
@@ -368,8 +369,8 @@ def test_a_training_run_never_writes_into_its_prepared_dataset(make_tiny_config,
 def test_a_run_directory_is_never_a_prepared_dataset_nor_inside_one(small_prepared, tiny_overrides, tmp_path, capsys):
     import train as train_script
     from genre_tf.config import PrepareConfig
+    from genre_tf.data.prepare import prepare
     from genre_tf.files import sha256_of
-    from genre_tf.prepare import prepare
 
     data = tmp_path / "data"
     shutil.copytree(small_prepared, data, ignore=shutil.ignore_patterns("features"))
@@ -452,7 +453,7 @@ def test_a_non_finite_loss_stops_training_at_once_and_keeps_the_last_finite_chec
     import tensorflow as tf
 
     import train as train_script
-    from genre_tf.serving import export_run
+    from genre_tf.serve.serving import export_run
 
     options = [f"data={small_prepared}", f"run_dir={tmp_path / 'run'}", "model.kind=poster", *tiny_overrides,
                "epochs=3", "patience=5"]
@@ -482,8 +483,8 @@ def test_a_non_finite_loss_stops_training_at_once_and_keeps_the_last_finite_chec
     run_dir = train(config)  # the same command again: it resumes from the last finite epoch and finishes
     assert [row["epoch"] for row in read_history(run_dir)] == [0, 1, 2]
     # a checkpoint of NaN weights (as training before this kept one) is never exported
-    from genre_tf.callbacks import save_checkpoint
-    from genre_tf.network import restore_trained
+    from genre_tf.nets.network import restore_trained
+    from genre_tf.train.callbacks import save_checkpoint
 
     _, _, model, _ = restore_trained(run_dir)
     model.set_weights([np.full_like(weight, np.nan) for weight in model.get_weights()])

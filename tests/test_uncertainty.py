@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from genre_tf.baselines import METRICS
-from genre_tf.metrics import f1_scores
-from genre_tf.uncertainty import (bootstrap_intervals, format_interval, paired_difference, resample_counts,
-                                  resample_indices, resampled_scores, seed_spread)
+from genre_tf.evaluate.baselines import METRICS
+from genre_tf.evaluate.metrics import f1_scores
+from genre_tf.evaluate.uncertainty import (bootstrap_intervals, format_interval, paired_difference, resample_counts,
+                                           resample_indices, resampled_scores, seed_spread)
 
 
 def random_set(seed, movies=30, genres=4):

@@ -1,0 +1,327 @@
+"""Read a raw catalogue once, validate every record, split, and write a prepared dataset.
+
+    python -m genre_tf.prepare CATALOGUE [--config FILE.yaml] out=DIR [key=value ...]
+    python -m genre_tf.prepare movies.csv out=prepared/movies num_genres=5 genreless=drop
+"""
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from genre_tf.config import PrepareConfig, ValidationRules, config_to_dict, describe_keys, load_config
+from genre_tf.data.readers import SPLIT_NAMES, read_catalogue
+from genre_tf.data.records import Movie, RecordError, Reject, genre_key, id_key, validate_movie
+from genre_tf.data.split import frequency_table, multi_hot, stratified_split, top_genres
+from genre_tf.data.spool import PosterSpool
+from genre_tf.files import enclosing, is_run_folder, staging_folder
+
+
+def check_trainable(split: dict[str, list[str]], config: PrepareConfig, rejects: list[Reject]) -> None:
+    """Refuse a split that cannot train or select a model: too few train movies, or no dev movie."""
+    sizes = ", ".join(f"{name} {len(split[name])}" for name in SPLIT_NAMES)
+    problems = []
+    if len(split["train"]) < config.min_train_movies:
+        problems.append(f"{len(split['train'])} training movie(s), fewer than one batch of {config.min_train_movies} "
+                        "(min_train_movies)")
+    if not split["dev"]:
+        problems.append("no dev movie to select the best epoch on")
+    if problems:
+        raise ValueError(f"{config.catalogue}: nothing written: {' and '.join(problems)} ({sizes}).\n"
+                         f"{summarize_rejects(rejects, report=None)}")
+    if not split["test"]:
+        print(f"warning: the test part is empty ({sizes}); evaluate.py will refuse to score test", file=sys.stderr)
+
+
+def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0, progress: bool = True,
+                 spool: PosterSpool | None = None) -> tuple[list[Movie], list[Reject]]:
+    """Validate records in parallel, keeping order; duplicates of an earlier id are rejected.
+
+    With a spool, each kept movie's poster_png is where its PNG lies in the spool, not the bytes.
+    """
+    def check(record):
+        if isinstance(record, Reject):
+            return record
+        try:
+            return validate_movie(record, rules)
+        except RecordError as error:
+            return Reject(record.source, str(record.movie_id or ""), str(error))
+
+    movies, rejects, first_seen = [], [], {}
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        results = pool.map(check, records)
+        for result in tqdm(results, total=len(records), desc="validating", unit="movie",
+                           disable=not progress, mininterval=1.0):
+            if isinstance(result, Reject):
+                rejects.append(result)
+            elif id_key(result.movie_id) in first_seen:  # "tt1", "TT1", "ｔｔ1" and "tt\u200b1" are one movie
+                source, spelled = first_seen[id_key(result.movie_id)]
+                seen_as = "" if spelled == result.movie_id else f" as {spelled!r}"
+                rejects.append(Reject(result.source, result.movie_id,
+                                      f"duplicate id (first seen at {source}{seen_as})"))
+            else:
+                first_seen[id_key(result.movie_id)] = (result.source, result.movie_id)
+                # posters go to disk as they come: in memory they were ~46 KB a movie of prepare's peak
+                movies.append(result if spool is None else dataclasses.replace(
+                    result, poster_png=spool.put(result.poster_png)))
+    return movies, rejects
+
+
+def resolve_split(movies: list[Movie], given: dict[str, list[str]] | None, config: PrepareConfig,
+                  rejects: list[Reject]) -> dict[str, list[str]]:
+    """The layout's own split restricted to valid movies, or a stratified split of them."""
+    if given is None:
+        return stratified_split([m.movie_id for m in movies], [m.genres for m in movies],
+                                config.fractions, config.seed)
+    valid = {movie.movie_id for movie in movies}
+    assigned = {movie_id for ids in given.values() for movie_id in ids}
+    for movie in movies:
+        if movie.movie_id not in assigned:
+            rejects.append(Reject(movie.source, movie.movie_id, "id is in no part of the given split"))
+    seen = valid | {reject.movie_id for reject in rejects}
+    for name in SPLIT_NAMES:
+        for movie_id in given[name]:
+            if movie_id not in seen:
+                rejects.append(Reject(f"split ({name})", movie_id, "listed in the split but no record has this id"))
+    return {name: [movie_id for movie_id in given[name] if movie_id in valid] for name in SPLIT_NAMES}
+
+
+def unify_spellings(movies: list[Movie]) -> list[Movie]:
+    """Spell each genre one way: the catalogue's most common spelling among those equal ignoring case."""
+    spellings: dict[str, Counter] = {}
+    for movie in movies:
+        for genre in movie.genres:
+            spellings.setdefault(genre_key(genre), Counter())[genre] += 1
+    chosen = {key: min(counts, key=lambda name: (-counts[name], name)) for key, counts in spellings.items()}
+    return [dataclasses.replace(movie, genres=tuple(chosen[genre_key(g)] for g in movie.genres)) for movie in movies]
+
+
+def choose_vocabulary(train_genres: list[tuple], config: PrepareConfig) -> list[str]:
+    """The genres to predict: the closed list given, or the most frequent ones on the training part."""
+    if not config.genres:
+        return top_genres(train_genres, config.num_genres)
+    spelled = {genre_key(g): g for movie in train_genres for g in movie}
+    missing = [g for g in config.genres if genre_key(g) not in spelled]
+    if missing:
+        raise ValueError(f"genres names {missing}, which no training movie has; the catalogue's most frequent "
+                         f"genres are {top_genres(train_genres, 20)}")
+    return [spelled[genre_key(g)] for g in config.genres]
+
+
+def apply_vocabulary(movies: list[Movie], split: dict[str, list[str]], genres: list[str],
+                     policy: str, rejects: list[Reject]) -> tuple[dict[str, list[str]], dict]:
+    """Apply the genreless policy; returns the split and counts for the summary.
+
+    A movie is never rejected for carrying a genre outside the vocabulary; one with none of the
+    vocabulary's genres is kept with no label (the paper) or dropped into the rejects.
+    """
+    if policy not in ("keep", "drop"):
+        raise ValueError(f"genreless must be 'keep' or 'drop', got {policy!r}")
+    kept_genres = set(genres)
+    in_split = {movie_id for ids in split.values() for movie_id in ids}
+    chosen = [movie for movie in movies if movie.movie_id in in_split]
+    genreless = [movie for movie in chosen if not kept_genres.intersection(movie.genres)]
+    counts = {"with_other_genres_too": sum(1 for m in chosen if set(m.genres) - kept_genres
+                                           and kept_genres.intersection(m.genres)),
+              "with_none_of_the_genres": len(genreless), "genreless_policy": policy}
+    if policy == "keep":
+        return split, counts
+    for movie in genreless:
+        rejects.append(Reject(movie.source, movie.movie_id,
+                              f"none of its genres {list(movie.genres)} is among the {len(genres)} kept"))
+    dropped = {movie.movie_id for movie in genreless}
+    return {name: [i for i in ids if i not in dropped] for name, ids in split.items()}, counts
+
+
+def genre_counts(movies: list[Movie], ids: list[str]) -> dict[str, int]:
+    """How many of the given movies carry each genre, most frequent first."""
+    wanted = set(ids)
+    counts = Counter(genre for movie in movies if movie.movie_id in wanted for genre in movie.genres)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: list[str], rejects: list[Reject],
+                   config: PrepareConfig, directory: str, vocabulary: dict, spool: PosterSpool | None = None) -> dict:
+    """Write every artifact of a prepared dataset into `directory` (posters from `spool`, if given); returns its
+    metadata."""
+    from genre_tf.data.dataset import DATASET_FORMAT, POSTER_STORAGE, file_digests, serialize_example, write_shards
+
+    by_id = {movie.movie_id: movie for movie in movies}
+    part_of = {movie_id: name for name, ids in split.items() for movie_id in ids}
+    with open(os.path.join(directory, "movies.jsonl"), "w", encoding="utf-8") as handle:
+        for movie in movies:
+            if movie.movie_id in part_of:
+                row = {k: v for k, v in dataclasses.asdict(movie).items() if k != "poster_png"}
+                handle.write(json.dumps(dict(row, split=part_of[movie.movie_id]), ensure_ascii=False) + "\n")
+    with open(os.path.join(directory, "genres.txt"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(genres) + "\n")
+    with open(os.path.join(directory, "split.json"), "w", encoding="utf-8") as handle:
+        json.dump(split, handle)
+    write_rejects(rejects, os.path.join(directory, "rejects.csv"))
+    shards, labels = {}, {}
+    for name in SPLIT_NAMES:
+        chosen = [by_id[movie_id] for movie_id in split[name]]
+        labels[name] = multi_hot([movie.genres for movie in chosen], genres)
+        # a generator: one serialized example at a time
+        examples = (serialize_example(m.movie_id, m.plot, spool.get(m.poster_png) if spool else m.poster_png,
+                                      row, m.year) for m, row in zip(chosen, labels[name], strict=True))
+        shards[name] = write_shards(examples, directory, name, config.shard_size, len(chosen))
+    files = file_digests(directory, shards)  # each file read once; the fingerprint is made of the shards' digests
+    # The format is hashed too, so a dataset of another format never shares a fingerprint (nor feature caches).
+    digest = hashlib.sha256(f"genre_tf dataset format {DATASET_FORMAT}\n".encode())
+    for name in (name for split in SPLIT_NAMES for name in shards[split]):
+        digest.update(f"{name} {files[name]}\n".encode())
+    metadata = {
+        "format": DATASET_FORMAT, "posters": POSTER_STORAGE,
+        "name": config.name or os.path.basename(os.path.normpath(config.catalogue)),
+        "catalogue": os.path.abspath(config.catalogue), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "image_size": config.rules.image_size, "fingerprint": digest.hexdigest()[:16],
+        "counts": {name: len(split[name]) for name in SPLIT_NAMES} | {"rejected": len(rejects)},
+        "genres": genres, "vocabulary": vocabulary, "shards": shards, "files": files,
+        "config": config_to_dict(config),
+    }
+    with open(os.path.join(directory, "dataset.json"), "w", encoding="utf-8") as handle:
+        json.dump(metadata, handle, indent=2)
+    print(frequency_table(genres, labels))
+    return metadata
+
+
+
+def write_rejects(rejects: list[Reject], path: str) -> None:
+    """The rejects report: one row per record not kept, with its source, id and reason."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["source", "movie_id", "reason"])
+        for reject in rejects:
+            writer.writerow([reject.source, reject.movie_id, reject.reason])
+
+
+def summarize_rejects(rejects: list[Reject], limit: int = 10, report: str | None = "rejects.csv") -> str:
+    """Counts of rejects by reason, the first few by name, and the report holding the rest (None: not written)."""
+    counts: dict[str, int] = {}
+    for reject in rejects:
+        kind = reject.reason.split(":")[0].split(" (")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    lines = [f"rejected {len(rejects)} record(s):"] + [f"  {n:6d}  {kind}" for kind, n in
+                                                      sorted(counts.items(), key=lambda item: -item[1])]
+    lines += [f"  {r.source} [{r.movie_id}]: {r.reason}" for r in rejects[:limit]]
+    if len(rejects) > limit:
+        where = f"in {report}" if report else "not shown (no rejects.csv is written when prepare stops)"
+        lines.append(f"  ... {len(rejects) - limit} more {where}")
+    return "\n".join(lines)
+
+
+def prepare(config: PrepareConfig, progress: bool = True) -> dict:
+    """Read, validate, split and write a prepared dataset atomically; returns its metadata."""
+    if not (config.catalogue and config.out):
+        raise ValueError("prepare needs a catalogue and an output folder (out=DIR)")
+    if os.path.exists(config.out):
+        raise FileExistsError(f"{config.out} already exists; remove it or choose another out=DIR")
+    run = enclosing(os.path.dirname(os.path.abspath(config.out)), is_run_folder)
+    if run:  # training writes into its run directory, and would overwrite the dataset's files
+        raise ValueError(f"out={config.out} is inside the training run {run}; a prepared dataset and a run directory "
+                         "must be separate folders: choose another out=DIR")
+    catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns)
+    spool = PosterSpool(os.path.dirname(os.path.abspath(config.out)))  # closed, and gone, when prepare returns
+    movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress, spool)
+    if not movies:
+        raise ValueError(f"no valid movie in {config.catalogue}\n{summarize_rejects(rejects, report=None)}")
+    movies = unify_spellings(movies)
+    split = resolve_split(movies, catalogue.split, config, rejects)
+    by_id = {movie.movie_id: movie for movie in movies}
+    genres = choose_vocabulary([by_id[movie_id].genres for movie_id in split["train"]], config)
+    split, vocabulary = apply_vocabulary(movies, split, genres, config.genreless, rejects)
+    check_trainable(split, config, rejects)
+    vocabulary.update(rule=f"the closed list {list(config.genres)}" if config.genres else
+                      f"the {len(genres)} most frequent genres of the training part",
+                      train_genre_counts=genre_counts(movies, split["train"]))
+    staging = staging_folder(os.path.dirname(os.path.abspath(config.out)), "prepare")
+    try:
+        metadata = write_prepared(movies, split, genres, rejects, config, staging, vocabulary, spool)
+        os.rename(staging, config.out)  # the folder appears whole or not at all
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"prepared {sum(len(ids) for ids in split.values())} movies "
+          f"({', '.join(f'{n} {len(split[n])}' for n in SPLIT_NAMES)}) into {config.out}")
+    print(vocabulary_summary(genres, vocabulary))
+    if rejects:
+        print(summarize_rejects(rejects, report=os.path.join(config.out, "rejects.csv")))
+    return metadata
+
+
+def vocabulary_summary(genres: list[str], vocabulary: dict) -> str:
+    """The genre rule in words, with counts: what was kept, what was outside the vocabulary."""
+    others = [g for g in vocabulary["train_genre_counts"] if g not in genres]
+    what = "kept with no label (genreless=keep)" if vocabulary["genreless_policy"] == "keep" else "dropped"
+    return (f"genres: {vocabulary['rule']}: {', '.join(genres)}.\n"
+            f"  other genres in train (not predicted): {', '.join(others) or 'none'}.\n"
+            f"  {vocabulary['with_other_genres_too']} movie(s) also carry genres outside the vocabulary: kept.\n"
+            f"  {vocabulary['with_none_of_the_genres']} movie(s) carry none of its genres: {what}.")
+
+
+# The flags of the old command line, each with the key=value option that replaced it.
+OLD_FLAGS = {"--out": "out=DIR", "--name": "name=NAME", "--layout": "layout=csv", "--poster-dir": "poster_dir=DIR",
+             "--column": "columns.plot=Overview", "--num-genres": "num_genres=10", "--genres": "genres=[Drama, Comedy]",
+             "--genre-alias": "'rules.genre_aliases={Science Fiction: Sci-Fi}'", "--genreless": "genreless=drop",
+             "--min-words": "rules.min_plot_words=15", "--max-words": "rules.max_plot_words=545",
+             "--image-size": "rules.image_size=260", "--min-train-movies": "min_train_movies=32", "--seed": "seed=0"}
+_OPTION = re.compile(r"[A-Za-z_][\w.]*=")  # key=value; anything else is the catalogue
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m genre_tf.prepare`: a catalogue, --config FILE and key=value options."""
+    keys = describe_keys(PrepareConfig).replace("catalogue=\n", "")  # the catalogue is the positional argument
+    parser = argparse.ArgumentParser(
+        prog="python -m genre_tf.prepare", usage="%(prog)s CATALOGUE [--config FILE] out=DIR [key=value ...]",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="options (key=value, values read as YAML; defaults in genre_tf/config.py):\n  "
+               + keys.replace("\n", "\n  "))
+    parser.add_argument("--config", default="", metavar="FILE", help="a YAML or JSON file of options")
+    parser.add_argument("arguments", nargs="*", metavar="CATALOGUE key=value")
+    return parser
+
+
+def parse_args(argv=None) -> PrepareConfig:
+    """The PrepareConfig of a command line; an old flag or a bad option exits with a one-line error."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for flag in (arg.split("=", 1)[0] for arg in argv):
+        if flag in OLD_FLAGS:
+            parser.error(f"{flag} is gone: options are key=value now, e.g. {OLD_FLAGS[flag]}")
+    args = parser.parse_intermixed_args(argv)  # --config anywhere; key=value before or after the catalogue
+    # key=value, unless a file or folder has that name (a catalogue called a=b.csv)
+    options = [arg for arg in args.arguments if _OPTION.match(arg) and not os.path.exists(arg)]
+    catalogues = [arg for arg in args.arguments if arg not in options]
+    if len(catalogues) != 1:
+        parser.error(f"expected one catalogue and key=value options, got {catalogues or 'no catalogue'}")
+    try:
+        config = load_config(args.config, options, PrepareConfig, catalogue=catalogues[0])
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    if not config.out:
+        parser.error("prepare needs an output folder (out=DIR)")
+    return config
+
+
+def main(argv=None) -> int:
+    """`python -m genre_tf.prepare`: 0 when the prepared folder was written, else a one-line error."""
+    try:
+        prepare(parse_args(argv))
+    except (ValueError, OSError) as error:  # OSError: unreadable catalogue, unwritable out=DIR, ...
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

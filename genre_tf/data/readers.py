@@ -1,0 +1,235 @@
+"""Readers for the three catalogue layouts: the paper's CSV, MM-IMDb folders, and MMF-style JSONL."""
+import csv
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+
+from genre_tf.config import CsvColumns
+from genre_tf.data.records import RawMovie, Reject, has_undecodable
+from genre_tf.files import InputFileError, read_input_file
+
+SPLIT_NAMES = ("train", "dev", "test")
+MAX_METADATA_BYTES = 16 * 1024 * 1024  # one MM-IMDb <id>.json or split.json; real ones are a few KB
+
+
+@dataclasses.dataclass
+class Catalogue:
+    """What a reader found: records (raw or already rejected), and a split when the layout defines one."""
+
+    records: list[RawMovie | Reject]
+    split: dict[str, list[str]] | None = None
+
+
+def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns | None = None) -> Catalogue:
+    """Read the paper's layout: one CSV row per movie, posters relative to (and inside) poster_dir."""
+    columns = columns or CsvColumns()
+    poster_dir = poster_dir or os.path.dirname(os.path.abspath(path))
+    records: list[RawMovie | Reject] = []
+    # utf-8-sig drops the byte-order mark spreadsheet programs write; surrogateescape keeps a row with
+    # bad bytes readable so that only that row is rejected.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [getattr(columns, name) for name in CsvColumns.required
+                   if getattr(columns, name) not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; the header has {header}. Map columns with "
+                             "columns.FIELD=HEADER (e.g. columns.plot=Overview), or CsvColumns(plot='Overview').")
+        _refuse_repeated_columns(header, path, columns)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:  # e.g. a field over the csv module's size limit: only this row is lost
+                records.append(Reject(f"{path}:{reader.reader.line_num}", "", f"unreadable CSV row: {error}"))
+                continue
+            records.append(_csv_record(row, f"{path}:{reader.line_num}", poster_dir, columns))
+    return Catalogue(records)
+
+
+def _refuse_repeated_columns(header: list[str], path: str, columns: CsvColumns) -> None:
+    """Refuse a header naming a column the reader uses twice: csv.DictReader would silently keep the last one."""
+    used = {getattr(columns, field.name) for field in dataclasses.fields(columns)}
+    repeated = sorted(name for name in used if header.count(name) > 1)  # other repeats are never read
+    if repeated:
+        raise ValueError(f"{path}: column(s) {repeated} appear more than once in the header; rename or remove "
+                         "the extra ones (prepare does not guess which is right), or map columns with "
+                         "columns.FIELD=HEADER.")
+
+
+def _csv_record(row: dict, source: str, poster_dir: str, columns: CsvColumns) -> RawMovie | Reject:
+    movie_id = (row.get(columns.id) or "").strip()
+    if any(value is None for value in row.values()) or None in row:
+        return Reject(source, movie_id, "wrong number of fields in the row")
+    bad = [name for name, value in row.items() if has_undecodable(value)]
+    if bad:
+        return Reject(source, movie_id.encode("utf-8", "replace").decode(), f"not valid UTF-8 in column(s) {bad}")
+    poster = row[columns.poster].strip()
+    return RawMovie(movie_id=movie_id, plot=row[columns.plot], genres=row[columns.genres],
+                    poster=os.path.join(poster_dir, poster) if poster else None, source=source,
+                    title=row.get(columns.title, ""), year=row.get(columns.year),
+                    language=row.get(columns.language, ""), poster_root=poster_dir)
+
+
+def _load_json(path: str, root: str):
+    """A small JSON file inside root: a FIFO, a device or a huge file is refused, not read."""
+    return json.loads(read_input_file(path, root, MAX_METADATA_BYTES, "JSON").decode("utf-8"))
+
+
+def _languages(value) -> str:
+    """MM-IMDb's languages: a list of names, or (in some files) one name as a string."""
+    if isinstance(value, str):
+        return value
+    return ", ".join(str(name) for name in value) if isinstance(value, list) else ""
+
+
+def _refuse_repeated_ids(repeated: dict[str, list[str]], where: str) -> None:
+    """Refuse a split that puts an id in more than one place: the movie would be trained on and scored."""
+    if not repeated:
+        return
+    shown = "; ".join(f"{movie_id!r} in {' and '.join(places)}" for movie_id, places in list(repeated.items())[:10])
+    more = f"; and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+    raise ValueError(f"{where}: {len(repeated)} id(s) listed more than once in the split, which would leak "
+                     f"movies between its parts: {shown}{more}. List each id once; prepare does not guess which "
+                     "place is right.")
+
+
+def _longest(value):
+    """MM-IMDb stores several plot versions; the paper-style single plot is the longest."""
+    if isinstance(value, list):
+        texts = [text for text in value if isinstance(text, str)]
+        return max(texts, key=len) if texts else (value or "")
+    return value
+
+
+def read_split_file(path: str) -> dict[str, list[str]]:
+    """A split.json of train/dev/test id lists, each id in exactly one list, once."""
+    try:
+        split = _load_json(path, os.path.dirname(os.path.abspath(path)))
+    except (InputFileError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable split file: {error}") from None
+    if not isinstance(split, dict) or not all(isinstance(split.get(name), list) for name in SPLIT_NAMES):
+        raise ValueError(f"{path}: a split file needs 'train', 'dev' and 'test' lists of ids")
+    split = {name: [str(movie_id).strip() for movie_id in split[name]] for name in SPLIT_NAMES}
+    places: dict[str, list[str]] = {}
+    for name in SPLIT_NAMES:
+        for movie_id in split[name]:
+            places.setdefault(movie_id, []).append(name)
+    _refuse_repeated_ids({i: p for i, p in places.items() if len(p) > 1}, path)
+    return split
+
+
+def read_mmimdb(folder: str) -> Catalogue:
+    """Read MM-IMDb: <id>.json beside <id>.jpeg, with an optional split.json defining the split."""
+    records: list[RawMovie | Reject] = []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".json") or name == "split.json":
+            continue
+        path = os.path.join(folder, name)
+        movie_id = name[: -len(".json")]
+        try:
+            meta = _load_json(path, folder)
+        except (InputFileError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            records.append(Reject(path, movie_id, f"unreadable JSON: {error}"))
+            continue
+        if not isinstance(meta, dict):
+            records.append(Reject(path, movie_id, "JSON is not an object"))
+            continue
+        poster = next((os.path.join(folder, movie_id + ext) for ext in (".jpeg", ".jpg", ".png")
+                       if os.path.exists(os.path.join(folder, movie_id + ext))),
+                      os.path.join(folder, movie_id + ".jpeg"))
+        records.append(RawMovie(movie_id=movie_id, plot=_longest(meta.get("plot", "")),
+                                genres=meta.get("genres", []), poster=poster, source=path,
+                                title=meta.get("title", ""), year=meta.get("year"),
+                                language=_languages(meta.get("languages")), poster_root=folder))
+    split_path = os.path.join(folder, "split.json")
+    return Catalogue(records, read_split_file(split_path) if os.path.exists(split_path) else None)
+
+
+def _read_jsonl_file(path: str, image_root: str) -> Iterator[RawMovie | Reject]:
+    with open(path, "rb") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            source = f"{path}:{line_number}"
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                yield Reject(source, "", f"unreadable JSON line: {error}")
+                continue
+            if not isinstance(item, dict):
+                yield Reject(source, "", "JSON line is not an object")
+                continue
+            image = item.get("image") or item.get("img")
+            yield RawMovie(movie_id=str(item.get("id", "")), plot=item.get("text", ""),
+                           genres=item.get("label", item.get("genres", [])),
+                           poster=os.path.join(image_root, image) if isinstance(image, str) and image else None,
+                           source=source, title=item.get("title", ""), year=item.get("year"), poster_root=image_root)
+
+
+def read_jsonl(path: str, image_root: str | None = None) -> Catalogue:
+    """Read MMF / Hugging Face style JSONL ({"id", "text", "image", "label"}).
+
+    A folder holding train.jsonl, dev.jsonl and test.jsonl defines the split by those files; an id in
+    two of them is refused (a repeat within one file is an ordinary duplicate, rejected by prepare).
+    """
+    if os.path.isfile(path):
+        root = image_root or os.path.dirname(os.path.abspath(path))
+        return Catalogue(list(_read_jsonl_file(path, root)))
+    root = image_root or path
+    records: list[RawMovie | Reject] = []
+    split: dict[str, list[str]] = {}
+    places: dict[str, dict[str, str]] = {}
+    for name in SPLIT_NAMES:
+        file_path = os.path.join(path, f"{name}.jsonl")
+        if not os.path.isfile(file_path):
+            raise ValueError(f"{path}: a JSONL folder needs the files train.jsonl, dev.jsonl and test.jsonl")
+        part = list(_read_jsonl_file(file_path, root))
+        ids = [record.movie_id.strip() for record in part if isinstance(record, RawMovie) and record.movie_id.strip()]
+        split[name] = list(dict.fromkeys(ids))
+        for record in part:
+            if isinstance(record, RawMovie) and record.movie_id.strip():
+                places.setdefault(record.movie_id.strip(), {}).setdefault(name, os.path.basename(record.source))
+        records.extend(part)
+    _refuse_repeated_ids({i: list(p.values()) for i, p in places.items() if len(p) > 1}, path)
+    return Catalogue(records, split)
+
+
+def detect_format(path: str) -> str:
+    """Guess the layout of a catalogue path: 'csv', 'mmimdb' or 'jsonl'."""
+    if os.path.isfile(path):
+        if path.endswith(".csv"):
+            return "csv"
+        if path.endswith(".jsonl"):
+            return "jsonl"
+    elif os.path.isdir(path):
+        names = os.listdir(path)
+        if any(name.endswith(".jsonl") for name in names):
+            return "jsonl"
+        if any(name.endswith(".json") for name in names):
+            return "mmimdb"
+    raise ValueError(f"cannot tell the layout of {path!r}: give a .csv file, a .jsonl file or folder, "
+                     "or an MM-IMDb folder of <id>.json and <id>.jpeg")
+
+
+def read_catalogue(path: str, layout: str = "auto", poster_dir: str | None = None,
+                   columns: CsvColumns | None = None) -> Catalogue:
+    """Read a catalogue in any supported layout."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"catalogue not found: {path}")
+    layout = detect_format(path) if layout == "auto" else layout
+    needs = {"csv": (os.path.isfile, "a CSV file"), "mmimdb": (os.path.isdir, "a folder of <id>.json and <id>.jpeg"),
+             "jsonl": (lambda p: os.path.isfile(p) or os.path.isdir(p), "a .jsonl file or a folder of them")}
+    if layout not in needs:
+        raise ValueError(f"unknown layout {layout!r}: use auto, csv, mmimdb or jsonl")
+    is_right_kind, wanted = needs[layout]
+    if not is_right_kind(path):
+        kind = "a folder" if os.path.isdir(path) else "a file" if os.path.isfile(path) else "not a file or folder"
+        raise ValueError(f"{path} is {kind}; the {layout} layout reads {wanted}")
+    if layout == "csv":
+        return read_paper_csv(path, poster_dir, columns)
+    if layout == "mmimdb":
+        return read_mmimdb(path)
+    return read_jsonl(path, poster_dir)
