@@ -20,7 +20,7 @@ from PIL import Image
 import genre_tf  # noqa: F401
 from conftest import answering_once, image_bytes, write_csv, write_mmimdb
 from genre_tf.config import PrepareConfig, ValidationRules
-from genre_tf.limits import MAX_POSTER_PIXELS
+from genre_tf.limits import MAX_CSV_RECORD_BYTES, MAX_POSTER_PIXELS
 from genre_tf.data.images import decode_poster, load_poster
 from genre_tf.data.poster_headers import poster_dimensions
 from genre_tf.data.prepare import main as prepare_main, prepare, summarize_rejects, validate_all
@@ -502,16 +502,24 @@ def test_a_layout_that_does_not_fit_the_path_is_a_one_line_error(tmp_path, capsy
     assert capsys.readouterr().err == f"error: {tmp_path} is a folder; the csv layout reads a CSV file\n"
 
 
-def test_a_csv_row_over_the_field_size_limit_is_rejected_and_the_rest_kept(tmp_path):
+def test_a_csv_row_over_the_limits_or_with_an_open_quote_is_rejected_and_the_rest_kept(tmp_path):
+    """prepare reads CSV with predict's bounded reader: a row over 1 MiB, or whose quote never closes, is refused
+    on its own line and every other row is kept (Python's csv swallowed the file after an open quote)."""
     (tmp_path / "p.jpg").write_bytes(image_bytes())
     rows = [["m1", "t", PLOT, "Drama", "p.jpg"], ["m2", "t", "x" * 200_000, "Drama", "p.jpg"],
-            ["m3", "t", PLOT, "Drama", "p.jpg"]]
+            ["m3", "t", PLOT, "Drama", "p.jpg"], ["m4", "t", "y" * (MAX_CSV_RECORD_BYTES + 1), "Drama", "p.jpg"],
+            ["m5", "t", PLOT, "Drama", "p.jpg"]]
     csv_path = write_csv(tmp_path / "c.csv", rows, header=("id", "title", "plot", "genres", "poster"))
+    with open(csv_path, "a", encoding="utf-8") as handle:
+        handle.write(f'm6,t,"an open quote, {PLOT},Drama,p.jpg\nm7,t,{PLOT},Drama,p.jpg\n')
     records = read_catalogue(str(csv_path)).records
     reasons, kept = rejected(records)
-    assert kept == ["m1", "m3"]
+    assert kept == ["m1", "m3", "m5", "m7"]
     assert [(r.source, r.reason) for r in records if isinstance(r, Reject)] == [
-        (f"{csv_path}:3", "unreadable CSV row: field larger than field limit (131072)")]
+        (f"{csv_path}:5", f"unreadable CSV row: the row is longer than {MAX_CSV_RECORD_BYTES} bytes (the CSV "
+                          "reader's limit)"),
+        (f"{csv_path}:7", "unreadable CSV row: a quoted field is never closed (the file ends inside it)")]
+    assert reasons["m2"].startswith("plot too long: 200000 bytes (max 65536 bytes")
 
 
 # 14. Issue #23: aliases, huge option values, mismatched serving batches, repeated CSV columns ----------

@@ -121,8 +121,9 @@ def _record_fields(scanner: _Scanner, limit: int) -> tuple[list[bytearray], bool
         return fields, budget[0] < 0, fields == [bytearray()] and not quoted and separator is not None
 
 
-def read_records(handle: BinaryIO, limit: int = MAX_CSV_RECORD_BYTES) -> Iterator[CsvRecord]:
-    """Every record of a CSV file opened in binary mode (seekable), blank lines skipped."""
+def read_records(handle: BinaryIO, limit: int = MAX_CSV_RECORD_BYTES, errors: str = "strict") -> Iterator[CsvRecord]:
+    """Every record of a CSV file opened in binary mode (seekable), blank lines skipped. With
+    errors="surrogateescape" a field that is not UTF-8 comes back with its bytes escaped, for the caller to name."""
     scanner = _Scanner(handle)
     if scanner.peek() is not None and scanner.buffer.startswith(b"\xef\xbb\xbf"):
         scanner.pos = 3
@@ -138,11 +139,11 @@ def read_records(handle: BinaryIO, limit: int = MAX_CSV_RECORD_BYTES) -> Iterato
         if too_long:
             yield CsvRecord(line, error=f"the row is longer than {limit} bytes (the CSV reader's limit)")
         elif not blank:
-            yield _decoded(line, fields)
+            yield _decoded(line, fields, errors)
 
 
-def _decoded(line: int, fields: list[bytearray]) -> CsvRecord:
+def _decoded(line: int, fields: list[bytearray], errors: str = "strict") -> CsvRecord:
     try:
-        return CsvRecord(line, tuple(field.decode("utf-8") for field in fields))
+        return CsvRecord(line, tuple(field.decode("utf-8", errors) for field in fields))
     except UnicodeDecodeError as error:
         return CsvRecord(line, error=f"the row is not UTF-8 text ({error.reason} at byte {error.start} of a field)")

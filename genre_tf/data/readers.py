@@ -1,11 +1,11 @@
 """Readers for the three catalogue layouts: the paper's CSV, MM-IMDb folders, and MMF-style JSONL."""
-import csv
 import dataclasses
 import json
 import os
 from collections.abc import Iterator
 
 from genre_tf.config import CsvColumns
+from genre_tf.data.csv_records import read_records
 from genre_tf.data.records import RawMovie, Reject, has_undecodable
 from genre_tf.files import InputFileError, read_input_file
 
@@ -26,26 +26,31 @@ def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns
     columns = columns or CsvColumns()
     poster_dir = poster_dir or os.path.dirname(os.path.abspath(path))
     records: list[RawMovie | Reject] = []
-    # utf-8-sig drops the byte-order mark spreadsheet programs write; surrogateescape keeps a row with
-    # bad bytes readable so that only that row is rejected.
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
+    # predict's bounded reader: a row over its limit or with an unterminated quote is refused on its own line and
+    # reading goes on (Python's csv would swallow the rest of the file into one field); surrogateescape keeps a
+    # row with bad bytes readable so that only that row is rejected, naming the column.
+    with open(path, "rb") as handle:
+        rows = read_records(handle, errors="surrogateescape")
+        first = next(rows, None)
+        if first is not None and first.error:
+            raise ValueError(f"{path}:{first.line}: the header cannot be read: {first.error}")
+        header = list(first.fields) if first else []
         missing = [getattr(columns, name) for name in CsvColumns.required
                    if getattr(columns, name) not in header]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; the header has {header}. Map columns with "
                              "columns.FIELD=HEADER (e.g. columns.plot=Overview), or CsvColumns(plot='Overview').")
         _refuse_repeated_columns(header, path, columns)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as error:  # e.g. a field over the csv module's size limit: only this row is lost
-                records.append(Reject(f"{path}:{reader.reader.line_num}", "", f"unreadable CSV row: {error}"))
-                continue
-            records.append(_csv_record(row, f"{path}:{reader.line_num}", poster_dir, columns))
+        for row in rows:
+            source = f"{path}:{row.line}"
+            if row.error:
+                records.append(Reject(source, "", f"unreadable CSV row: {row.error}"))
+            elif len(row.fields) != len(header):
+                id_field = header.index(columns.id)
+                movie_id = row.fields[id_field].strip() if id_field < len(row.fields) else ""
+                records.append(Reject(source, movie_id, "wrong number of fields in the row"))
+            else:
+                records.append(_csv_record(dict(zip(header, row.fields, strict=True)), source, poster_dir, columns))
     return Catalogue(records)
 
 
@@ -61,8 +66,6 @@ def _refuse_repeated_columns(header: list[str], path: str, columns: CsvColumns) 
 
 def _csv_record(row: dict, source: str, poster_dir: str, columns: CsvColumns) -> RawMovie | Reject:
     movie_id = (row.get(columns.id) or "").strip()
-    if any(value is None for value in row.values()) or None in row:
-        return Reject(source, movie_id, "wrong number of fields in the row")
     bad = [name for name, value in row.items() if has_undecodable(value)]
     if bad:
         return Reject(source, movie_id.encode("utf-8", "replace").decode(), f"not valid UTF-8 in column(s) {bad}")
