@@ -522,6 +522,23 @@ def test_a_csv_row_over_the_limits_or_with_an_open_quote_is_rejected_and_the_res
     assert reasons["m2"].startswith("plot too long: 200000 bytes (max 65536 bytes")
 
 
+def test_a_catalogue_whose_header_is_not_text_is_one_short_error(tmp_path):
+    """Random bytes, or a header with a byte that is not UTF-8, are refused in one line naming the file; a header
+    that lacks columns is shown bounded, however long the file's first line is."""
+    garbage = tmp_path / "garbage.csv"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"id,ti\xfftle,plot,genres,poster\nm1,t,plot,Drama,p.jpg\n")
+    for path in (garbage, latin):
+        with pytest.raises(ValueError, match=f"{path}:1: the header (is not UTF-8 text|cannot be read)"):
+            read_catalogue(str(path))
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join(f"column{i}" * 20 for i in range(2000)) + "\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['id', 'plot', 'genres', 'poster'\]") as error:
+        read_catalogue(str(wide))
+    assert len(str(error.value)) < 3000
+
+
 # 14. Issue #23: aliases, huge option values, mismatched serving batches, repeated CSV columns ----------
 
 

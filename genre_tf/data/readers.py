@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import reprlib
 from collections.abc import Iterator
 
 from genre_tf.config import CsvColumns
@@ -10,6 +11,8 @@ from genre_tf.data.records import RawMovie, Reject, has_undecodable
 from genre_tf.files import InputFileError, read_input_file
 
 SPLIT_NAMES = ("train", "dev", "test")
+_HEADER = reprlib.Repr()  # a header shown in an error: bounded, whatever the file holds
+_HEADER.maxlist, _HEADER.maxstring = 30, 60
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # one MM-IMDb <id>.json or split.json; real ones are a few KB
 
 
@@ -35,11 +38,14 @@ def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns
         if first is not None and first.error:
             raise ValueError(f"{path}:{first.line}: the header cannot be read: {first.error}")
         header = list(first.fields) if first else []
+        if any(has_undecodable(name) for name in header):
+            raise ValueError(f"{path}:1: the header is not UTF-8 text; is this a CSV file? (save it as UTF-8)")
         missing = [getattr(columns, name) for name in CsvColumns.required
                    if getattr(columns, name) not in header]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; the header has {header}. Map columns with "
-                             "columns.FIELD=HEADER (e.g. columns.plot=Overview), or CsvColumns(plot='Overview').")
+            raise ValueError(f"{path}: missing column(s) {missing}; the header has {_HEADER.repr(header)}. Map "
+                             "columns with columns.FIELD=HEADER (e.g. columns.plot=Overview), or "
+                             "CsvColumns(plot='Overview').")
         _refuse_repeated_columns(header, path, columns)
         for row in rows:
             source = f"{path}:{row.line}"
