@@ -174,22 +174,27 @@ def reference_mpnet(ids: list, weights: dict, config: dict) -> np.ndarray:
     return x
 
 
+def converted_on_sentences(folder: str, handles: tuple[str, str]):
+    """A package's float64 weights and config, and its converted TF-Hub pair's token ids and outputs on SENTENCES."""
+    import tensorflow_hub as hub
+    from safetensors.numpy import load_file
+
+    weights = {k: v.astype(np.float64) for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
+    encoder, preprocessor = handles
+    ids = hub.KerasLayer(preprocessor)(tf.constant(SENTENCES))
+    return weights, read_json(os.path.join(folder, "config.json")), ids, hub.KerasLayer(encoder)(ids)
+
+
 @pytest.mark.slow
 def test_mpnet_conversion_matches_an_independent_numpy_mpnet():
     """Ids against tokenizer.json's own vocabulary; the TF-Hub pair against the numpy MPNet; cosine similarities of
     known pairs: related sentences closer than unrelated ones."""
-    import tensorflow_hub as hub
-    from safetensors.numpy import load_file
 
     from genre_tf.nets.mpnet import mpnet_handles, package_model_dir
 
     folder = package_model_dir()
     vocab = read_json(os.path.join(folder, "tokenizer.json"))["model"]["vocab"]
-    weights = {k: v.astype(np.float64) for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
-    config = read_json(os.path.join(folder, "config.json"))
-    encoder, preprocessor = mpnet_handles(128)
-    ids = hub.KerasLayer(preprocessor)(tf.constant(SENTENCES))
-    outputs = hub.KerasLayer(encoder)(ids)
+    weights, config, ids, outputs = converted_on_sentences(folder, mpnet_handles(128))
     embeddings = build_text_encoder(TextEncoderConfig(model="mpnet", seq_length=128))(tf.constant(SENTENCES)).numpy()
     for row, sentence in enumerate(SENTENCES):
         expected_ids = reference_wordpiece(sentence, vocab, "<s>", "</s>")
@@ -228,19 +233,13 @@ def test_relative_position_buckets_follow_t5s_rule():
 
 @pytest.mark.slow
 def test_minilm_conversion_matches_an_independent_numpy_bert():
-    import tensorflow_hub as hub
-    from safetensors.numpy import load_file
 
     from genre_tf.nets.minilm import minilm_handles, package_model_dir
 
     folder = package_model_dir()
     with open(os.path.join(folder, "vocab.txt"), encoding="utf-8") as handle:
         vocab = {line.rstrip("\n"): index for index, line in enumerate(handle)}
-    weights = {k: v.astype(np.float64) for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
-    config = read_json(os.path.join(folder, "config.json"))
-    encoder, preprocessor = minilm_handles(128)
-    ids = hub.KerasLayer(preprocessor)(tf.constant(SENTENCES))
-    outputs = hub.KerasLayer(encoder)(ids)
+    weights, config, ids, outputs = converted_on_sentences(folder, minilm_handles(128))
     mean = build_text_encoder(TextEncoderConfig(model="minilm", seq_length=128))(tf.constant(SENTENCES)).numpy()
     for row, sentence in enumerate(SENTENCES):
         expected_ids = reference_wordpiece(sentence, vocab)
