@@ -96,3 +96,17 @@ def test_head_options_are_checked(options, message):
 
     with pytest.raises(ValueError, match=message):
         load_config(overrides=[f"model.{key}={value}" for key, value in options.items()])
+
+
+def test_the_projector_places_an_ensemble_by_its_heads_hidden_layers_side_by_side():
+    from genre_tf.evaluate.projector import hidden_model
+
+    model = tiny(2)
+    x, _ = batch()
+    members = [model.get_layer(HEAD).get_layer(f"{HEAD}_{index}") for index in range(2)]
+    expected = [keras.Model(m.inputs, m.get_layer("genre_logits").input)(x).numpy() for m in members]
+    np.testing.assert_allclose(hidden_model(model)(x).numpy(), np.concatenate(expected, axis=1), atol=1e-6)
+    single = tiny(1)
+    head = single.get_layer(HEAD)
+    np.testing.assert_allclose(hidden_model(single)(x).numpy(),
+                               keras.Model(head.inputs, head.get_layer("genre_logits").input)(x).numpy(), atol=1e-6)

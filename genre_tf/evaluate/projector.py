@@ -21,9 +21,12 @@ THUMBNAIL = 48            # sprite cell side in pixels: 1,023 movies make a 1,53
 
 def hidden_model(model: keras.Model) -> keras.Model:
     """The model from its inputs to the genre head's last hidden layer (the input of genre_logits; for the poster
-    model, which has none, the poster features themselves)."""
+    model, which has none, the poster features themselves; for an ensemble of heads, its heads' side by side)."""
     head = model.get_layer(HEAD)
-    inner = keras.Model(head.inputs, head.get_layer("genre_logits").input, name="genre_hidden")
+    members = [layer for layer in head.layers if layer.name.startswith(f"{HEAD}_")] or [head]
+    hidden = [keras.Model(member.inputs, member.get_layer("genre_logits").input)(head.input) for member in members]
+    inner = keras.Model(head.inputs, hidden[0] if len(hidden) == 1 else keras.layers.Concatenate()(hidden),
+                        name="genre_hidden")
     features = head.get_input_at(len(head.inbound_nodes) - 1)  # what the outer model feeds the head
     return keras.Model(model.inputs, inner(features))
 
