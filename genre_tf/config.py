@@ -34,7 +34,7 @@ class ModelConfig:
     # the cost (README, "Results on real movies"); true fine-tunes the BERT encoder, as the paper does.
     fine_tune_text: bool = False
     # integrated only. late: train the text and poster branches alone, then mix their logits per genre on dev
-    # (fusion.py); the best on dev over frozen MPNet and Lite2 features, above all on macro F1 (README, "Fusion").
+    # (train/fusion.py); the best on dev over frozen MPNet and Lite2 features, above all on macro F1 (README, "Fusion").
     # concat: the paper's joint model, branches concatenated.
     fusion: str = "late"          # late | concat
     branch_norm: bool = True      # concat only: LayerNorm each branch before concatenating (false = the paper)

@@ -105,10 +105,9 @@ def _digest_of(path: str, *_stat) -> str:
     return sha256_of(path)
 
 
-@functools.cache
 def short_digest(path: str) -> str:
-    """The first 16 hex digits of a file's sha256, computed once per process."""
-    return sha256_of(path)[:16]
+    """The first 16 hex digits of a file's sha256 (file_digest: computed once per process while unchanged)."""
+    return file_digest(path)[:16]
 
 
 @contextlib.contextmanager

@@ -9,8 +9,9 @@ MAX_PLOT_BYTES = 65_536               # UTF-8 bytes of one plot; the paper's 545
 MAX_POSTER_BYTES = 20 * 1024 * 1024   # a poster file larger than this is refused without reading it all
 MAX_POSTER_PIXELS = 40_000_000        # width x height (x frames); decoding more would cost gigabytes for one poster
 MIN_POSTER_SIDE = 32                  # a smaller poster carries no usable picture
+MAX_METADATA_BYTES = 16 * 1024 * 1024  # one MM-IMDb <id>.json or split.json; real ones are a few KB
 MAX_GENRE_CHARS = 64                  # one genre name; the longest real ones take about 20
-MAX_CSV_RECORD_BYTES = 1 << 20        # one CSV row of predict and batch_predict: a plot (MAX_PLOT_BYTES), an id, a path
+MAX_CSV_RECORD_BYTES = 1 << 20        # one CSV row of prepare, predict and batch_predict: a plot, an id, a path
 
 # Requests, batches and sizes
 MAX_REQUEST_MOVIES = 512              # movies in one SavedModel call or one predict batch
@@ -26,5 +27,5 @@ def oversized_plot(plot: str) -> str | None:
     """Why a plot is refused for its size (the one message prepare, predict and batch scoring give), or None."""
     size = len(plot.encode("utf-8", "surrogateescape"))
     if size > MAX_PLOT_BYTES:
-        return PLOT_TOO_LONG.replace("long (", f"long: {size} bytes (")
+        return f"plot too long: {size} bytes (max {MAX_PLOT_BYTES} bytes, the limit of prepare and of the served model)"
     return None

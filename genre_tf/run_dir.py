@@ -98,7 +98,7 @@ def refuse_dataset_overlap(run_dir: str, data_path: str) -> None:
 
 # What create and training write into a run directory; a run refused before its first epoch loses them again.
 RUN_FILES = ("config.json", "encoders.json", "genres.txt", "dataset.json", HISTORY, "oversampled_counts.json",
-             "logs", "backup", "checkpoints", SERVING, "dev_out_of_fold.npz")
+             "logs", "backup", "checkpoints", SERVING, OUT_OF_FOLD)
 
 
 def discard_untrained(run_dir: str) -> None:
@@ -342,9 +342,9 @@ def write_out_of_fold(run_dir: str, ids, probabilities: np.ndarray, name: str = 
         np.savez(staging, ids=np.asarray(ids), probabilities=np.asarray(probabilities, np.float32))
 
 
-def threshold_probabilities(run_dir: str, ids, probabilities: np.ndarray, calibrated: bool = True) -> np.ndarray:
-    """The dev probabilities to tune thresholds on: out-of-fold ones where the model was fitted on dev (the
-    calibrator's when it has one and `calibrated`, else the mix's), else `probabilities`."""
+def stored_dev_probabilities(run_dir: str, ids, calibrated: bool = True) -> np.ndarray | None:
+    """The out-of-fold dev probabilities of a model fitted on dev (the calibrator's when it has one and
+    `calibrated`, else late fusion's mix), or None when nothing was fitted on dev."""
     for name in (CALIBRATED_OUT_OF_FOLD, OUT_OF_FOLD)[0 if calibrated else 1:]:
         path = os.path.join(run_dir, name)
         if os.path.exists(path):
@@ -352,4 +352,10 @@ def threshold_probabilities(run_dir: str, ids, probabilities: np.ndarray, calibr
                 if stored["ids"].tolist() != list(ids):
                     raise ValueError(f"{path} holds other dev movies than the dataset's dev split; retrain the run")
                 return stored["probabilities"]
-    return probabilities
+    return None
+
+
+def threshold_probabilities(run_dir: str, ids, probabilities: np.ndarray) -> np.ndarray:
+    """The dev probabilities to tune thresholds on: the stored out-of-fold ones, else `probabilities`."""
+    stored = stored_dev_probabilities(run_dir, ids)
+    return probabilities if stored is None else stored

@@ -64,13 +64,15 @@ def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0, pr
                            disable=not progress, mininterval=1.0):
             if isinstance(result, Reject):
                 rejects.append(result)
-            elif id_key(result.movie_id) in first_seen:  # "tt1", "TT1", "ｔｔ1" and "tt\u200b1" are one movie
-                source, spelled = first_seen[id_key(result.movie_id)]
+                continue
+            key = id_key(result.movie_id)  # "tt1", "TT1", "ｔｔ1" and "tt\u200b1" are one movie
+            if key in first_seen:
+                source, spelled = first_seen[key]
                 seen_as = "" if spelled == result.movie_id else f" as {spelled!r}"
                 rejects.append(Reject(result.source, result.movie_id,
                                       f"duplicate id (first seen at {source}{seen_as})"))
             else:
-                first_seen[id_key(result.movie_id)] = (result.source, result.movie_id)
+                first_seen[key] = (result.source, result.movie_id)
                 # posters go to disk as they come: in memory they were ~46 KB a movie of prepare's peak
                 movies.append(result if spool is None else dataclasses.replace(
                     result, poster_png=spool.put(result.poster_png)))

@@ -9,11 +9,11 @@ from genre_tf.config import CsvColumns
 from genre_tf.data.csv_records import read_records
 from genre_tf.data.records import RawMovie, Reject, has_undecodable
 from genre_tf.files import InputFileError, read_input_file
+from genre_tf.limits import MAX_METADATA_BYTES
 
 SPLIT_NAMES = ("train", "dev", "test")
 _HEADER = reprlib.Repr()  # a header shown in an error: bounded, whatever the file holds
 _HEADER.maxlist, _HEADER.maxstring = 30, 60
-MAX_METADATA_BYTES = 16 * 1024 * 1024  # one MM-IMDb <id>.json or split.json; real ones are a few KB
 
 
 @dataclasses.dataclass
@@ -61,7 +61,7 @@ def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns
 
 
 def _refuse_repeated_columns(header: list[str], path: str, columns: CsvColumns) -> None:
-    """Refuse a header naming a column the reader uses twice: csv.DictReader would silently keep the last one."""
+    """Refuse a header naming a column the reader uses twice: a row read by name would silently keep the last."""
     used = {getattr(columns, field.name) for field in dataclasses.fields(columns)}
     repeated = sorted(name for name in used if header.count(name) > 1)  # other repeats are never read
     if repeated:

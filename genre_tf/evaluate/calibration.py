@@ -22,12 +22,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from genre_tf.evaluate.uncertainty import LEVEL, RESAMPLES, SEED, resample_counts, resample_indices
+from genre_tf.config import CALIBRATIONS as METHODS
+from genre_tf.evaluate.uncertainty import (LEVEL, RESAMPLES, SEED, format_interval, interval, resample_counts,
+                                          resample_indices)
 
 BINS = 10                       # equal-mass bins: about 77 test movies per genre bin on real movies
 EPS = np.finfo(np.float64).eps  # scikit-learn's log-loss clipping
 SCORES = ("ece", "brier", "log_loss")
-METHODS = ("none", "temperature", "platt")
 FOLDS = 5
 MAX_SCALE = 100.0               # a slope beyond this turns a logit into a step; temperature is searched below it
 
@@ -90,11 +91,6 @@ def resampled_calibration(labels: np.ndarray, probabilities, counts: np.ndarray,
     return {name: total / len(stack) for name, total in totals.items()}
 
 
-def _interval(value: float, resampled: np.ndarray, level: float) -> dict[str, float]:
-    low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
-    return {"value": float(value), "low": float(low), "high": float(high)}
-
-
 def calibration_intervals(labels: np.ndarray, probabilities, resamples: int = RESAMPLES, seed: int = SEED,
                           level: float = LEVEL, bins: int = BINS) -> dict:
     """{ece, brier, log_loss: {value, low, high}} pooled over genres, and each "{score}_per_genre": [...]."""
@@ -102,9 +98,9 @@ def calibration_intervals(labels: np.ndarray, probabilities, resamples: int = RE
     full = resampled_calibration(truth, probabilities, np.ones((1, len(truth))), bins)
     counts = resample_counts(resample_indices(len(truth), resamples, seed), len(truth))
     resampled = resampled_calibration(truth, probabilities, counts, bins)
-    result = {name: _interval(full[name][0], resampled[name], level) for name in SCORES}
+    result = {name: interval(full[name][0], resampled[name], level) for name in SCORES}
     for name in SCORES:
-        result[f"{name}_per_genre"] = [_interval(full[f"{name}_per_genre"][0, g], resampled[f"{name}_per_genre"][:, g],
+        result[f"{name}_per_genre"] = [interval(full[f"{name}_per_genre"][0, g], resampled[f"{name}_per_genre"][:, g],
                                                  level) for g in range(truth.shape[1])]
     result.update(bins=bins, binning="equal mass", resamples=resamples, level=level, seed=seed, movies=len(truth))
     return result
@@ -221,17 +217,15 @@ def calibration_lines(metrics: dict) -> list[str]:
              "| split | ECE (95% CI) | Brier (95% CI) | log loss (95% CI) |", "| --- | --- | --- | --- |"]
     for name in ("dev", "test"):
         scores = metrics["splits"][name]["calibration"]
-        lines.append(f"| {name} | " + " | ".join(_interval_text(scores[s]) for s in SCORES) + " |")
+        lines.append(f"| {name} | " + " | ".join(format_interval(scores[s], 4) for s in SCORES) + " |")
     test = metrics["splits"]["test"]["calibration"]
     lines += ["", "| genre (test) | ECE (95% CI) | Brier (95% CI) | log loss (95% CI) |", "| --- | --- | --- | --- |"]
     for index, genre in enumerate(metrics["genres"]):
-        lines.append(f"| {genre} | " + " | ".join(_interval_text(test[f"{s}_per_genre"][index]) for s in SCORES) + " |")
+        cells = [format_interval(test[f"{s}_per_genre"][index], 4) for s in SCORES]
+        lines.append(f"| {genre} | " + " | ".join(cells) + " |")
     return lines + ["", "![reliability diagram](reliability.png)", "",
                     "Reading the diagram: each dot is a bin of test predictions; across, their mean probability; up, "
                     "how often the genre was really there. Dots below the dashed diagonal: the model is overconfident "
                     "there (it says 0.8, the genre is there less often); above: underconfident. The numbers are how "
                     "many predictions fell in each bin."]
 
-
-def _interval_text(interval: dict) -> str:
-    return f"{interval['value']:.4f} ({interval['low']:.4f}-{interval['high']:.4f})"

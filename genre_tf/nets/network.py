@@ -1,4 +1,6 @@
 """The network a config describes: encoders and feature caches around models.build_model, built or restored."""
+import os
+
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -8,7 +10,7 @@ from genre_tf.config import TrainConfig, fine_tunes_text, uses_poster, uses_text
 from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, POSTER_FEATURES, PreparedDataset, split_labels
 from genre_tf.data.demo import prepared_demo
 from genre_tf.data.features import load_or_compute
-from genre_tf.files import cache_key
+from genre_tf.files import cache_key, read_json
 from genre_tf.nets.encoders import (build_poster_encoder, build_text_encoder, for_inference, poster_encoder_identity,
                                     text_encoder_identity)
 from genre_tf.nets.models import build_model
@@ -83,7 +85,8 @@ def build_network(config: TrainConfig, num_genres: int, cached_dims: dict[str, i
 def open_run_dataset(run_dir: str) -> PreparedDataset:
     """The prepared dataset a run trained on, refused if it changed since; the demo's is prepared again,
     identically, if the cache was emptied (the run directory itself does not know the demo)."""
-    if runs.load_config(run_dir).data == "demo":
+    recorded = read_json(os.path.join(run_dir, "dataset.json")).get("path", "")
+    if runs.load_config(run_dir).data == "demo" and not os.path.exists(recorded):
         prepared_demo()
     return runs.open_dataset(run_dir)
 

@@ -39,7 +39,13 @@ def distinct_words(plot: str) -> list[str]:
 
 def without_word(plot: str, key: str) -> str:
     """The plot with every word whose key is `key` deleted."""
-    return " ".join(word for word in plot.split() if word_key(word) != key)
+    return without_words(plot, {key})
+
+
+def without_words(plot: str, keys) -> str:
+    """The plot with every word whose key is one of `keys` deleted."""
+    keys = set(keys)
+    return " ".join(word for word in plot.split() if word_key(word) not in keys)
 
 
 def score_movies(serving, plots: Sequence[str], posters: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +196,7 @@ def faithfulness(serving, movies, words: int = 3, seed: int = 0) -> dict:
         for genre in explanation["genres"]:
             chosen = [w["word"] for w in genre["top_words"]]
             drawn = list(rng.choice(keys, size=words, replace=False))
-            plots += [_without_words(movie["plot"], chosen), _without_words(movie["plot"], drawn)]
+            plots += [without_words(movie["plot"], chosen), without_words(movie["plot"], drawn)]
             genres.append(serving.genres.index(genre["genre"]))
         scores, _ = score_movies(serving, plots, [movie["poster"]] * len(plots))
         for index, genre in enumerate(genres):
@@ -200,9 +206,3 @@ def faithfulness(serving, movies, words: int = 3, seed: int = 0) -> dict:
     return {"words": words, "cases": len(top), "top_words_drop": float(top.mean()),
             "random_words_drop": float(drawn.mean()), "difference": float((top - drawn).mean()),
             "top_lost_more": float((top > drawn).mean())}
-
-
-def _without_words(plot: str, keys) -> str:
-    keys = set(keys)
-    return " ".join(word for word in plot.split() if word_key(word) not in keys)
-

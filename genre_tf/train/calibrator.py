@@ -15,20 +15,21 @@ from genre_tf.data.dataset import PreparedDataset, make_dataset, split_labels
 from genre_tf.evaluate.calibration import calibration_intervals, fit_calibrators
 from genre_tf.nets.models import CALIBRATION, HEAD
 from genre_tf.nets.network import make_predictor
-from genre_tf.run_dir import BEST, CALIBRATED_OUT_OF_FOLD, checkpoint_record, threshold_probabilities, write_out_of_fold
+from genre_tf.run_dir import (BEST, CALIBRATED_OUT_OF_FOLD, checkpoint_record, stored_dev_probabilities,
+                              write_out_of_fold)
 from genre_tf.train.callbacks import save_checkpoint
 from genre_tf.train.fusion import to_logits
 
 
 def plain_dev_logits(model: keras.Model, config: TrainConfig, prepared: PreparedDataset, caches: dict,
-                     run_dir: str) -> np.ndarray:
-    """The uncalibrated dev logits to fit on: the model's, or late fusion's out-of-fold mix (fitted on dev too)."""
+                     run_dir: str, ids) -> np.ndarray:
+    """The uncalibrated dev logits to fit on: late fusion's out-of-fold mix (fitted on dev too), else the model's."""
+    mixed = stored_dev_probabilities(run_dir, ids, calibrated=False)
+    if mixed is not None:
+        return to_logits(mixed)
     dev = make_dataset(prepared, "dev", 64, training=False, input_names=list(model.input_names),
                        image_size=config.poster.image_size, feature_caches=caches)
-    logits = make_predictor(keras.Model(model.inputs, model.get_layer("probabilities").input))(dev)
-    ids = split_labels(prepared, "dev")["ids"]
-    mixed = threshold_probabilities(run_dir, ids, None, calibrated=False)
-    return logits.astype(np.float64) if mixed is None else to_logits(mixed)
+    return make_predictor(keras.Model(model.inputs, model.get_layer("probabilities").input))(dev).astype(np.float64)
 
 
 def calibrate_run(run_dir: str, model: keras.Model, config: TrainConfig, prepared: PreparedDataset,
@@ -42,7 +43,7 @@ def calibrate_run(run_dir: str, model: keras.Model, config: TrainConfig, prepare
     genres = len(prepared.genres)
     layer.set_weights([np.ones(genres, np.float32), np.zeros(genres, np.float32)])
     labels = split_labels(prepared, "dev")
-    logits = plain_dev_logits(model, config, prepared, caches, run_dir)
+    logits = plain_dev_logits(model, config, prepared, caches, run_dir, labels["ids"])
     scale, bias, out_of_fold = fit_calibrators(logits, labels["labels"], method, config.seed)
     layer.set_weights([scale.astype(np.float32), bias.astype(np.float32)])
     record = dict(checkpoint_record(run_dir), calibration=method)

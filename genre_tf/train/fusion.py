@@ -15,7 +15,8 @@ sigmoid. It is saved as the run's best checkpoint and served like any other.
 import numpy as np
 import tf_keras as keras
 
-from genre_tf.nets.models import HEAD
+from genre_tf.nets.models import CALIBRATION, HEAD
+from genre_tf.nets.network import make_predictor
 
 FOLDS = 5
 LOGIT_CLIP = 1e-6
@@ -55,10 +56,6 @@ def fit_mix(text_logits: np.ndarray, poster_logits: np.ndarray, labels: np.ndarr
 
 def branch_logits(model: keras.Model, dataset) -> np.ndarray:
     """A trained single-branch model's pre-sigmoid outputs (its genre_head's logits) over a dataset."""
-    from genre_tf.nets.network import make_predictor
-
-    from genre_tf.nets.models import CALIBRATION
-
     logits = make_predictor(keras.Model(model.inputs, model.get_layer("probabilities").input))(dataset)
     head = model.get_layer(HEAD)
     if CALIBRATION in {layer.name for layer in head.layers}:  # the mix is fitted on the plain logits it will see
@@ -72,7 +69,7 @@ def copy_branch_weights(target: keras.Model, text_model: keras.Model, poster_mod
     poster_logits) into the target's genre_head, and any encoder trained inside a branch into the target."""
     head, text_head, poster_head = (model.get_layer(HEAD) for model in (target, text_model, poster_model))
     for layer in head.layers:
-        if layer.weights and layer.name not in ("poster_logits", "fusion_mix", "genre_calibration"):
+        if layer.weights and layer.name not in ("poster_logits", "fusion_mix", CALIBRATION):
             layer.set_weights(text_head.get_layer(layer.name).get_weights())
     head.get_layer("poster_logits").set_weights(poster_head.get_layer("genre_logits").get_weights())
     for name, source in (("text_encoder", text_model), ("poster_encoder", poster_model)):

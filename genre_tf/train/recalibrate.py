@@ -14,34 +14,32 @@ import shutil
 import sys
 
 import genre_tf  # noqa: F401  selects tf-keras before TensorFlow loads
-from genre_tf import run_dir as runs
-from genre_tf.evaluate.calibration import METHODS
-
-STALE = ("dev_calibrated_out_of_fold.npz", "metrics.json", "report.md", "predictions.npz", runs.LOCK)
+from genre_tf.config import CALIBRATIONS
 
 
 def copy_weights(target, source) -> None:
     """Every weighted layer of source into the target's layer of the same name (genre_head's layers one by one);
     the target's calibrator stays the identity."""
-    from genre_tf.nets.models import HEAD
+    from genre_tf.nets.models import CALIBRATION, HEAD
 
     for layer in target.layers:
         if layer.name == HEAD:
             copy_weights(layer, source.get_layer(HEAD))
-        elif layer.weights and layer.name != "genre_calibration":
+        elif layer.weights and layer.name != CALIBRATION:
             layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
 def recalibrate(run_dir: str, method: str, out_dir: str) -> str:
     """A copy of a finished run in out_dir with model.calibration=method, calibrated on dev; returns out_dir."""
+    from genre_tf import run_dir as runs
     from genre_tf.config import dump_config
     from genre_tf.data.dataset import split_labels
     from genre_tf.nets.network import build_network, cached_dims, precision_policy, restore_trained
     from genre_tf.train.callbacks import save_checkpoint
     from genre_tf.train.training import finalise_run
 
-    if method not in METHODS:
-        raise ValueError(f"calibration must be one of {METHODS}, got {method!r}")
+    if method not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {method!r}")
     runs.require_finished(run_dir)
     if os.path.exists(out_dir):
         raise ValueError(f"{out_dir} exists already; name a new folder for the recalibrated run")
@@ -50,7 +48,8 @@ def recalibrate(run_dir: str, method: str, out_dir: str) -> str:
         raise ValueError("the most-common-class baseline has no probabilities to calibrate")
     config = dataclasses.replace(config, run_dir=os.path.abspath(out_dir),
                                  model=dataclasses.replace(config.model, calibration=method))
-    shutil.copytree(run_dir, out_dir, ignore=shutil.ignore_patterns(*STALE, "logs"))
+    stale = (runs.CALIBRATED_OUT_OF_FOLD, runs.LOCK, "metrics.json", "report.md", "predictions.npz", "logs")
+    shutil.copytree(run_dir, out_dir, ignore=shutil.ignore_patterns(*stale))
     dump_config(config, os.path.join(out_dir, "config.json"))
     with precision_policy(config):
         target = build_network(config, len(prepared.genres), cached_dims(caches),
@@ -65,7 +64,7 @@ def recalibrate(run_dir: str, method: str, out_dir: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
-    parser.add_argument("method", choices=METHODS)
+    parser.add_argument("method", choices=CALIBRATIONS)
     parser.add_argument("out_dir")
     args = parser.parse_args(argv)
     try:

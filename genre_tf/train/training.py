@@ -27,7 +27,7 @@ from genre_tf.nets.models import HEAD
 from genre_tf.nets.network import (build_network, cached_dims, feature_caches, load_best_weights, make_predictor,
                                    restore_trained)
 from genre_tf.run_dir import (BEST, DEV_SCORES, FINAL, HISTORY, MONITOR, RunDirectoryInUse, best_row, read_history,
-                              threshold_probabilities, write_out_of_fold)
+                              stored_dev_probabilities, write_out_of_fold)
 from genre_tf.train.calibrator import calibrate_run
 from genre_tf.train.callbacks import (BestCheckpoint, DevF1, EpochSeededDropout, ResumeProgress, StopOnNonFiniteLoss,
                                       backup_epoch, save_checkpoint)
@@ -368,10 +368,12 @@ def write_serving_files(run_dir: str, model: keras.Model, config: TrainConfig, p
 
     `model` must hold the best checkpoint's weights; thresholds are tuned on its dev probabilities.
     """
-    dev = make_dataset(prepared, "dev", 64, training=False, input_names=list(model.input_names),
-                       image_size=config.poster.image_size, feature_caches=caches)
     labels = split_labels(prepared, "dev")
-    probabilities = threshold_probabilities(run_dir, labels["ids"], make_predictor(model)(dev))
+    probabilities = stored_dev_probabilities(run_dir, labels["ids"])  # out-of-fold, where fitted on dev
+    if probabilities is None:
+        probabilities = make_predictor(model)(make_dataset(prepared, "dev", 64, training=False,
+                                                            input_names=list(model.input_names),
+                                                            image_size=config.poster.image_size, feature_caches=caches))
     thresholds = tune_thresholds(labels["labels"], probabilities)
     unseen = unseen_genres(prepared.genres, thresholds)
     if unseen:
