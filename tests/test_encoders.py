@@ -1,6 +1,5 @@
 """Text and poster encoders: TF-Hub loading path, fine-tuning, the MiniLM conversion, caches, errors."""
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import genre_tf  # noqa: F401
 from genre_tf.files import read_json
 import tf_keras as keras
 from genre_tf.config import PosterEncoderConfig, TextEncoderConfig
-from genre_tf.data.features import cache_path, load_or_compute
 from genre_tf.nets.encoders import (build_poster_encoder, build_text_encoder, describe_poster_encoder, for_inference,
                                     poster_encoder_identity, resolve_backbone, trim_padding)
 
@@ -302,35 +300,6 @@ def test_random_poster_encoders_are_reproducible_and_keyed_by_backbone(backbone,
     assert first.shape == (2, dim)
     np.testing.assert_allclose(first, second, rtol=1e-6)  # random weights are saved once per seed
     assert poster_encoder_identity(config) == f"{backbone}-random0-32"  # caches never mix backbones
-
-
-@pytest.mark.slow
-def test_feature_cache_is_reused_and_keyed_by_encoder(small_prepared):
-    from genre_tf.data.dataset import load_prepared
-
-    prepared = load_prepared(small_prepared)
-    calls = []
-
-    def factory(scale):
-        def build():
-            calls.append(scale)
-            poster = keras.Input((32, 32, 3), dtype=tf.uint8, name="poster")
-            mean = keras.layers.Lambda(lambda x: tf.reduce_mean(tf.cast(x, tf.float32), [1, 2]) * scale)(poster)
-            return keras.Model(poster, mean)
-        return build
-
-    ids, features = load_or_compute(prepared, "poster_features", "key-a", factory(1.0), "poster")
-    again_ids, again = load_or_compute(prepared, "poster_features", "key-a", factory(1.0), "poster")
-    other_ids, other = load_or_compute(prepared, "poster_features", "key-b", factory(2.0), "poster")
-    assert calls == [1.0, 2.0]
-    assert len(ids) == sum(len(v) for v in prepared.split.values()) and features.shape == (len(ids), 3)
-    np.testing.assert_array_equal(again, features)
-    np.testing.assert_allclose(other, 2 * features, rtol=1e-6)
-    # a half-written cache (only the temporary file) is not taken as complete
-    partial = cache_path(prepared, "poster_features", "key-c") + ".123.tmp.npz"
-    Path(partial).write_bytes(b"half")
-    load_or_compute(prepared, "poster_features", "key-c", factory(3.0), "poster")
-    assert calls == [1.0, 2.0, 3.0]
 
 
 @pytest.mark.slow

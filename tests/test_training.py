@@ -2,6 +2,7 @@
 import csv
 import dataclasses
 import fcntl
+import glob
 import os
 import shutil
 import subprocess
@@ -220,12 +221,12 @@ def test_without_caches_encoders_run_inside_and_conv5_fine_tunes(tiny_config, sm
     config = tiny_config("integrated", f"data={learnable_prepared}", *LEARNS, "epochs=4",
                          "feature_cache=false", "model.fine_tune_text=false")
     features_dir = os.path.join(os.environ["GENRE_TF_CACHE"], "features")
-    cached_before = sorted(os.listdir(features_dir)) if os.path.exists(features_dir) else []
+    cached_before = sorted(glob.glob(os.path.join(features_dir, "**"), recursive=True))
     run_dir = train(config)
     best = read_json(os.path.join(run_dir, "final.json"))["best_dev_weighted_f1"]
     print(f"without caches: best dev weighted F1 {best:.3f}, floor {constant_floor(learnable_prepared):.3f}")
     assert best >= constant_floor(learnable_prepared) + MARGIN
-    assert (sorted(os.listdir(features_dir)) if os.path.exists(features_dir) else []) == cached_before
+    assert sorted(glob.glob(os.path.join(features_dir, "**"), recursive=True)) == cached_before
 
     tuned = tiny_config("poster",
                         "poster.fine_tune_last_stage=true")

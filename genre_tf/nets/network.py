@@ -50,15 +50,16 @@ def precision_policy(config: TrainConfig):
 
 
 def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> dict[str, tuple]:
-    """The cached inputs this model reads: poster features and, for a frozen encoder, plot embeddings."""
+    """The cached inputs this model reads: poster features and, for a frozen encoder, plot embeddings, keyed by the
+    encoder alone (each movie's row by its own content), so every dataset and split shares one cache per encoder."""
     caches = {}
     if uses_poster(config.model) and not config.poster.fine_tune_last_stage:
-        key = cache_key(poster_encoder_identity(config.poster), prepared.fingerprint)
+        key = cache_key(poster_encoder_identity(config.poster))
         caches[POSTER_FEATURES] = load_or_compute(
             prepared, POSTER_FEATURES, key, lambda: for_inference(build_poster_encoder(config.poster)), "poster",
             image_size=config.poster.image_size)
     if uses_text(config.model) and not fine_tunes_text(config.model):
-        key = cache_key(text_encoder_identity(config.text), prepared.fingerprint)
+        key = cache_key(text_encoder_identity(config.text))
         caches[PLOT_EMBEDDING] = load_or_compute(
             prepared, PLOT_EMBEDDING, key, lambda: build_text_encoder(config.text), PLOT)
     return caches

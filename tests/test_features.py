@@ -1,0 +1,98 @@
+"""Feature caches keyed by encoder and by each movie's own content: any split, a grown catalogue, another run."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from conftest import image_bytes, write_mmimdb
+from genre_tf.config import PrepareConfig, ValidationRules
+from genre_tf.data.dataset import PLOT, POSTER, load_prepared
+from genre_tf.data.features import load_or_compute, store_folder
+from genre_tf.data.prepare import prepare
+
+
+def counting_poster_encoder(scale: float, encoded: tf.Variable):
+    """A poster encoder (mean colour x scale) that counts the posters it is given."""
+    poster = keras.Input((32, 32, 3), dtype=tf.uint8, name="poster")
+
+    def encode(x):
+        encoded.assign_add(tf.shape(x, out_type=tf.int64)[0])
+        return tf.reduce_mean(tf.cast(x, tf.float32), [1, 2]) * scale
+    return keras.Model(poster, keras.layers.Lambda(encode)(poster))
+
+
+def counting_plot_encoder(encoded: tf.Variable):
+    """A plot encoder (length and word count of the text) that counts the plots it is given."""
+    def encode(plots, training=False):
+        encoded.assign_add(tf.shape(plots, out_type=tf.int64)[0])
+        return tf.stack([tf.cast(tf.strings.length(plots), tf.float32),
+                         tf.cast(tf.strings.split(plots).row_lengths(), tf.float32)], axis=1)
+    return encode
+
+
+@pytest.fixture(scope="module")
+def catalogues(tmp_path_factory):
+    """One generated catalogue prepared with seeds 0 and 1, and the same catalogue grown by 12 movies."""
+    root = tmp_path_factory.mktemp("content-keyed")
+    write_mmimdb(str(root / "raw"), count=60, seed=3)
+    write_mmimdb(str(root / "raw-grown"), count=72, seed=3)  # the same generator: its first 60 movies are those above
+    for raw, count in (("raw", 60), ("raw-grown", 72)):
+        for index in range(count):  # a poster of its own for every movie (write_mmimdb colours them by genre)
+            with open(root / raw / f"tt{index:07d}.jpeg", "wb") as handle:
+                handle.write(image_bytes((48, 64), (index * 3, 255 - index * 2, 40)))
+    folders = {}
+    for name, raw, seed in (("seed0", "raw", 0), ("seed1", "raw", 1), ("grown", "raw-grown", 0)):
+        folders[name] = str(root / name)
+        prepare(PrepareConfig(catalogue=str(root / raw), out=folders[name], rules=ValidationRules(image_size=32),
+                              num_genres=4, seed=seed, min_train_movies=8), progress=False)
+    return {name: load_prepared(folder) for name, folder in folders.items()}
+
+
+def test_another_split_or_a_grown_catalogue_encodes_only_movies_never_encoded(catalogues):
+    assert catalogues["seed0"].split != catalogues["seed1"].split  # another seed, another split
+    for name, input_name, factory in (("poster_features", POSTER, lambda n: counting_poster_encoder(1.0, n)),
+                                      ("plot_embedding", PLOT, counting_plot_encoder)):
+        encoded, built = tf.Variable(0, dtype=tf.int64), []
+
+        def build(factory=factory, encoded=encoded, built=built):
+            built.append(1)
+            return factory(encoded)
+
+        first_ids, first = load_or_compute(catalogues["seed0"], name, f"counting-{name}", build, input_name)
+        assert int(encoded.numpy()) == 60 and len(built) == 1
+        ids, again = load_or_compute(catalogues["seed1"], name, f"counting-{name}", build, input_name)
+        assert int(encoded.numpy()) == 60 and len(built) == 1  # zero encoder calls: every movie was cached
+        row = {movie_id: index for index, movie_id in enumerate(first_ids)}
+        np.testing.assert_array_equal(again, first[[row[i] for i in ids]])
+        grown_ids, grown = load_or_compute(catalogues["grown"], name, f"counting-{name}", build, input_name)
+        assert int(encoded.numpy()) == 72 and len(built) == 2  # the 12 new movies only
+        assert sorted(grown_ids) == sorted(f"tt{i:07d}" for i in range(72)) and grown.shape[0] == 72
+
+
+def test_features_are_keyed_by_encoder_and_a_damaged_part_is_encoded_again(catalogues, capsys):
+    prepared = catalogues["seed0"]
+    encoded = tf.Variable(0, dtype=tf.int64)
+    ids, once = load_or_compute(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
+                                POSTER)
+    _, twice = load_or_compute(prepared, "poster_features", "scale-2", lambda: counting_poster_encoder(2, encoded),
+                               POSTER)
+    np.testing.assert_allclose(twice, 2 * once, rtol=1e-6)  # another encoder never reads the first one's rows
+    assert int(encoded.numpy()) == 120
+    parts = glob.glob(os.path.join(store_folder("poster_features", "scale-1"), "part-*.npz"))
+    assert len(parts) == 1
+    with open(parts[0], "r+b") as handle:
+        handle.truncate(100)
+    _, again = load_or_compute(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
+                               POSTER)
+    assert "is damaged and is ignored" in capsys.readouterr().err and int(encoded.numpy()) == 180
+    np.testing.assert_allclose(again, once, rtol=1e-6)
+    # a half-written part (only the staging file) is never read
+    staging = os.path.join(store_folder("poster_features", "scale-3"), ".part-x.123.tmp.npz")
+    os.makedirs(os.path.dirname(staging))
+    with open(staging, "wb") as handle:
+        handle.write(b"half")
+    load_or_compute(prepared, "poster_features", "scale-3", lambda: counting_poster_encoder(3, encoded), POSTER)
+    assert int(encoded.numpy()) == 240
