@@ -16,6 +16,7 @@ from genre_tf.limits import MAX_BATCH_SIZE, MAX_CONFIG_CHARS, MAX_IMAGE_SIZE, MI
 MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
 POSTER_BACKBONES = ("auto", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LAYOUTS = ("auto", "csv", "mmimdb", "jsonl")
+SPLIT_METHODS = ("random", "time")  # how prepare splits a catalogue that carries no split of its own
 
 
 @dataclasses.dataclass
@@ -203,6 +204,8 @@ class PrepareConfig:
     genres: tuple[str, ...] = ()   # a closed vocabulary instead (matched ignoring case); num_genres is then unused
     genreless: str = "keep"        # movies with none of the kept genres: keep (all-zero labels, as the paper) | drop
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    split: str = "random"          # random (stratified, ids in an order drawn from seed) | time (oldest to train,
+    #                                newest to test, by year); a catalogue that carries its own split keeps it
     seed: int = 0
     shard_size: int = 2000
     workers: int = 0               # poster decoding threads; 0 = one per core
@@ -372,6 +375,7 @@ def validate_prepare(config: PrepareConfig) -> None:
         (config.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {_quoted(config.layout)}"),
         (bool(config.genres) or config.num_genres >= 1, f"num_genres must be at least 1, got {config.num_genres}"),
         (config.genreless in ("keep", "drop"), f"genreless must be 'keep' or 'drop', got {_quoted(config.genreless)}"),
+        (config.split in SPLIT_METHODS, f"split must be one of {SPLIT_METHODS}, got {_quoted(config.split)}"),
         (config.min_train_movies >= 1, f"min_train_movies must be at least 1, got {config.min_train_movies}"),
         (config.shard_size >= 1 and config.workers >= 0, "shard_size must be >= 1 and workers >= 0"),
         (len(fractions) == 3 and min(fractions) > 0 and abs(sum(fractions) - 1) < 1e-6,

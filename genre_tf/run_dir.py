@@ -165,7 +165,8 @@ def create(run_dir: str, config: TrainConfig, prepared: PreparedDataset, encoder
     write_text(os.path.join(run_dir, "genres.txt"), "\n".join(prepared.genres) + "\n")
     write_json(os.path.join(run_dir, "dataset.json"), {
         "path": os.path.abspath(prepared.path), "name": prepared.name, "fingerprint": prepared.fingerprint,
-        "files": prepared.metadata.get("files", {}), "split": prepared.split})
+        "files": prepared.metadata.get("files", {}), "split": prepared.split,
+        "split_method": {k: v for k, v in prepared.split_record.items() if k != "years"}})
     write_json(config_path, config_to_dict(with_absolute_data(config)), indent=2)  # last: it marks a run
 
 

@@ -123,6 +123,42 @@ def test_jsonl_folder_defines_the_split(tmp_path):
     assert len(movies) == 4 and len(rejects) == 3 and "train.jsonl:3" in rejects[0].source
 
 
+def test_prepare_records_and_prints_the_split_and_a_time_split_trains_on_the_oldest(tmp_path, capsys):
+    from genre_tf.data.dataset import load_prepared
+
+    raw = write_mmimdb(str(tmp_path / "raw"), count=100, seed=3)  # years 1990-2019, 40 before 2000
+    for method in ("random", "time"):
+        prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / method), rules=RULES, num_genres=3, split=method,
+                              min_train_movies=8), progress=False)
+        record = load_prepared(str(tmp_path / method)).split_record
+        assert record["method"] == method and record["seed"] == 0
+        assert record["years"]["catalogue"] == {"movies": 100, "dated": 100, "median": 2003.0, "first": 1990,
+                                                "last": 2019, "before_1990": 0.0, "from_2000": 0.6}
+        printed = capsys.readouterr().out
+        assert f"split: {method}, seed 0" in printed and "catalogue      100     100    2003   1990-2019" in printed
+    years = record["years"]
+    assert years["train"]["last"] <= years["dev"]["first"] and years["dev"]["last"] <= years["test"]["first"]
+    assert years["test"]["last"] == 2019 and years["train"]["first"] == 1990
+
+
+def test_a_folder_prepared_in_id_order_loads_with_a_warning_naming_the_command(tmp_path, capsys):
+    from genre_tf.data.dataset import load_prepared
+
+    raw = write_mmimdb(str(tmp_path / "raw"), count=40, seed=3)
+    out = str(tmp_path / "old")
+    prepare(PrepareConfig(catalogue=raw, out=out, rules=RULES, num_genres=3, min_train_movies=8), progress=False)
+    metadata = read_json(os.path.join(out, "dataset.json"))
+    del metadata["split"]  # as genre_tf wrote it before 2026-12-07
+    with open(os.path.join(out, "dataset.json"), "w") as handle:
+        json.dump(metadata, handle)
+    capsys.readouterr()
+    prepared = load_prepared(out)
+    load_prepared(out)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "id order" in line]
+    assert len(warnings) == 1 and f"python -m genre_tf.prepare {os.path.abspath(raw)} out=NEW_DIR" in warnings[0]
+    assert prepared.split_record["method"] == "id order" and sum(map(len, prepared.split.values())) == 40
+
+
 def test_prepare_then_tf_data_round_trip(tmp_path):
     from genre_tf.data.dataset import load_prepared, make_dataset
 

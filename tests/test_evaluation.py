@@ -74,6 +74,13 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
         run.prepared.split["test"])
     report = Path(os.path.join(trained_run, "report.md")).read_text()
     assert "tuned on the **dev** split" in report and "![co-occurrence](cooccurrence.png)" in report
+    # which movies test holds: the split's method and test's years beside the catalogue's (small_prepared: 1990-2019)
+    years = metrics["dataset"]["split"]["years"]
+    assert metrics["dataset"]["split"]["method"] == "random" and years["catalogue"]["first"] == 1990
+    assert read_json(os.path.join(trained_run, "dataset.json"))["split_method"]["method"] == "random"  # the run's
+    assert (f"Split: random (stratified, seed 0). Test's years: median {years['test']['median']:.0f}, 0% released "
+            f"before 1990, {years['test']['from_2000']:.0%} from 2000 on; the catalogue's: median "
+            f"{years['catalogue']['median']:.0f}") in report
     assert len(metrics["examples"]) == 6 and metrics["examples"] == evaluate_run(trained_run)["examples"]
     # intervals: around the score itself, from a bootstrap of this test split, in metrics.json and the report
     test = metrics["splits"]["test"]

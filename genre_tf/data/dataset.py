@@ -19,6 +19,7 @@ from genre_tf.files import file_digest
 DATASET_FORMAT = 2
 POSTER_STORAGE = "PNG of images.decode_poster's pixels at image_size"
 _WARNED_OLD_FORMAT: set[str] = set()
+_WARNED_ID_ORDER: set[str] = set()
 
 # Keys of the dicts the pipelines yield; they are also the model's input names.
 MOVIE_ID, PLOT, POSTER, POSTER_FEATURES, PLOT_EMBEDDING = (
@@ -93,6 +94,13 @@ class PreparedDataset:
     def fingerprint(self) -> str:
         return self.metadata["fingerprint"]
 
+    @property
+    def split_record(self) -> dict:
+        """How prepare drew the split and the years of each part (dataset.json's "split"); folders prepared
+        before 2026-12-07 say only that their split followed the order of the ids."""
+        return self.metadata.get("split", {"method": "id order", "detail": "prepared before 2026-12-07: unless the "
+                                           "catalogue carried a split, dev and test were drawn in id order"})
+
     def shards(self, split: str) -> list[str]:
         return [os.path.join(self.path, name) for name in self.metadata["shards"][split]]
 
@@ -111,6 +119,7 @@ def load_prepared(path: str) -> PreparedDataset:
     with open(metadata_path, encoding="utf-8") as handle:
         metadata = json.load(handle)
     check_format(path, metadata.get("format", 1))
+    check_split_method(path, metadata)
     with open(os.path.join(path, "genres.txt"), encoding="utf-8") as handle:
         genres = [line.strip() for line in handle if line.strip()]
     with open(os.path.join(path, "split.json"), encoding="utf-8") as handle:
@@ -130,6 +139,18 @@ def check_format(path: str, version: int) -> None:
               "resized by Pillow, a few grey levels away from what the SavedModel computes for the same file. "
               "Remove it and re-run `python -m genre_tf.prepare` to train on the pixels serving sees.",
               file=sys.stderr)
+
+
+def check_split_method(path: str, metadata: dict) -> None:
+    """Warn (once) that a folder prepared before 2026-12-07 drew dev and test in id order: with ids that follow
+    time (IMDb's), they hold almost only the newest movies. Still readable; runs on it stay comparable."""
+    if "split" in metadata or path in _WARNED_ID_ORDER:
+        return
+    _WARNED_ID_ORDER.add(path)
+    catalogue = metadata.get("catalogue") or "CATALOGUE"
+    print(f"warning: {path} was prepared before 2026-12-07: unless its catalogue carried a split, dev and test were "
+          f"drawn in id order (mostly the newest ids); for a random split: python -m genre_tf.prepare {catalogue} "
+          "out=NEW_DIR", file=sys.stderr)
 
 
 DIGESTED = ("movies.jsonl", "genres.txt", "split.json")  # with the shards: every file a run reads labels or inputs from

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from genre_tf.config import PrepareConfig, ValidationRules, config_to_dict, describe_keys, load_config
 from genre_tf.data.readers import SPLIT_NAMES, read_catalogue
 from genre_tf.data.records import Movie, RecordError, Reject, genre_key, id_key, validate_movie
-from genre_tf.data.split import frequency_table, multi_hot, stratified_split, top_genres
+from genre_tf.data.split import (frequency_table, multi_hot, stratified_split, time_split, top_genres, year_summary,
+                                 year_table)
 from genre_tf.data.spool import PosterSpool
 from genre_tf.files import enclosing, is_run_folder, staging_folder
 
@@ -81,7 +82,9 @@ def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0, pr
 
 def resolve_split(movies: list[Movie], given: dict[str, list[str]] | None, config: PrepareConfig,
                   rejects: list[Reject]) -> dict[str, list[str]]:
-    """The layout's own split restricted to valid movies, or a stratified split of them."""
+    """The layout's own split restricted to valid movies, or a split of them drawn by config.split."""
+    if given is None and config.split == "time":
+        return time_split([m.movie_id for m in movies], [m.year for m in movies], config.fractions, config.seed)
     if given is None:
         return stratified_split([m.movie_id for m in movies], [m.genres for m in movies],
                                 config.fractions, config.seed)
@@ -152,8 +155,29 @@ def genre_counts(movies: list[Movie], ids: list[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
+def split_record(movies: list[Movie], split: dict[str, list[str]], config: PrepareConfig, given: bool) -> dict:
+    """What dataset.json says of the split: how it was drawn and the release years of the catalogue and each part."""
+    year_of = {movie.movie_id: movie.year for movie in movies}
+    kept = [movie_id for name in SPLIT_NAMES for movie_id in split[name]]
+    method = ({"method": "given", "detail": "the catalogue's own train/dev/test"} if given else
+              {"method": config.split, "seed": config.seed, "fractions": list(config.fractions),
+               "detail": "oldest years to train, newest to test" if config.split == "time" else
+               "iterative stratification over the ids in an order drawn from the seed"})
+    years = {"catalogue": year_summary([year_of[i] for i in kept])}
+    years.update({name: year_summary([year_of[i] for i in split[name]]) for name in SPLIT_NAMES})
+    return dict(method, years=years)
+
+
+def describe_split(record: dict) -> str:
+    """The split's method and years in words and a table, as prepare prints them."""
+    method = record.get("method", "id order")
+    seed = f", seed {record['seed']}" if "seed" in record else ""
+    return f"split: {method}{seed} ({record.get('detail', '')}).\n{year_table(record.get('years', {}))}"
+
+
 def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: list[str], rejects: list[Reject],
-                   config: PrepareConfig, directory: str, vocabulary: dict, spool: PosterSpool | None = None) -> dict:
+                   config: PrepareConfig, directory: str, vocabulary: dict, spool: PosterSpool | None = None,
+                   split_given: bool = False) -> dict:
     """Write every artifact of a prepared dataset into `directory` (posters from `spool`, if given); returns its
     metadata."""
     from genre_tf.data.dataset import DATASET_FORMAT, POSTER_STORAGE, file_digests, serialize_example, write_shards
@@ -189,7 +213,8 @@ def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: lis
         "catalogue": os.path.abspath(config.catalogue), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "image_size": config.rules.image_size, "fingerprint": digest.hexdigest()[:16],
         "counts": {name: len(split[name]) for name in SPLIT_NAMES} | {"rejected": len(rejects)},
-        "genres": genres, "vocabulary": vocabulary, "shards": shards, "files": files,
+        "genres": genres, "vocabulary": vocabulary, "split": split_record(movies, split, config, split_given),
+        "shards": shards, "files": files,
         "config": config_to_dict(config),
     }
     with open(os.path.join(directory, "dataset.json"), "w", encoding="utf-8") as handle:
@@ -249,13 +274,15 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
                       train_genre_counts=genre_counts(movies, split["train"]))
     staging = staging_folder(os.path.dirname(os.path.abspath(config.out)), "prepare")
     try:
-        metadata = write_prepared(movies, split, genres, rejects, config, staging, vocabulary, spool)
+        metadata = write_prepared(movies, split, genres, rejects, config, staging, vocabulary, spool,
+                                  split_given=catalogue.split is not None)
         os.rename(staging, config.out)  # the folder appears whole or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"prepared {sum(len(ids) for ids in split.values())} movies "
           f"({', '.join(f'{n} {len(split[n])}' for n in SPLIT_NAMES)}) into {config.out}")
     print(vocabulary_summary(genres, vocabulary))
+    print(describe_split(metadata["split"]))
     if rejects:
         print(summarize_rejects(rejects, report=os.path.join(config.out, "rejects.csv")))
     return metadata

@@ -21,18 +21,70 @@ def multi_hot(genre_lists: Sequence[Sequence[str]], genres: Sequence[str]) -> np
 
 def stratified_split(ids: Sequence[str], genre_lists: Sequence[Sequence[str]],
                      fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0) -> dict[str, list[str]]:
-    """Split ids into train/dev/test by iterative stratification (Sechidis et al. 2011), deterministically."""
-    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) <= 0:
-        raise ValueError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
+    """Split ids into train/dev/test by iterative stratification (Sechidis et al. 2011), at random but reproducibly.
+
+    The algorithm fills the parts in the order it is given the ids, so ids that follow time (IMDb's, database keys)
+    fed in sorted order gave train the oldest movies and dev and test the newest. The ids are sorted (the input
+    order does not matter) and then permuted by the seed: same ids and seed, same split; another seed, another.
+    """
+    _check_fractions(fractions)
     all_genres = sorted({genre for movie in genre_lists for genre in movie})
     labels = multi_hot(genre_lists, all_genres)
-    # The algorithm's ties are random; a fixed order of ids plus the seed makes it reproducible.
+    random = np.random.RandomState(seed)
     order = np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")
-    folds = IterativeStratification(labels[order].astype(bool), np.asarray(fractions), np.random.RandomState(seed))
+    order = order[random.permutation(len(order))]
+    folds = IterativeStratification(labels[order].astype(bool), np.asarray(fractions), random)
     split = {name: [] for name in SPLIT_NAMES}
     for position, fold in zip(order, folds, strict=True):
         split[SPLIT_NAMES[fold]].append(ids[position])
-    return split
+    return {name: sorted(part) for name, part in split.items()}
+
+
+def time_split(ids: Sequence[str], years: Sequence[int | None], fractions: Sequence[float] = (0.6, 0.2, 0.2),
+               seed: int = 0) -> dict[str, list[str]]:
+    """Split ids by release year: the oldest `fractions[0]` of the dated movies to train, the newest
+    `fractions[2]` to test, to measure how a model ages. Movies of one year at a boundary are assigned in an
+    order drawn from the seed; movies without a year go to train (they cannot be placed in time)."""
+    _check_fractions(fractions)
+    rank = np.empty(len(ids), np.int64)  # a tie-break drawn from the seed over the sorted ids: input order is moot
+    rank[np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")] = \
+        np.random.RandomState(seed).permutation(len(ids))
+    dated = sorted((i for i in range(len(ids)) if years[i] is not None), key=lambda i: (years[i], rank[i]))
+    train_end = int(round(fractions[0] * len(dated)))
+    dev_end = train_end + int(round(fractions[1] * len(dated)))
+    parts = {"train": [*dated[:train_end], *(i for i in range(len(ids)) if years[i] is None)],
+             "dev": dated[train_end:dev_end], "test": dated[dev_end:]}
+    return {name: sorted(ids[i] for i in parts[name]) for name in SPLIT_NAMES}
+
+
+def _check_fractions(fractions: Sequence[float]) -> None:
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) <= 0:
+        raise ValueError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
+
+
+def year_summary(years: Sequence[int | None]) -> dict:
+    """The release years of a set of movies: how many carry one, their median and range, the shares released
+    before 1990 and from 2000 on (of the dated movies)."""
+    dated = np.asarray([year for year in years if year is not None], dtype=np.int64)
+    summary = {"movies": len(years), "dated": int(dated.size)}
+    if dated.size:
+        summary.update(median=float(np.median(dated)), first=int(dated.min()), last=int(dated.max()),
+                       before_1990=round(float((dated < 1990).mean()), 4),
+                       from_2000=round(float((dated >= 2000).mean()), 4))
+    return summary
+
+
+def year_table(summaries: dict[str, dict]) -> str:
+    """The year summaries of the catalogue and each part, one line each, as prepare prints them."""
+    lines = [f"{'years':<10}{'movies':>8}{'dated':>8}{'median':>8}{'range':>12}{'<1990':>8}{'>=2000':>8}"]
+    for name, summary in summaries.items():
+        if not summary.get("dated"):
+            lines.append(f"{name:<10}{summary['movies']:>8}{0:>8}{'-':>8}")
+            continue
+        lines.append(f"{name:<10}{summary['movies']:>8}{summary['dated']:>8}{summary['median']:>8.0f}"
+                     f"{summary['first']:>7}-{summary['last']:<4}{summary['before_1990']:>8.1%}"
+                     f"{summary['from_2000']:>8.1%}")
+    return "\n".join(lines)
 
 
 def top_genres(genre_lists: Sequence[Sequence[str]], count: int) -> list[str]:

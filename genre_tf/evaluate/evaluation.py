@@ -289,7 +289,8 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
         for label, key in (("0.5", "at_0.5"), ("tuned on dev", "tuned")):
             lines.append(f"| {name} | {label} | " + " | ".join(
                 format_interval(part["intervals"][key][m]) for m in METRICS) + " |")
-    lines += ["", interval_note(metrics), "", *floor_lines(metrics), "", *degenerate_lines(metrics["degenerate"]),
+    lines += ["", split_note(metrics["dataset"]["split"]), "", interval_note(metrics), "", *floor_lines(metrics), "",
+              *degenerate_lines(metrics["degenerate"]),
               *unseen_lines(unseen_genres(metrics["genres"], metrics["thresholds"]))]
     lines += ["", "## Per genre (test split, dev-tuned thresholds; the paper's Table 4)", "",
               "| genre | support | frequency | precision | recall | F1 (95% CI) | F1 @0.5 | frequency x F1 | ROC-AUC "
@@ -315,6 +316,29 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
                   f"true: {', '.join(example['true']) or '(none)'}; predicted: "
                   f"{', '.join(example['predicted']) or '(none)'}", ""]
     return "\n".join(lines) + "\n"
+
+
+ID_ORDER_NOTE = ("Split: **in id order** (prepared before 2026-12-07; unless the catalogue carried a split, dev and "
+                 "test hold mostly the newest movies): re-prepare the dataset for figures that describe the whole "
+                 "catalogue.")
+
+
+def split_note(record: dict) -> str:
+    """Which movies test holds: how the split was drawn and test's release years beside the catalogue's."""
+    def years(summary: dict) -> str:
+        if not summary.get("dated"):
+            return "no release years"
+        return (f"median {summary['median']:.0f}, {summary['before_1990']:.0%} released before 1990, "
+                f"{summary['from_2000']:.0%} from 2000 on")
+    method = record.get("method", "id order")
+    line = {"random": f"Split: random (stratified, seed {record.get('seed')}).",
+            "time": "Split: **by time**: train holds the oldest movies and test the newest, so test measures how the "
+                    "model ages, not how it does on the catalogue.",
+            "given": "Split: the catalogue's own."}.get(method, ID_ORDER_NOTE)
+    summaries = record.get("years", {})
+    if "test" in summaries and "catalogue" in summaries:
+        line += f" Test's years: {years(summaries['test'])}; the catalogue's: {years(summaries['catalogue'])}."
+    return line
 
 
 def interval_note(metrics: dict) -> str:
@@ -390,7 +414,7 @@ def evaluate_run(run_dir: str, allow_unfinished: bool = False) -> dict:
                                     metrics))
     metrics.update(run_dir=os.path.abspath(run_dir), model=run.config.model.kind, oversample=run.config.oversample,
                    dataset={"name": run.prepared.name, "path": os.path.abspath(run.prepared.path),
-                            "fingerprint": run.prepared.fingerprint},
+                            "fingerprint": run.prepared.fingerprint, "split": run.prepared.split_record},
                    split_digest=cache_key(json.dumps(run.prepared.split, sort_keys=True)),
                    examples=choose_examples(test, movies, run.prepared.genres, metrics["thresholds"]))
     pictures = draw_pictures(run.prepared.genres, metrics, test)
