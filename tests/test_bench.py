@@ -97,6 +97,7 @@ def test_seeds_fold_into_one_row_with_their_mean_and_range(small_prepared, tiny_
     from genre_tf.bench.table3 import seed_counts
 
     assert seed_counts(["3", "text_finetuned=1"]) == {**dict.fromkeys(KINDS, 3), "text_finetuned": 1}
+    assert seed_counts(["3", "text_finetuned=0"])["text_finetuned"] == 0  # a kind left out of the table
     for bad in ("0", "poster=x", "txt=2"):
         with pytest.raises(ValueError, match="--seeds"):
             seed_counts([bad])
