@@ -182,3 +182,42 @@ def test_predict_csv_explain_warns_of_an_undecodable_poster_and_explains_every_r
     assert "warning: m1: poster " in error and "broken.jpg could not be used (poster does not decode" in error
     assert first["genres"][0]["genre"] == "Horror" and first["genres"][0]["poster_contribution"] is None
     assert second["genres"][0] == {**second["genres"][0], "genre": "Comedy", "poster_contribution": 0.6}
+
+
+def test_a_batch_rerun_that_cannot_publish_leaves_the_last_run_s_two_files_as_they_were(tmp_path, monkeypatch):
+    from genre_tf.serve import batch_predict
+    from genre_tf.serve.batch_predict import DEAD_LETTERS_FILE, PREDICTIONS_FILE, publish
+
+    def rerun(output):
+        staging = tmp_path / "staging"
+        staging.mkdir(exist_ok=True)
+        (staging / PREDICTIONS_FILE).write_text("new predictions\n")
+        (staging / DEAD_LETTERS_FILE).write_text("new dead letters\n")
+        publish(str(staging), str(output))
+
+    output = tmp_path / "scored"
+    output.mkdir()
+    (output / PREDICTIONS_FILE).write_text("old predictions\n")
+    (output / DEAD_LETTERS_FILE).write_text("old dead letters\n")
+    real_replace = os.replace
+
+    def failing_replace(source, target):  # the new dead letters cannot take the old one's place
+        if str(target) == str(output / DEAD_LETTERS_FILE) and "staging" in str(source) and "previous" not in source:
+            raise PermissionError(13, "Permission denied", target)
+        real_replace(source, target)
+
+    monkeypatch.setattr(batch_predict.os, "replace", failing_replace)
+    with pytest.raises(PermissionError):
+        rerun(output)
+    monkeypatch.undo()
+    assert (output / PREDICTIONS_FILE).read_text() == "old predictions\n"  # was deleted
+    assert (output / DEAD_LETTERS_FILE).read_text() == "old dead letters\n"
+    os.remove(output / DEAD_LETTERS_FILE)
+    (output / DEAD_LETTERS_FILE).mkdir()  # not a file: refused before anything moves
+    (output / DEAD_LETTERS_FILE / "keep").write_text("x")
+    with pytest.raises(ValueError, match="dead_letters.jsonl is not a regular file"):
+        rerun(output)
+    assert (output / PREDICTIONS_FILE).read_text() == "old predictions\n"
+    (tmp_path / "fresh").mkdir()
+    rerun(tmp_path / "fresh")
+    assert (tmp_path / "fresh" / PREDICTIONS_FILE).read_text() == "new predictions\n"

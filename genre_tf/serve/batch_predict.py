@@ -13,7 +13,6 @@ others go on. Every option this command does not know is a Beam pipeline option 
 a Flink, Spark or Dataflow runner's flags).
 """
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -157,13 +156,24 @@ def prepare_output(output: str, model: str) -> str:
 
 
 def publish(staging: str, output: str) -> None:
-    """Replace the previous run's two files by this run's: both old files go first, so the folder never holds
-    one run's predictions beside another run's dead letters."""
+    """Replace the previous run's two files by this run's, both or neither: the old ones are moved into staging
+    first and moved back when a step fails, so a failed rerun leaves the last run's two files as they were."""
     for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(output, name))
-    for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
-        os.replace(os.path.join(staging, name), os.path.join(output, name))
+        path = os.path.join(output, name)
+        if os.path.lexists(path) and not os.path.isfile(path) or os.path.islink(path):
+            raise ValueError(f"{path} is not a regular file; move it away, then rerun")
+    moved = []
+    try:
+        for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
+            if os.path.exists(os.path.join(output, name)):
+                os.replace(os.path.join(output, name), os.path.join(staging, f"previous-{name}"))
+                moved.append(name)
+        for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
+            os.replace(os.path.join(staging, name), os.path.join(output, name))
+    except OSError:
+        for name in moved:
+            os.replace(os.path.join(staging, f"previous-{name}"), os.path.join(output, name))
+        raise
 
 
 def batch_predict(config: BatchPredictConfig, beam_args: Sequence[str] = ()) -> dict:
