@@ -221,3 +221,27 @@ def test_a_batch_rerun_that_cannot_publish_leaves_the_last_run_s_two_files_as_th
     (tmp_path / "fresh").mkdir()
     rerun(tmp_path / "fresh")
     assert (tmp_path / "fresh" / PREDICTIONS_FILE).read_text() == "new predictions\n"
+
+
+@pytest.mark.parametrize("deep", ["[" * 100_000 + "]" * 100_000, "{a: " * 100_000 + "1" + "}" * 100_000,
+                                  "[" * 17 + "1" + "]" * 17])
+def test_a_config_nested_too_deep_is_refused_in_one_line(deep, tmp_path, capsys):
+    import train as train_script
+
+    (tmp_path / "deep.yaml").write_text(f"epochs: {deep}\n")
+    for argv in (["--config", str(tmp_path / "deep.yaml")], [f"model.text_units={deep}"]):
+        with pytest.raises(SystemExit) as exit_info:  # was a 2,998-line RecursionError
+            train_script.main(argv)
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exit_info.value.code == 2 and "nested deeper than 16 levels" in error, error
+
+
+@pytest.mark.parametrize("options", [("model.kind=integrated", "model.fusion=concat", "model.text_run=runs/t"),
+                                     ("model.kind=poster", "model.poster_run=runs/p"),
+                                     ("model.kind=text_frozen", "model.text_run=runs/t")])
+def test_branch_runs_for_a_model_that_would_ignore_them_are_refused(options):
+    from genre_tf.config import load_config
+
+    with pytest.raises(ValueError, match="apply to model.kind=integrated with model.fusion=late"):  # was ignored
+        load_config(overrides=list(options))
+    assert load_config(overrides=["model.kind=integrated", "model.fusion=late", "model.text_run=runs/t"])
