@@ -245,3 +245,25 @@ def test_branch_runs_for_a_model_that_would_ignore_them_are_refused(options):
     with pytest.raises(ValueError, match="apply to model.kind=integrated with model.fusion=late"):  # was ignored
         load_config(overrides=list(options))
     assert load_config(overrides=["model.kind=integrated", "model.fusion=late", "model.text_run=runs/t"])
+
+
+def test_faithfulness_refuses_limits_that_leave_nothing_to_compare(tmp_path, monkeypatch, capsys):
+    from genre_tf.serve import faithfulness
+
+    from conftest import write_csv
+
+    monkeypatch.setattr(faithfulness, "load_serving", lambda model_dir: CountingServing())
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "saved_model.pb").write_bytes(b"")
+    csv_path = write_csv(str(tmp_path / "movies.csv"), [("m1", "One", "a ghost story", "", "", 2000, "en")])
+    command = ["--model", str(tmp_path / "model"), "--csv", csv_path]
+    for option in (["--limit", "0"], ["--words", "100000"], ["--words", "0"]):  # printed NaN and exited 0
+        with pytest.raises(SystemExit) as exit_info:
+            faithfulness.main(command + option)
+        out, error = capsys.readouterr()
+        assert exit_info.value.code == 2 and out == "" and "error: --" in error.splitlines()[-1]
+    assert faithfulness.main(command + ["--words", "3"]) == 1  # a plot of 3 distinct words: nothing to compare
+    out, error = capsys.readouterr()
+    assert out == "" and error == "error: no movie has more than 3 distinct plot words: nothing to compare\n"
+    assert faithfulness.main(command + ["--words", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["cases"] == 1

@@ -234,6 +234,8 @@ def faithfulness(serving, movies, words: int = 3, seed: int = 0) -> dict:
         for index, genre in enumerate(genres):
             top_drops.append(scores[0, genre] - scores[1 + 2 * index, genre])
             random_drops.append(scores[0, genre] - scores[2 + 2 * index, genre])
+    if not top_drops:  # a mean of nothing is NaN, which is not JSON and not an answer
+        raise ValueError(f"no movie has more than {words} distinct plot words: nothing to compare")
     top, drawn = np.asarray(top_drops), np.asarray(random_drops)
     return {"words": words, "cases": len(top), "top_words_drop": float(top.mean()),
             "random_words_drop": float(drawn.mean()), "difference": float((top - drawn).mean()),
