@@ -267,3 +267,45 @@ def test_faithfulness_refuses_limits_that_leave_nothing_to_compare(tmp_path, mon
     assert out == "" and error == "error: no movie has more than 3 distinct plot words: nothing to compare\n"
     assert faithfulness.main(command + ["--words", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["cases"] == 1
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every command line of the project with arguments that make no sense; each must exit 2 with one error line.
+NONSENSE = [
+    *[["-m", module, "--no-such-option"] for module in (
+        "genre_tf.prepare", "genre_tf.predict", "genre_tf.batch_predict", "genre_tf.bench", "genre_tf.bench.scale",
+        "genre_tf.data.prepare", "genre_tf.nets.minilm", "genre_tf.nets.mpnet", "genre_tf.serve.predict",
+        "genre_tf.serve.batch_predict", "genre_tf.serve.faithfulness", "genre_tf.train.migrate",
+        "genre_tf.train.multiworker", "genre_tf.train.recalibrate")],
+    *[[script, "--no-such-option"] for script in ("train.py", "evaluate.py", "export/export_savedmodel.py",
+                                                   "export/client.py")],
+    ["-m", "genre_tf.bench", "table3", "--seeds", "0"], ["-m", "genre_tf.bench", "table3", "--seeds", "abc"],
+    ["-m", "genre_tf.bench", "table3", "--data", "/nonexistent"],
+    ["-m", "genre_tf.bench", "table3", "nokind:epochs=1"], ["-m", "genre_tf.bench", "table3", "epochs=0"],
+    ["-m", "genre_tf.serve.faithfulness", "--model", "m", "--csv", "c", "--limit", "0"],
+    ["-m", "genre_tf.serve.faithfulness", "--model", "m", "--csv", "c", "--words", "100000"],
+    ["-m", "genre_tf.train.recalibrate", "run", "isotonic", "new"],
+    ["-m", "genre_tf.predict", "--model", "m", "--plot", "p", "--batch-size", "0"],
+    ["-m", "genre_tf.batch_predict", "--model", "m", "--input", "c", "--output", "o", "--batch-size", "-1"],
+    ["train.py", "epochs=abc"], ["train.py", "model.kind=poster", "model.text_run=runs/x"],
+    ["export/export_savedmodel.py", "--run", "r", "--out", "o", "--version", "0"],
+    ["export/client.py", "--rest", "http://127.0.0.1:1", "--plot", "p", "--timeout", "inf"],
+    ["export/client.py", "--rest", "http://[::1", "--plot", "p"],
+    ["export/client.py", "--rest", "http://127.0.0.1:99999", "--plot", "p"],
+]
+
+
+def test_every_command_answers_nonsense_arguments_with_exit_2_and_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    environment = dict(os.environ, PYTHONPATH=ROOT, GENRE_TF_CACHE=str(tmp_path / "cache"))
+    running = [(argv, subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)) for argv in NONSENSE]
+    wrong = []
+    for argv, process in running:
+        out, error = process.communicate(timeout=300)
+        errors = [line for line in error.splitlines() if "error:" in line]
+        if process.returncode != 2 or "Traceback" in error or len(errors) != 1 or errors[0] != error.splitlines()[-1]:
+            wrong.append(f"{' '.join(argv)}: exit {process.returncode}, {error.splitlines()[-3:]}")
+    assert not wrong, "\n".join(wrong)
