@@ -309,3 +309,25 @@ def test_every_command_answers_nonsense_arguments_with_exit_2_and_one_error_line
         if process.returncode != 2 or "Traceback" in error or len(errors) != 1 or errors[0] != error.splitlines()[-1]:
             wrong.append(f"{' '.join(argv)}: exit {process.returncode}, {error.splitlines()[-3:]}")
     assert not wrong, "\n".join(wrong)
+
+
+def report_metrics(movies: int, supports: list[int], low: float = 1.0, high: float = 1.0) -> dict:
+    """The parts of evaluation's metrics that the report's warning and interval note read."""
+    return {"intervals_method": {"resamples": 2000, "seed": 0},
+            "splits": {"test": {"movies": movies, "intervals": {"tuned": {"weighted_f1": {"low": low, "high": high}}},
+                                "per_genre": [{"genre": f"G{i}", "support": s} for i, s in enumerate(supports)]}}}
+
+
+def test_a_report_on_a_tiny_test_split_or_one_lacking_genres_says_so_and_claims_no_width():
+    from genre_tf.evaluate.evaluation import interval_note, sample_size_lines
+
+    one = report_metrics(1, [1, 0, 0, 1])  # prepare 'fractions=[0.78,0.2,0.02]': weighted F1 1.0000
+    warning = "\n".join(sample_size_lines(one))
+    assert "test split holds only 1 movie(s)**, under 30" in warning and "2 of 4 genres have no movie" in warning
+    assert "(G1, G2)" in warning and "known to within" not in interval_note(one)  # was "known to within 0.000"
+    assert "cannot be trusted" in interval_note(one)
+    enough = report_metrics(400, [50, 60, 70, 80], low=0.41, high=0.47)
+    assert sample_size_lines(enough) == []
+    assert "On these 400 test movies, weighted F1 is known to within 0.060" in interval_note(enough)
+    lacking = "\n".join(sample_size_lines(report_metrics(400, [50, 0, 70, 80])))
+    assert "1 of 4 genres have no movie in the test split** (G1)" in lacking and "only" not in lacking
