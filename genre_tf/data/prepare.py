@@ -254,7 +254,8 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
         raise ValueError("prepare needs a catalogue and an output folder (out=DIR)")
     if os.path.exists(config.out):
         raise FileExistsError(f"{config.out} already exists; remove it or choose another out=DIR")
-    refuse_to_write_into(config.out, "out", {"catalogue": config.catalogue, "poster_dir": config.poster_dir})
+    # not inside another prepared dataset; inside the catalogue's folder is fine: readers read only their own files
+    refuse_to_write_into(config.out, "out", {})
     run = enclosing(os.path.dirname(os.path.abspath(config.out)), is_run_folder)
     if run:  # training writes into its run directory, and would overwrite the dataset's files
         raise ValueError(f"out={config.out} is inside the training run {run}; a prepared dataset and a run directory "
