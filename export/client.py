@@ -178,6 +178,31 @@ def read_poster(path: str) -> bytes:
     return data
 
 
+def timeout_seconds(text: str) -> float:
+    """argparse type for --timeout: a finite number of seconds above 0 (inf would wait forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value < 86_400:
+        raise argparse.ArgumentTypeError(f"must be above 0 and under a day (86400 s), got {text!r}")
+    return value
+
+
+def rest_url_problem(url: str) -> str | None:
+    """Why --rest is not http(s)://HOST[:PORT] with a port of 1 to 65535, or None when it is."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError as error:
+        return f"--rest {url!r} is not a URL: {error}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"--rest takes http://HOST:PORT, got {url!r}"
+    if port == 0:
+        return f"--rest {url!r}: the port must be 1 to 65535"
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     target = parser.add_mutually_exclusive_group(required=True)
@@ -186,10 +211,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model-name", default="genre_tf")
     parser.add_argument("--plot", required=True)
     parser.add_argument("--poster", default="", help="an image file (optional)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server")
+    parser.add_argument("--timeout", type=timeout_seconds, default=30.0, help="seconds to wait for the server")
     args = parser.parse_args(argv)
-    if args.rest and not args.rest.startswith(("http://", "https://")):
-        parser.error(f"--rest takes http://HOST:PORT, got {args.rest!r}")
+    problem = rest_url_problem(args.rest) if args.rest else None
+    if problem:
+        parser.error(problem)
     try:
         poster = read_poster(args.poster) if args.poster else b""
     except (OSError, ValueError) as error:

@@ -11,7 +11,8 @@ import typing
 import yaml
 
 from genre_tf.files import write_json
-from genre_tf.limits import MAX_BATCH_SIZE, MAX_CONFIG_CHARS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, MIN_POSTER_SIDE
+from genre_tf.limits import (MAX_BATCH_SIZE, MAX_CONFIG_CHARS, MAX_CONFIG_DEPTH, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE,
+                             MIN_POSTER_SIDE)
 
 MODEL_KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
 POSTER_BACKBONES = ("auto", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -347,6 +348,9 @@ def validate(config: TrainConfig) -> None:
          f"model.modality_dropout must be in [0, 0.5), got {model.modality_dropout}"),
         (model.modality_dropout == 0 or model.kind == "integrated" and not late_fusion(model),
          "model.modality_dropout applies to the integrated model with model.fusion=concat"),
+        (late_fusion(model) or not (model.text_run or model.poster_run),  # else silently ignored
+         f"model.text_run and model.poster_run apply to model.kind=integrated with model.fusion=late; "
+         f"model.kind={model.kind} with model.fusion={model.fusion} would ignore them: leave them out"),
         (config.distribute in DISTRIBUTE, f"distribute must be one of {DISTRIBUTE}"),
         (math.isfinite(config.learning_rate) and config.learning_rate > 0,
          f"learning_rate must be a finite number > 0, got {config.learning_rate}"),
@@ -399,10 +403,26 @@ def parse_override(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise ValueError(f"expected key=value, got {_quoted(text)}")
     try:
-        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:  # a tag such as !!python/object, an unclosed bracket
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ValueError(f"{key.strip()}: the value {_quoted(raw)} is not a plain YAML value ({problem})") from None
+    except RecursionError:  # PyYAML composes nested values recursively
+        raise ValueError(f"{key.strip()}: the value is nested deeper than {MAX_CONFIG_DEPTH} levels") from None
+    check_depth(value, key.strip())
+    return key.strip(), value
+
+
+def check_depth(tree, where: str) -> None:
+    """ValueError when lists or mappings nest deeper than MAX_CONFIG_DEPTH: no option does, and reading them
+    recursively would end in a RecursionError."""
+    level, deepest = [tree], 0
+    while level:
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        deepest += bool(level)
+        if deepest > MAX_CONFIG_DEPTH:
+            raise ValueError(f"{where}: nested deeper than {MAX_CONFIG_DEPTH} levels; no option is")
 
 
 def _flatten(tree: dict, cls: type, prefix: str = "") -> dict[str, object]:
@@ -449,6 +469,8 @@ def read_config_file(path: str) -> dict:
     except _AliasFound as where:
         raise ValueError(f"config file {path} uses a YAML alias (*name) at {where}; aliases are not allowed, "
                          "write each value out in full") from None
+    except RecursionError:  # PyYAML composes nested values recursively
+        raise ValueError(f"config file {path}: nested deeper than {MAX_CONFIG_DEPTH} levels; no option is") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -462,6 +484,7 @@ def read_config_file(path: str) -> dict:
                          "or leave out --config")
     if not isinstance(tree, dict):
         raise ValueError(f"config file {path} must hold a mapping of options, not a {type(tree).__name__}")
+    check_depth(tree, f"config file {path}")
     return tree
 
 

@@ -209,6 +209,24 @@ def is_within(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
+def refuse_to_write_into(out: str, option: str, inputs: dict[str, str]) -> None:
+    """The one guard of every tool that writes a folder: ValueError when `out` is or lies inside a prepared dataset
+    (a run or a rerun of prepare would mix their files) or one of its own inputs ({option: path}: a copy into its
+    own source recurses)."""
+    holder = enclosing(out, is_prepared_folder)
+    if holder:
+        raise ValueError(f"{option}={out} {_is_or_inside(out, holder)} the prepared dataset {holder}; a prepared "
+                         f"dataset holds only what prepare wrote: choose a folder outside it")
+    for name, path in inputs.items():
+        if path and os.path.exists(path) and is_within(out, path):
+            raise ValueError(f"{option}={out} {_is_or_inside(out, path)} its own input {name}={path}; writing there "
+                             f"would change what is being read: choose a folder outside {path}")
+
+
+def _is_or_inside(path: str, folder: str) -> str:
+    return "is" if os.path.realpath(path) == os.path.realpath(folder) else "is inside"
+
+
 def cache_key(*parts: str) -> str:
     """A short stable hash of the parts that identify a cached computation."""
     return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:16]

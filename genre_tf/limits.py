@@ -18,6 +18,7 @@ MAX_REQUEST_MOVIES = 512              # movies in one SavedModel call or one pre
 MAX_BATCH_SIZE = 65_536               # a training batch; larger ones exhaust memory long before this
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # the side of the square posters prepare writes and models read
 MAX_CONFIG_CHARS = 1_000_000          # a config file; a real one is a few hundred characters
+MAX_CONFIG_DEPTH = 16                # lists and mappings inside one another in a config; real ones nest 3 deep
 
 
 PLOT_TOO_LONG = f"plot too long (max {MAX_PLOT_BYTES} bytes, the limit of prepare and of the served model)"

@@ -23,8 +23,7 @@ import numpy as np
 
 from genre_tf.config import TrainConfig, comparable_config, config_from_dict, config_to_dict
 from genre_tf.data.dataset import PreparedDataset, changed_files, load_prepared
-from genre_tf.files import (atomic_path, enclosing, is_prepared_folder, is_within, read_json, sha256_of, write_json,
-                            write_text)
+from genre_tf.files import atomic_path, is_within, read_json, refuse_to_write_into, sha256_of, write_json, write_text
 
 FINAL = "final.json"
 LOCK = ".lock"
@@ -86,14 +85,10 @@ def locked(run_dir: str):
 
 def refuse_dataset_overlap(run_dir: str, data_path: str) -> None:
     """A run directory may not be, hold or lie inside a prepared dataset: training would overwrite its files."""
-    if is_within(data_path, run_dir):
-        where = "is" if os.path.realpath(data_path) == os.path.realpath(run_dir) else "holds"
-        raise ValueError(f"run_dir={run_dir} {where} the prepared dataset {data_path}; a run directory and a prepared "
+    if os.path.exists(data_path) and is_within(data_path, run_dir) and not is_within(run_dir, data_path):
+        raise ValueError(f"run_dir={run_dir} holds the prepared dataset {data_path}; a run directory and a prepared "
                          "dataset must be separate folders: choose another run_dir")
-    holder = enclosing(run_dir, is_prepared_folder)
-    if holder:
-        raise ValueError(f"run_dir={run_dir} is inside the prepared dataset {holder}; a run directory and a "
-                         "prepared dataset must be separate folders: choose another run_dir")
+    refuse_to_write_into(run_dir, "run_dir", {"data": data_path})
 
 
 # What create and training write into a run directory; a run refused before its first epoch loses them again.
@@ -251,8 +246,12 @@ def checkpoint_identity(run_dir: str) -> dict:
             "index_sha256": sha256_of(best_checkpoint(run_dir) + ".index")}
 
 
-def require_finished(run_dir: str, allow_unfinished: bool = False) -> None:
-    """Refuse a run that is training now or stopped before its end, unless allowed; then say which epoch is used."""
+def require_finished(run_dir: str, allow_unfinished: bool = False, can_allow: bool = True) -> None:
+    """Refuse a run that is training now or stopped before its end, unless allowed; then say which epoch is used.
+
+    can_allow: whether the command has --allow-unfinished to suggest (recalibrate and migrate have not)."""
+    if not os.path.isdir(run_dir):  # not "unfinished": there is no run at all
+        raise FileNotFoundError(f"{run_dir} does not exist; name a trained run directory")
     if in_use(run_dir):
         state = "is being trained now (another process holds its lock)"
     elif not os.path.exists(os.path.join(run_dir, FINAL)):
@@ -262,9 +261,9 @@ def require_finished(run_dir: str, allow_unfinished: bool = False) -> None:
     epoch = checkpoint_record(run_dir).get("epoch")
     best = f"epoch {epoch + 1}" if epoch is not None else "no epoch yet"
     if not allow_unfinished:
+        allow = ", or pass --allow-unfinished to use that checkpoint" if can_allow else ""
         raise RunUnfinished(f"{run_dir} {state}; its best checkpoint so far is {best}, which may not be the run's "
-                            "best. Let the training finish (rerun train.py to resume it), or pass "
-                            "--allow-unfinished to use that checkpoint")
+                            f"best. Let the training finish (rerun train.py to resume it){allow}")
     print(f"warning: {run_dir} {state}; using its best checkpoint so far ({best})")
 
 

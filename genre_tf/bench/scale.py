@@ -175,9 +175,11 @@ def cache_features(options: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in ("--generate", "--features"):
+        print("error: scale.py runs its steps as --generate or --features; run `python -m genre_tf.bench scale`",
+              file=sys.stderr)
+        sys.exit(2)  # a usage error, as every command's
     if sys.argv[1] == "--generate":
         generate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-    elif sys.argv[1] == "--features":
-        cache_features(sys.argv[2:])
     else:
-        sys.exit("scale.py runs its steps as --generate or --features; run `python -m genre_tf.bench scale`")
+        cache_features(sys.argv[2:])

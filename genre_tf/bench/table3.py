@@ -278,6 +278,34 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="[KIND:]key=value",
                         help="train.py options for every run, or for one model kind (text_finetuned:epochs=8)")
     args = parser.parse_intermixed_args(argv)  # options may come after the key=value list
+    try:
+        check_arguments(args)  # before TensorFlow loads: a usage error answers at once, in one line
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        return run_benchmarks(args)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def check_arguments(args) -> None:
+    """ValueError naming the first bad argument: --seeds, --data, --sizes, or a [KIND:]key=value option."""
+    from genre_tf.config import load_config
+    from genre_tf.files import is_prepared_folder
+
+    seed_counts(args.seeds)
+    if args.what in ("table3", "speed", "all") and args.data != "demo" and not is_prepared_folder(args.data):
+        raise ValueError(f"--data {args.data} is not a prepared dataset (no split.json and movies.jsonl): run "
+                         "python -m genre_tf.prepare first, or leave --data out for the demo")
+    if any(size < 1 for size in args.sizes):
+        raise ValueError(f"--sizes must be positive movie counts, got {args.sizes}")
+    for kind in KINDS:
+        load_config(overrides=[f"model.kind={kind}", *for_kind(args.overrides, kind)])
+
+
+def run_benchmarks(args) -> int:
+    """The benchmarks the command line asked for, written as dated markdown and JSON under --out."""
     import genre_tf  # noqa: F401
     from genre_tf.bench import speed
 

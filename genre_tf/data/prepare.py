@@ -25,7 +25,7 @@ from genre_tf.data.records import Movie, RecordError, Reject, genre_key, id_key,
 from genre_tf.data.split import (frequency_table, multi_hot, stratified_split, time_split, top_genres, year_summary,
                                  year_table)
 from genre_tf.data.spool import PosterSpool
-from genre_tf.files import enclosing, is_run_folder, staging_folder
+from genre_tf.files import enclosing, is_run_folder, refuse_to_write_into, staging_folder
 
 
 def check_trainable(split: dict[str, list[str]], config: PrepareConfig, rejects: list[Reject]) -> None:
@@ -254,6 +254,8 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
         raise ValueError("prepare needs a catalogue and an output folder (out=DIR)")
     if os.path.exists(config.out):
         raise FileExistsError(f"{config.out} already exists; remove it or choose another out=DIR")
+    # not inside another prepared dataset; inside the catalogue's folder is fine: readers read only their own files
+    refuse_to_write_into(config.out, "out", {})
     run = enclosing(os.path.dirname(os.path.abspath(config.out)), is_run_folder)
     if run:  # training writes into its run directory, and would overwrite the dataset's files
         raise ValueError(f"out={config.out} is inside the training run {run}; a prepared dataset and a run directory "

@@ -18,9 +18,9 @@ _GENRE_FORBIDDEN = re.compile(r"[,|;<>*`\[\]\x00-\x1f\x7f]")
 FILLERS = "\u115f\u1160\u3164\uffa0"
 # Chinese and Japanese write no spaces between words: each Han or kana character counts as a word,
 # and their punctuation separates words as a space does. Other scripts count whitespace-separated words.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 _CJK_PUNCTUATION = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
-_WORD = re.compile(f"[{_CJK}]|[^\\s{_CJK}{_CJK_PUNCTUATION}]+")
+_WORD = re.compile(f"[{CJK}]|[^\\s{CJK}{_CJK_PUNCTUATION}]+")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -276,7 +276,7 @@ def write_tensorboard(run_dir: str, genres: Sequence[str], test: dict, pictures:
 def render_report(run: RestoredRun, metrics: dict) -> str:
     """report.md: which split each number comes from, the tables, the pictures and examples."""
     dev, test = metrics["splits"]["dev"], metrics["splits"]["test"]
-    lines = [f"# Evaluation of {os.path.basename(os.path.normpath(run.run_dir))}", "",
+    lines = [f"# Evaluation of {os.path.basename(os.path.normpath(run.run_dir))}", "", *sample_size_lines(metrics),
              f"Model `{run.config.model.kind}`{' with oversampling' if run.config.oversample else ''} on dataset "
              f"`{run.prepared.name}` (fingerprint {run.prepared.fingerprint[:12]}), best checkpoint by dev "
              f"weighted F1. Encoders: {encoders_summary(run.encoders)}. "
@@ -341,11 +341,34 @@ def split_note(record: dict) -> str:
     return line
 
 
+MIN_TRUSTED_TEST_MOVIES = 30  # under this, a bootstrap over the test movies cannot say how far off a score is
+
+
+def sample_size_lines(metrics: dict) -> list[str]:
+    """The report's first warning: a test split too small for its scores and intervals, or lacking genres."""
+    test = metrics["splits"]["test"]
+    absent = [g["genre"] for g in test["per_genre"] if g["support"] == 0]
+    lines = []
+    if test["movies"] < MIN_TRUSTED_TEST_MOVIES:
+        lines.append(f"**Warning: the test split holds only {test['movies']} movie(s)**, under "
+                     f"{MIN_TRUSTED_TEST_MOVIES}: its scores say little about the model and its intervals cannot "
+                     "be trusted; prepare a larger test split.")
+    if absent:
+        lines.append(f"**Warning: {len(absent)} of {len(test['per_genre'])} genres have no movie in the test "
+                     f"split** ({', '.join(absent[:10])}{', ...' if len(absent) > 10 else ''}): the test scores say "
+                     "nothing about them.")
+    return [*(f"{line}  " for line in lines[:-1]), *lines[-1:], ""] if lines else []
+
+
 def interval_note(metrics: dict) -> str:
-    """What the intervals in brackets are, and how wide they are on this test split."""
+    """What the intervals in brackets are, and how wide they are on this test split (when it can say)."""
     method, weighted = metrics["intervals_method"], metrics["splits"]["test"]["intervals"]["tuned"]["weighted_f1"]
-    return (f"In brackets: the 95% percentile bootstrap interval over the split's movies ({method['resamples']} "
-            f"resamples, seed {method['seed']}). On these {metrics['splits']['test']['movies']} test movies, "
+    note = (f"In brackets: the 95% percentile bootstrap interval over the split's movies ({method['resamples']} "
+            f"resamples, seed {method['seed']}).")
+    movies = metrics["splits"]["test"]["movies"]
+    if movies < MIN_TRUSTED_TEST_MOVIES:  # a bootstrap of 1 movie has width 0: no evidence of precision
+        return f"{note} On {movies} test movie(s) these intervals cannot be trusted, and no width is given."
+    return (f"{note} On these {movies} test movies, "
             f"weighted F1 is known to within {weighted['high'] - weighted['low']:.3f}: a smaller difference between "
             "two models is not evidence; compare them with `evaluate.py RUN_A RUN_B --table` (paired).")
 

@@ -142,7 +142,8 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) != 3 or sys.argv[1] != "--check":
-        sys.exit("usage: python -m genre_tf.nets.mpnet --check REFERENCE.json")
+        print("error: usage: python -m genre_tf.nets.mpnet --check REFERENCE.json", file=sys.stderr)
+        sys.exit(2)  # a usage error, as every command's
     result = check_against_reference(sys.argv[2])
     print(json.dumps(result))
     sys.exit(0 if result["ids_equal"] and max(result["embedding"], result["cosine_similarity"]) < 1e-4 else 1)

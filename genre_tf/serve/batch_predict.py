@@ -13,7 +13,6 @@ others go on. Every option this command does not know is a Beam pipeline option 
 a Flink, Spark or Dataflow runner's flags).
 """
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -27,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from genre_tf.limits import MAX_REQUEST_MOVIES, oversized_plot
 from genre_tf.data.records import has_words
-from genre_tf.files import InputFileError, read_poster_file, staging_folder
+from genre_tf.files import InputFileError, read_poster_file, refuse_to_write_into, staging_folder
 from genre_tf.serve.predict import PREDICT_BATCH, export_info, latest_version, load_serving, read_csv_rows
 
 DEAD = "dead_letters"
@@ -143,11 +142,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: BatchPredictConfig, inputs: 
          | f"Write {name}" >> beam.io.WriteToText(stem, file_name_suffix=".jsonl", shard_name_template=""))
 
 
-def prepare_output(output: str) -> str:
+def prepare_output(output: str, model: str) -> str:
     """Check --output before the pipeline starts (a folder, or a path where one can be made) and make a staging
     folder inside it for this run; OSError names the problem in one line."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise ValueError(f"--output {output} is a file; give a folder (it is made if missing)")
+    refuse_to_write_into(output, "--output", {"--model": model})
     try:
         os.makedirs(output, exist_ok=True)
         return staging_folder(output, "batch_predict")
@@ -156,13 +156,24 @@ def prepare_output(output: str) -> str:
 
 
 def publish(staging: str, output: str) -> None:
-    """Replace the previous run's two files by this run's: both old files go first, so the folder never holds
-    one run's predictions beside another run's dead letters."""
+    """Replace the previous run's two files by this run's, both or neither: the old ones are moved into staging
+    first and moved back when a step fails, so a failed rerun leaves the last run's two files as they were."""
     for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(output, name))
-    for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
-        os.replace(os.path.join(staging, name), os.path.join(output, name))
+        path = os.path.join(output, name)
+        if os.path.lexists(path) and not os.path.isfile(path) or os.path.islink(path):
+            raise ValueError(f"{path} is not a regular file; move it away, then rerun")
+    moved = []
+    try:
+        for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
+            if os.path.exists(os.path.join(output, name)):
+                os.replace(os.path.join(output, name), os.path.join(staging, f"previous-{name}"))
+                moved.append(name)
+        for name in (PREDICTIONS_FILE, DEAD_LETTERS_FILE):
+            os.replace(os.path.join(staging, name), os.path.join(output, name))
+    except OSError:
+        for name in moved:
+            os.replace(os.path.join(staging, f"previous-{name}"), os.path.join(output, name))
+        raise
 
 
 def batch_predict(config: BatchPredictConfig, beam_args: Sequence[str] = ()) -> dict:
@@ -174,7 +185,7 @@ def batch_predict(config: BatchPredictConfig, beam_args: Sequence[str] = ()) -> 
     next(iter(read_csv_rows(config.input, config.poster_dir)))  # a missing column or an empty CSV: fail now
     inputs = tuple(export_info(config.model)["inputs"])
     options = PipelineOptions(list(beam_args))
-    staging = prepare_output(config.output)
+    staging = prepare_output(config.output, config.model)
     try:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, dataclasses.replace(config, output=staging), inputs)

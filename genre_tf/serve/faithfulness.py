@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from genre_tf.serve.explain import faithfulness
+from genre_tf.serve.explain import MAX_WORDS, faithfulness
 from genre_tf.serve.predict import latest_version, load_serving, read_csv_movies
 
 
@@ -23,11 +23,16 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=100, help="movies to explain (the first ones of the CSV)")
     parser.add_argument("--words", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.limit < 1:
+        parser.error(f"--limit must be at least 1 movie, got {args.limit}")
+    if not 1 <= args.words < MAX_WORDS:  # a plot needs more distinct words than that to be compared
+        parser.error(f"--words must be 1 to {MAX_WORDS - 1} (explanations rank the first {MAX_WORDS} distinct words), "
+                     f"got {args.words}")
     try:
         started = time.perf_counter()
         movies = itertools.islice(read_csv_movies(args.csv, args.poster_dir), args.limit)
         result = faithfulness(load_serving(latest_version(args.model)), movies, args.words)
-        print(json.dumps(dict(result, seconds=round(time.perf_counter() - started, 1))))
+        print(json.dumps(dict(result, seconds=round(time.perf_counter() - started, 1)), allow_nan=False))
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

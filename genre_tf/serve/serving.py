@@ -21,7 +21,7 @@ from genre_tf.config import TrainConfig, uses_poster, uses_text
 from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
 from genre_tf.data.images import decode_posters
 from genre_tf.limits import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES, PLOT_TOO_LONG
-from genre_tf.files import read_json, staging_folder, write_json, write_text
+from genre_tf.files import read_json, refuse_to_write_into, staging_folder, write_json, write_text
 from genre_tf.nets.encoders import (build_poster_encoder, build_text_encoder, for_inference, resolve_text_handles,
                                     token_id_encoder)
 from genre_tf.nets.models import HEAD
@@ -295,6 +295,7 @@ def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_
     refuse_non_finite_weights(run_dir, parts)
     module = GenreModel(parts)
     signatures = module.signatures(parts.seq_length)
+    refuse_to_write_into(model_base, "--out", {})  # inside its run is fine: export reads only what it names
     version = version or next_version(model_base)
     final = os.path.join(model_base, str(version))
     if os.path.exists(final):

@@ -20,8 +20,9 @@ def main(argv=None) -> int:
 
     try:
         for run_dir in args.runs:
-            runs.load_config(run_dir)  # first: locking would create a folder that is not a run
-            runs.require_finished(run_dir)  # a run training now, or stopped early, writes its own when it ends
+            config = runs.load_config(run_dir)  # first: locking would create a folder that is not a run
+            runs.refuse_dataset_overlap(run_dir, config.data)  # migrate writes into the run: never into a dataset
+            runs.require_finished(run_dir, can_allow=False)  # a run training now, or stopped early, writes its own
             with runs.locked(run_dir):  # and no training starts meanwhile
                 finalise_run(run_dir)
             print(f"{run_dir}: serving files written")

@@ -15,6 +15,7 @@ import sys
 
 import genre_tf  # noqa: F401  selects tf-keras before TensorFlow loads
 from genre_tf.config import CALIBRATIONS
+from genre_tf.files import refuse_to_write_into
 
 
 def copy_weights(target, source) -> None:
@@ -40,9 +41,10 @@ def recalibrate(run_dir: str, method: str, out_dir: str) -> str:
 
     if method not in CALIBRATIONS:
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {method!r}")
-    runs.require_finished(run_dir)
     if os.path.exists(out_dir):
         raise ValueError(f"{out_dir} exists already; name a new folder for the recalibrated run")
+    refuse_to_write_into(out_dir, "NEW_RUN", {"RUN": run_dir})  # before the copy: into its own source it recurses
+    runs.require_finished(run_dir, can_allow=False)
     config, prepared, source, caches = restore_trained(run_dir)
     if config.model.kind == "most_common":
         raise ValueError("the most-common-class baseline has no probabilities to calibrate")
@@ -63,9 +65,9 @@ def recalibrate(run_dir: str, method: str, out_dir: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dir", metavar="RUN")
     parser.add_argument("method", choices=CALIBRATIONS)
-    parser.add_argument("out_dir")
+    parser.add_argument("out_dir", metavar="NEW_RUN")
     args = parser.parse_args(argv)
     try:
         print(f"recalibrated run: {recalibrate(args.run_dir, args.method, args.out_dir)}")
