@@ -20,7 +20,7 @@ def main(argv=None) -> int:
                + "\n  ".join(valid_keys()))
     parser.add_argument("--config", default="", help="a YAML or JSON file of options")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --config anywhere: key=value before and after it
     try:
         config = load_config(args.config, args.overrides)
     except (ValueError, OSError) as error:

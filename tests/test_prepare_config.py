@@ -128,3 +128,13 @@ def test_the_text_model_defaults_to_mpnet_and_old_runs_keep_minilm():
         saved = config_to_dict(command)
         del saved["text"]["model"]
         assert (comparable_config(config_from_dict(saved)) == comparable_config(command)) is same
+
+
+def test_train_reads_key_value_options_before_and_after_config(tmp_path, capsys):
+    import train
+
+    (tmp_path / "fast.yaml").write_text("text:\n  model: minilm\n")
+    with pytest.raises(SystemExit) as stopped:  # the option after --config is read (it was "unrecognized")
+        train.main(["epochs=3", "--config", str(tmp_path / "fast.yaml"), "model.kind=nonsense"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and "unrecognized arguments" not in error and "nonsense" in error
