@@ -328,3 +328,29 @@ def test_a_report_on_a_tiny_test_split_or_one_lacking_genres_says_so_and_claims_
     assert "On these 400 test movies, weighted F1 is known to within 0.060" in interval_note(enough)
     lacking = "\n".join(sample_size_lines(report_metrics(400, [50, 0, 70, 80])))
     assert "1 of 4 genres have no movie in the test split** (G1)" in lacking and "only" not in lacking
+
+
+# The rough edges
+
+def test_a_second_evaluation_of_a_run_is_refused_in_one_line_while_the_first_writes(tmp_path, monkeypatch, capsys):
+    import evaluate
+    from genre_tf import run_dir as runs
+    from genre_tf.evaluate import evaluation
+
+    run, calls = fake_run(tmp_path / "run"), []
+
+    def restore(run_dir):  # inside the first evaluation, while it holds the run: a second one starts
+        if calls:
+            raise ValueError("a second evaluation ran alongside the first")
+        calls.append("first")
+        calls.append(evaluate.main([run_dir]))
+        raise ValueError("the first evaluation stops here")
+
+    monkeypatch.setattr(evaluation, "restore_run", restore)
+    assert evaluate.main([run]) == 1 and calls == ["first", 1]
+    out, error = capsys.readouterr()
+    assert out == "" and error.splitlines() == [
+        f"error: {run} is being evaluated by another process (it holds {run}/.evaluation.lock); wait for that "
+        "evaluation to finish", "error: the first evaluation stops here"]
+    with runs.locked(run), runs.evaluation_locked(run):  # released; and a training does not block an evaluation
+        pass
