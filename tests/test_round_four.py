@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from conftest import answering_once
 
 import genre_tf  # noqa: F401
 
@@ -354,3 +355,66 @@ def test_a_second_evaluation_of_a_run_is_refused_in_one_line_while_the_first_wri
         "evaluation to finish", "error: the first evaluation stops here"]
     with runs.locked(run), runs.evaluation_locked(run):  # released; and a training does not block an evaluation
         pass
+
+
+def genre_answer(rows: int = 1, probabilities: str = "[0.9, 0.1]", genres: str = "Drama") -> bytes:
+    """A REST answer as genre_tf's SavedModel gives it, `rows` movies alike."""
+    row = (f'{{"probabilities": {probabilities}, "predicted": [true, false], "genres": "{genres}", '
+           '"inputs_used": "plot"}')
+    return ('{"predictions": [' + ", ".join([row] * rows) + "]}").encode()
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (genre_answer(rows=120_000), "holds 120000 movies for the 1 sent"),  # printed all 120,000, exit 0
+    (genre_answer(rows=0), "is JSON but not genre_tf's outputs"),
+    (genre_answer(probabilities="[NaN, 0.1]"), "movie 1 has the probability nan, not a number in [0, 1]"),
+    (genre_answer(probabilities="[0.9, Infinity]"), "movie 1 has the probability inf, not a number in [0, 1]"),
+    (genre_answer(probabilities="[1.5, 0.1]"), "movie 1 has the probability 1.5, not a number in [0, 1]"),
+    (genre_answer(probabilities='[true, "0.1"]'), "movie 1 has the probability True, not a number in [0, 1]"),
+    (genre_answer(probabilities="[0.9]"), "movie 1 has no true or false in 'predicted' for each probability"),
+    (genre_answer(probabilities="[" + ", ".join(["0.5"] * 1001) + "]"), "has no list of 1 to 1000 probabilities")],
+    ids=["120000-movies", "no-movie", "nan", "inf", "above-1", "not-numbers", "predicted-short", "1001-genres"])
+def test_the_client_prints_only_the_movies_it_sent_and_refuses_impossible_probabilities(answer, reason, capsys):
+    from export import client
+
+    with answering_once(200, answer) as url:
+        assert client.main(["--rest", url, "--plot", "a ghost story"]) == 1
+    out, error = capsys.readouterr()
+    assert out == "" and error.startswith(f"error: {url} answered, but the answer") and reason in error
+    assert len(error.splitlines()) == 1 and len(error) < 400
+
+
+def test_the_client_strips_the_servers_terminal_escapes_before_printing(capsys):
+    from export import client
+
+    escapes = "\\u001b[2J\\u001b]0;owned\\u0007Drama\\u202e"  # clear screen, set the title, reverse the text
+    with answering_once(200, genre_answer(genres=escapes)) as url:
+        assert client.main(["--rest", url, "--plot", "a ghost story"]) == 0
+    out, error = capsys.readouterr()
+    assert json.loads(out)["predictions"] == [{"probabilities": [0.9, 0.1], "predicted": [True, False],
+                                               "genres": "[2J]0;ownedDrama", "inputs_used": "plot"}]
+    assert error == "" and "\\u001b" not in out and "\\u202e" not in out
+    with answering_once(500, b'{"error": "\x1b[2J\x1b]0;owned\x07model failed\r\x1b[1A"}') as url:
+        assert client.main(["--rest", url, "--plot", "a ghost story"]) == 1
+    out, error = capsys.readouterr()
+    assert out == "" and error == f"error: TF Serving at {url} answered HTTP 500: {{\"error\": \"[2J]0;ownedmodel " \
+        "failed [1A\"}\n"
+
+
+def test_the_client_checks_a_grpc_answer_as_it_checks_a_rest_one():
+    tf = pytest.importorskip("tensorflow")
+    predict_pb2 = pytest.importorskip("tensorflow_serving.apis.predict_pb2")
+    from export import client
+
+    def response(probabilities):
+        answer = predict_pb2.PredictResponse()
+        answer.outputs["probabilities"].CopyFrom(tf.make_tensor_proto(probabilities, tf.float32))
+        for name in ("predicted", "genres", "inputs_used"):
+            answer.outputs[name].CopyFrom(tf.make_tensor_proto(["x"]))
+        return answer
+
+    client.check_grpc_answer(response([[0.9, 0.1]]), movies=1)
+    with pytest.raises(client.BadAnswer, match=r"the shape \[3, 2\], not \[1, genres\]"):
+        client.check_grpc_answer(response([[0.9, 0.1]] * 3), movies=1)
+    with pytest.raises(client.BadAnswer, match=r"a probability that is not a number in \[0, 1\]"):
+        client.check_grpc_answer(response([[float("nan"), 0.1]]), movies=1)
