@@ -418,3 +418,21 @@ def test_the_client_checks_a_grpc_answer_as_it_checks_a_rest_one():
         client.check_grpc_answer(response([[0.9, 0.1]] * 3), movies=1)
     with pytest.raises(client.BadAnswer, match=r"a probability that is not a number in \[0, 1\]"):
         client.check_grpc_answer(response([[float("nan"), 0.1]]), movies=1)
+
+
+def test_prepare_stores_titles_as_it_stores_plots(tmp_path):
+    from conftest import image_bytes, write_csv
+    from genre_tf.config import PrepareConfig, ValidationRules
+    from genre_tf.data.prepare import prepare
+
+    plot = " ".join(["word"] * 20)
+    titles = {"m0": "The\x00 Ring\u200b", "m1": "Come\u0301die\x1b[31m\ufeff", "m2": "  Plain\ttitle\r\n"}
+    rows = [[f"m{i}", titles.get(f"m{i}", f"Movie {i}"), plot, "Drama", "p.png", "", "en\x00"] for i in range(80)]
+    (tmp_path / "p.png").write_bytes(image_bytes(fmt="PNG"))
+    write_csv(tmp_path / "c.csv", rows)
+    prepare(PrepareConfig(catalogue=str(tmp_path / "c.csv"), out=str(tmp_path / "out"),
+                          rules=ValidationRules(image_size=32), num_genres=1), progress=False)
+    lines = (tmp_path / "out" / "movies.jsonl").read_text(encoding="utf-8").splitlines()
+    movies = {movie["movie_id"]: movie for movie in map(json.loads, lines)}
+    assert [movies[f"m{i}"]["title"] for i in range(3)] == ["The Ring", "Com\u00e9die[31m", "Plain title"]
+    assert movies["m5"]["title"] == "Movie 5" and {movie.get("language") for movie in movies.values()} == {"en"}
