@@ -436,3 +436,13 @@ def test_prepare_stores_titles_as_it_stores_plots(tmp_path):
     movies = {movie["movie_id"]: movie for movie in map(json.loads, lines)}
     assert [movies[f"m{i}"]["title"] for i in range(3)] == ["The Ring", "Com\u00e9die[31m", "Plain title"]
     assert movies["m5"]["title"] == "Movie 5" and {movie.get("language") for movie in movies.values()} == {"en"}
+
+
+def test_batch_scoring_cuts_a_batch_at_a_poster_byte_budget():
+    from genre_tf.serve.batch_predict import BATCH_POSTER_BYTES, GenreModelHandler, movie_weight
+
+    weigh = GenreModelHandler("unused", batch_size=32).batch_elements_kwargs()["element_size_fn"]
+    share = BATCH_POSTER_BYTES // 32  # 0.5 MiB: a real poster weighs 1, and a batch holds 32 movies
+    assert [weigh({"poster": poster}) for poster in (None, b"x" * share, b"x" * (share + 1))] == [1, 1, 2]
+    assert weigh({"poster": b"x" * (16 * 2**20)}) == 32  # a 30-megapixel poster of 16 MiB is scored alone
+    assert movie_weight({"poster": b"x" * (20 * 2**20)}, batch_size=1) == 1
