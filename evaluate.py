@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from genre_tf.evaluate.evaluation import PREDICTIONS, comparison_table, evaluate_run, read_json
+    from genre_tf.run_dir import RunDirectoryInUse
 
     all_metrics = []
     try:
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
                   f"report: {os.path.join(run_dir, 'report.md')}")
         if args.table:
             print(comparison_table(args.runs, all_metrics))
-    except (ValueError, OSError, tf.errors.OpError) as error:
+    except (ValueError, OSError, tf.errors.OpError, RunDirectoryInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

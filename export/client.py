@@ -16,6 +16,7 @@ import socket
 import stat
 import sys
 import threading
+import unicodedata
 import urllib.error
 import urllib.parse
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 MAX_POSTER_BYTES = 20 * 2**20  # genre_tf.limits.MAX_POSTER_BYTES; the client does not import genre_tf
 MAX_ANSWER_BYTES = 16 * 2**20  # a reply for one request of 512 movies takes well under 1 MiB
 OUTPUTS = ("probabilities", "predicted", "genres", "inputs_used")  # genre_tf's serving outputs
+MAX_GENRES = 1_000  # probabilities in one movie's answer; genre_tf's vocabularies hold tens
 
 
 class BadAnswer(ValueError):
@@ -53,8 +55,13 @@ def decode_rest_body(body: str) -> dict[str, list]:
     return {name: [value(row[name]) for row in instances] for name in instances[0]}
 
 
-def post_rest(url: str, body: str, model_name: str = "genre_tf", timeout: float = 30.0) -> dict:
-    """POST the body to http://HOST:8501/v1/models/<model_name>:predict; returns the parsed reply.
+def printable(text: str, lines: bool = False) -> str:
+    """The text without control or format characters (a server's terminal escapes); newlines kept when `lines`."""
+    return "".join(c for c in text if (lines and c == "\n") or unicodedata.category(c) not in ("Cc", "Cf"))
+
+
+def post_rest(url: str, body: str, model_name: str = "genre_tf", timeout: float = 30.0, movies: int = 1) -> dict:
+    """POST the body (of `movies` movies) to http://HOST:8501/v1/models/<model_name>:predict; returns the reply.
 
     `timeout` bounds the whole request, not each socket read: a server that trickles its answer a byte at a
     time is cut off when the time is up (TimeoutError). An answer that is not well-formed HTTP is a BadAnswer.
@@ -84,7 +91,7 @@ def post_rest(url: str, body: str, model_name: str = "genre_tf", timeout: float 
             raise RequestTimedOut(f"no complete answer within --timeout {timeout:g} s") from None
         if isinstance(error, OSError):
             raise
-        detail = " ".join(str(error).split())[:100]  # the server's bytes, on one line
+        detail = printable(" ".join(str(error).split()))[:100]  # the server's bytes, on one line
         raise BadAnswer(f"the answer is not valid HTTP ({type(error).__name__}: {detail})") from None
     finally:
         timer.cancel()
@@ -93,11 +100,12 @@ def post_rest(url: str, body: str, model_name: str = "genre_tf", timeout: float 
         raise RequestTimedOut(f"no complete answer within --timeout {timeout:g} s")
     if reply.status != 200:
         raise urllib.error.HTTPError(url, reply.status, reply.reason, reply.headers, io.BytesIO(answer))
-    return parse_answer(answer)
+    return parse_answer(answer, movies)
 
 
-def parse_answer(body: bytes) -> dict:
-    """A REST reply checked to be genre_tf's: {"predictions": [{probabilities, predicted, genres, inputs_used}]}."""
+def parse_answer(body: bytes, movies: int = 1) -> dict:
+    """A REST reply checked to be genre_tf's for `movies` movies: {"predictions": [{probabilities, predicted,
+    genres, inputs_used}]} with probabilities in [0, 1]; its text is made printable."""
     if len(body) > MAX_ANSWER_BYTES:
         raise BadAnswer(f"the answer is larger than {MAX_ANSWER_BYTES} bytes; is this TF Serving?")
     try:
@@ -110,7 +118,30 @@ def parse_answer(body: bytes) -> dict:
                                                       for row in rows)):
         raise BadAnswer(f"the answer is JSON but not genre_tf's outputs ({', '.join(OUTPUTS)} per movie): "
                         f"{json.dumps(answer)[:100]}")
+    if len(rows) != movies:  # what is printed is bounded by what was sent
+        raise BadAnswer(f"the answer holds {len(rows)} movies for the {movies} sent")
+    for number, row in enumerate(rows, 1):
+        problem = row_problem(row)
+        if problem:
+            raise BadAnswer(f"the answer's movie {number} {problem}")
+        row["genres"], row["inputs_used"] = printable(row["genres"]), printable(row["inputs_used"])
     return answer
+
+
+def row_problem(row: dict) -> str | None:
+    """What makes one movie's REST answer not genre_tf's, or None: probabilities, predicted and the two texts."""
+    probabilities, predicted = row["probabilities"], row["predicted"]
+    if not (isinstance(probabilities, list) and 0 < len(probabilities) <= MAX_GENRES):
+        return f"has no list of 1 to {MAX_GENRES} probabilities"
+    for value in probabilities:  # NaN and infinities fail the comparison; JSON's true is no probability
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            return f"has the probability {printable(str(value))[:20]}, not a number in [0, 1]"
+    if not (isinstance(predicted, list) and len(predicted) == len(probabilities)
+            and all(isinstance(value, bool) for value in predicted)):
+        return "has no true or false in 'predicted' for each probability"
+    if not all(isinstance(row[name], str) for name in ("genres", "inputs_used")):
+        return "has 'genres' or 'inputs_used' that are not text"
+    return None
 
 
 def grpc_request(plots: Sequence[str], posters: Sequence[bytes | None], model_name: str = "genre_tf",
@@ -129,8 +160,9 @@ def grpc_request(plots: Sequence[str], posters: Sequence[bytes | None], model_na
     return request
 
 
-def send_grpc(target: str, request, timeout: float = 30.0):
-    """Send a PredictRequest to HOST:8500; returns the PredictResponse (ConnectionError when the call fails)."""
+def send_grpc(target: str, request, timeout: float = 30.0, movies: int = 1):
+    """Send a PredictRequest of `movies` movies to HOST:8500; returns the PredictResponse, checked (BadAnswer),
+    or raises ConnectionError when the call fails."""
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
@@ -138,19 +170,34 @@ def send_grpc(target: str, request, timeout: float = 30.0):
         try:
             response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout)
         except grpc.RpcError as error:
-            raise ConnectionError(f"gRPC {error.code().name}: {error.details()}") from None
+            raise ConnectionError(printable(f"gRPC {error.code().name}: {error.details()}")) from None
+    check_grpc_answer(response, movies)
+    return response
+
+
+def check_grpc_answer(response, movies: int) -> None:
+    """BadAnswer unless the PredictResponse holds genre_tf's outputs for `movies` movies, probabilities in [0, 1]."""
     missing = [name for name in OUTPUTS if name not in response.outputs]
     if missing:
         raise BadAnswer(f"the answer lacks genre_tf's outputs {missing}; it has {sorted(response.outputs)[:10]}")
-    return response
+    import numpy as np
+
+    tensor = response.outputs["probabilities"]
+    shape = [dim.size for dim in tensor.tensor_shape.dim]
+    # a float tensor comes packed (tensor_content) or as a list (float_val), as its writer chose
+    values = np.frombuffer(tensor.tensor_content, "<f4") if tensor.tensor_content else np.array(tensor.float_val)
+    if len(shape) != 2 or shape[0] != movies or not 0 < shape[1] <= MAX_GENRES or values.size != movies * shape[1]:
+        raise BadAnswer(f"the answer's probabilities have the shape {shape[:4]}, not [{movies}, genres]")
+    if not ((values >= 0) & (values <= 1)).all():  # NaN fails the comparison
+        raise BadAnswer("the answer holds a probability that is not a number in [0, 1]")
 
 
 def request_once(args, poster: bytes) -> str:
     """Send one movie to the server the arguments name; returns the reply, printable."""
     if args.rest:
         body = rest_body([args.plot], [poster])
-        return json.dumps(post_rest(args.rest, body, args.model_name, args.timeout), indent=1)
-    return str(send_grpc(args.grpc, grpc_request([args.plot], [poster], args.model_name), args.timeout))
+        return json.dumps(post_rest(args.rest, body, args.model_name, args.timeout, movies=1), indent=1)
+    return str(send_grpc(args.grpc, grpc_request([args.plot], [poster], args.model_name), args.timeout, movies=1))
 
 
 def failure_message(error: OSError, target: str) -> str:
@@ -159,7 +206,7 @@ def failure_message(error: OSError, target: str) -> str:
         body = error.read(4096).decode("utf-8", "replace")
         with contextlib.suppress(ValueError, AttributeError, RecursionError):  # TF Serving answers {"error": "..."}
             body = json.loads(body).get("error", body)
-        return f"TF Serving at {target} answered HTTP {error.code}: {' '.join(str(body).split())[:300]}"
+        return f"TF Serving at {target} answered HTTP {error.code}: {printable(' '.join(str(body).split()))[:300]}"
     if isinstance(error, RequestTimedOut):
         return f"TF Serving at {target} sent {error}"
     reason = error.reason if isinstance(error, urllib.error.URLError) else error
@@ -223,12 +270,12 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        print(request_once(args, poster))
+        print(printable(request_once(args, poster), lines=True))  # what the server said reaches no terminal raw
     except OSError as error:  # URLError, refused, reset, timed out, and send_grpc's ConnectionError
-        print(f"error: {failure_message(error, args.rest or args.grpc)}", file=sys.stderr)
+        print(f"error: {printable(failure_message(error, args.rest or args.grpc))}", file=sys.stderr)
         return 1
     except BadAnswer as error:
-        print(f"error: {args.rest or args.grpc} answered, but {error}", file=sys.stderr)
+        print(f"error: {args.rest or args.grpc} answered, but {printable(str(error))}", file=sys.stderr)
         return 1
     return 0
 

@@ -9,6 +9,7 @@ so a change to training cannot break them. Layout:
     serving/{serving.json, warmup_poster.png}             thresholds, fallbacks, warm-up inputs: all export needs
     final.json                                            written last: the run is finished
     .lock                                                 held (flock) while a training writes the run
+    .evaluation.lock                                      held (flock) while an evaluation writes its report
 """
 import contextlib
 import csv
@@ -27,6 +28,7 @@ from genre_tf.files import atomic_path, is_within, read_json, refuse_to_write_in
 
 FINAL = "final.json"
 LOCK = ".lock"
+EVALUATION_LOCK = ".evaluation.lock"   # held by evaluate_run: report, predictions and TensorBoard events
 HISTORY = "history.csv"                # CSVLogger: one row per finished epoch
 BEST = "best"
 CHECKPOINT_RECORD = "checkpoint.json"  # inside checkpoints/best: the epoch and dev score the weights come from
@@ -40,7 +42,7 @@ CALIBRATED_OUT_OF_FOLD = "dev_calibrated_out_of_fold.npz"  # the same after a ca
 
 
 class RunDirectoryInUse(RuntimeError):
-    """Another train.py holds the run directory's lock."""
+    """Another process holds the run directory's lock (a training) or its evaluation lock (an evaluation)."""
 
 
 class ServingFilesMissing(FileNotFoundError):
@@ -71,16 +73,33 @@ def default_run_dir(config: TrainConfig, dataset_name: str) -> str:
 
 
 @contextlib.contextmanager
-def locked(run_dir: str):
-    """Hold the run directory's exclusive lock, or refuse at once: two trainings would overwrite each other."""
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, LOCK), "a") as handle:
+def _flocked(path: str, refusal: str):
+    """Hold an exclusive flock on `path`, or raise RunDirectoryInUse(refusal) at once."""
+    with open(path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunDirectoryInUse(f"{run_dir} is in use by another training (it holds {run_dir}/{LOCK}); "
-                                    "wait for it to finish or choose another run_dir") from None
+            raise RunDirectoryInUse(refusal) from None
         yield  # the lock goes with the file descriptor, also when the process is killed
+
+
+@contextlib.contextmanager
+def locked(run_dir: str):
+    """Hold the run directory's exclusive lock, or refuse at once: two trainings would overwrite each other."""
+    os.makedirs(run_dir, exist_ok=True)
+    with _flocked(os.path.join(run_dir, LOCK), f"{run_dir} is in use by another training (it holds "
+                  f"{run_dir}/{LOCK}); wait for it to finish or choose another run_dir"):
+        yield
+
+
+@contextlib.contextmanager
+def evaluation_locked(run_dir: str):
+    """Hold the run's evaluation lock, or refuse at once: two evaluations would both append TensorBoard events.
+
+    A lock of its own, not the training's: an unfinished run may be evaluated while it trains."""
+    with _flocked(os.path.join(run_dir, EVALUATION_LOCK), f"{run_dir} is being evaluated by another process (it "
+                  f"holds {run_dir}/{EVALUATION_LOCK}); wait for that evaluation to finish"):
+        yield
 
 
 def refuse_dataset_overlap(run_dir: str, data_path: str) -> None:

@@ -107,6 +107,27 @@ def test_cross_fitted_dev_probabilities_come_from_other_folds_and_mend_overconfi
     np.testing.assert_allclose(none[2], sigmoid(logits))
 
 
+def test_a_genre_the_logits_do_not_rank_keeps_its_ranking_instead_of_one_probability():
+    # a weak model: genre 0 ranked well, genre 1 not at all, genre 2 backwards (dev says so, training did not)
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 2, (600, 3))
+    chance = np.stack([sigmoid(logits[:, 0]), np.full(600, 0.15), sigmoid(1.5 - 0.3 * logits[:, 2])], axis=1)
+    labels = (rng.random((600, 3)) < chance).astype(int)
+    scale, bias, out_of_fold = fit_calibrators(logits, labels, "platt")
+    assert scale[0] == pytest.approx(0.914, abs=1e-3)  # a genre with a ranking is fitted as before
+    # the maximum-likelihood slopes of genres 1 and 2 are the 1e-3 floor: one probability (within 0.03) for every
+    # movie, predicted for all of them. They keep the network's slope; the bias alone meets the base rate
+    np.testing.assert_array_equal(scale[1:], [1.0, 1.0])
+    np.testing.assert_allclose(sigmoid(logits[:, 1:] + bias[1:]).mean(0), labels[:, 1:].mean(0), atol=1e-5)
+    assert (out_of_fold.max(0) - out_of_fold.min(0) > 0.9).all()
+    for genre in (1, 2):
+        in_sample = sigmoid(scale[genre] * logits[:, genre] + bias[genre])
+        np.testing.assert_array_equal(np.argsort(in_sample, kind="stable"), np.argsort(logits[:, genre], kind="stable"))
+    # temperature keeps such a genre's logits as they are (its slope of 0.04 left them 0.08 apart)
+    assert fit_scaling(logits[:, 1], labels[:, 1], "temperature") == (1.0, 0.0)
+    assert fit_scaling(logits[:, 0], labels[:, 0], "temperature")[0] == pytest.approx(0.920, abs=1e-3)
+
+
 @pytest.mark.slow
 def test_a_platt_run_serves_calibrated_probabilities_and_tunes_on_the_cross_fitted_ones(tiny_config):
     import json

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from conftest import answering_once
 
 import genre_tf  # noqa: F401
 
@@ -328,3 +329,120 @@ def test_a_report_on_a_tiny_test_split_or_one_lacking_genres_says_so_and_claims_
     assert "On these 400 test movies, weighted F1 is known to within 0.060" in interval_note(enough)
     lacking = "\n".join(sample_size_lines(report_metrics(400, [50, 0, 70, 80])))
     assert "1 of 4 genres have no movie in the test split** (G1)" in lacking and "only" not in lacking
+
+
+# The issue's rough edges
+
+def test_a_second_evaluation_of_a_run_is_refused_in_one_line_while_the_first_writes(tmp_path, monkeypatch, capsys):
+    import evaluate
+    from genre_tf import run_dir as runs
+    from genre_tf.evaluate import evaluation
+
+    run, calls = fake_run(tmp_path / "run"), []
+
+    def restore(run_dir):  # inside the first evaluation, while it holds the run: a second one starts
+        if calls:
+            raise ValueError("a second evaluation ran alongside the first")
+        calls.append("first")
+        calls.append(evaluate.main([run_dir]))
+        raise ValueError("the first evaluation stops here")
+
+    monkeypatch.setattr(evaluation, "restore_run", restore)
+    assert evaluate.main([run]) == 1 and calls == ["first", 1]
+    out, error = capsys.readouterr()
+    assert out == "" and error.splitlines() == [
+        f"error: {run} is being evaluated by another process (it holds {run}/.evaluation.lock); wait for that "
+        "evaluation to finish", "error: the first evaluation stops here"]
+    with runs.locked(run), runs.evaluation_locked(run):  # released; and a training does not block an evaluation
+        pass
+
+
+def genre_answer(rows: int = 1, probabilities: str = "[0.9, 0.1]", genres: str = "Drama") -> bytes:
+    """A REST answer as genre_tf's SavedModel gives it, `rows` movies alike."""
+    row = (f'{{"probabilities": {probabilities}, "predicted": [true, false], "genres": "{genres}", '
+           '"inputs_used": "plot"}')
+    return ('{"predictions": [' + ", ".join([row] * rows) + "]}").encode()
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (genre_answer(rows=120_000), "holds 120000 movies for the 1 sent"),  # printed all 120,000, exit 0
+    (genre_answer(rows=0), "is JSON but not genre_tf's outputs"),
+    (genre_answer(probabilities="[NaN, 0.1]"), "movie 1 has the probability nan, not a number in [0, 1]"),
+    (genre_answer(probabilities="[0.9, Infinity]"), "movie 1 has the probability inf, not a number in [0, 1]"),
+    (genre_answer(probabilities="[1.5, 0.1]"), "movie 1 has the probability 1.5, not a number in [0, 1]"),
+    (genre_answer(probabilities='[true, "0.1"]'), "movie 1 has the probability True, not a number in [0, 1]"),
+    (genre_answer(probabilities="[0.9]"), "movie 1 has no true or false in 'predicted' for each probability"),
+    (genre_answer(probabilities="[" + ", ".join(["0.5"] * 1001) + "]"), "has no list of 1 to 1000 probabilities")],
+    ids=["120000-movies", "no-movie", "nan", "inf", "above-1", "not-numbers", "predicted-short", "1001-genres"])
+def test_the_client_prints_only_the_movies_it_sent_and_refuses_impossible_probabilities(answer, reason, capsys):
+    from export import client
+
+    with answering_once(200, answer) as url:
+        assert client.main(["--rest", url, "--plot", "a ghost story"]) == 1
+    out, error = capsys.readouterr()
+    assert out == "" and error.startswith(f"error: {url} answered, but the answer") and reason in error
+    assert len(error.splitlines()) == 1 and len(error) < 400
+
+
+def test_the_client_strips_the_servers_terminal_escapes_before_printing(capsys):
+    from export import client
+
+    escapes = "\\u001b[2J\\u001b]0;owned\\u0007Drama\\u202e"  # clear screen, set the title, reverse the text
+    with answering_once(200, genre_answer(genres=escapes)) as url:
+        assert client.main(["--rest", url, "--plot", "a ghost story"]) == 0
+    out, error = capsys.readouterr()
+    assert json.loads(out)["predictions"] == [{"probabilities": [0.9, 0.1], "predicted": [True, False],
+                                               "genres": "[2J]0;ownedDrama", "inputs_used": "plot"}]
+    assert error == "" and "\\u001b" not in out and "\\u202e" not in out
+    with answering_once(500, b'{"error": "\x1b[2J\x1b]0;owned\x07model failed\r\x1b[1A"}') as url:
+        assert client.main(["--rest", url, "--plot", "a ghost story"]) == 1
+    out, error = capsys.readouterr()
+    assert out == "" and error == f"error: TF Serving at {url} answered HTTP 500: {{\"error\": \"[2J]0;ownedmodel " \
+        "failed [1A\"}\n"
+
+
+def test_the_client_checks_a_grpc_answer_as_it_checks_a_rest_one():
+    tf = pytest.importorskip("tensorflow")
+    predict_pb2 = pytest.importorskip("tensorflow_serving.apis.predict_pb2")
+    from export import client
+
+    def response(probabilities):
+        answer = predict_pb2.PredictResponse()
+        answer.outputs["probabilities"].CopyFrom(tf.make_tensor_proto(probabilities, tf.float32))
+        for name in ("predicted", "genres", "inputs_used"):
+            answer.outputs[name].CopyFrom(tf.make_tensor_proto(["x"]))
+        return answer
+
+    client.check_grpc_answer(response([[0.9, 0.1]]), movies=1)
+    with pytest.raises(client.BadAnswer, match=r"the shape \[3, 2\], not \[1, genres\]"):
+        client.check_grpc_answer(response([[0.9, 0.1]] * 3), movies=1)
+    with pytest.raises(client.BadAnswer, match=r"a probability that is not a number in \[0, 1\]"):
+        client.check_grpc_answer(response([[float("nan"), 0.1]]), movies=1)
+
+
+def test_prepare_stores_titles_as_it_stores_plots(tmp_path):
+    from conftest import image_bytes, write_csv
+    from genre_tf.config import PrepareConfig, ValidationRules
+    from genre_tf.data.prepare import prepare
+
+    plot = " ".join(["word"] * 20)
+    titles = {"m0": "The\x00 Ring\u200b", "m1": "Come\u0301die\x1b[31m\ufeff", "m2": "  Plain\ttitle\r\n"}
+    rows = [[f"m{i}", titles.get(f"m{i}", f"Movie {i}"), plot, "Drama", "p.png", "", "en\x00"] for i in range(80)]
+    (tmp_path / "p.png").write_bytes(image_bytes(fmt="PNG"))
+    write_csv(tmp_path / "c.csv", rows)
+    prepare(PrepareConfig(catalogue=str(tmp_path / "c.csv"), out=str(tmp_path / "out"),
+                          rules=ValidationRules(image_size=32), num_genres=1), progress=False)
+    lines = (tmp_path / "out" / "movies.jsonl").read_text(encoding="utf-8").splitlines()
+    movies = {movie["movie_id"]: movie for movie in map(json.loads, lines)}
+    assert [movies[f"m{i}"]["title"] for i in range(3)] == ["The Ring", "Com\u00e9die[31m", "Plain title"]
+    assert movies["m5"]["title"] == "Movie 5" and {movie.get("language") for movie in movies.values()} == {"en"}
+
+
+def test_batch_scoring_cuts_a_batch_at_a_poster_byte_budget():
+    from genre_tf.serve.batch_predict import BATCH_POSTER_BYTES, GenreModelHandler, movie_weight
+
+    weigh = GenreModelHandler("unused", batch_size=32).batch_elements_kwargs()["element_size_fn"]
+    share = BATCH_POSTER_BYTES // 32  # 0.5 MiB: a real poster weighs 1, and a batch holds 32 movies
+    assert [weigh({"poster": poster}) for poster in (None, b"x" * share, b"x" * (share + 1))] == [1, 1, 2]
+    assert weigh({"poster": b"x" * (16 * 2**20)}) == 32  # a 30-megapixel poster of 16 MiB is scored alone
+    assert movie_weight({"poster": b"x" * (20 * 2**20)}, batch_size=1) == 1

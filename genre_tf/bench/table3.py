@@ -282,9 +282,11 @@ def main(argv=None) -> int:
         check_arguments(args)  # before TensorFlow loads: a usage error answers at once, in one line
     except ValueError as error:
         parser.error(str(error))
+    from genre_tf.run_dir import RunDirectoryInUse
+
     try:
         return run_benchmarks(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, RunDirectoryInUse) as error:  # in use: a run another process trains or evaluates
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -214,6 +214,7 @@ def validate_movie(raw: RawMovie, rules: ValidationRules) -> Movie:
         poster_png = prepared_poster(poster, rules.image_size)
     except PosterError as error:
         raise RecordError(str(error)) from None
-    return Movie(movie_id=movie_id, title=str(raw.title or "").strip(), plot=plot, genres=genres,
-                 poster_png=poster_png, year=year,
-                 language=str(raw.language or "").strip(), source=raw.source)
+    # titles and languages are stored as plots are (NFC, no NUL or other control and format characters): they
+    # reach reports, predict's output and terminals
+    return Movie(movie_id=movie_id, title=visible_text(str(raw.title or "")), plot=plot, genres=genres,
+                 poster_png=poster_png, year=year, language=visible_text(str(raw.language or "")), source=raw.source)

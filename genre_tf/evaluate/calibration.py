@@ -31,6 +31,8 @@ EPS = np.finfo(np.float64).eps  # scikit-learn's log-loss clipping
 SCORES = ("ece", "brier", "log_loss")
 FOLDS = 5
 MAX_SCALE = 100.0               # a slope beyond this turns a logit into a step; temperature is searched below it
+MIN_SCALE = 1e-3                # the search's floor: the likelihood of a genre the logits rank backwards ends here
+MIN_SPREAD = 0.1                # calibrated dev logits closer than this (std) are one probability to the thresholds
 
 
 def equal_mass_bins(probabilities: np.ndarray, bins: int = BINS) -> np.ndarray:
@@ -155,19 +157,9 @@ def _sigmoid(values: np.ndarray) -> np.ndarray:
     return 0.5 * (1 + np.tanh(0.5 * values))  # no overflow warning for large logits
 
 
-def fit_scaling(logits: np.ndarray, labels: np.ndarray, method: str) -> tuple[float, float]:
-    """(a, b) of one genre's calibrator sigmoid(a * z + b), by maximum likelihood; (1, 0) for `none` or one class.
-
-    temperature fits a alone; platt fits a and b. The slope a is kept in (0, MAX_SCALE]: a calibrator must not
-    reverse or flatten a genre's ranking.
-    """
+def _maximum_likelihood(z: np.ndarray, y: np.ndarray, method: str, log_scale: tuple) -> tuple[float, float]:
+    """(a, b) minimising the log loss of sigmoid(a * z + b), log(a) kept within `log_scale` (b = 0 for temperature)."""
     from scipy.optimize import minimize
-
-    if method not in METHODS:
-        raise ValueError(f"calibration must be one of {METHODS}, got {method!r}")
-    z, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
-    if method == "none" or y.min() == y.max():
-        return 1.0, 0.0
 
     def loss(params):
         a, b = np.exp(params[0]), params[1] if method == "platt" else 0.0
@@ -176,10 +168,30 @@ def fit_scaling(logits: np.ndarray, labels: np.ndarray, method: str) -> tuple[fl
         gradient = [np.mean(residual * z) * a] + ([np.mean(residual)] if method == "platt" else [])
         return np.mean(np.logaddexp(0, s) - y * s), np.array(gradient)
 
-    start = np.zeros(2 if method == "platt" else 1)
-    bounds = [(np.log(1e-3), np.log(MAX_SCALE))] + ([(None, None)] if method == "platt" else [])
+    start = np.full(2 if method == "platt" else 1, float(np.clip(0.0, *log_scale)))
+    bounds = [log_scale] + ([(None, None)] if method == "platt" else [])
     found = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
     return float(np.exp(found.x[0])), float(found.x[1]) if method == "platt" else 0.0
+
+
+def fit_scaling(logits: np.ndarray, labels: np.ndarray, method: str) -> tuple[float, float]:
+    """(a, b) of one genre's calibrator sigmoid(a * z + b), by maximum likelihood; (1, 0) for `none` or one class.
+
+    temperature fits a alone; platt fits a and b. The slope a is kept in (0, MAX_SCALE]: a calibrator must not
+    reverse a genre's ranking. Nor may it flatten one: where a slope under 1 would leave the logits less than
+    MIN_SPREAD apart, the genre keeps the network's slope (a = 1) and platt fits only its bias.
+    """
+    if method not in METHODS:
+        raise ValueError(f"calibration must be one of {METHODS}, got {method!r}")
+    z, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
+    if method == "none" or y.min() == y.max():
+        return 1.0, 0.0
+    a, b = _maximum_likelihood(z, y, method, (np.log(MIN_SCALE), np.log(MAX_SCALE)))
+    if a >= 1 or a * z.std() >= MIN_SPREAD:  # a steeper slope cannot flatten the network's ranking
+        return a, b
+    # dev finds no ranking it can vouch for (a weak or reversed genre); one near-constant probability would be
+    # predicted for every movie or none, so the network's own ranking is kept and only the base rate corrected
+    return _maximum_likelihood(z, y, method, (0.0, 0.0))
 
 
 def fit_calibrators(logits: np.ndarray, labels: np.ndarray, method: str,

@@ -20,7 +20,8 @@ from genre_tf.evaluate.uncertainty import LEVEL, RESAMPLES, SEED, bootstrap_inte
 from genre_tf.files import atomic_path, cache_key, read_json, write_json, write_text
 from genre_tf.nets.encoders import encoders_summary
 from genre_tf.nets.network import make_predictor, restore_trained
-from genre_tf.run_dir import load_config, read_serving_files, require_finished, threshold_probabilities
+from genre_tf.run_dir import (evaluation_locked, load_config, read_serving_files, require_finished,
+                              threshold_probabilities)
 
 REPORT_FILES = ("report.md", "metrics.json", "predictions.npz", "cooccurrence.png", "per_genre_f1.png",
                 "f1_by_year.png", "pr_curves.png", "reliability.png")
@@ -424,9 +425,15 @@ def evaluate_run(run_dir: str, allow_unfinished: bool = False) -> dict:
     """Write report.md, metrics.json and the PNGs into run_dir; returns the metrics.
 
     Everything is computed in memory before the first file is written, so a failure leaves no partial
-    report, and each file is replaced atomically.
+    report, and each file is replaced atomically. A second evaluation of the run meanwhile is refused.
     """
     require_finished(run_dir, allow_unfinished)
+    with evaluation_locked(run_dir):
+        return evaluate_locked(run_dir)
+
+
+def evaluate_locked(run_dir: str) -> dict:
+    """evaluate_run's work, under the run's evaluation lock."""
     run = restore_run(run_dir)
     dev, test = predict_split(run, "dev"), predict_split(run, "test")
     # a model fitted on dev (late fusion) is scored on dev, and tuned, out of fold

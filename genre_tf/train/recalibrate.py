@@ -50,7 +50,8 @@ def recalibrate(run_dir: str, method: str, out_dir: str) -> str:
         raise ValueError("the most-common-class baseline has no probabilities to calibrate")
     config = dataclasses.replace(config, run_dir=os.path.abspath(out_dir),
                                  model=dataclasses.replace(config.model, calibration=method))
-    stale = (runs.CALIBRATED_OUT_OF_FOLD, runs.LOCK, "metrics.json", "report.md", "predictions.npz", "logs")
+    stale = (runs.CALIBRATED_OUT_OF_FOLD, runs.LOCK, runs.EVALUATION_LOCK, "metrics.json", "report.md",
+             "predictions.npz", "logs")
     shutil.copytree(run_dir, out_dir, ignore=shutil.ignore_patterns(*stale))
     dump_config(config, os.path.join(out_dir, "config.json"))
     with precision_policy(config):
