@@ -212,3 +212,24 @@ def test_an_empty_test_split_is_refused(tiny_config, tmp_path):
     with pytest.raises(ValueError, match="test split .* is empty"):
         evaluate_run(run_dir)
     assert not os.path.exists(os.path.join(run_dir, "report.md"))
+
+
+def test_runs_on_two_preparations_of_one_catalogue_compare_only_with_the_same_movies_and_labels():
+    from genre_tf.evaluate.evaluation import check_same_split
+
+    def run(name, fingerprint, split="s1", genres=("Drama", "Comedy")):
+        return {"run_dir": name, "dataset": {"name": "movies", "fingerprint": fingerprint}, "split_digest": split,
+                "genres": list(genres)}
+
+    labels = np.eye(2, dtype=np.float32)[[0, 1, 1]]
+    predicted = {f"{split}_{key}": value for split in ("dev", "test")
+                 for key, value in (("ids", np.array(["a", "b", "c"])), ("labels", labels))}
+    relabelled = dict(predicted, test_labels=labels[:, ::-1])
+    at_260, at_224 = run("default", "f260"), run("fast", "f224")  # posters prepared at two sizes, same catalogue
+    check_same_split([at_260, at_224], [predicted, dict(predicted)])
+    for other, other_predictions in ((at_224, relabelled), (run("fast", "f224", split="s2"), predicted),
+                                     (run("fast", "f224", genres=("Drama", "Horror")), predicted)):
+        with pytest.raises(ValueError, match="do not compare"):
+            check_same_split([at_260, other], [predicted, other_predictions])
+    with pytest.raises(ValueError, match="do not compare"):  # without predictions, the fingerprint decides
+        check_same_split([at_260, at_224])
