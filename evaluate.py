@@ -11,10 +11,11 @@ import os
 import sys
 
 import genre_tf  # noqa: F401  selects tf-keras before TensorFlow loads
+from genre_tf.config import CommandLine
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLine(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--table", action="store_true",
                         help="print Table 3 across the runs (reusing each run's metrics.json when present): each "

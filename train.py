@@ -9,12 +9,13 @@ import os
 import sys
 
 import genre_tf  # noqa: F401  selects tf-keras before TensorFlow loads
+from genre_tf.config import CommandLine
 
 
 def main(argv=None) -> int:
     from genre_tf.config import load_config, valid_keys
 
-    parser = argparse.ArgumentParser(
+    parser = CommandLine(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="options (key=value; defaults in genre_tf/config.py, the demo preset in DEMO_PRESET):\n  "
                + "\n  ".join(valid_keys()))

@@ -250,8 +250,16 @@ def rest_url_problem(url: str) -> str | None:
     return None
 
 
+class CommandLine(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, exit 2 (genre_tf.config's, which this standalone client does not
+    import)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLine(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--rest", help="http://HOST:8501")
     target.add_argument("--grpc", help="HOST:8500")

@@ -16,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import genre_tf  # noqa: E402,F401  selects tf-keras before TensorFlow loads
+from genre_tf.config import CommandLine
 
 
 def positive_int(text: str) -> int:
@@ -30,7 +31,7 @@ def positive_int(text: str) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLine(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a trained run directory")
     parser.add_argument("--out", required=True, help="MODEL_BASE: the folder TF Serving watches")
     parser.add_argument("--version", type=positive_int, default=None, help="default: one more than the latest")

@@ -2,6 +2,7 @@
 
 This module imports no TensorFlow, numpy or Pillow, so `--help` and option errors are instant.
 """
+import argparse
 import dataclasses
 import json
 import math
@@ -486,6 +487,14 @@ def read_config_file(path: str) -> dict:
         raise ValueError(f"config file {path} must hold a mapping of options, not a {type(tree).__name__}")
     check_depth(tree, f"config file {path}")
     return tree
+
+
+class CommandLine(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, `PROG: error: WHY (PROG --help lists the options)`, exit 2: the
+    usage block argparse prints first buried the reason under a screen of options."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
 
 
 def load_config(path: str = "", overrides=(), cls: type = TrainConfig, **values):

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from genre_tf.config import CommandLine
 
 
 KINDS = ("most_common", "poster", "text_frozen", "text_finetuned", "integrated")
@@ -260,7 +261,7 @@ def machine() -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genre_tf.bench", description=__doc__,
+    parser = CommandLine(prog="python -m genre_tf.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("table3", "speed", "encoders", "all", "scale"))
     parser.add_argument("--data", default="demo", help="a prepared dataset, or demo")

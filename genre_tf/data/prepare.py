@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from genre_tf.config import PrepareConfig, ValidationRules, config_to_dict, describe_keys, load_config
+from genre_tf.config import CommandLine, PrepareConfig, ValidationRules, config_to_dict, describe_keys, load_config
 from genre_tf.data.readers import SPLIT_NAMES, read_catalogue
 from genre_tf.data.records import Movie, RecordError, Reject, genre_key, id_key, validate_movie
 from genre_tf.data.split import (frequency_table, multi_hot, stratified_split, time_split, top_genres, year_summary,
@@ -312,7 +312,7 @@ _OPTION = re.compile(r"[A-Za-z_][\w.]*=")  # key=value; anything else is the cat
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m genre_tf.prepare`: a catalogue, --config FILE and key=value options."""
     keys = describe_keys(PrepareConfig).replace("catalogue=\n", "")  # the catalogue is the positional argument
-    parser = argparse.ArgumentParser(
+    parser = CommandLine(
         prog="python -m genre_tf.prepare", usage="%(prog)s CATALOGUE [--config FILE] out=DIR [key=value ...]",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="options (key=value, values read as YAML; defaults in genre_tf/config.py):\n  "

@@ -29,6 +29,7 @@ from genre_tf.limits import MAX_REQUEST_MOVIES, oversized_plot
 from genre_tf.data.records import has_words
 from genre_tf.files import InputFileError, read_poster_file, refuse_to_write_into, staging_folder
 from genre_tf.serve.predict import PREDICT_BATCH, export_info, latest_version, load_serving, read_csv_rows
+from genre_tf.config import CommandLine
 
 DEAD = "dead_letters"
 # Encoded poster bytes in one model call (a real poster takes well under its 0.5 MiB share of a batch of 32). A
@@ -217,7 +218,7 @@ def batch_predict(config: BatchPredictConfig, beam_args: Sequence[str] = ()) -> 
 
 def main(argv=None) -> int:
     """`python -m genre_tf.batch_predict`: 0 when the pipeline ran; 2 for a usage error, 1 for one while working."""
-    parser = argparse.ArgumentParser(prog="python -m genre_tf.batch_predict", description=__doc__,
+    parser = CommandLine(prog="python -m genre_tf.batch_predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="MODEL_BASE (latest version) or a version folder")
     parser.add_argument("--input", required=True, help="a CSV as predict --csv reads it")

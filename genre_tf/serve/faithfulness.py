@@ -13,10 +13,11 @@ import time
 
 from genre_tf.serve.explain import MAX_WORDS, faithfulness
 from genre_tf.serve.predict import latest_version, load_serving, read_csv_movies
+from genre_tf.config import CommandLine
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLine(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="MODEL_BASE (latest version) or a version folder")
     parser.add_argument("--csv", required=True, help="columns: plot, optionally poster (a path), id, title")
     parser.add_argument("--poster-dir", default="")

@@ -20,6 +20,7 @@ from genre_tf.limits import MAX_REQUEST_MOVIES, oversized_plot
 from genre_tf.data.csv_records import read_records
 from genre_tf.data.records import has_words
 from genre_tf.files import InputFileError, InputFileNotFoundError, read_poster_file
+from genre_tf.config import CommandLine
 
 READ_COLUMNS = ("id", "title", "plot", "poster")
 PREDICT_BATCH = 64  # rows per call of the model: memory stays that of one batch, whatever the CSV's length
@@ -185,7 +186,7 @@ def _results(batch: list[dict], outputs: dict, genres: list[str], inputs: tuple[
 
 def main(argv=None) -> int:
     """`python -m genre_tf.predict`: 0 once every movie is printed; 2 for a usage error, 1 for one while working."""
-    parser = argparse.ArgumentParser(prog="python -m genre_tf.predict", description=__doc__,
+    parser = CommandLine(prog="python -m genre_tf.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="MODEL_BASE (latest version) or a version folder")
     source = parser.add_mutually_exclusive_group(required=True)

@@ -9,10 +9,11 @@ import argparse
 import sys
 
 import genre_tf  # noqa: F401  selects tf-keras before TensorFlow loads
+from genre_tf.config import CommandLine
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLine(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     args = parser.parse_args(argv)
     from genre_tf import run_dir as runs

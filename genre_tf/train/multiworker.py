@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
+from genre_tf.config import CommandLine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository, holding train.py
 
@@ -54,7 +55,7 @@ def run_workers(overrides: Sequence[str], workers: int = 2, timeout: float = 180
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLine(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="train.py options")
     args = parser.parse_args(argv)

@@ -14,7 +14,7 @@ import shutil
 import sys
 
 import genre_tf  # noqa: F401  selects tf-keras before TensorFlow loads
-from genre_tf.config import CALIBRATIONS
+from genre_tf.config import CALIBRATIONS, CommandLine
 from genre_tf.files import refuse_to_write_into
 
 
@@ -65,7 +65,7 @@ def recalibrate(run_dir: str, method: str, out_dir: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLine(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN")
     parser.add_argument("method", choices=CALIBRATIONS)
     parser.add_argument("out_dir", metavar="NEW_RUN")
