@@ -99,6 +99,8 @@ def test_seeds_fold_into_one_row_with_their_mean_and_range(small_prepared, tiny_
 
     assert seed_counts(["3", "text_finetuned=1"]) == {**dict.fromkeys(KINDS, 3), "text_finetuned": 1}
     assert seed_counts(["3", "text_finetuned=0"])["text_finetuned"] == 0  # a kind left out of the table
+    with pytest.raises(ValueError, match="every model out"):
+        seed_counts([f"{kind}=0" for kind in KINDS])
     for bad in ("0", "poster=x", "txt=2"):
         with pytest.raises(ValueError, match="--seeds"):
             seed_counts([bad])

@@ -141,6 +141,29 @@ def test_prepare_records_and_prints_the_split_and_a_time_split_trains_on_the_old
     assert years["test"]["last"] == 2019 and years["train"]["first"] == 1990
 
 
+def test_a_time_split_needs_years_and_names_the_undated_movies(tmp_path, capsys):
+    raw = write_mmimdb(str(tmp_path / "raw"), count=40, seed=3)
+    for index in range(40):  # no year at all, then 4 of 40 without one
+        path = os.path.join(raw, f"tt{index:07d}.json")
+        meta = read_json(path)
+        meta.pop("year")
+        with open(path, "w") as handle:
+            json.dump(meta, handle)
+    with pytest.raises(ValueError, match="split=time needs release years, and none of the 40 valid movies"):
+        prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / "none"), rules=RULES, num_genres=3, split="time",
+                              min_train_movies=8), progress=False)
+    raw = write_mmimdb(str(tmp_path / "raw2"), count=40, seed=3)
+    for index in range(4):
+        path = os.path.join(raw, f"tt{index:07d}.json")
+        meta = read_json(path)
+        meta.pop("year")
+        with open(path, "w") as handle:
+            json.dump(meta, handle)
+    prepare(PrepareConfig(catalogue=raw, out=str(tmp_path / "some"), rules=RULES, num_genres=3, split="time",
+                          min_train_movies=8), progress=False)
+    assert "split=time: 4 of 40 movies have no year and go to train" in capsys.readouterr().err
+
+
 def test_a_folder_prepared_in_id_order_loads_with_a_warning_naming_the_command(tmp_path, capsys):
     from genre_tf.data.dataset import load_prepared
 
@@ -155,7 +178,8 @@ def test_a_folder_prepared_in_id_order_loads_with_a_warning_naming_the_command(t
     prepared = load_prepared(out)
     load_prepared(out)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "id order" in line]
-    assert len(warnings) == 1 and f"python -m genre_tf.prepare {os.path.abspath(raw)} out=NEW_DIR" in warnings[0]
+    command = f"python -m genre_tf.prepare {os.path.abspath(raw)} out=NEW_DIR name=raw rules.image_size=32"
+    assert len(warnings) == 1 and command in warnings[0]  # the folder's own options, kept
     assert prepared.split_record["method"] == "id order" and sum(map(len, prepared.split.values())) == 40
 
 

@@ -10,7 +10,7 @@ import tf_keras as keras
 from conftest import image_bytes, write_mmimdb
 from genre_tf.config import PrepareConfig, ValidationRules
 from genre_tf.data.dataset import PLOT, POSTER, load_prepared
-from genre_tf.data.features import load_or_compute, store_folder
+from genre_tf.data.features import load_or_compute, store_folder, write_part
 from genre_tf.data.prepare import prepare
 
 
@@ -85,10 +85,25 @@ def test_features_are_keyed_by_encoder_and_a_damaged_part_is_encoded_again(catal
     assert len(parts) == 1
     with open(parts[0], "r+b") as handle:
         handle.truncate(100)
-    _, again = load_or_compute(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
+    # through another split: the re-encoded part gets another name, and the damaged one must not haunt every load
+    other_ids, again = load_or_compute(catalogues["seed1"], "poster_features", "scale-1",
+                                       lambda: counting_poster_encoder(1, encoded), POSTER)
+    assert "is damaged" in capsys.readouterr().err and int(encoded.numpy()) == 180
+    row = {movie_id: index for index, movie_id in enumerate(ids)}
+    np.testing.assert_allclose(again, once[[row[i] for i in other_ids]], rtol=1e-6)
+    _, third = load_or_compute(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
                                POSTER)
-    assert "is damaged and is ignored" in capsys.readouterr().err and int(encoded.numpy()) == 180
-    np.testing.assert_allclose(again, once, rtol=1e-6)
+    assert "damaged" not in capsys.readouterr().err and int(encoded.numpy()) == 180  # set aside, read no more
+    np.testing.assert_allclose(third, once, rtol=1e-6)
+    assert os.path.exists(os.path.join(os.path.dirname(parts[0]), ".damaged-" + os.path.basename(parts[0])))
+    # a part of another catalogue in the store: only this dataset's rows are read, in this dataset's order
+    rng = np.random.default_rng(0)
+    write_part(store_folder("poster_features", "scale-1"), [f"{i:032x}" for i in range(500)],
+               rng.random((500, 3), dtype=np.float32))
+    _, fourth = load_or_compute(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
+                                POSTER)
+    np.testing.assert_array_equal(fourth, third)
+    assert int(encoded.numpy()) == 180
     # a half-written part (only the staging file) is never read
     staging = os.path.join(store_folder("poster_features", "scale-3"), ".part-x.123.tmp.npz")
     os.makedirs(os.path.dirname(staging))
@@ -96,3 +111,27 @@ def test_features_are_keyed_by_encoder_and_a_damaged_part_is_encoded_again(catal
         handle.write(b"half")
     load_or_compute(prepared, "poster_features", "scale-3", lambda: counting_poster_encoder(3, encoded), POSTER)
     assert int(encoded.numpy()) == 240
+
+
+def test_a_changed_plot_is_encoded_again_and_an_unchanged_one_is_not(catalogues, tmp_path):
+    import json
+
+    source = catalogues["seed0"]
+    encoded = tf.Variable(0, dtype=tf.int64)
+    ids, before = load_or_compute(source, "plot_embedding", "edit", lambda: counting_plot_encoder(encoded), PLOT)
+    raw = tmp_path / "raw"
+    write_mmimdb(str(raw), count=60, seed=3)
+    for index in range(60):  # the same posters as the fixture's, so only the plot differs
+        with open(raw / f"tt{index:07d}.jpeg", "wb") as handle:
+            handle.write(image_bytes((48, 64), (index * 3, 255 - index * 2, 40)))
+    meta = json.loads((raw / "tt0000007.json").read_text())
+    meta["plot"] = ["short.", meta["plot"][1] + " and one more twist"]
+    (raw / "tt0000007.json").write_text(json.dumps(meta))
+    prepare(PrepareConfig(catalogue=str(raw), out=str(tmp_path / "edited"), rules=ValidationRules(image_size=32),
+                          num_genres=4, min_train_movies=8), progress=False)
+    edited_ids, after = load_or_compute(load_prepared(str(tmp_path / "edited")), "plot_embedding", "edit",
+                                        lambda: counting_plot_encoder(encoded), PLOT)
+    assert int(encoded.numpy()) == 61  # the 60 plots once, then the edited one alone
+    row = {movie_id: index for index, movie_id in enumerate(ids)}
+    changed = [i for i, movie_id in enumerate(edited_ids) if not np.array_equal(after[i], before[row[movie_id]])]
+    assert [edited_ids[i] for i in changed] == ["tt0000007"]

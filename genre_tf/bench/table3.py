@@ -100,6 +100,8 @@ def seed_counts(specs: Sequence[str], kinds: Sequence[str] = KINDS) -> dict[str,
                              f"of {', '.join(KINDS)}")
         for name in ([kind] if sep else kinds):
             counts[name] = int(number)
+    if not any(counts.values()):
+        raise ValueError("--seeds leaves every model out of the table; give at least one kind N >= 1")
     return counts
 
 

@@ -148,9 +148,12 @@ def check_split_method(path: str, metadata: dict) -> None:
         return
     _WARNED_ID_ORDER.add(path)
     catalogue = metadata.get("catalogue") or "CATALOGUE"
+    size = metadata.get("config", {}).get("rules", {}).get("image_size")  # the folder's own options, kept
+    options = "".join(f" {key}={value}" for key, value in (("name", metadata.get("name")), ("rules.image_size", size))
+                      if value)
     print(f"warning: {path} was prepared before 2026-12-07: unless its catalogue carried a split, dev and test were "
           f"drawn in id order (mostly the newest ids); for a random split: python -m genre_tf.prepare {catalogue} "
-          "out=NEW_DIR", file=sys.stderr)
+          f"out=NEW_DIR{options}", file=sys.stderr)
 
 
 DIGESTED = ("movies.jsonl", "genres.txt", "split.json")  # with the shards: every file a run reads labels or inputs from

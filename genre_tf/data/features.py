@@ -46,20 +46,41 @@ def movie_digests(prepared: PreparedDataset, input_name: str) -> tuple[list[str]
     return ids, digests
 
 
-def read_store(folder: str) -> dict[str, np.ndarray]:
-    """Every cached feature row of a store, by content digest; a damaged part is skipped (its rows are encoded
-    again) with a warning naming it."""
-    rows = {}
+def read_store(folder: str, positions: dict[str, list[int]], movies: int) -> tuple[np.ndarray | None, set[str]]:
+    """The cached rows of the wanted contents (digest -> the dataset rows that hold it), copied into one
+    [movies, width] array, and the digests found. Parts are read one at a time and only wanted rows are kept, so a
+    store shared by many catalogues costs this dataset's rows, not the store's. A damaged part is set aside with a
+    warning naming it (its movies are encoded again, once)."""
+    features, found = None, set()
     for path in sorted(glob.glob(os.path.join(folder, "part-*.npz"))):
         try:
             with np.load(path, allow_pickle=False) as part:
-                digests, features = part["digests"], part["features"]
+                digests, values = part["digests"], part["features"]
+            if values.ndim != 2 or len(digests) != len(values) or (
+                    features is not None and values.shape[1] != features.shape[1]):
+                raise ValueError(f"{len(digests)} digests for features of shape {values.shape}")
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            print(f"warning: {path} is damaged and is ignored ({str(error)[:120]}); its movies are encoded again",
-                  file=sys.stderr)
+            set_aside(path, error)
             continue
-        rows.update(zip(digests.tolist(), features, strict=False))
-    return rows
+        for row, digest in enumerate(digests.tolist()):
+            if digest in positions and digest not in found:
+                if features is None:
+                    features = np.empty((movies, values.shape[1]), np.float32)
+                features[positions[digest]] = values[row]
+                found.add(digest)
+    return features, found
+
+
+def set_aside(path: str, error: Exception) -> None:
+    """Rename a damaged part out of the store's way (`.damaged-part-*.npz`, never read), so its warning is given
+    once and its movies, encoded again, are not reported damaged on every later load."""
+    aside = os.path.join(os.path.dirname(path), f".damaged-{os.path.basename(path)}")
+    try:
+        os.replace(path, aside)
+        where = f"moved to {aside}"
+    except OSError:  # a read-only cache: the warning repeats, the rows are still right
+        where = "left in place"
+    print(f"warning: {path} is damaged ({str(error)[:120]}), {where}; its movies are encoded again", file=sys.stderr)
 
 
 def write_part(folder: str, digests: list[str], features: np.ndarray) -> None:
@@ -135,28 +156,33 @@ def load_or_compute(prepared: PreparedDataset, name: str, key: str, encoder_fact
     `key`: cached rows are reused by content, and only movies never encoded are run through the encoder."""
     folder = store_folder(name, key)
     ids, digests = movie_digests(prepared, input_name)
-    rows = read_store(folder)
-    missing = {movie_id: digest for movie_id, digest in zip(ids, digests, strict=False) if digest not in rows}
+    positions = {}
+    for row, digest in enumerate(digests):
+        positions.setdefault(digest, []).append(row)
+    features, found = read_store(folder, positions, len(ids))
+    missing = {movie_id: digest for movie_id, digest in zip(ids, digests, strict=True) if digest not in found}
     if missing:
-        reused = len(ids) - len(missing)
-        print(f"{name}: {reused} of {len(ids)} movies from the cache {folder}, {len(missing)} to encode",
-              file=sys.stderr)
-        rows.update(encode_missing(prepared, folder, encoder_factory(), input_name, missing, batch_size,
-                                   image_size or prepared.image_size))
-    if not ids:
-        return np.asarray(ids), np.zeros((0, 0), np.float32)
-    return np.asarray(ids), np.stack([rows[digest] for digest in digests]).astype(np.float32, copy=False)
+        print(f"{name}: {len(ids) - len(missing)} of {len(ids)} movies from the cache {folder}, {len(missing)} to "
+              "encode", file=sys.stderr)
+        encoded = encode_missing(prepared, folder, encoder_factory(), input_name, missing, batch_size,
+                                 image_size or prepared.image_size)
+        for digest, row in encoded.items():
+            if features is None:
+                features = np.empty((len(ids), len(row)), np.float32)
+            features[positions[digest]] = row
+    return np.asarray(ids), features if features is not None else np.zeros((0, 0), np.float32)
 
 
 def mean_features(prepared: PreparedDataset, cache: tuple | None, encoder, input_name: str, image_size: int = 0,
                   limit: int = 1024, batch_size: int = 32) -> np.ndarray:
-    """The mean encoder output over the first `limit` training movies: from the cache (ids, features) when there is
-    one, else by running `encoder` over them."""
+    """The mean encoder output over the training movies (what serving uses for a missing input): over all of them from
+    the cache (ids, features) when there is one, else over the first `limit` by running `encoder`. (The first ones
+    in id order are the oldest films of an IMDb catalogue: 80% released before 1990 on the real movies.)"""
     ids = prepared.split["train"][:limit]
     if cache is not None:
         cached_ids, values = cache
         row = {movie_id: index for index, movie_id in enumerate(cached_ids)}
-        return values[[row[i] for i in ids]].mean(axis=0).astype(np.float32)
+        return values[[row[i] for i in prepared.split["train"]]].mean(axis=0).astype(np.float32)
     dataset = make_dataset(prepared, "train", batch_size, training=False, input_names=[MOVIE_ID, input_name],
                            image_size=image_size or None).take(-(-len(ids) // batch_size))
     step = tf.function(lambda x: encoder(x, training=False))

@@ -83,7 +83,16 @@ def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0, pr
 def resolve_split(movies: list[Movie], given: dict[str, list[str]] | None, config: PrepareConfig,
                   rejects: list[Reject]) -> dict[str, list[str]]:
     """The layout's own split restricted to valid movies, or a split of them drawn by config.split."""
+    if given is not None and config.split == "time":
+        print("warning: split=time is not used: the catalogue brings its own train/dev/test split, which is kept",
+              file=sys.stderr)
     if given is None and config.split == "time":
+        undated = sum(movie.year is None for movie in movies)
+        if undated == len(movies):
+            raise ValueError(f"split=time needs release years, and none of the {len(movies)} valid movies has one "
+                             "(a year column); use split=random")
+        if undated:
+            print(f"split=time: {undated} of {len(movies)} movies have no year and go to train", file=sys.stderr)
         return time_split([m.movie_id for m in movies], [m.year for m in movies], config.fractions, config.seed)
     if given is None:
         return stratified_split([m.movie_id for m in movies], [m.genres for m in movies],
