@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model-name", default="genre_tf", help="the name in the warmup requests")
     parser.add_argument("--token-ids", action="store_true",
                         help="take BERT token ids instead of plot text (servers without tensorflow-text ops)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="",
+                        help="the encoders' compute dtype in the export (default: the run's). bfloat16 serves faster "
+                             "on CPUs with AVX512_BF16 or AMX; export/README.md gives its cost in accuracy")
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="export a run that is still training or stopped before its end (its best checkpoint "
                              "so far); refused otherwise")
@@ -48,7 +51,7 @@ def main(argv=None) -> int:
 
     try:
         export_run(args.run, args.out, token_ids=args.token_ids, model_name=args.model_name, version=args.version,
-                   allow_unfinished=args.allow_unfinished)
+                   allow_unfinished=args.allow_unfinished, precision=args.precision)
     except (ValueError, OSError, tf.errors.OpError) as error:  # OSError: a full disk, a version taken meanwhile
         print(f"error: {error}", file=sys.stderr)
         return 1

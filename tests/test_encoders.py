@@ -393,3 +393,21 @@ def test_flip_average_is_the_mean_of_a_poster_and_its_mirror_also_when_folded():
     assert poster_encoder_identity(flipped_config) == poster_encoder_identity(config) + "-flip"
     assert describe_poster_encoder(flipped_config)["flip_average"] is True
     assert "flip_average" not in describe_poster_encoder(config)  # runs from before the option record nothing new
+
+
+def test_length_chunked_embeddings_equal_the_padded_batch_in_request_order(tiny_hub_bert):
+    from conftest import WORDS
+    from genre_tf.nets.encoders import length_chunked
+
+    encoder, preprocessor = tiny_hub_bert
+    for pooling in ("mean", "pooled"):
+        text = build_text_encoder(TextEncoderConfig(encoder=encoder, preprocessor=preprocessor, pooling=pooling))
+        # 11 plots of 3 to 140 words (cut at 128 tokens), in no length order: two chunks of 4 and one of 3
+        plots = tf.constant([" ".join(WORDS * n)[: 7 * k] for n, k in
+                             zip([1, 12, 1, 3, 6, 1, 2, 12, 1, 4, 1], [3, 900, 40, 150, 300, 9, 70, 600, 20, 200, 11],
+                                 strict=True)])
+        chunked = tf.function(length_chunked(text, pooling, chunk_rows=4))(plots).numpy()
+        np.testing.assert_allclose(chunked, text(plots).numpy(), atol=1e-5, rtol=0)  # one call, padded to 128
+        alone = np.concatenate([text(plots[i:i + 1]).numpy() for i in range(11)])  # no padding at all
+        np.testing.assert_allclose(chunked, alone, atol=1e-5, rtol=0)
+        assert tf.function(length_chunked(text, pooling, chunk_rows=4))(plots[:0]).shape == (0, 8)

@@ -52,7 +52,12 @@ FRESH_PROCESS = textwrap.dedent("""
     rest = serve(**{k: tf.constant(v) for k, v in client.decode_rest_body(body).items()})
     odd = serve(plot=tf.constant([plots[0], b"", plots[0], b""]),
                 poster=tf.constant([b"\\xff\\xd8 not a jpeg", posters[0], b"", b""]))
+    # plots of 20 to 240 words in one request, padded in chunks of similar length, against each served alone
+    mixed = tf.constant([b" ".join(plots[:k]) for k in (1, 9, 2, 5, 1, 12, 3, 7, 1, 10, 4)])
+    together = serve(plot=mixed, poster=tf.constant(posters[:1] * 11))["probabilities"].numpy()
+    alone = [serve(plot=mixed[i:i + 1], poster=tf.constant(posters[:1]))["probabilities"].numpy() for i in range(11)]
     json.dump({"probabilities": full["probabilities"].numpy().tolist(),
+               "mixed_difference": float(np.abs(together - np.concatenate(alone)).max()),
                "rest_probabilities": rest["probabilities"].numpy().tolist(),
                "genres": [g.decode() for g in full["genres"].numpy()],
                "odd_used": [u.decode() for u in odd["inputs_used"].numpy()],
@@ -78,6 +83,7 @@ def test_fresh_process_matches_the_in_memory_model_and_survives_bad_inputs(expor
     assert not result["training_code_loaded"]
     assert np.abs(np.array(result["probabilities"]) - expected).max() < 1e-5
     assert np.array_equal(result["rest_probabilities"], result["probabilities"])
+    assert result["mixed_difference"] < 1e-5
     info = read_json(os.path.join(version_dir, "assets.extra", "export_info.json"))
     predicted = expected >= np.array(info["thresholds"])
     names = [", ".join(g for g, on in zip(info["genres"], row, strict=True) if on) for row in predicted]

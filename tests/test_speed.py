@@ -1,4 +1,7 @@
 """The speed benchmark's arithmetic: FLOPs of the models it times, rates against the peak, the report."""
+import numpy as np
+import pytest
+
 import genre_tf  # noqa: F401  selects tf-keras
 
 from genre_tf.bench.speed import matmul_peak, rate_row, speed_markdown, training_step
@@ -31,32 +34,47 @@ def test_the_matmul_peak_is_a_rate_in_gflops():
     assert matmul_peak("float32", size=256, calls=2) > 0.1  # any CPU multiplies 256^3 in well under 0.3 s
 
 
-def test_the_report_states_the_batch_1_ratio():
+def test_the_report_puts_each_serving_path_beside_the_first():
     peak = {"float32": 100.0, "bfloat16": 200.0}
     training = [rate_row("training poster", 32, 0.1, 10**6, 100.0, feature_cache=True, pipeline_examples_per_s=900.0)]
-    serving = [rate_row("serving integrated", 1, 0.030, 10**9, 100.0, p95_ms=40.0, tokens=48),
-               rate_row("serving integrated", 32, 0.480, 10**9, 100.0, p95_ms=500.0, tokens=64)]
-    served = [{"run_dir": "runs/x", "rows": serving}]
+    serving = [rate_row("serving", 32, 0.480, 10**9, 100.0, path="before", tokens=128),
+               rate_row("serving", 1, 0.030, 10**9, 100.0, path="before", p95_ms=40.0, tokens=80),
+               rate_row("serving", 32, 0.120, 10**9, 200.0, path="chunks", tokens=70, dtype="bfloat16"),
+               rate_row("serving", 1, 0.020, 10**9, 200.0, path="chunks", p95_ms=25.0, tokens=80, dtype="bfloat16")]
+    padding = {"plots": 10, "median_tokens": 65.0, "before": 0.46, "chunks": 0.09}
+    served = [{"run_dir": "runs/x", "rows": serving, "padding": padding}]
     text = speed_markdown({"peak_gflops": peak, "training": training, "serving": served,
                            "peak_rss_mib": 1000.0, "peak_rss_mib_after_training": 900.0})
     assert "float32 100 GFLOP/s, bfloat16 200 GFLOP/s" in text
-    assert "| serving integrated | float32 | 1 | 33.3 | 30.0 | 1 | 33.3 | 33% |" in text
-    assert "Per example at batch 32: 15.0 ms, so batch 1 takes 2.0x" in text
-    assert "poster (cached) 900 examples/s" in text and "48 tokens at batch 1 and 64 at batch 32" in text
+    assert "| before | float32 | 32 | 128 | 66.7 | 480.0 |  | 1.0x | 66.7 | 67% |" in text
+    assert "| chunks | bfloat16 | 32 | 70 | 266.7 | 120.0 |  | 4.0x | 266.7 | 133% |" in text
+    assert "| chunks | bfloat16 | 1 | 80 | 50.0 | 20.0 | 25.0 | 1.5x | 50.0 | 25% |" in text
+    assert "10 plots (median 65 tokens): before 46%; chunks 9% of the tokens encoded" in text
+    assert "poster (cached) 900 examples/s" in text
+
+
+def test_padded_lengths_follow_the_batch_or_its_chunks():
+    from genre_tf.bench.speed import padded_lengths, padding_fraction
+
+    lengths = np.array([10, 100, 20, 30, 120, 5])
+    assert padded_lengths(lengths, 32, 0).tolist() == [128] * 6  # the request's longest, 120 -> 128
+    assert padded_lengths(lengths, 3, 0).tolist() == [112, 112, 112, 128, 128, 128]
+    # sorted within each request of 32 (5, 10, 20 | 30, 100, 120), then padded chunk by chunk, in request order
+    assert padded_lengths(lengths, 32, 3).tolist() == [32, 128, 32, 128, 128, 32]
+    assert padding_fraction(lengths, padded_lengths(lengths, 32, 0)) == pytest.approx(1 - 285 / 768)
 
 
 def test_served_flops_count_the_trimmed_plot_length(tiny_hub_bert):
-    import tensorflow as tf
-
-    from genre_tf.bench.speed import encoded_tokens, served_flops
+    from genre_tf.bench.speed import padded_lengths, served_flops, token_lengths
     from genre_tf.config import TextEncoderConfig
     from genre_tf.nets.encoders import build_text_encoder
     from genre_tf.serve.serving import ServingParts
 
     encoder, preprocessor = tiny_hub_bert
     text = build_text_encoder(TextEncoderConfig(encoder=encoder, preprocessor=preprocessor, seq_length=128))
-    assert encoded_tokens(text, tf.constant(["a short plot"])) == 16
-    assert encoded_tokens(text, tf.constant(["a short plot", " ".join(["word"] * 40)])) == 48  # 42 tokens
+    lengths = token_lengths(text, ["a short plot", " ".join(["word"] * 40)])
+    assert lengths.tolist() == [5, 42]  # [CLS] and [SEP] included
+    assert padded_lengths(lengths, 32, 0).tolist() == [48, 48] and padded_lengths(lengths, 32, 1).tolist() == [16, 48]
     parts = ServingParts("text_frozen", ["a"], None, head=None, text_encoder=text, poster_encoder=None,
                          text_mean=None, poster_mean=None, image_size=32, seq_length=128)
     per_layer = 2 * 16 * (4 * 8 * 8 + 2 * 8 * 16) + 2 * 2 * 16 * 16 * 8

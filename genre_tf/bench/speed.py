@@ -137,48 +137,101 @@ def training_rows(data: str, overrides: Sequence[str], peak: dict[str, float]) -
     return rows
 
 
-def serving_rows(run_dir: str, peak: dict[str, float], calls: int = 40) -> list[dict]:
-    """serving_default of the run's export, loaded in process: batch 1 (p50, p95) and batch 32, against the peak."""
+# How exports served before 2026-12-07 first, then each saving added in turn: (label, export precision, chunk_rows).
+SERVING_PATHS = [("padded to the request's longest plot (before)", "", 0),
+                 ("plots padded in chunks of 8", "", 8),
+                 ("chunks of 8, encoders in bfloat16", "bfloat16", 8)]
+
+
+def serving_rows(run_dir: str, peak: dict[str, float], movies: int = 128, calls: int = 40) -> dict:
+    """Each SERVING_PATHS export of the run, loaded in process, on its dataset's first `movies` real test movies:
+    batches of 32 (movies/s) and batch 1 on the median-length plot with its poster (p50, p95), against the peak;
+    and the share of padding each path encodes over every plot of the dataset."""
     import tensorflow as tf
 
     from genre_tf import run_dir as runs
     from genre_tf.data.dataset import raw_examples
     from genre_tf.nets.network import open_run_dataset
-    from genre_tf.serve.serving import export_run, serving_parts
+    from genre_tf.serve.serving import computing_in, export_run, serving_parts
 
-    config = runs.load_config(run_dir)
-    plots, posters = raw_examples(open_run_dataset(run_dir), "test", limit=32)
-    parts = serving_parts(run_dir, config, runs.read_serving_files(run_dir)[0])
-    precisions = {f"{branch} {precision}" for branch, precision, used in (
-        ("text", config.text.precision, parts.text_encoder), ("poster", config.poster.precision, parts.poster_encoder))
-        if used is not None}
-    dtype = ", ".join(sorted(precisions))
-    top = "bfloat16" if "bfloat16" in dtype else "float32"  # held against the faster peak it can use
-    base = tempfile.mkdtemp(prefix="genre_tf_serving_bench_")
+    config, prepared = runs.load_config(run_dir), open_run_dataset(run_dir)
+    plots, posters = raw_examples(prepared, "test", limit=movies)
+    base, rows, padding = tempfile.mkdtemp(prefix="genre_tf_serving_bench_"), [], {}
     try:
-        serve = tf.saved_model.load(export_run(run_dir, base)).signatures["serving_default"]
-        rows = []
-        for batch in (1, 32):
-            inputs = dict(plot=tf.constant((plots * 32)[:batch]), poster=tf.constant((posters * 32)[:batch]))
-            times = call_times(lambda inputs=inputs: serve(**inputs)["probabilities"].numpy(),
-                               calls if batch == 1 else max(5, calls // 8), warmup=3)
-            tokens = encoded_tokens(parts.text_encoder, inputs["plot"])
-            rows.append(rate_row(f"serving {config.model.kind} (plot + poster bytes)", batch,
-                                 float(np.median(times)), served_flops(parts, tokens), peak[top],
-                                 p95_ms=float(np.percentile(times, 95) * 1000), tokens=tokens, dtype=dtype))
+        for label, precision, chunk_rows in SERVING_PATHS:
+            parts = serving_parts(run_dir, computing_in(config, precision), runs.read_serving_files(run_dir)[0])
+            serve = tf.saved_model.load(export_run(run_dir, base, precision=precision, chunk_rows=chunk_rows)
+                                        ).signatures["serving_default"]
+            dtype = precision or config.text.precision
+            lengths = token_lengths(parts.text_encoder, plots)
+            median = int(np.argsort(lengths, kind="stable")[len(lengths) // 2])  # the median-length plot's movie
+            measured = _time_served(serve, plots, posters, median, calls)
+            padded, alone = padded_lengths(lengths, 32, chunk_rows), padded_lengths(lengths[median:median + 1], 1, 0)
+            top = peak["bfloat16" if dtype == "bfloat16" else "float32"]  # held against the faster peak it can use
+            rows.append(rate_row(f"serving: {label}", 32, measured["batch"],
+                                 float(np.mean([served_flops(parts, int(n)) for n in padded])), top, path=label,
+                                 tokens=float(np.mean(padded)), dtype=dtype))
+            rows.append(rate_row(f"serving: {label}", 1, float(np.median(measured["one"])),
+                                 served_flops(parts, int(alone[0])), top, path=label, dtype=dtype,
+                                 p95_ms=float(np.percentile(measured["one"], 95) * 1000), tokens=float(alone[0])))
+            if not padding and parts.text_encoder is not None:  # every plot, in split order (a random order)
+                every = token_lengths(parts.text_encoder, [movie["plot"] for movie in prepared.movies()])
+                shuffled = every[np.random.default_rng(0).permutation(len(every))]
+                padding = {"plots": len(every), "median_tokens": float(np.median(every)),
+                           "padded_to_128": padding_fraction(every, np.full(len(every), 128)),
+                           **{label: padding_fraction(shuffled, padded_lengths(shuffled, 32, chunk))
+                              for label, _, chunk in SERVING_PATHS[:2]},
+                           "feature caching (sorted by length, batches of 32)": padding_fraction(
+                               np.sort(every), padded_lengths(np.sort(every), 32, 0))}
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return rows
+    return {"rows": rows, "padding": padding}
 
 
-def encoded_tokens(text_encoder, plots) -> int:
-    """How many tokens per plot the text encoder runs on for this batch (padding trimmed to the longest plot)."""
+def _time_served(serve, plots: list[str], posters: list[bytes], one: int, calls: int) -> dict:
+    """Seconds per batch of 32 (the fastest of 3 passes over the movies), and batch-1 call times on movie `one`."""
+    import tensorflow as tf
+
+    batches = [dict(plot=tf.constant(plots[i:i + 32]), poster=tf.constant(posters[i:i + 32]))
+               for i in range(0, len(plots), 32)]
+    passes = call_times(lambda: [serve(**batch)["probabilities"].numpy() for batch in batches], 3, warmup=1)
+    alone = dict(plot=tf.constant(plots[one:one + 1]), poster=tf.constant(posters[one:one + 1]))
+    return {"batch": min(passes) / len(batches),
+            "one": call_times(lambda: serve(**alone)["probabilities"].numpy(), calls, warmup=3)}
+
+
+def token_lengths(text_encoder, plots) -> np.ndarray:
+    """Each plot's length in tokens as the text encoder packs it ([CLS] and [SEP] included); none without one."""
     import tf_keras as keras
 
     if text_encoder is None:
-        return 0
-    return int(keras.Model(text_encoder.input, text_encoder.get_layer("trim_padding").output)(plots)
-               ["input_word_ids"].shape[1])
+        return np.zeros(len(plots), int)
+    tokenize = keras.Model(text_encoder.input, text_encoder.get_layer("trim_padding").input)
+    masks = [np.asarray(tokenize(np.asarray(plots[i:i + 256], object))["input_mask"])
+             for i in range(0, len(plots), 256)]
+    return np.concatenate([mask.sum(axis=1) for mask in masks]) if masks else np.zeros(0, int)
+
+
+def padded_lengths(lengths: np.ndarray, batch: int, chunk_rows: int, seq_length: int = 128) -> np.ndarray:
+    """The length each plot is encoded at, in request order: in batches of `batch` padded to their longest
+    (chunk_rows=0), or each batch sorted by length in chunks of `chunk_rows` padded to theirs; rounded up to
+    TRIM_MULTIPLE tokens as trim_padding rounds, at most seq_length."""
+    from genre_tf.nets.encoders import TRIM_MULTIPLE
+
+    lengths, padded = np.asarray(lengths), np.zeros(len(lengths), int)
+    for start in range(0, len(lengths), batch):
+        part = lengths[start:start + batch]
+        order = np.argsort(part, kind="stable") if chunk_rows else np.arange(len(part))
+        for first in range(0, len(part), chunk_rows or len(part)):
+            chosen = order[first:first + (chunk_rows or len(part))]
+            longest = -(-max(int(part[chosen].max()), 1) // TRIM_MULTIPLE) * TRIM_MULTIPLE
+            padded[start + chosen] = min(longest, seq_length)
+    return padded
+
+
+def padding_fraction(lengths: np.ndarray, padded: np.ndarray) -> float:
+    """The share of encoded tokens that are padding."""
+    return 1 - float(np.sum(lengths)) / max(float(np.sum(padded)), 1.0)
 
 
 def served_flops(parts, tokens: int) -> int:
@@ -269,7 +322,7 @@ def speed(data: str = "demo", overrides: Sequence[str] = (), serve_runs: Sequenc
     result["serving"] = []
     for run_dir in serve_runs:
         print(f"speed: serving {run_dir}", flush=True)
-        result["serving"].append({"run_dir": run_dir, "rows": serving_rows(run_dir, peak)})
+        result["serving"].append({"run_dir": run_dir, **serving_rows(run_dir, peak)})
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 
@@ -287,6 +340,24 @@ def rows_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def serving_markdown(rows: list[dict], padding: dict) -> str:
+    """The serving paths side by side: movies/s and p50/p95 at batch 1, each as a ratio to the first path's."""
+    first = {row["batch"]: row for row in rows[:2]}
+    lines = ["| path | dtype | batch | tokens a plot | movies/s | p50 ms | p95 ms | speed-up | GFLOP/s | of the peak |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        p95 = f"{row['p95_ms']:.1f}" if "p95_ms" in row else ""
+        speedup = first[row["batch"]]["ms_per_call"] / row["ms_per_call"]
+        lines.append(f"| {row.get('path', row['what'])} | {row.get('dtype', 'float32')} | {row['batch']} | "
+                     f"{row.get('tokens', 0):.0f} | {row['examples_per_s']:.1f} | {row['ms_per_call']:.1f} | {p95} | "
+                     f"{speedup:.1f}x | {row['gflops']:.1f} | {row['fraction_of_peak']:.0%} |")
+    if padding:
+        lines += ["", f"Padding over the dataset's {padding['plots']} plots (median {padding['median_tokens']:.0f} "
+                  "tokens): " + "; ".join(f"{name} {share:.0%}" for name, share in padding.items()
+                                          if name not in ("plots", "median_tokens")) + " of the tokens encoded."]
+    return "\n".join(lines) + "\n"
+
+
 def speed_markdown(result: dict) -> str:
     """The speed section of a benchmark file."""
     peak = result["peak_gflops"]
@@ -300,14 +371,8 @@ def speed_markdown(result: dict) -> str:
     if "encoders" in result:
         lines += ["", "### Encoders alone", "", rows_markdown(result["encoders"])]
     for served in result.get("serving", []):
-        one, batch = served["rows"]
-        lines += ["", f"### Serving `{served['run_dir']}` (its SavedModel, loaded in process)", "",
-                  rows_markdown(served["rows"]),
-                  f"Plots run at {one['tokens']} tokens at batch 1 and {batch['tokens']} at batch 32 (padding "
-                  "trimmed to the longest plot, rounded up to 16). "
-                  f"Batch 1: p50 {one['ms_per_call']:.1f} ms, p95 {one['p95_ms']:.1f} ms. Per example at batch 32: "
-                  f"{batch['ms_per_call'] / 32:.1f} ms, so batch 1 takes "
-                  f"{one['ms_per_call'] / (batch['ms_per_call'] / 32):.1f}x the per-example time of batch 32."]
+        lines += ["", f"### Serving `{served['run_dir']}` (its SavedModel, loaded in process, real test movies)", "",
+                  serving_markdown(served["rows"], served.get("padding", {}))]
     lines += ["", f"Peak resident memory: {result['peak_rss_mib']:.0f} MiB "
               f"({result['peak_rss_mib_after_training']:.0f} MiB after the training measurements)."]
     return "\n".join(lines) + "\n"

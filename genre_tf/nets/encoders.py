@@ -91,13 +91,57 @@ def trim_padding(ids: dict) -> dict:
 
 def pool_encoder_outputs(outputs, input_mask, pooling: str):
     """The plot vector from a TF-Hub BERT's outputs: pooled_output, or the masked mean of sequence_output."""
-    if pooling == "pooled":
-        vector = tf.cast(outputs["pooled_output"], tf.float32)
-    else:  # summed in float32: a bfloat16 encoder's 8-bit mantissa would lose most of a 128-token sum
-        sequence = tf.cast(outputs["sequence_output"], tf.float32)
-        mask = tf.cast(input_mask, tf.float32)[:, :, None]
-        vector = tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+    vector = pooled_vector(outputs, input_mask, pooling)
     return keras.layers.Activation("linear", dtype="float32", name=PLOT_EMBEDDING)(vector)
+
+
+def pooled_vector(outputs, input_mask, pooling: str):
+    """pool_encoder_outputs' float32 vector, without a Keras layer (for use inside a tf.function)."""
+    if pooling == "pooled":
+        return tf.cast(outputs["pooled_output"], tf.float32)
+    # summed in float32: a bfloat16 encoder's 8-bit mantissa would lose most of a 128-token sum
+    sequence = tf.cast(outputs["sequence_output"], tf.float32)
+    mask = tf.cast(input_mask, tf.float32)[:, :, None]
+    return tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+
+CHUNK_ROWS = 8  # plots per encoder call when serving: small enough to pad little, large enough for fast matmuls
+
+
+def length_chunked(text_encoder: keras.Model, pooling: str, chunk_rows: int = CHUNK_ROWS):
+    """The text encoder as a function that pads each plot to its neighbours' length, not to the request's longest.
+
+    The batch is ordered by plot length and encoded `chunk_rows` plots at a time, each chunk trimmed to its own
+    longest plot, then put back in request order. On real plots (median 65 of 128 tokens) a request of 32 carries
+    46% padding trimmed to its longest and 9% in chunks of 8. Padding is masked out of attention and pooling, so
+    the embeddings are those of the whole batch up to float rounding. Works for plot strings and token ids.
+    """
+    encoder = text_encoder.get_layer("bert_encoder")
+    # The ids as the preprocessor packs them (token-id encoders: the inputs themselves), before any trimming.
+    tokenize = keras.Model(text_encoder.input, text_encoder.get_layer("trim_padding").input)
+
+    def embed(inputs):
+        ids = tokenize(inputs)
+        mask = ids["input_mask"]
+        ends = tf.reduce_max(tf.where(mask > 0, tf.range(1, tf.shape(mask)[1] + 1)[None, :], 0), axis=1)
+        order = tf.argsort(ends, stable=True)
+        ordered = {name: tf.gather(value, order) for name, value in ids.items()}
+        count = tf.shape(order)[0]
+        chunks = (count + chunk_rows - 1) // chunk_rows
+
+        def encode_chunk(index, vectors):
+            part = trim_padding({name: value[index * chunk_rows:(index + 1) * chunk_rows]
+                                 for name, value in ordered.items()})
+            return index + 1, vectors.write(index, pooled_vector(encoder(part), part["input_mask"], pooling))
+
+        empty = tf.TensorArray(tf.float32, size=chunks, infer_shape=False,
+                               element_shape=tf.TensorShape([None, text_encoder.output.shape[-1]]))
+        _, vectors = tf.while_loop(lambda index, _: index < chunks, encode_chunk, [0, empty],
+                                   parallel_iterations=1)  # one chunk at a time: each already uses every core
+        vectors = tf.reshape(vectors.concat(), [count, text_encoder.output.shape[-1]])
+        return tf.scatter_nd(order[:, None], vectors, tf.shape(vectors))  # back in request order
+
+    return embed
 
 
 def token_id_encoder(text_encoder: keras.Model, config: TextEncoderConfig) -> keras.Model:

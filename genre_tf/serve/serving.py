@@ -22,8 +22,8 @@ from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
 from genre_tf.data.images import decode_posters
 from genre_tf.limits import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES, PLOT_TOO_LONG
 from genre_tf.files import read_json, refuse_to_write_into, staging_folder, write_json, write_text
-from genre_tf.nets.encoders import (build_poster_encoder, build_text_encoder, for_inference, resolve_text_handles,
-                                    token_id_encoder)
+from genre_tf.nets.encoders import (CHUNK_ROWS, build_poster_encoder, build_text_encoder, for_inference,
+                                    length_chunked, resolve_text_handles, token_id_encoder)
 from genre_tf.nets.models import HEAD
 from genre_tf.nets.network import build_network, load_best_weights, open_run_dataset, precision_policy
 from genre_tf.run_dir import genres as run_genres, load_config, read_serving_files, require_finished
@@ -60,6 +60,7 @@ class ServingParts:
     image_size: int
     seq_length: int
     token_ids: bool = False
+    pooling: str = "mean"
     degenerate: list[dict] = dataclasses.field(default_factory=list)  # genres the thresholds predict for ~everyone
 
 
@@ -103,15 +104,20 @@ def serving_parts(run_dir: str, config: TrainConfig, record: dict, token_ids: bo
     return ServingParts(config.model.kind, genres, np.asarray(record["thresholds"]), model.get_layer(HEAD),
                         text_encoder, poster_encoder, means.get(PLOT_EMBEDDING, empty),
                         means.get(POSTER_FEATURES, empty), config.poster.image_size, config.text.seq_length,
-                        token_ids, record["degenerate_genres"])
+                        token_ids, config.text.pooling, record["degenerate_genres"])
 
 
 class GenreModel(tf.Module):
     """The tf.Module saved for TF Serving; its signatures are the serving contract."""
 
-    def __init__(self, parts: ServingParts):
+    def __init__(self, parts: ServingParts, chunk_rows: int = CHUNK_ROWS):
         super().__init__(name="genre_tf")
         self.head, self.text_encoder, self.poster_encoder = parts.head, parts.text_encoder, parts.poster_encoder
+        # Plots padded to their neighbours' length, not the request's longest (the same embeddings, less work);
+        # chunk_rows=0 pads every plot to the request's longest, as exports did before (bench speed compares).
+        chunked = chunk_rows and isinstance(parts.text_encoder, keras.Model)
+        self.embed_plots = length_chunked(parts.text_encoder, parts.pooling, chunk_rows) if chunked else (
+            parts.text_encoder)
         self.genre_names = tf.constant(parts.genres)
         self.thresholds = tf.constant(parts.thresholds, tf.float32)
         self.text_mean = tf.constant(parts.text_mean, tf.float32)
@@ -129,7 +135,7 @@ class GenreModel(tf.Module):
             has_plot = ~tf.strings.regex_full_match(tf.strings.regex_replace(readable, FILLERS, ""), WORDLESS)
         if self.text_encoder is None:
             return None, has_plot
-        embedding = self.text_encoder(text_inputs, training=False)
+        embedding = self.embed_plots(text_inputs)
         return tf.where(has_plot[:, None], embedding, self.text_mean[None]), has_plot
 
     def _predict(self, text_inputs, poster_features, has_poster):
@@ -277,15 +283,17 @@ def _without_keras_traces():
 
 
 def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_name: str = "genre_tf",
-               version: int | None = None, allow_unfinished: bool = False) -> str:
+               version: int | None = None, allow_unfinished: bool = False, precision: str = "",
+               chunk_rows: int = CHUNK_ROWS) -> str:
     """Export a trained run as MODEL_BASE/<version>/, from its run directory alone, staged beside it and renamed.
 
     A run still training or stopped early is refused unless allowed; so is one whose dataset, when it is on
-    this machine, has changed since training.
+    this machine, has changed since training. `precision` (float32 or bfloat16) sets the encoders' compute dtype
+    in the export whatever the run trained with; empty keeps the run's. `chunk_rows`: GenreModel's.
     """
     if version is not None and version < 1:
         raise ValueError(f"version must be a positive integer (TF Serving loads folders 1, 2, ...), got {version}")
-    config = load_config(run_dir)
+    config = computing_in(load_config(run_dir), precision)
     if config.model.kind == "most_common":
         raise ValueError("the most-common-class baseline has nothing to export; it predicts the same genres always")
     require_finished(run_dir, allow_unfinished)
@@ -293,7 +301,7 @@ def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_
     record, warmup_poster = read_serving_files(run_dir)
     parts = serving_parts(run_dir, config, record, token_ids=token_ids)
     refuse_non_finite_weights(run_dir, parts)
-    module = GenreModel(parts)
+    module = GenreModel(parts, chunk_rows)
     signatures = module.signatures(parts.seq_length)
     refuse_to_write_into(model_base, "--out", {})  # inside its run is fine: export reads only what it names
     version = version or next_version(model_base)
@@ -322,6 +330,17 @@ def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_
     return final
 
 
+def computing_in(config: TrainConfig, precision: str) -> TrainConfig:
+    """The run's config with its encoders computing in `precision` over the same float32 weights (the poster's
+    always; the text's when it is an offline conversion, as text.precision allows); empty changes nothing."""
+    if not precision:
+        return config
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"the export precision must be float32 or bfloat16, got {precision!r}")
+    text = config.text if config.text.encoder else dataclasses.replace(config.text, precision=precision)
+    return dataclasses.replace(config, text=text, poster=dataclasses.replace(config.poster, precision=precision))
+
+
 def write_extras(version_dir: str, run_dir: str, config: TrainConfig, parts: ServingParts,
                  warmup: tuple[list[str], bytes], model_name: str) -> dict:
     """assets.extra: TF Serving's warm-up requests, export_info.json and, for token ids, the text preprocessor."""
@@ -347,6 +366,7 @@ def write_extras(version_dir: str, run_dir: str, config: TrainConfig, parts: Ser
                        if encoder is not None],
             "seq_length": parts.seq_length, "image_size": parts.image_size,
             "encoders": without_machine_paths(read_json(os.path.join(run_dir, "encoders.json"))),
+            "precision": {"text": config.text.precision, "poster": config.poster.precision},
             "signatures": ["serving_default", FEATURES_SIGNATURE], "non_stock_ops": non_stock_ops(version_dir)}
     write_json(os.path.join(extra, "export_info.json"), info)
     return info
