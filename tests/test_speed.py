@@ -79,3 +79,29 @@ def test_served_flops_count_the_trimmed_plot_length(tiny_hub_bert):
                          text_mean=None, poster_mean=None, image_size=32, seq_length=128)
     per_layer = 2 * 16 * (4 * 8 * 8 + 2 * 8 * 16) + 2 * 2 * 16 * 16 * 8
     assert served_flops(parts, 16) == 2 * per_layer + 2 * 8 * 8
+
+
+@pytest.mark.slow
+def test_serving_paths_and_feature_caching_are_timed_on_the_runs_test_movies(make_tiny_config, tmp_path):
+    from genre_tf.bench.speed import SERVING_PATHS, caching_rows, serving_markdown, serving_rows
+    from genre_tf.train.training import train
+
+    run_dir = train(make_tiny_config("integrated", "epochs=1", "model.fusion=late", run_dir=tmp_path / "run"))
+    peak = {"float32": 100.0, "bfloat16": 200.0}
+    served = serving_rows(run_dir, peak, movies=40, calls=3)
+    assert [(row["path"], row["batch"]) for row in served["rows"]] == [
+        (label, batch) for label, _, _ in SERVING_PATHS for batch in (32, 1)]
+    before, chunked = served["rows"][0], served["rows"][2]
+    # the generated plots are 20 words: 32 tokens either way, so chunks change no FLOP count here
+    assert chunked["tokens"] == before["tokens"] == 32 and chunked["gflop_per_example"] == before["gflop_per_example"]
+    assert served["padding"]["plots"] == 120  # small_prepared: every movie of the dataset
+    assert 0 < served["padding"]["plots padded in chunks of 8"] <= served["padding"][SERVING_PATHS[0][0]] < 1
+    assert set(served["stages"][SERVING_PATHS[0][0]]) == {"text encoder", "poster decoding", "poster encoder",
+                                                           "text_fraction_of_peak"}
+    assert "| plots padded in chunks of 8 | float32 | 32 |" in serving_markdown(served["rows"], served["padding"],
+                                                                                 served["stages"])
+    caching = caching_rows(run_dir, peak, movies=20)
+    assert [(row["what"], row["dtype"]) for row in caching] == [
+        (what, dtype) for dtype in ("float32", "bfloat16") for what in ("caching plot embeddings",
+                                                                         "caching poster features")]
+    assert all(row["projected_s"] > 0 for row in caching)

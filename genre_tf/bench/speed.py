@@ -3,6 +3,7 @@
 FLOPs come from genre_tf.bench.flops (the models' own shapes); the peak is a large tf.matmul measured in
 the same run, so a figure reads as "this step runs at N% of what this machine's matmuls reach".
 """
+import dataclasses
 import resource
 import shutil
 import tempfile
@@ -152,11 +153,12 @@ def serving_rows(run_dir: str, peak: dict[str, float], movies: int = 128, calls:
     from genre_tf import run_dir as runs
     from genre_tf.data.dataset import raw_examples
     from genre_tf.nets.network import open_run_dataset
+    from genre_tf.bench.flops import model_flops
     from genre_tf.serve.serving import computing_in, export_run, serving_parts
 
     config, prepared = runs.load_config(run_dir), open_run_dataset(run_dir)
     plots, posters = raw_examples(prepared, "test", limit=movies)
-    base, rows, padding = tempfile.mkdtemp(prefix="genre_tf_serving_bench_"), [], {}
+    base, rows, padding, stages = tempfile.mkdtemp(prefix="genre_tf_serving_bench_"), [], {}, {}
     try:
         for label, precision, chunk_rows in SERVING_PATHS:
             parts = serving_parts(run_dir, computing_in(config, precision), runs.read_serving_files(run_dir)[0])
@@ -174,6 +176,11 @@ def serving_rows(run_dir: str, peak: dict[str, float], movies: int = 128, calls:
             rows.append(rate_row(f"serving: {label}", 1, float(np.median(measured["one"])),
                                  served_flops(parts, int(alone[0])), top, path=label, dtype=dtype,
                                  p95_ms=float(np.percentile(measured["one"], 95) * 1000), tokens=float(alone[0])))
+            stages[label] = _time_stages(parts, chunk_rows, plots, posters)
+            if parts.text_encoder is not None:  # the text encoder's own share of the peak, at the lengths it ran
+                stages[label]["text_fraction_of_peak"] = float(np.mean(
+                    [model_flops(parts.text_encoder, int(n)).forward for n in padded])) * 32 / (
+                    stages[label]["text encoder"] * top * 1e9)
             if not padding and parts.text_encoder is not None:  # every plot, in split order (a random order)
                 every = token_lengths(parts.text_encoder, [movie["plot"] for movie in prepared.movies()])
                 shuffled = every[np.random.default_rng(0).permutation(len(every))]
@@ -185,7 +192,69 @@ def serving_rows(run_dir: str, peak: dict[str, float], movies: int = 128, calls:
                                np.sort(every), padded_lengths(np.sort(every), 32, 0))}
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return {"rows": rows, "padding": padding}
+    return {"rows": rows, "padding": padding, "stages": stages}
+
+
+def caching_rows(run_dir: str, peak: dict[str, float], movies: int = 256) -> list[dict]:
+    """Feature caching as features.py runs it (plots shortest first, batches of 32) for the first `movies` test
+    movies of the run's dataset, in float32 and in bfloat16: movies/s, and the time projected for every movie."""
+    import tensorflow as tf
+
+    from genre_tf import run_dir as runs
+    from genre_tf.bench.flops import model_flops
+    from genre_tf.config import uses_poster, uses_text
+    from genre_tf.data.dataset import split_plots, split_posters
+    from genre_tf.nets.encoders import build_poster_encoder, build_text_encoder, for_inference
+    from genre_tf.nets.network import open_run_dataset
+
+    config, prepared = runs.load_config(run_dir), open_run_dataset(run_dir)
+    count = len(prepared.movies())
+    plots = sorted(split_plots(prepared, "test")[:movies], key=len)
+    images = split_posters(prepared, "test", config.poster.image_size)[:movies] if uses_poster(config.model) else []
+    rows = []
+    for precision in PRECISIONS:
+        stages = []
+        if uses_text(config.model):
+            text = build_text_encoder(dataclasses.replace(config.text, precision=precision))
+            padded = padded_lengths(token_lengths(text, plots), 32, 0)  # sorted: each batch to its own longest
+            stages.append(("plot embeddings", text, [tf.constant(plots[i:i + 32]) for i in range(0, len(plots), 32)],
+                           float(np.mean([model_flops(text, int(n)).forward for n in padded]))))
+        if len(images):
+            poster = for_inference(build_poster_encoder(dataclasses.replace(config.poster, precision=precision)))
+            stages.append(("poster features", poster, [images[i:i + 32] for i in range(0, len(images), 32)],
+                           model_flops(poster, 0).forward))
+        for name, model, batches, flops in stages:
+            run = tf.function(lambda x, model=model: model(x, training=False))
+            seconds = min(call_times(lambda run=run, batches=batches: [run(b).numpy() for b in batches], 2, 1))
+            rows.append(rate_row(f"caching {name}", 32, seconds / len(batches), int(flops), peak[precision],
+                                 dtype=precision, projected_s=seconds / sum(len(b) for b in batches) * count))
+    return rows
+
+
+STAGES = ("text encoder", "poster decoding", "poster encoder")
+
+
+def _time_stages(parts, chunk_rows: int, plots: list[str], posters: list[bytes]) -> dict[str, float]:
+    """Seconds per batch of 32 of each serving stage alone: the text encoder (tokenising included), poster
+    decoding and the poster encoder; where the time of a served batch goes."""
+    import tensorflow as tf
+
+    from genre_tf.data.images import decode_posters
+    from genre_tf.nets.encoders import length_chunked
+
+    plot_batches = [tf.constant(plots[i:i + 32]) for i in range(0, len(plots), 32)]
+    poster_batches = [tf.constant(posters[i:i + 32]) for i in range(0, len(posters), 32)]
+    stages = {}
+    if parts.text_encoder is not None:
+        embed = length_chunked(parts.text_encoder, parts.pooling, chunk_rows) if chunk_rows else parts.text_encoder
+        stages["text encoder"] = (tf.function(embed), plot_batches)
+    if parts.poster_encoder is not None:
+        decode = tf.function(lambda batch: decode_posters(batch, parts.image_size)[0])
+        stages["poster decoding"] = (decode, poster_batches)
+        stages["poster encoder"] = (tf.function(lambda images: parts.poster_encoder(images, training=False)),
+                                    [decode(batch) for batch in poster_batches])
+    return {name: min(call_times(lambda run=run, batches=batches: [run(b).numpy() for b in batches], 2, warmup=1))
+            / len(batches) for name, (run, batches) in stages.items()}
 
 
 def _time_served(serve, plots: list[str], posters: list[bytes], one: int, calls: int) -> dict:
@@ -310,19 +379,22 @@ def _fine_tuning_row(peak: dict[str, float], seq_length: int, calls: int) -> dic
 
 
 def speed(data: str = "demo", overrides: Sequence[str] = (), serve_runs: Sequence[str] = (),
-          encoders: bool = True) -> dict:
-    """The matmul peaks, then training, encoder and serving rows measured against them, and peak memory."""
+          encoders: bool = True, training: bool = True) -> dict:
+    """The matmul peaks, then training, encoder, serving and feature-caching rows measured against them, and peak
+    memory; `training=False` leaves the training and encoder rows out (the served runs' rows only)."""
     print("speed: measuring the matmul peaks", flush=True)
     peak = peaks()
-    result = {"peak_gflops": peak, "training": training_rows(data, overrides, peak),
+    result = {"peak_gflops": peak, "training": training_rows(data, overrides, peak) if training else [],
               "peak_rss_mib_after_training": peak_rss_mib()}
-    if encoders:
+    if encoders and training:
         print("speed: each encoder alone", flush=True)
         result["encoders"] = encoder_rows(peak)
     result["serving"] = []
     for run_dir in serve_runs:
         print(f"speed: serving {run_dir}", flush=True)
         result["serving"].append({"run_dir": run_dir, **serving_rows(run_dir, peak)})
+        print(f"speed: caching {run_dir}'s features", flush=True)
+        result["serving"][-1]["caching"] = caching_rows(run_dir, peak)
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 
@@ -340,7 +412,7 @@ def rows_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def serving_markdown(rows: list[dict], padding: dict) -> str:
+def serving_markdown(rows: list[dict], padding: dict, stages: dict | None = None) -> str:
     """The serving paths side by side: movies/s and p50/p95 at batch 1, each as a ratio to the first path's."""
     first = {row["batch"]: row for row in rows[:2]}
     lines = ["| path | dtype | batch | tokens a plot | movies/s | p50 ms | p95 ms | speed-up | GFLOP/s | of the peak |",
@@ -351,6 +423,15 @@ def serving_markdown(rows: list[dict], padding: dict) -> str:
         lines.append(f"| {row.get('path', row['what'])} | {row.get('dtype', 'float32')} | {row['batch']} | "
                      f"{row.get('tokens', 0):.0f} | {row['examples_per_s']:.1f} | {row['ms_per_call']:.1f} | {p95} | "
                      f"{speedup:.1f}x | {row['gflops']:.1f} | {row['fraction_of_peak']:.0%} |")
+    if stages:
+        lines += ["", "Where a batch of 32 spends its time (each stage alone, ms per batch):", "",
+                  "| path | text encoder | its share of the peak | poster decoding | poster encoder |",
+                  "| --- | --- | --- | --- | --- |"]
+        for path, times in stages.items():
+            ms = {name: f"{times[name] * 1000:.0f}" if name in times else "" for name in STAGES}
+            share = f"{times['text_fraction_of_peak']:.0%}" if "text_fraction_of_peak" in times else ""
+            lines.append(f"| {path} | {ms['text encoder']} | {share} | {ms['poster decoding']} | "
+                         f"{ms['poster encoder']} |")
     if padding:
         lines += ["", f"Padding over the dataset's {padding['plots']} plots (median {padding['median_tokens']:.0f} "
                   "tokens): " + "; ".join(f"{name} {share:.0%}" for name, share in padding.items()
@@ -363,16 +444,22 @@ def speed_markdown(result: dict) -> str:
     peak = result["peak_gflops"]
     lines = ["Measured matmul peak (" + ", ".join(f"{dtype} {gflops:.0f} GFLOP/s" for dtype, gflops in peak.items())
              + f"; {PEAK_SIZE} x {PEAK_SIZE}, fastest of 5). FLOPs are counted by genre_tf.bench.flops: dense layers, "
-             "convolutions and attention, a multiply-add as 2; a training step is 3 forward passes of what it trains.",
-             "", "### Training (batch 32)", "", rows_markdown(result["training"]),
-             "Input pipeline alone: " + ", ".join(
-                 f"{row['what'].removeprefix('training ')} ({'cached' if row['feature_cache'] else 'raw'}) "
-                 f"{row['pipeline_examples_per_s']:.0f}" for row in result["training"]) + " examples/s."]
+             "convolutions and attention, a multiply-add as 2; a training step is 3 forward passes of what it trains."]
+    if result["training"]:
+        lines += ["", "### Training (batch 32)", "", rows_markdown(result["training"]),
+                  "Input pipeline alone: " + ", ".join(
+                      f"{row['what'].removeprefix('training ')} ({'cached' if row['feature_cache'] else 'raw'}) "
+                      f"{row['pipeline_examples_per_s']:.0f}" for row in result["training"]) + " examples/s."]
     if "encoders" in result:
         lines += ["", "### Encoders alone", "", rows_markdown(result["encoders"])]
     for served in result.get("serving", []):
         lines += ["", f"### Serving `{served['run_dir']}` (its SavedModel, loaded in process, real test movies)", "",
-                  serving_markdown(served["rows"], served.get("padding", {}))]
+                  serving_markdown(served["rows"], served.get("padding", {}), served.get("stages"))]
+        if served.get("caching"):
+            lines += ["", "Feature caching (what training computes once per movie; the rate projected to every "
+                      "movie of the dataset):", "", rows_markdown(served["caching"]),
+                      "; ".join(f"{row['what']} in {row['dtype']}: {row['projected_s']:.0f} s"
+                                for row in served["caching"]) + "."]
     lines += ["", f"Peak resident memory: {result['peak_rss_mib']:.0f} MiB "
               f"({result['peak_rss_mib_after_training']:.0f} MiB after the training measurements)."]
     return "\n".join(lines) + "\n"

@@ -276,6 +276,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default="", help="where table3's runs go (default runs/table3-<date>)")
     parser.add_argument("--serve-run", action="append", default=[], help="speed: a run to export and time "
                         "serving, repeatable (default: table3's integrated run when measured together)")
+    parser.add_argument("--serving-only", action="store_true",
+                        help="speed: only the --serve-run rows (serving paths and feature caching), no training")
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 10000], help="scale: catalogue sizes")
     parser.add_argument("--scale-root", default=os.path.join("runs", "scale"), help="scale: where its data goes")
     parser.add_argument("overrides", nargs="*", metavar="[KIND:]key=value",
@@ -325,7 +327,7 @@ def run_benchmarks(args) -> int:
     if args.what in ("speed", "all"):
         serve_runs = args.serve_run or [row["run_dir"] for row in report.get("table3", {}).get("rows", [])
                                         if row["model"] == "integrated" and not row["oversampled"]]
-        report["speed"] = speed.speed(args.data, args.overrides, serve_runs)
+        report["speed"] = speed.speed(args.data, args.overrides, serve_runs, training=not args.serving_only)
         sections += ["## Speed against the limit", "", speed.speed_markdown(report["speed"])]
     if args.what == "encoders":
         peak = speed.peaks()
