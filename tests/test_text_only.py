@@ -1,4 +1,6 @@
 """Movies without posters: kept as text-only under rules.require_poster=false, extra_train, and training on them."""
+import glob
+import json
 import os
 
 import numpy as np
@@ -132,3 +134,122 @@ def test_extra_train_adds_to_train_only_and_leaves_dev_test_and_genres_as_they_w
     genres_of = {m["movie_id"]: m["genres"] for m in more.movies()}
     assert genres_of["x0"] == ["Horror", "Western"]  # spelled as the main catalogue spells it
     assert set(more.ids_with_poster("train")) == set(alone.split["train"])
+
+
+@pytest.fixture(scope="module")
+def text_only_prepared(tmp_path_factory):
+    """80 generated movies, 16 of them without a poster, prepared at 32 px with rules.require_poster=false."""
+    root = tmp_path_factory.mktemp("text_only")
+    path = write_catalogue(root / "raw", 80, seed=2, without_poster=set(range(0, 80, 5)))
+    prepare(PrepareConfig(catalogue=str(path), out=str(root / "prepared"), rules=KEEP, num_genres=4,
+                          min_train_movies=8), progress=False)
+    return str(root / "prepared")
+
+
+@pytest.mark.slow
+def test_poster_features_of_a_text_only_movie_are_the_mean_training_poster(text_only_prepared):
+    import tensorflow as tf
+
+    from genre_tf.data.dataset import load_prepared
+    from genre_tf.data.features import load_or_compute, mean_features, store_folder
+
+    prepared = load_prepared(text_only_prepared)
+
+    def encoder():  # the mean colour of each poster
+        return lambda images, training=False: tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2])
+
+    ids, features = load_or_compute(prepared, "poster_features", "text-only-test", encoder, "poster", image_size=32)
+    with_poster = set(prepared.ids_with_poster("train")) | set(prepared.ids_with_poster("dev")) | set(
+        prepared.ids_with_poster("test"))
+    stored = [np.load(path)["digests"] for path in glob.glob(os.path.join(store_folder(
+        "poster_features", "text-only-test"), "part-*.npz"))]
+    assert len(with_poster) == sum(map(len, stored)) == 64  # only movies with a poster were encoded and stored
+    row = {movie_id: index for index, movie_id in enumerate(ids.tolist())}
+    mean = features[[row[i] for i in prepared.ids_with_poster("train")]].mean(axis=0)
+    for movie_id in set(ids.tolist()) - with_poster:
+        np.testing.assert_array_equal(features[row[movie_id]], mean)
+    np.testing.assert_array_equal(mean_features(prepared, (ids, features), None, "poster"), mean)
+    assert not np.allclose(features[row["m0001"]], mean)
+
+
+def test_a_poster_model_learns_from_movies_with_posters_and_a_text_model_from_every_movie(text_only_prepared,
+                                                                                        make_tiny_config, tmp_path):
+    from genre_tf.data.dataset import load_prepared
+    from genre_tf.train.training import training_labels
+
+    prepared = load_prepared(text_only_prepared)
+    kinds = {kind: make_tiny_config(kind, f"data={text_only_prepared}", run_dir=tmp_path / kind)
+             for kind in ("text_frozen", "poster", "integrated")}
+    learned = {kind: training_labels(config, prepared)["ids"] for kind, config in kinds.items()}
+    assert learned["text_frozen"] == prepared.split["train"]
+    assert learned["poster"] == learned["integrated"] == prepared.ids_with_poster("train")
+    assert len(learned["poster"]) < len(learned["text_frozen"])
+
+
+def test_a_model_reading_decoded_posters_is_refused_on_text_only_movies(text_only_prepared, make_tiny_config,
+                                                                       tmp_path):
+    from genre_tf.train.training import train
+
+    config = make_tiny_config("poster", f"data={text_only_prepared}", "feature_cache=false", run_dir=tmp_path / "p")
+    with pytest.raises(ValueError, match=r"holds 16 text-only movie\(s\) \(no poster\), and this model reads decoded"):
+        train(config)
+    assert not os.path.exists(tmp_path / "p")
+
+
+@pytest.mark.slow
+def test_late_fusion_trains_each_branch_on_its_movies_and_mixes_a_text_only_movie_as_serving_does(
+        text_only_prepared, make_tiny_config, tmp_path, monkeypatch):
+    import tf_keras as keras
+
+    from genre_tf.data.dataset import load_prepared, make_dataset, split_labels
+    from genre_tf.nets.network import restore_trained
+    from genre_tf.run_dir import OUT_OF_FOLD
+    from genre_tf.train import training
+    from genre_tf.train.fusion import branch_logits
+
+    fed = {}  # training examples each branch's fit was given, counted from the dataset itself
+    original = training.make_dataset
+
+    def counting(prepared, split, batch_size, **options):
+        dataset = original(prepared, split, batch_size, **options)
+        if options.get("training"):
+            fed[options.get("with_poster_only")] = sum(int(labels.shape[0]) for _, labels in dataset)
+        return dataset
+
+    monkeypatch.setattr(training, "make_dataset", counting)
+    config = make_tiny_config("integrated", f"data={text_only_prepared}", "model.fusion=late", "epochs=2",
+                              run_dir=tmp_path / "late")
+    run_dir = training.train(config)
+    prepared = load_prepared(text_only_prepared)
+    batches = {False: len(prepared.split["train"]) // 8, True: len(prepared.ids_with_poster("train")) // 8}
+    assert fed == {with_poster: 2 * count * 8 for with_poster, count in batches.items()}  # 2 epochs of full batches
+    assert batches[False] > batches[True]  # the text branch learned from the text-only movies too
+
+    _, _, model, caches = restore_trained(str(run_dir))
+    mix = [w.numpy() for w in model.get_layer("genre_head").get_layer("fusion_mix").weights]
+    _, _, text_model, text_caches = restore_trained(os.path.join(run_dir, "branches", "text_frozen"))
+    _, _, poster_model, poster_caches = restore_trained(os.path.join(run_dir, "branches", "poster"))
+    test = make_dataset(prepared, "test", 64, training=False, input_names=list(text_model.input_names),
+                        feature_caches=text_caches)
+    text_logits = branch_logits(text_model, test)
+    # the poster branch sees a text-only movie as serving does: the mean poster features of the training movies
+    ids, features = poster_caches["poster_features"]
+    row = {movie_id: index for index, movie_id in enumerate(ids.tolist())}
+    mean = features[[row[i] for i in prepared.ids_with_poster("train")]].mean(axis=0)
+    inputs = np.stack([features[row[i]] for i in prepared.split["test"]])
+    text_only = [index for index, i in enumerate(prepared.split["test"]) if i not in prepared.ids_with_poster("test")]
+    assert text_only
+    inputs[text_only] = mean
+    head = keras.Model(poster_model.inputs, poster_model.get_layer("probabilities").input)
+    poster_logits = head.predict(inputs, verbose=0)
+    mixed = model.predict(make_dataset(prepared, "test", 64, training=False, input_names=list(model.input_names),
+                                       feature_caches=caches), verbose=0)
+    expected = 1 / (1 + np.exp(-(mix[0] * text_logits + mix[1] * poster_logits + mix[2])))
+    np.testing.assert_allclose(mixed, expected, atol=1e-5)
+    # the mix was fitted on every dev movie, text-only ones included; so are its out-of-fold dev probabilities
+    stored = np.load(os.path.join(run_dir, OUT_OF_FOLD))
+    assert stored["ids"].tolist() == split_labels(prepared, "dev")["ids"]
+    assert set(prepared.split["dev"]) - set(prepared.ids_with_poster("dev"))
+    assert np.isfinite(stored["probabilities"]).all()
+    assert json.loads((tmp_path / "late" / "serving" / "serving.json").read_text())["fallback_means"][
+        "poster_features"] == pytest.approx(mean.tolist(), abs=1e-6)
