@@ -253,3 +253,14 @@ def test_late_fusion_trains_each_branch_on_its_movies_and_mixes_a_text_only_movi
     assert np.isfinite(stored["probabilities"]).all()
     assert json.loads((tmp_path / "late" / "serving" / "serving.json").read_text())["fallback_means"][
         "poster_features"] == pytest.approx(mean.tolist(), abs=1e-6)
+
+
+def test_the_report_says_where_the_text_only_movies_are_and_what_poster_models_saw():
+    from genre_tf.evaluate.evaluation import text_only_lines
+
+    assert text_only_lines({"text_only": {"movies": 0}}) == []
+    record = {"movies": 12, "train": 10, "dev": 1, "test": 1}
+    assert text_only_lines({"text_only": record, "extra_train": 9}) == [
+        "", "Text-only movies (no poster): train 10, dev 1, test 1, 9 of them added to train by extra_train. Models "
+            "that read posters trained on the movies that have one and were scored on every movie, a text-only one "
+            "with the mean training poster features, as the SavedModel serves it."]
