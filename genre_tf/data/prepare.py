@@ -361,6 +361,10 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     # drawn before the extra movies join train, so that dev, test and the vocabulary are the main catalogue's alone
     movies, split, extra = add_extra_train(movies, split, catalogue.records, config, progress, spool, rejects)
     split, vocabulary = apply_vocabulary(movies, split, genres, config.genreless, rejects)
+    if extra:  # genreless=drop may have dropped some of them
+        train = set(split["train"])
+        added = [movie_id for movie_id in extra["ids"] if movie_id in train]
+        extra.update(ids=added, movies=len(added))
     check_trainable(split, config, rejects)
     vocabulary.update(rule=(f"the closed list {list(config.genres)}" if config.genres else
                             f"the {len(genres)} most frequent genres of the training part")
