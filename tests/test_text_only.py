@@ -124,8 +124,8 @@ def test_extra_train_adds_to_train_only_and_leaves_dev_test_and_genres_as_they_w
     assert more.metadata["extra_train"]["ids"] == added and more.metadata["extra_train"]["rejected"] == 2
     assert "(the main catalogue's, before extra_train's movies joined it)" in more.metadata["vocabulary"]["rule"]
     assert more.metadata["text_only"] == dict(movies=10, train=10, dev=0, test=0, report="text_only.csv",
-                                              rule="rules.require_poster=true: none, a movie without a poster is "
-                                                   "rejected; extra_train's movies may lack posters")
+                                              rule="rules.require_poster=true: a movie without a poster is "
+                                                   "rejected; extra_train's movies are kept without one")
     assert f"extra_train: 10 movie(s) of {extra} added to train only (2 of its records rejected" in printed
     with open(tmp_path / "more" / "rejects.csv", encoding="utf-8") as handle:
         rejects = handle.read()

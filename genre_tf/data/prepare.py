@@ -268,10 +268,10 @@ def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: lis
 
 def text_only_record(notes: list[Reject], config: PrepareConfig) -> dict:
     """What dataset.json says of the movies kept without a poster: how many in each part, and by which rule."""
-    rule = ("rules.require_poster=true: none, a movie without a poster is rejected" if config.rules.require_poster
-            else "rules.require_poster=false: a missing poster keeps the movie, text-only")
+    rule = ("rules.require_poster=true: a movie without a poster is rejected" if config.rules.require_poster
+            else "rules.require_poster=false: a movie whose poster is missing is kept, text-only")
     if config.extra_train:
-        rule += "; extra_train's movies may lack posters"
+        rule += "; extra_train's movies are kept without one"
     counts = Counter(note.reason.split(":")[0] for note in notes)
     return {"movies": len(notes), **{name: counts[name] for name in SPLIT_NAMES}, "rule": rule, "report": TEXT_ONLY}
 
