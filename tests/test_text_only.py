@@ -213,7 +213,7 @@ def test_late_fusion_trains_each_branch_on_its_movies_and_mixes_a_text_only_movi
     def counting(prepared, split, batch_size, **options):
         dataset = original(prepared, split, batch_size, **options)
         if options.get("training"):
-            fed[options.get("with_poster_only")] = sum(int(labels.shape[0]) for _, labels in dataset)
+            fed[bool(options.get("with_poster_only"))] = sum(int(labels.shape[0]) for _, labels in dataset)
         return dataset
 
     monkeypatch.setattr(training, "make_dataset", counting)

@@ -176,7 +176,8 @@ def fit_model(config: TrainConfig, model: keras.Model, prepared: PreparedDataset
     remaining = range(backup_epoch(os.path.join(shared_run_dir, "backup")) + 1, epochs)
     train_dataset = make_dataset(prepared, "train", global_batch, training=True, repeat_counts=repeat,
                                  cache=only_features, seed=config.seed, epochs=remaining,
-                                 with_poster_only=uses_poster(config.model), **common)
+                                 with_poster_only=uses_poster(config.model) and prepared.text_only_movies > 0,
+                                 **common)
     steps = (sum(repeat.values()) if repeat else len(train["ids"])) // global_batch
     # A known length gives the progress bar its total from the first step, also in a resumed run.
     train_dataset = train_dataset.apply(tf.data.experimental.assert_cardinality(steps * max(len(remaining), 1)))
