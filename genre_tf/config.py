@@ -179,6 +179,9 @@ class ValidationRules:
     genre_aliases: tuple[tuple[str, str], ...] = ()
     image_size: int = 260        # the default poster backbone's (EfficientNet-Lite2): posters are resized once
     min_poster_side: int = MIN_POSTER_SIDE
+    # false: a movie whose poster is missing (no poster column, an empty cell, a file that does not exist) is kept
+    # as a text-only movie and named in text_only.csv; a poster file that is there but bad is refused either way.
+    require_poster: bool = True
 
     def __post_init__(self):
         checks = [(1 <= self.min_plot_words <= self.max_plot_words,
@@ -212,6 +215,9 @@ class PrepareConfig:
     shard_size: int = 2000
     workers: int = 0               # poster decoding threads; 0 = one per core
     min_train_movies: int = 32     # refuse to write a training part smaller than one batch (train.py's batch_size)
+    # Another catalogue whose valid movies join the training part only, after the split and the genre vocabulary
+    # were drawn from this one, so dev and test stay as without it; its movies may lack posters (text-only).
+    extra_train: str = ""
 
     def __post_init__(self):
         validate_prepare(self)

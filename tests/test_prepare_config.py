@@ -95,7 +95,8 @@ def test_a_prepare_run_through_the_command_line_writes_its_options(tmp_path, cap
     assert metadata["name"] == "tiny" and metadata["image_size"] == 32
     assert "Thriller" in metadata["genres"] and "Horror" not in metadata["genres"]  # the alias merged the genre
     assert metadata["config"]["rules"] == {"min_plot_words": 15, "max_plot_words": 545, "image_size": 32,
-                                           "genre_aliases": [["horror", "Thriller"]], "min_poster_side": 32}
+                                           "genre_aliases": [["horror", "Thriller"]], "min_poster_side": 32,
+                                           "require_poster": True}
     assert metadata["config"]["fractions"] == [0.7, 0.15, 0.15]
     assert metadata["counts"]["train"] > 40  # the split followed 70% (stratified, so not exactly 42), not 60%
     (tmp_path / "resolved.json").write_text(json.dumps(metadata["config"]))  # the run can be repeated from it

@@ -105,9 +105,21 @@ class PreparedDataset:
         return [os.path.join(self.path, name) for name in self.metadata["shards"][split]]
 
     def movies(self) -> list[dict]:
-        """The validated records (id, title, plot, genres, year, language, split), in file order."""
+        """The validated records (id, title, plot, genres, year, language, split, has_poster), in file order."""
         with open(os.path.join(self.path, "movies.jsonl"), encoding="utf-8") as handle:
             return [json.loads(line) for line in handle]
+
+    @property
+    def text_only_movies(self) -> int:
+        """How many movies have no poster (kept by rules.require_poster=false or extra_train)."""
+        return int(self.metadata.get("text_only", {}).get("movies", 0))
+
+    def ids_with_poster(self, split: str) -> list[str]:
+        """The ids of a split's movies that have a poster, in split order."""
+        if not self.text_only_movies:
+            return list(self.split[split])
+        text_only = {movie["movie_id"] for movie in self.movies() if not movie.get("has_poster", True)}
+        return [movie_id for movie_id in self.split[split] if movie_id not in text_only]
 
 
 def load_prepared(path: str) -> PreparedDataset:
@@ -225,10 +237,17 @@ def make_lookup(ids: Sequence[str], values: np.ndarray, name: str):
     return lookup
 
 
-def epoch_examples(files: list[str], parse, cache: bool, repeated: bool, buffer: int, seed: int):
-    """A function from an epoch number to that epoch's shuffled training examples, deterministically."""
+def has_poster(serialized) -> tf.Tensor:
+    """Whether a serialized example holds a poster (a text-only movie's is empty)."""
+    return tf.strings.length(tf.io.parse_single_example(serialized, {POSTER: _PARSE_SPEC[POSTER]})[POSTER]) > 0
+
+
+def epoch_examples(files: list[str], parse, cache: bool, repeated: bool, buffer: int, seed: int, keep=None):
+    """A function from an epoch number to that epoch's shuffled training examples (those `keep` accepts, if given),
+    deterministically."""
     def read(file_order):
         dataset = tf.data.TFRecordDataset(file_order, num_parallel_reads=tf.data.AUTOTUNE)
+        dataset = dataset if keep is None else dataset.filter(keep)
         return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def repeat(dataset):
@@ -253,13 +272,14 @@ def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, trai
                  input_names: Sequence[str], image_size: int | None = None,
                  feature_caches: dict[str, tuple] | None = None,
                  repeat_counts: dict[str, int] | None = None, cache: bool = False,
-                 seed: int = 0, epochs: Sequence[int] | None = None) -> tf.data.Dataset:
+                 seed: int = 0, epochs: Sequence[int] | None = None, with_poster_only: bool = False) -> tf.data.Dataset:
     """Batches of ({input_name: tensor}, multi-hot labels) for one split.
 
     feature_caches maps an input name (poster_features, plot_embedding) to (ids, array); those
     inputs are looked up by movie_id instead of being computed. repeat_counts oversamples training
     rows. Training shuffles and drops the last partial batch (soft-F1 is computed over a batch); its dataset
     holds the given epochs (default: one) one after the other, each in the order of (seed, epoch).
+    with_poster_only leaves text-only movies out; otherwise a text-only movie's poster is a blank image.
     """
     num_genres = len(prepared.genres)
     spec = dict(_PARSE_SPEC, labels=tf.io.FixedLenFeature([num_genres], tf.float32))
@@ -280,18 +300,22 @@ def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, trai
             if name in input_names:
                 inputs[name] = lookup(example[MOVIE_ID])
         if POSTER in input_names:
-            inputs[POSTER] = decode_poster(example[POSTER], image_size)
+            inputs[POSTER] = tf.cond(tf.strings.length(example[POSTER]) > 0,
+                                     lambda: decode_poster(example[POSTER], image_size),
+                                     lambda: tf.zeros([image_size, image_size, 3], tf.uint8))  # serving's blank
         if repeat_table is not None:
             inputs["_repeat"] = repeat_table.lookup(example[MOVIE_ID])
         return inputs, example["labels"]
     files = prepared.shards(split)
+    keep = has_poster if with_poster_only else None
     if not training:
         dataset = tf.data.TFRecordDataset(tf.data.Dataset.from_tensor_slices(files))
+        dataset = dataset if keep is None else dataset.filter(keep)
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         dataset = (dataset.cache() if cache else dataset).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     else:
         size = sum(repeat_counts.values()) if repeat_counts else len(prepared.split[split])
-        one_epoch = epoch_examples(files, parse, cache, repeat_counts is not None, min(size, 20_000), seed)
+        one_epoch = epoch_examples(files, parse, cache, repeat_counts is not None, min(size, 20_000), seed, keep)
         # Each epoch's order follows from (seed, epoch) alone, so a run resumed at epoch k reads what an
         # uninterrupted run reads there (a shuffle with reshuffle_each_iteration would start over).
         batches = [one_epoch(epoch).batch(batch_size, drop_remainder=True) for epoch in (epochs or range(1))]

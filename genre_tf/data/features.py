@@ -34,7 +34,8 @@ def content_digest(content: bytes) -> str:
 
 
 def movie_digests(prepared: PreparedDataset, input_name: str) -> tuple[list[str], list[str]]:
-    """(movie ids, content digests) of every movie, split by split in split order, streamed from the shards."""
+    """(movie ids, content digests) of every movie, split by split in split order, streamed from the shards; a
+    text-only movie's poster, which has no bytes to hash, has the digest ""."""
     spec = {MOVIE_ID: tf.io.FixedLenFeature([], tf.string), input_name: tf.io.FixedLenFeature([], tf.string)}
     ids, digests = [], []
     for split in SPLIT_NAMES:
@@ -42,7 +43,7 @@ def movie_digests(prepared: PreparedDataset, input_name: str) -> tuple[list[str]
             lambda record: tf.io.parse_single_example(record, spec), num_parallel_calls=tf.data.AUTOTUNE)
         for example in records.as_numpy_iterator():
             ids.append(example[MOVIE_ID].decode("utf-8"))
-            digests.append(content_digest(example[input_name]))
+            digests.append(content_digest(example[input_name]) if example[input_name] else "")
     return ids, digests
 
 
@@ -159,18 +160,36 @@ def load_or_compute(prepared: PreparedDataset, name: str, key: str, encoder_fact
     positions = {}
     for row, digest in enumerate(digests):
         positions.setdefault(digest, []).append(row)
+    absent = positions.pop("", [])  # text-only movies: nothing to encode
     features, found = read_store(folder, positions, len(ids))
-    missing = {movie_id: digest for movie_id, digest in zip(ids, digests, strict=True) if digest not in found}
+    missing = {movie_id: digest for movie_id, digest in zip(ids, digests, strict=True)
+               if digest and digest not in found}
     if missing:
-        print(f"{name}: {len(ids) - len(missing)} of {len(ids)} movies from the cache {folder}, {len(missing)} to "
-              "encode", file=sys.stderr)
+        no_poster = f", {len(absent)} without a poster" if absent else ""
+        print(f"{name}: {len(ids) - len(missing) - len(absent)} of {len(ids)} movies from the cache {folder}, "
+              f"{len(missing)} to encode{no_poster}", file=sys.stderr)
         encoded = encode_missing(prepared, folder, encoder_factory(), input_name, missing, batch_size,
                                  image_size or prepared.image_size)
         for digest, row in encoded.items():
             if features is None:
                 features = np.empty((len(ids), len(row)), np.float32)
             features[positions[digest]] = row
+    if absent:
+        features = fill_absent_posters(prepared, features, absent)
     return np.asarray(ids), features if features is not None else np.zeros((0, 0), np.float32)
+
+
+def fill_absent_posters(prepared: PreparedDataset, features: np.ndarray | None,
+                        absent: list[int]) -> np.ndarray:
+    """The features with each text-only movie's row set to the mean poster features of the training movies that
+    have one: what the SavedModel uses for a missing poster, so dev, test and serving treat such a movie alike."""
+    without = set(absent)
+    train = [row for row in range(len(prepared.split["train"])) if row not in without]
+    if features is None or not train:
+        raise ValueError(f"no training movie of {prepared.path} has a poster: a model that reads posters cannot "
+                         "learn from it; train a text model (model.kind=text_frozen) instead")
+    features[absent] = features[train].mean(axis=0)
+    return features
 
 
 def mean_features(prepared: PreparedDataset, cache: tuple | None, encoder, input_name: str, image_size: int = 0,
@@ -178,12 +197,13 @@ def mean_features(prepared: PreparedDataset, cache: tuple | None, encoder, input
     """The mean encoder output over the training movies (what serving uses for a missing input): over all of them from
     the cache (ids, features) when there is one, else over the first `limit` by running `encoder`. (The first ones
     in id order are the oldest films of an IMDb catalogue: 80% released before 1990 on the real movies.)"""
-    ids = prepared.split["train"][:limit]
+    train = prepared.ids_with_poster("train") if input_name == POSTER else prepared.split["train"]
     if cache is not None:
         cached_ids, values = cache
         row = {movie_id: index for index, movie_id in enumerate(cached_ids)}
-        return values[[row[i] for i in prepared.split["train"]]].mean(axis=0).astype(np.float32)
+        return values[[row[i] for i in train]].mean(axis=0).astype(np.float32)
     dataset = make_dataset(prepared, "train", batch_size, training=False, input_names=[MOVIE_ID, input_name],
-                           image_size=image_size or None).take(-(-len(ids) // batch_size))
+                           image_size=image_size or None, with_poster_only=input_name == POSTER)
+    dataset = dataset.take(-(-len(train[:limit]) // batch_size))
     step = tf.function(lambda x: encoder(x, training=False))
     return np.concatenate([step(inputs[input_name]).numpy() for inputs, _ in dataset]).mean(axis=0)

@@ -27,6 +27,8 @@ from genre_tf.data.split import (frequency_table, multi_hot, stratified_split, t
 from genre_tf.data.spool import PosterSpool
 from genre_tf.files import enclosing, is_run_folder, refuse_to_write_into, staging_folder
 
+TEXT_ONLY = "text_only.csv"  # the movies kept without a poster, named as rejects.csv names the others
+
 
 def check_trainable(split: dict[str, list[str]], config: PrepareConfig, rejects: list[Reject]) -> None:
     """Refuse a split that cannot train or select a model: too few train movies, or no dev movie."""
@@ -75,7 +77,7 @@ def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0, pr
             else:
                 first_seen[key] = (result.source, result.movie_id)
                 # posters go to disk as they come: in memory they were ~46 KB a movie of prepare's peak
-                movies.append(result if spool is None else dataclasses.replace(
+                movies.append(result if spool is None or not result.has_poster else dataclasses.replace(
                     result, poster_png=spool.put(result.poster_png)))
     return movies, rejects
 
@@ -110,13 +112,38 @@ def resolve_split(movies: list[Movie], given: dict[str, list[str]] | None, confi
     return {name: [movie_id for movie_id in given[name] if movie_id in valid] for name in SPLIT_NAMES}
 
 
-def unify_spellings(movies: list[Movie]) -> list[Movie]:
-    """Spell each genre one way: the catalogue's most common spelling among those equal ignoring case."""
+def read_extra_train(config: PrepareConfig, main_records: Sequence, progress: bool,
+                     spool: PosterSpool | None) -> tuple[list[Movie], list[Reject]]:
+    """The valid movies of config.extra_train whose id no record of the main catalogue carries, and its rejects.
+
+    Its rows may lack a poster whatever rules.require_poster says: the option is there to add text-only catalogues.
+    """
+    catalogue = read_catalogue(config.extra_train, columns=config.columns, require_poster=False)
+    rules = dataclasses.replace(config.rules, require_poster=False)
+    movies, rejects = validate_all(catalogue.records, rules, config.workers, progress, spool)
+    main_ids = {}
+    for record in main_records:
+        if str(record.movie_id or "").strip():
+            main_ids.setdefault(id_key(str(record.movie_id).strip()), record.source)
+    kept = []
+    for movie in movies:
+        source = main_ids.get(id_key(movie.movie_id))
+        if source:  # the same movie could sit in the main catalogue's dev or test: never train on it
+            rejects.append(Reject(movie.source, movie.movie_id, f"duplicate id: also in the main catalogue ({source})"))
+        else:
+            kept.append(movie)
+    return kept, rejects
+
+
+def unify_spellings(movies: list[Movie], fixed: dict[str, str] | None = None) -> list[Movie]:
+    """Spell each genre one way: the catalogue's most common spelling among those equal ignoring case, or the one
+    `fixed` gives for its key (extra_train's genres are spelled as the main catalogue spells them)."""
     spellings: dict[str, Counter] = {}
     for movie in movies:
         for genre in movie.genres:
             spellings.setdefault(genre_key(genre), Counter())[genre] += 1
     chosen = {key: min(counts, key=lambda name: (-counts[name], name)) for key, counts in spellings.items()}
+    chosen.update(fixed or {})
     return [dataclasses.replace(movie, genres=tuple(chosen[genre_key(g)] for g in movie.genres)) for movie in movies]
 
 
@@ -186,7 +213,7 @@ def describe_split(record: dict) -> str:
 
 def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: list[str], rejects: list[Reject],
                    config: PrepareConfig, directory: str, vocabulary: dict, spool: PosterSpool | None = None,
-                   split_given: bool = False) -> dict:
+                   split_given: bool = False, extra: dict | None = None) -> dict:
     """Write every artifact of a prepared dataset into `directory` (posters from `spool`, if given); returns its
     metadata."""
     from genre_tf.data.dataset import DATASET_FORMAT, POSTER_STORAGE, file_digests, serialize_example, write_shards
@@ -196,13 +223,16 @@ def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: lis
     with open(os.path.join(directory, "movies.jsonl"), "w", encoding="utf-8") as handle:
         for movie in movies:
             if movie.movie_id in part_of:
-                row = {k: v for k, v in dataclasses.asdict(movie).items() if k != "poster_png"}
-                handle.write(json.dumps(dict(row, split=part_of[movie.movie_id]), ensure_ascii=False) + "\n")
+                row = {k: v for k, v in dataclasses.asdict(movie).items() if k not in ("poster_png", "no_poster")}
+                row.update(split=part_of[movie.movie_id], has_poster=movie.has_poster)
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     with open(os.path.join(directory, "genres.txt"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(genres) + "\n")
     with open(os.path.join(directory, "split.json"), "w", encoding="utf-8") as handle:
         json.dump(split, handle)
     write_rejects(rejects, os.path.join(directory, "rejects.csv"))
+    notes = text_only_notes(movies, split)
+    write_rejects(notes, os.path.join(directory, TEXT_ONLY), why="why")
     shards, labels = {}, {}
     for name in SPLIT_NAMES:
         chosen = [by_id[movie_id] for movie_id in split[name]]
@@ -224,8 +254,11 @@ def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: lis
         "counts": {name: len(split[name]) for name in SPLIT_NAMES} | {"rejected": len(rejects)},
         "genres": genres, "vocabulary": vocabulary, "split": split_record(movies, split, config, split_given),
         "shards": shards, "files": files,
+        "text_only": text_only_record(notes, config),
         "config": config_to_dict(config),
     }
+    if extra:
+        metadata["extra_train"] = extra
     with open(os.path.join(directory, "dataset.json"), "w", encoding="utf-8") as handle:
         json.dump(metadata, handle, indent=2)
     print(frequency_table(genres, labels))
@@ -233,11 +266,21 @@ def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: lis
 
 
 
-def write_rejects(rejects: list[Reject], path: str) -> None:
-    """The rejects report: one row per record not kept, with its source, id and reason."""
+def text_only_record(notes: list[Reject], config: PrepareConfig) -> dict:
+    """What dataset.json says of the movies kept without a poster: how many in each part, and by which rule."""
+    rule = ("rules.require_poster=true: a movie without a poster is rejected" if config.rules.require_poster
+            else "rules.require_poster=false: a movie whose poster is missing is kept, text-only")
+    if config.extra_train:
+        rule += "; extra_train's movies are kept without one"
+    counts = Counter(note.reason.split(":")[0] for note in notes)
+    return {"movies": len(notes), **{name: counts[name] for name in SPLIT_NAMES}, "rule": rule, "report": TEXT_ONLY}
+
+
+def write_rejects(rejects: list[Reject], path: str, why: str = "reason") -> None:
+    """The rejects report: one row per record not kept, with its source, id and reason (also text_only.csv)."""
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["source", "movie_id", "reason"])
+        writer.writerow(["source", "movie_id", why])
         for reject in rejects:
             writer.writerow([reject.source, reject.movie_id, reject.reason])
 
@@ -257,6 +300,42 @@ def summarize_rejects(rejects: list[Reject], limit: int = 10, report: str | None
     return "\n".join(lines)
 
 
+def add_extra_train(movies: list[Movie], split: dict[str, list[str]], main_records: Sequence, config: PrepareConfig,
+                    progress: bool, spool: PosterSpool | None,
+                    rejects: list[Reject]) -> tuple[list[Movie], dict[str, list[str]], dict]:
+    """The movies and split with extra_train's valid movies added to train (nothing when it is not set), and what
+    dataset.json says of them."""
+    if not config.extra_train:
+        return movies, split, {}
+    extra, extra_rejects = read_extra_train(config, main_records, progress, spool)
+    rejects.extend(extra_rejects)
+    spelled = {genre_key(genre): genre for movie in movies for genre in movie.genres}
+    extra = unify_spellings(extra, fixed=spelled)
+    split = dict(split, train=split["train"] + [movie.movie_id for movie in extra])
+    return movies + extra, split, {
+        "catalogue": os.path.abspath(config.extra_train), "movies": len(extra), "rejected": len(extra_rejects),
+        "ids": [movie.movie_id for movie in extra],
+        "rule": "added to train after the split and the genre vocabulary were drawn from the main catalogue, so "
+                "dev and test are those it gives without extra_train; its movies may lack posters"}
+
+
+def text_only_notes(movies: list[Movie], split: dict[str, list[str]]) -> list[Reject]:
+    """Each kept movie without a poster, named by its source and id, with why it has none (as rejects are)."""
+    part_of = {movie_id: name for name, ids in split.items() for movie_id in ids}
+    return [Reject(movie.source, movie.movie_id, f"{part_of[movie.movie_id]}: {movie.no_poster}") for movie in movies
+            if not movie.has_poster and movie.movie_id in part_of]
+
+
+def summarize_text_only(record: dict, notes: list[Reject], report: str, limit: int = 10) -> str:
+    """The text-only movies by part, the first few by name, and the report holding every one."""
+    lines = [f"kept {record['movies']} text-only movie(s), without a poster ({record['rule']}): "
+             + ", ".join(f"{name} {record[name]}" for name in SPLIT_NAMES) + f"; every one named in {report}:"]
+    lines += [f"  {note.source} [{note.movie_id}]: {note.reason}" for note in notes[:limit]]
+    if len(notes) > limit:
+        lines.append(f"  ... {len(notes) - limit} more in {report}")
+    return "\n".join(lines)
+
+
 def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     """Read, validate, split and write a prepared dataset atomically; returns its metadata."""
     if not (config.catalogue and config.out):
@@ -269,7 +348,8 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     if run:  # training writes into its run directory, and would overwrite the dataset's files
         raise ValueError(f"out={config.out} is inside the training run {run}; a prepared dataset and a run directory "
                          "must be separate folders: choose another out=DIR")
-    catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns)
+    catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns,
+                               config.rules.require_poster)
     spool = PosterSpool(os.path.dirname(os.path.abspath(config.out)))  # closed, and gone, when prepare returns
     movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress, spool)
     if not movies:
@@ -278,15 +358,22 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     split = resolve_split(movies, catalogue.split, config, rejects)
     by_id = {movie.movie_id: movie for movie in movies}
     genres = choose_vocabulary([by_id[movie_id].genres for movie_id in split["train"]], config)
+    # drawn before the extra movies join train, so that dev, test and the vocabulary are the main catalogue's alone
+    movies, split, extra = add_extra_train(movies, split, catalogue.records, config, progress, spool, rejects)
     split, vocabulary = apply_vocabulary(movies, split, genres, config.genreless, rejects)
+    if extra:  # genreless=drop may have dropped some of them
+        train = set(split["train"])
+        added = [movie_id for movie_id in extra["ids"] if movie_id in train]
+        extra.update(ids=added, movies=len(added))
     check_trainable(split, config, rejects)
-    vocabulary.update(rule=f"the closed list {list(config.genres)}" if config.genres else
-                      f"the {len(genres)} most frequent genres of the training part",
+    vocabulary.update(rule=(f"the closed list {list(config.genres)}" if config.genres else
+                            f"the {len(genres)} most frequent genres of the training part")
+                      + (" (the main catalogue's, before extra_train's movies joined it)" if extra else ""),
                       train_genre_counts=genre_counts(movies, split["train"]))
     staging = staging_folder(os.path.dirname(os.path.abspath(config.out)), "prepare")
     try:
         metadata = write_prepared(movies, split, genres, rejects, config, staging, vocabulary, spool,
-                                  split_given=catalogue.split is not None)
+                                  split_given=catalogue.split is not None, extra=extra)
         os.rename(staging, config.out)  # the folder appears whole or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -294,6 +381,12 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
           f"({', '.join(f'{n} {len(split[n])}' for n in SPLIT_NAMES)}) into {config.out}")
     print(vocabulary_summary(genres, vocabulary))
     print(describe_split(metadata["split"]))
+    if extra:
+        print(f"extra_train: {extra['movies']} movie(s) of {config.extra_train} added to train only "
+              f"({extra['rejected']} of its records rejected, named in rejects.csv)")
+    if metadata["text_only"]["movies"]:
+        print(summarize_text_only(metadata["text_only"], text_only_notes(movies, split),
+                                  os.path.join(config.out, TEXT_ONLY)))
     if rejects:
         print(summarize_rejects(rejects, report=os.path.join(config.out, "rejects.csv")))
     return metadata

@@ -24,8 +24,10 @@ class Catalogue:
     split: dict[str, list[str]] | None = None
 
 
-def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns | None = None) -> Catalogue:
-    """Read the paper's layout: one CSV row per movie, posters relative to (and inside) poster_dir."""
+def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns | None = None,
+                   require_poster: bool = True) -> Catalogue:
+    """Read the paper's layout: one CSV row per movie, posters relative to (and inside) poster_dir; without
+    require_poster the poster column may be absent (every movie then names no poster)."""
     columns = columns or CsvColumns()
     poster_dir = poster_dir or os.path.dirname(os.path.abspath(path))
     records: list[RawMovie | Reject] = []
@@ -41,11 +43,13 @@ def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns
         if any(has_undecodable(name) for name in header):
             raise ValueError(f"{path}:1: the header is not UTF-8 text; is this a CSV file? (save it as UTF-8)")
         missing = [getattr(columns, name) for name in CsvColumns.required
-                   if getattr(columns, name) not in header]
+                   if getattr(columns, name) not in header and (require_poster or name != "poster")]
         if missing:
+            without = (" A catalogue without posters: rules.require_poster=false keeps its movies as text-only."
+                       if columns.poster in missing else "")
             raise ValueError(f"{path}: missing column(s) {missing}; the header has {_HEADER.repr(header)}. Map "
                              "columns with columns.FIELD=HEADER (e.g. columns.plot=Overview), or "
-                             "CsvColumns(plot='Overview').")
+                             f"CsvColumns(plot='Overview').{without}")
         _refuse_repeated_columns(header, path, columns)
         for row in rows:
             source = f"{path}:{row.line}"
@@ -75,11 +79,13 @@ def _csv_record(row: dict, source: str, poster_dir: str, columns: CsvColumns) ->
     bad = [name for name, value in row.items() if has_undecodable(value)]
     if bad:
         return Reject(source, movie_id.encode("utf-8", "replace").decode(), f"not valid UTF-8 in column(s) {bad}")
-    poster = row[columns.poster].strip()
+    poster = row.get(columns.poster)
+    absent = "no poster column" if poster is None else "empty poster cell"
+    poster = (poster or "").strip()
     return RawMovie(movie_id=movie_id, plot=row[columns.plot], genres=row[columns.genres],
                     poster=os.path.join(poster_dir, poster) if poster else None, source=source,
                     title=row.get(columns.title, ""), year=row.get(columns.year),
-                    language=row.get(columns.language, ""), poster_root=poster_dir)
+                    language=row.get(columns.language, ""), poster_root=poster_dir, poster_absent=absent)
 
 
 def _load_json(path: str, root: str):
@@ -224,8 +230,8 @@ def detect_format(path: str) -> str:
 
 
 def read_catalogue(path: str, layout: str = "auto", poster_dir: str | None = None,
-                   columns: CsvColumns | None = None) -> Catalogue:
-    """Read a catalogue in any supported layout."""
+                   columns: CsvColumns | None = None, require_poster: bool = True) -> Catalogue:
+    """Read a catalogue in any supported layout (a CSV without a poster column only when not require_poster)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"catalogue not found: {path}")
     layout = detect_format(path) if layout == "auto" else layout
@@ -238,7 +244,7 @@ def read_catalogue(path: str, layout: str = "auto", poster_dir: str | None = Non
         kind = "a folder" if os.path.isdir(path) else "a file" if os.path.isfile(path) else "not a file or folder"
         raise ValueError(f"{path} is {kind}; the {layout} layout reads {wanted}")
     if layout == "csv":
-        return read_paper_csv(path, poster_dir, columns)
+        return read_paper_csv(path, poster_dir, columns, require_poster)
     if layout == "mmimdb":
         return read_mmimdb(path)
     return read_jsonl(path, poster_dir)

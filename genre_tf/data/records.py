@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Sequence
 
 from genre_tf.config import ValidationRules
-from genre_tf.files import InputFileError, read_poster_file
+from genre_tf.files import InputFileError, InputFileNotFoundError, read_poster_file
 from genre_tf.limits import MAX_GENRE_CHARS, oversized_plot
 
 _GENRE_SEPARATORS = re.compile(r"[,|;]")
@@ -36,11 +36,13 @@ class RawMovie:
     year: object = None
     language: str = ""
     poster_root: str | None = None  # a poster path must resolve inside this folder (default: the poster's own)
+    poster_absent: str = "no poster given"  # why, when `poster` is empty: the reader knows (no column, empty cell)
 
 
 @dataclasses.dataclass(frozen=True)
 class Movie:
-    """A validated movie: non-empty plot, non-blank genres, and its poster as serving resizes it, stored as PNG."""
+    """A validated movie: non-empty plot, non-blank genres, and its poster as serving resizes it, stored as PNG
+    (empty for a text-only movie, whose `no_poster` says why it has none)."""
 
     movie_id: str
     title: str
@@ -50,6 +52,11 @@ class Movie:
     year: int | None
     language: str
     source: str
+    no_poster: str = ""
+
+    @property
+    def has_poster(self) -> bool:
+        return not self.no_poster
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +70,11 @@ class Reject:
 
 class RecordError(ValueError):
     """A record that fails validation, with the reason in its message."""
+
+
+class MissingPoster(RecordError):
+    """A record whose poster is absent (none named, or a file that does not exist), not bad: with
+    rules.require_poster=false its movie is kept as text-only."""
 
 
 def has_undecodable(text: str) -> bool:
@@ -184,14 +196,20 @@ def check_plot(plot, rules: ValidationRules) -> str:
     return plot
 
 
-def read_poster_bytes(poster, root: str | None = None) -> bytes:
-    """The encoded poster: the bytes given, or the file read by read_poster_file inside `root` (default: its folder)."""
+def read_poster_bytes(poster, root: str | None = None, absent: str = "no poster given") -> bytes:
+    """The encoded poster: the bytes given, or the file read by read_poster_file inside `root` (default: its folder).
+
+    MissingPoster when none is named (`absent` says why) or the file does not exist; a path outside `root` is
+    refused as such (RecordError) before anything is looked for there.
+    """
     if isinstance(poster, bytes):
         return poster
     if not poster:
-        raise RecordError("no poster given")
+        raise MissingPoster(absent)
     try:
         return read_poster_file(poster, root or os.path.dirname(os.path.abspath(poster)))
+    except InputFileNotFoundError as error:
+        raise MissingPoster(str(error)) from None
     except InputFileError as error:
         raise RecordError(str(error)) from None
 
@@ -204,7 +222,16 @@ def validate_movie(raw: RawMovie, rules: ValidationRules) -> Movie:
     plot = check_plot(raw.plot, rules)
     genres = parse_genres(raw.genres, rules.genre_aliases)
     year = parse_year(raw.year)
-    poster = read_poster_bytes(raw.poster, raw.poster_root)
+    # titles and languages are stored as plots are (NFC, no NUL or other control and format characters): they
+    # reach reports, predict's output and terminals
+    title, language = visible_text(str(raw.title or "")), visible_text(str(raw.language or ""))
+    try:
+        poster = read_poster_bytes(raw.poster, raw.poster_root, raw.poster_absent)
+    except MissingPoster as missing:
+        if rules.require_poster:
+            raise
+        return Movie(movie_id=movie_id, title=title, plot=plot, genres=genres, poster_png=b"", year=year,
+                     language=language, source=raw.source, no_poster=str(missing))
     # Imported here: images loads TensorFlow, which `prepare --help` and the readers do without.
     from genre_tf.data.images import PosterError, load_poster, prepared_poster
 
@@ -214,7 +241,5 @@ def validate_movie(raw: RawMovie, rules: ValidationRules) -> Movie:
         poster_png = prepared_poster(poster, rules.image_size)
     except PosterError as error:
         raise RecordError(str(error)) from None
-    # titles and languages are stored as plots are (NFC, no NUL or other control and format characters): they
-    # reach reports, predict's output and terminals
-    return Movie(movie_id=movie_id, title=visible_text(str(raw.title or "")), plot=plot, genres=genres,
-                 poster_png=poster_png, year=year, language=visible_text(str(raw.language or "")), source=raw.source)
+    return Movie(movie_id=movie_id, title=title, plot=plot, genres=genres, poster_png=poster_png, year=year,
+                 language=language, source=raw.source)

@@ -290,7 +290,8 @@ def render_report(run: RestoredRun, metrics: dict) -> str:
         for label, key in (("0.5", "at_0.5"), ("tuned on dev", "tuned")):
             lines.append(f"| {name} | {label} | " + " | ".join(
                 format_interval(part["intervals"][key][m]) for m in METRICS) + " |")
-    lines += ["", split_note(metrics["dataset"]["split"]), "", interval_note(metrics), "", *floor_lines(metrics), "",
+    lines += ["", split_note(metrics["dataset"]["split"]), *text_only_lines(metrics["dataset"]), "",
+              interval_note(metrics), "", *floor_lines(metrics), "",
               *degenerate_lines(metrics["degenerate"]),
               *unseen_lines(unseen_genres(metrics["genres"], metrics["thresholds"]))]
     lines += ["", "## Per genre (test split, dev-tuned thresholds; the paper's Table 4)", "",
@@ -340,6 +341,17 @@ def split_note(record: dict) -> str:
     if "test" in summaries and "catalogue" in summaries:
         line += f" Test's years: {years(summaries['test'])}; the catalogue's: {years(summaries['catalogue'])}."
     return line
+
+
+def text_only_lines(dataset: dict) -> list[str]:
+    """The movies without a poster, when the dataset has any: where they are and what a poster model saw for them."""
+    record = dataset.get("text_only", {})
+    if not record.get("movies"):
+        return []
+    extra = f", {dataset['extra_train']} of them added to train by extra_train" if dataset.get("extra_train") else ""
+    return ["", f"Text-only movies (no poster): train {record['train']}, dev {record['dev']}, test {record['test']}"
+                f"{extra}. Models that read posters trained on the movies that have one and were scored on every "
+                "movie, a text-only one with the mean training poster features, as the SavedModel serves it."]
 
 
 MIN_TRUSTED_TEST_MOVIES = 30  # under this, a bootstrap over the test movies cannot say how far off a score is
@@ -444,7 +456,9 @@ def evaluate_locked(run_dir: str) -> dict:
                                     metrics))
     metrics.update(run_dir=os.path.abspath(run_dir), model=run.config.model.kind, oversample=run.config.oversample,
                    dataset={"name": run.prepared.name, "path": os.path.abspath(run.prepared.path),
-                            "fingerprint": run.prepared.fingerprint, "split": run.prepared.split_record},
+                            "fingerprint": run.prepared.fingerprint, "split": run.prepared.split_record,
+                            "text_only": run.prepared.metadata.get("text_only", {"movies": 0}),
+                            "extra_train": run.prepared.metadata.get("extra_train", {}).get("movies", 0)},
                    split_digest=cache_key(json.dumps(run.prepared.split, sort_keys=True)),
                    examples=choose_examples(test, movies, run.prepared.genres, metrics["thresholds"]))
     pictures = draw_pictures(run.prepared.genres, metrics, test)

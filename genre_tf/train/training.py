@@ -76,6 +76,27 @@ def make_loss(config: TrainConfig, train_labels: np.ndarray) -> keras.losses.Los
     return WeightedBinaryCrossentropy(None, name="bce")
 
 
+def training_labels(config: TrainConfig, prepared: PreparedDataset) -> dict[str, np.ndarray]:
+    """Ids and labels of the training movies the model learns from: every one for a text model, those with a poster
+    for a model that reads posters (a text-only movie would teach it the mean poster, not a poster)."""
+    train = split_labels(prepared, "train")
+    if not uses_poster(config.model):
+        return train
+    wanted = set(prepared.ids_with_poster("train"))
+    rows = [row for row, movie_id in enumerate(train["ids"]) if movie_id in wanted]
+    return {"ids": [train["ids"][row] for row in rows], "labels": train["labels"][rows]}
+
+
+def refuse_raw_posters_without_poster(config: TrainConfig, prepared: PreparedDataset) -> None:
+    """Refuse a model that reads decoded posters (not cached features) on a dataset with text-only movies: no image
+    stands for the mean training poster that serving and cached features give a movie without one."""
+    raw_posters = config.poster.fine_tune_last_stage or not config.feature_cache
+    if uses_poster(config.model) and raw_posters and prepared.text_only_movies:
+        raise ValueError(f"{prepared.path} holds {prepared.text_only_movies} text-only movie(s) (no poster), and this "
+                         "model reads decoded posters (poster.fine_tune_last_stage=true or feature_cache=false); use "
+                         "cached poster features (the default), or a dataset prepared with rules.require_poster=true")
+
+
 def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_labels: np.ndarray,
                        caches: dict[str, tuple]) -> keras.Model:
     """The compiled model (inside the active distribution strategy's scope)."""
@@ -140,7 +161,8 @@ def train_repeat_counts(config: TrainConfig, prepared: PreparedDataset, train: d
 def fit_model(config: TrainConfig, model: keras.Model, prepared: PreparedDataset, run_dir: str,
               shared_run_dir: str, dev_f1: DevF1, global_batch: int, common: dict) -> None:
     """model.fit over the training split with the per-epoch callbacks; resumes from the backup if there is one."""
-    repeat = train_repeat_counts(config, prepared, split_labels(prepared, "train"), run_dir)
+    train = training_labels(config, prepared)
+    repeat = train_repeat_counts(config, prepared, train, run_dir)
     # Only small cached features are kept in memory; decoded posters and plots are re-read.
     only_features = set(common["input_names"]) <= {PLOT_EMBEDDING, POSTER_FEATURES}
     log_hparams(config, run_dir)
@@ -153,8 +175,10 @@ def fit_model(config: TrainConfig, model: keras.Model, prepared: PreparedDataset
     # The epochs fit will run: BackupAndRestore resumes after the epoch its backup holds.
     remaining = range(backup_epoch(os.path.join(shared_run_dir, "backup")) + 1, epochs)
     train_dataset = make_dataset(prepared, "train", global_batch, training=True, repeat_counts=repeat,
-                                 cache=only_features, seed=config.seed, epochs=remaining, **common)
-    steps = (sum(repeat.values()) if repeat else len(prepared.split["train"])) // global_batch
+                                 cache=only_features, seed=config.seed, epochs=remaining,
+                                 with_poster_only=uses_poster(config.model) and prepared.text_only_movies > 0,
+                                 **common)
+    steps = (sum(repeat.values()) if repeat else len(train["ids"])) // global_batch
     # A known length gives the progress bar its total from the first step, also in a resumed run.
     train_dataset = train_dataset.apply(tf.data.experimental.assert_cardinality(steps * max(len(remaining), 1)))
     model.fit(train_dataset, epochs=epochs, steps_per_epoch=steps,
@@ -186,7 +210,7 @@ def run_training(config: TrainConfig, strategy, prepared: PreparedDataset, run_d
     print(f"encoders: {encoders_summary(describe_encoders(config.model, config.text, config.poster))}")
     caches = feature_caches(config, prepared) if config.feature_cache else {}
     with strategy.scope():
-        model = build_for_training(config, prepared, split_labels(prepared, "train")["labels"], caches)
+        model = build_for_training(config, prepared, training_labels(config, prepared)["labels"], caches)
     common = dict(input_names=list(model.input_names), image_size=config.poster.image_size, feature_caches=caches)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     dev_f1 = DevF1(make_dataset(prepared, "dev", global_batch, training=False, **common),
@@ -282,11 +306,14 @@ def train(config: TrainConfig) -> str:
     config = runs.with_absolute_data(config)  # the run reads the same data from any folder
     prepared = open_prepared(config.data)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
-    if config.model.kind != "most_common" and len(prepared.split["train"]) < global_batch:
+    learned = len(training_labels(config, prepared)["ids"])
+    if config.model.kind != "most_common" and learned < global_batch:
         # before the run directory exists: a corrected command must not meet "another config" there
+        with_poster = " with a poster" if learned < len(prepared.split["train"]) else ""
         raise ValueError(f"batch_size={config.batch_size} (x {strategy.num_replicas_in_sync} replicas) is larger "
-                         f"than the {len(prepared.split['train'])} training movies of {prepared.path}: "
+                         f"than the {learned} training movies{with_poster} of {prepared.path}: "
                          "training drops the last partial batch, so no step would run; lower batch_size")
+    refuse_raw_posters_without_poster(config, prepared)
     if late_fusion(config.model):  # before the run directory exists, as every refusal that can be
         check_given_branch("text", config.model.text_run)
         check_given_branch("poster", config.model.poster_run)
@@ -381,6 +408,7 @@ def write_serving_files(run_dir: str, model: keras.Model, config: TrainConfig, p
               "the model never predicts them (threshold above any probability)", file=sys.stderr)
     means = fallback_means(model, config, prepared, caches)
     plots, posters = raw_examples(prepared, "train", limit=WARMUP_EXAMPLES)
+    posters = [poster for poster in posters if poster] or [b""]  # a text-only movie's empty poster warms nothing
     record = {"genres": prepared.genres, "thresholds": thresholds.tolist(), "thresholds_from": "dev",
               "degenerate_genres": degenerate_genres(probabilities, thresholds, prepared.genres),
               "model_inputs": list(model.input_names), "feature_dims": {k: len(v) for k, v in means.items()},
