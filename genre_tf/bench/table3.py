@@ -3,6 +3,7 @@
     python -m genre_tf.bench table3 --quick            # the embedded demo, short schedules, minutes on a CPU
     python -m genre_tf.bench table3 --data prepared/mmimdb
     python -m genre_tf.bench speed --serve-run RUN     # training, encoders, serving (repeatable) against the peak
+    python -m genre_tf.bench speed --serving-only --serve-run RUN  # serving paths side by side, feature caching
     python -m genre_tf.bench encoders                  # each encoder alone, float32 and bfloat16, batch 1 and 32
     python -m genre_tf.bench all --quick               # both, into one dated benchmarks/ file
 
