@@ -1,0 +1,144 @@
+"""genre_tf.features: the Beam job fills the store training reads, resumes after a kill, and sets bad records aside."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import genre_tf  # noqa: F401
+from conftest import image_bytes, write_mmimdb
+from genre_tf.config import PrepareConfig, ValidationRules
+from genre_tf.data.beam_features import compute_features
+from genre_tf.data.dataset import POSTER, load_prepared
+from genre_tf.data import features
+from genre_tf.data.features import read_part, store_parts
+from genre_tf.data.prepare import prepare
+from genre_tf.nets.network import feature_caches, frozen_encoders
+
+MOVIES = 60
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_PROCESS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory) -> str:
+    """A prepared dataset of 60 generated movies, each with a poster and a plot of its own."""
+    root = tmp_path_factory.mktemp("beam-features")
+    write_mmimdb(str(root / "raw"), count=MOVIES, seed=5)
+    for index in range(MOVIES):
+        with open(root / "raw" / f"tt{index:07d}.jpeg", "wb") as handle:
+            handle.write(image_bytes((48, 64), (index * 4, 255 - index * 3, 60)))
+    prepare(PrepareConfig(catalogue=str(root / "raw"), out=str(root / "prepared"), rules=ValidationRules(image_size=32),
+                          num_genres=4, min_train_movies=8), progress=False)
+    return str(root / "prepared")
+
+
+@pytest.fixture()
+def config(make_tiny_config, catalogue, tmp_path):
+    """The tiny integrated model's config on the catalogue: the tiny BERT and a random Lite0 at 32 px."""
+    return make_tiny_config("integrated", f"data={catalogue}", run_dir=tmp_path / "run")
+
+
+def store_rows(folder: str) -> dict[str, np.ndarray]:
+    """Every row of a store by content digest."""
+    rows = {}
+    for path in store_parts(folder):
+        digests, values = read_part(path)
+        rows.update(zip(digests.tolist(), values, strict=True))
+    return rows
+
+
+def use_stores(monkeypatch, folder) -> None:
+    """Feature stores under `folder` from now on; the rest of the cache (the random weights every process loads) stays
+    where the worker processes find it."""
+    monkeypatch.setattr(features, "store_folder", lambda name, key: os.path.join(folder, f"{name}-{key}"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("beam_args", [IN_PROCESS, []], ids=["in_process", "two_worker_processes"])
+def test_beam_features_are_the_in_process_ones_and_training_reads_them_unchanged(config, tmp_path, monkeypatch,
+                                                                                 beam_args):
+    monkeypatch.setenv("PYTHONPATH", ROOT)  # worker processes import genre_tf to unpickle the encoders
+    prepared = load_prepared(config.data)
+    use_stores(monkeypatch, tmp_path / "in-process")
+    expected = feature_caches(config, prepared)
+    use_stores(monkeypatch, tmp_path / "beam")
+    summary = compute_features(prepared, frozen_encoders(config), str(tmp_path / "dead.jsonl"), beam_args)
+    assert summary["dead_letters"] == []
+    for encoder in frozen_encoders(config):
+        assert summary[encoder.name]["encoded"] == summary[encoder.name]["published"] == MOVIES
+    parts = {encoder.name: store_parts(encoder.folder) for encoder in frozen_encoders(config)}
+    found = feature_caches(config, prepared)  # from the Beam job's store alone: nothing more is encoded
+    assert {encoder.name: store_parts(encoder.folder) for encoder in frozen_encoders(config)} == parts
+    for name, (ids, values) in expected.items():
+        np.testing.assert_array_equal(found[name][0], ids)
+        np.testing.assert_allclose(found[name][1], values, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_kill_encodes_only_the_missing_movies(config, tmp_path, monkeypatch):
+    prepared = load_prepared(config.data)
+    encoders = frozen_encoders(config)
+    use_stores(monkeypatch, tmp_path / "whole")
+    compute_features(prepared, encoders, str(tmp_path / "dead.jsonl"), IN_PROCESS, part_size=16)
+    whole = {encoder.name: store_rows(encoder.folder) for encoder in encoders}
+    whole_parts = {encoder.name: store_parts(encoder.folder) for encoder in encoders}
+    # what a job killed midway leaves: the parts it published, and a part half written in its staging file
+    killed = tmp_path / "killed"
+    use_stores(monkeypatch, killed)
+    kept = {}
+    for index, encoder in enumerate(encoders):
+        os.makedirs(encoder.folder)
+        for path in whole_parts[encoder.name][:index + 2]:
+            shutil.copy(path, encoder.folder)
+        kept[encoder.name] = len(store_rows(encoder.folder))
+        with open(os.path.join(encoder.folder, ".part-0123456789abcdef.4242.tmp.npz"), "wb") as handle:
+            handle.write(b"half a part")
+    assert min(kept.values()) > 0 and max(kept.values()) < MOVIES
+    summary = compute_features(prepared, encoders, str(tmp_path / "dead.jsonl"), IN_PROCESS, part_size=16)
+    for encoder in encoders:
+        assert summary[encoder.name]["stored_before"] == kept[encoder.name]
+        assert summary[encoder.name]["encoded"] == MOVIES - kept[encoder.name]  # only the missing movies
+        rows = store_rows(encoder.folder)
+        assert rows.keys() == whole[encoder.name].keys()
+        for digest, row in whole[encoder.name].items():
+            np.testing.assert_allclose(rows[digest], row, atol=1e-5, rtol=0)
+    again = compute_features(prepared, encoders, str(tmp_path / "dead.jsonl"), IN_PROCESS)
+    assert [again[encoder.name]["encoded"] for encoder in encoders] == [0, 0]
+
+
+def break_one_poster(prepared_path: str, out: str) -> str:
+    """A copy of a prepared dataset whose first training movie's poster is not an image; returns that movie's id."""
+    shutil.copytree(prepared_path, out)
+    shard = load_prepared(out).shards("train")[0]
+    records = [tf.train.Example.FromString(record) for record in tf.data.TFRecordDataset(shard).as_numpy_iterator()]
+    records[0].features.feature[POSTER].bytes_list.value[0] = b"\x89PNG\r\n\x1a\n but no image"
+    with tf.io.TFRecordWriter(shard) as writer:
+        for example in records:
+            writer.write(example.SerializeToString())
+    return records[0].features.feature["movie_id"].bytes_list.value[0].decode()
+
+
+@pytest.mark.slow
+def test_a_bad_record_is_a_dead_letter_with_its_reason_and_the_rest_are_kept(config, tmp_path, monkeypatch):
+    broken_id = break_one_poster(config.data, str(tmp_path / "broken"))
+    use_stores(monkeypatch, tmp_path / "cache")
+    summary = compute_features(load_prepared(str(tmp_path / "broken")), frozen_encoders(config),
+                               str(tmp_path / "dead.jsonl"), IN_PROCESS)
+    [letter] = summary["dead_letters"]
+    assert letter["movies"] == [broken_id] and letter["input"] == "poster"
+    assert letter["reason"].startswith("poster could not be decoded: ")
+    assert summary["poster_features"]["published"] == MOVIES - 1 and summary["plot_embedding"]["published"] == MOVIES
+    with open(tmp_path / "dead.jsonl", encoding="utf-8") as handle:
+        assert handle.read().count("\n") == 1
+
+
+def test_the_command_refuses_two_datasets_and_a_model_without_frozen_features(tmp_path, capsys):
+    from genre_tf.features import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), str(tmp_path / "other")])
+    assert exit_info.value.code == 2 and "expected one prepared dataset" in capsys.readouterr().err
+    assert main([str(tmp_path), "model.kind=most_common"]) == 1
+    assert "reads no frozen features" in capsys.readouterr().err
