@@ -142,3 +142,21 @@ def test_the_command_refuses_two_datasets_and_a_model_without_frozen_features(tm
     assert exit_info.value.code == 2 and "expected one prepared dataset" in capsys.readouterr().err
     assert main([str(tmp_path), "model.kind=most_common"]) == 1
     assert "reads no frozen features" in capsys.readouterr().err
+
+
+def test_writers_racing_on_one_store_never_leave_a_damaged_part(tmp_path):
+    """Two jobs on one folder publish parts of the same movies (one name) and of others at once: every part reads
+    whole, and no staging file is left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from genre_tf.data.features import write_part
+
+    rng = np.random.default_rng(0)
+    rows = rng.random((64, 8), dtype=np.float32)
+    digests = [f"{i:032x}" for i in range(64)]
+    groups = [range(0, 32), range(0, 32), range(32, 64), range(16, 48)] * 4
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda group: write_part(str(tmp_path), [digests[i] for i in group], rows[list(group)]), groups))
+    assert len(store_parts(str(tmp_path))) == 3 and sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(path) for path in store_parts(str(tmp_path)))
+    np.testing.assert_array_equal(np.stack([store_rows(str(tmp_path))[d] for d in digests]), rows)
