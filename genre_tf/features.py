@@ -21,6 +21,7 @@ import genre_tf  # noqa: F401  selects tf-keras before TensorFlow loads
 from genre_tf.config import CommandLine, TrainConfig, load_config, valid_keys
 
 _OPTION = re.compile(r"[A-Za-z_][\w.]*=")  # key=value; anything else is the dataset
+DEAD_LETTERS_SHOWN = 20  # on the terminal; the file holds them all
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace, list[str]]:
@@ -73,6 +74,8 @@ def main(argv=None) -> int:
         counts = summary[encoder.name]
         print(f"{encoder.name}: {counts['encoded']} contents encoded, {counts['published']} published into "
               f"{counts['store']} ({counts['stored_before']} were there before)")
+    for letter in summary["dead_letters"][:DEAD_LETTERS_SHOWN]:
+        print(f"dead letter: {', '.join(letter['movies'])} ({letter['input']}): {letter['reason']}", file=sys.stderr)
     print(f"{len(summary['dead_letters'])} dead letters in {args.dead_letters}")
     return 0
 

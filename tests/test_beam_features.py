@@ -1,4 +1,5 @@
 """genre_tf.features: the Beam job fills the store training reads, resumes after a kill, and sets bad records aside."""
+import json
 import os
 import shutil
 
@@ -121,17 +122,23 @@ def break_one_poster(prepared_path: str, out: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_bad_record_is_a_dead_letter_with_its_reason_and_the_rest_are_kept(config, tmp_path, monkeypatch):
-    broken_id = break_one_poster(config.data, str(tmp_path / "broken"))
-    use_stores(monkeypatch, tmp_path / "cache")
-    summary = compute_features(load_prepared(str(tmp_path / "broken")), frozen_encoders(config),
-                               str(tmp_path / "dead.jsonl"), IN_PROCESS)
-    [letter] = summary["dead_letters"]
+def test_a_bad_record_is_a_dead_letter_with_its_reason_and_the_rest_are_kept(catalogue, tiny_overrides, tmp_path,
+                                                                           monkeypatch, capsys):
+    from genre_tf.features import main
+
+    broken_id = break_one_poster(catalogue, str(tmp_path / "broken"))
+    use_stores(monkeypatch, tmp_path / "stores")
+    dead = str(tmp_path / "dead.jsonl")
+    assert main([str(tmp_path / "broken"), *tiny_overrides, "model.kind=integrated", f"--dead-letters={dead}",
+                 *IN_PROCESS]) == 0
+    out, err = capsys.readouterr()
+    assert f"poster_features: {MOVIES - 1} contents encoded, {MOVIES - 1} published" in out
+    assert f"plot_embedding: {MOVIES} contents encoded, {MOVIES} published" in out
+    assert f"dead letter: {broken_id} (poster): poster could not be decoded: " in err
+    with open(dead, encoding="utf-8") as handle:
+        [letter] = [json.loads(line) for line in handle]
     assert letter["movies"] == [broken_id] and letter["input"] == "poster"
     assert letter["reason"].startswith("poster could not be decoded: ")
-    assert summary["poster_features"]["published"] == MOVIES - 1 and summary["plot_embedding"]["published"] == MOVIES
-    with open(tmp_path / "dead.jsonl", encoding="utf-8") as handle:
-        assert handle.read().count("\n") == 1
 
 
 def test_the_command_refuses_two_datasets_and_a_model_without_frozen_features(tmp_path, capsys):
@@ -160,3 +167,19 @@ def test_writers_racing_on_one_store_never_leave_a_damaged_part(tmp_path):
     assert len(store_parts(str(tmp_path))) == 3 and sorted(os.listdir(tmp_path)) == sorted(
         os.path.basename(path) for path in store_parts(str(tmp_path)))
     np.testing.assert_array_equal(np.stack([store_rows(str(tmp_path))[d] for d in digests]), rows)
+
+
+def test_non_finite_features_and_a_failed_batch_become_dead_letters_naming_their_movies():
+    from apache_beam.ml.inference.base import PredictionResult
+
+    from genre_tf.data.beam_features import Content, failed_batch, finite_row
+
+    shared, alone = Content("d1", ("m1", "m2"), "a plot"), Content("d2", ("m3",), "another plot")
+    [kept] = finite_row(PredictionResult(alone, np.ones(3, np.float32)), "plot")
+    assert kept[0] == "d2"
+    [tagged] = finite_row(PredictionResult(shared, np.array([0, np.nan, 1], np.float32)), "plot")
+    assert tagged.value == {"movies": ["m1", "m2"], "input": "plot",
+                            "reason": "the encoder gave non-finite features (NaN or Inf); they are not stored"}
+    letters = list(failed_batch(([shared, alone], ValueError("out of memory")), "poster"))
+    assert [letter["movies"] for letter in letters] == [["m1", "m2"], ["m3"]]
+    assert letters[0]["reason"] == "the encoder failed on its batch of 2: ValueError: out of memory"

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
@@ -32,6 +33,7 @@ DEFAULT_BEAM_ARGS = ("--direct_num_workers=2", "--direct_running_mode=multi_proc
 # tokens), so a batch of short plots skips the padding. Words, about 1.3 tokens each, stand for tokens; past about 96
 # words every plot fills the default 128 tokens.
 PLOT_WORD_BUCKETS = [24, 40, 56, 72, 96]
+PROGRESS_SECONDS = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +116,21 @@ class FrozenEncoderHandler(ModelHandler):
         values = [content.value for content in batch]
         rows = model(tf.constant(values) if self.encoder.input_name == PLOT else np.stack(values))
         self.encoded.inc(len(batch))
+        self.show_progress(len(batch))
         return [PredictionResult(content, row) for content, row in zip(batch, rows.numpy().astype(np.float32),
                                                                        strict=True)]
+
+    def show_progress(self, count: int) -> None:
+        """A line on stderr every PROGRESS_SECONDS: what this worker process has encoded, and how fast."""
+        now = time.monotonic()
+        started, done, shown = getattr(self, "progress", (now, 0, now))
+        done += count
+        if now - shown >= PROGRESS_SECONDS:
+            rate = done / (now - started)
+            print(f"{self.encoder.name}: {done} encoded by worker {os.getpid()} ({rate:.1f} a second)", file=sys.stderr,
+                  flush=True)
+            shown = now
+        self.progress = (started, done, shown)
 
     def get_metrics_namespace(self) -> str:
         return NAMESPACE
