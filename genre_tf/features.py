@@ -5,12 +5,12 @@
     python -m genre_tf.features prepared/movies --runner=PortableRunner --job_endpoint=localhost:8099 \\
         --environment_type=LOOPBACK
 
-DATA is a prepared dataset (or demo); key=value are train.py's options, and the frozen encoders of the model they
-describe (model.kind, text.model, poster.backbone, poster.image_size, poster.flip_average, ...) run over every
-movie whose plot or poster is not yet in the feature store. Training with the same options then reads every feature
-from the store. Each movie that cannot be encoded is a dead letter (movies, input, reason) in --dead-letters. Every
---option this command does not know is a Beam pipeline option (give them as --flag=value); the default runs the
-DirectRunner with 2 worker processes (--direct_num_workers=2 --direct_running_mode=multi_processing).
+DATA (or data=DATA) is a prepared dataset (or demo); key=value are train.py's options, and the frozen encoders of
+the model they describe (model.kind, text.model, poster.backbone, poster.image_size, poster.flip_average, ...) run
+over every movie whose plot or poster is not yet in the feature store. Training with the same options then reads
+every feature from the store. Each movie that cannot be encoded is a dead letter (movies, input, reason) in
+--dead-letters. Every --option this command does not know is a Beam pipeline option (give them as --flag=value); the
+default runs the DirectRunner with 2 worker processes (--direct_num_workers=2 --direct_running_mode=multi_processing).
 """
 import argparse
 import os
@@ -38,13 +38,13 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace, list[str]]:
     args, beam_args = parser.parse_known_intermixed_args(argv)
     options = [arg for arg in args.arguments if _OPTION.match(arg) and not os.path.exists(arg)]
     datasets = [arg for arg in args.arguments if arg not in options]
-    if len(datasets) != 1:
-        parser.error(f"expected one prepared dataset and key=value options, got {datasets or 'no dataset'} "
-                     "(give Beam options as --flag=value)")
+    if len(datasets) > 1 or not datasets and not any(option.startswith("data=") for option in options):
+        parser.error(f"expected one prepared dataset (DATA or data=DATA) and key=value options, got "
+                     f"{datasets or 'no dataset'} (give Beam options as --flag=value)")
     if args.batch_size < 1 or args.part_size < 0:
         parser.error("--batch-size must be at least 1 and --part-size at least 0")
     try:
-        config = load_config(args.config, options, data=datasets[0])
+        config = load_config(args.config, options, **({"data": datasets[0]} if datasets else {}))
     except (ValueError, OSError) as error:
         parser.error(str(error))
     return config, args, beam_args

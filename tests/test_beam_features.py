@@ -147,6 +147,11 @@ def test_the_command_refuses_two_datasets_and_a_model_without_frozen_features(tm
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), str(tmp_path / "other")])
     assert exit_info.value.code == 2 and "expected one prepared dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["model.kind=poster"])  # no dataset at all: not the demo by default, as train.py's
+    assert "got no dataset" in capsys.readouterr().err
+    assert main([f"data={tmp_path}", "model.kind=most_common"]) == 1  # data= as train.py takes it
+    capsys.readouterr()
     assert main([str(tmp_path), "model.kind=most_common"]) == 1
     assert "reads no frozen features" in capsys.readouterr().err
 
