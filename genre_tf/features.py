@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from genre_tf.data.beam_features import compute_features
     from genre_tf.data.demo import open_prepared
     from genre_tf.data.features import PART_SIZE
-    from genre_tf.nets.network import frozen_encoders
+    from genre_tf.nets.network import fetch_encoder_files, frozen_encoders
 
     encoders = frozen_encoders(config)
     if not encoders:
@@ -65,8 +65,10 @@ def main(argv=None) -> int:
               "nothing to compute", file=sys.stderr)
         return 1
     try:
-        summary = compute_features(open_prepared(config.data), encoders, args.dead_letters, beam_args,
-                                   args.batch_size, args.part_size or PART_SIZE)
+        prepared = open_prepared(config.data)
+        fetch_encoder_files(config)
+        summary = compute_features(prepared, encoders, args.dead_letters, beam_args, args.batch_size,
+                                   args.part_size or PART_SIZE)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -205,8 +205,8 @@ def encode_into_store(pipeline: beam.Pipeline, shards: list[str], encoder: Froze
         FrozenEncoderHandler(encoder, batch_size)).with_exception_handling())
     rows = encoded | f"{label}: finite" >> beam.FlatMap(finite_row, encoder.input_name).with_outputs(DEAD, main="rows")
     _ = rows.rows | f"{label}: publish" >> beam.ParDo(PublishParts(label, encoder.folder, part_size))
-    return dead + [rows[DEAD], failed.failed_inferences | f"{label}: failed" >> beam.FlatMap(failed_batch,
-                                                                                             encoder.input_name)]
+    failures = failed.failed_inferences | f"{label}: failed" >> beam.FlatMap(failed_batch, encoder.input_name)
+    return dead + [rows[DEAD], failures]
 
 
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:

@@ -12,8 +12,8 @@ from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES,
 from genre_tf.data.demo import prepared_demo
 from genre_tf.data.features import FrozenEncoder, load_or_compute
 from genre_tf.files import cache_key, read_json
-from genre_tf.nets.encoders import (build_poster_encoder, build_text_encoder, for_inference, poster_encoder_identity,
-                                    text_encoder_identity)
+from genre_tf.nets.encoders import (build_poster_encoder, build_text_encoder, for_inference, load_backbone,
+                                    poster_encoder_identity, resolve_text_handles, text_encoder_identity)
 from genre_tf.nets.models import build_model
 from genre_tf.nets.precision import keras_policy
 
@@ -68,6 +68,17 @@ def frozen_encoders(config: TrainConfig) -> list[FrozenEncoder]:
         encoders.append(FrozenEncoder(PLOT_EMBEDDING, cache_key(text_encoder_identity(config.text)), PLOT,
                                       functools.partial(build_text_encoder, config.text)))
     return encoders
+
+
+def fetch_encoder_files(config: TrainConfig) -> None:
+    """Make here, once, the files the frozen encoders load (the offline text encoder's TF-Hub conversion, random test
+    weights): Beam's worker processes, building the encoders at once, then read them instead of each writing its own
+    (random weights drawn in two processes need not agree)."""
+    for encoder in frozen_encoders(config):
+        if encoder.name == PLOT_EMBEDDING:
+            resolve_text_handles(config.text)
+        elif config.poster.weights == "random":
+            load_backbone(config.poster)
 
 
 def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> dict[str, tuple]:
