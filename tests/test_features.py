@@ -137,7 +137,6 @@ def test_a_changed_plot_is_encoded_again_and_an_unchanged_one_is_not(catalogues,
     assert [edited_ids[i] for i in changed] == ["tt0000007"]
 
 
-@pytest.mark.slow  # about 3 s (two pipelines traced): the fast tier stays under its 2 minutes
 def test_cached_features_reach_the_batches_of_the_ids_read(small_prepared):
     """make_dataset adds cached features to each batch after batching (held once, in the cache's array): every row is
     the cache's row of that batch's movie, checked against a dict lookup of the same ids in the same order."""
