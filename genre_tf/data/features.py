@@ -3,6 +3,7 @@
 A cache is a folder per encoder identity holding parts (`part-*.npz`: content digests and features). A movie's row
 is found by the sha256 of its own plot text or poster bytes, never by its dataset or split, so re-preparing a
 catalogue with another split, growing it, or training another run on it encodes only what was never encoded.
+The Beam job (beam_features.py, `python -m genre_tf.features`) fills the same stores through write_part.
 """
 import dataclasses
 import glob
@@ -64,6 +65,10 @@ def movie_digests(prepared: PreparedDataset, input_name: str) -> tuple[list[str]
     return ids, digests
 
 
+class DamagedPart(ValueError):
+    """A part of a feature store that cannot be read whole."""
+
+
 def read_part(path: str, width: int | None = None, features: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """One part's (digests, [rows, width] float32 features, or None when not wanted); DamagedPart when it cannot be
     read whole or its arrays disagree (features of another width than `width`, when given)."""
@@ -77,10 +82,6 @@ def read_part(path: str, width: int | None = None, features: bool = True) -> tup
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise DamagedPart(str(error)) from None
     return digests, values
-
-
-class DamagedPart(ValueError):
-    """A part of a feature store that cannot be read whole."""
 
 
 def store_parts(folder: str) -> list[str]:
