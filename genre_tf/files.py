@@ -120,7 +120,9 @@ def atomic_path(path: str):
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
     base, suffix = os.path.splitext(os.path.basename(path))
-    staging = os.path.join(parent, f".{base}.{os.getpid()}.tmp{suffix}")
+    # unique to this call: two writers of one path (threads, or Beam workers of two hosts sharing a disk) never
+    # write into one staging file
+    staging = os.path.join(parent, f".{base}.{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}")
     try:
         yield staging
         if os.path.isdir(staging) and os.path.isdir(path):

@@ -135,3 +135,30 @@ def test_a_changed_plot_is_encoded_again_and_an_unchanged_one_is_not(catalogues,
     row = {movie_id: index for index, movie_id in enumerate(ids)}
     changed = [i for i, movie_id in enumerate(edited_ids) if not np.array_equal(after[i], before[row[movie_id]])]
     assert [edited_ids[i] for i in changed] == ["tt0000007"]
+
+
+def test_cached_features_reach_the_batches_of_the_ids_read(small_prepared):
+    """make_dataset adds cached features to each batch after batching (held once, in the cache's array): every row is
+    the cache's row of that batch's movie, checked against a dict lookup of the same ids in the same order."""
+    from genre_tf.data.dataset import MOVIE_ID, PLOT_EMBEDDING, POSTER_FEATURES, make_dataset
+
+    prepared = load_prepared(small_prepared)
+    ids = [i for split in ("train", "dev", "test") for i in prepared.split[split]][::-1]
+    rng = np.random.default_rng(0)
+    caches = {PLOT_EMBEDDING: (ids, rng.random((len(ids), 6), dtype=np.float32)),
+              POSTER_FEATURES: (ids, rng.random((len(ids), 3), dtype=np.float32))}
+    options = dict(training=True, seed=3, epochs=[1])
+    with_ids = make_dataset(prepared, "train", 8, input_names=[MOVIE_ID], **options)
+    with_features = make_dataset(prepared, "train", 8, input_names=[MOVIE_ID, PLOT_EMBEDDING, POSTER_FEATURES],
+                                 feature_caches=caches, **options)
+    row = {movie_id: index for index, movie_id in enumerate(ids)}
+    batches = 0
+    for (plain, labels), (inputs, same_labels) in zip(with_ids, with_features, strict=True):
+        np.testing.assert_array_equal(inputs[MOVIE_ID].numpy(), plain[MOVIE_ID].numpy())
+        np.testing.assert_array_equal(same_labels.numpy(), labels.numpy())
+        rows = [row[movie_id.decode()] for movie_id in plain[MOVIE_ID].numpy()]
+        for name, (_, values) in caches.items():
+            np.testing.assert_array_equal(inputs[name].numpy(), values[rows])
+        assert set(inputs) == {MOVIE_ID, PLOT_EMBEDDING, POSTER_FEATURES}
+        batches += 1
+    assert batches == 73 // 8

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "genre_tf"
 # Which stages each stage may import. "shared" is the package itself, files.py, limits.py and config.py; run_dir.py, the
 # hand-off, sits above data (it records the prepared dataset a run read); "commands" are the short entry modules
-# (python -m genre_tf.prepare, .predict, .batch_predict) and export/'s scripts.
+# (python -m genre_tf.prepare, .predict, .batch_predict, .features) and export/'s scripts.
 BELOW = {
     "shared": set(),
     "data": {"shared"},
@@ -25,7 +25,7 @@ BELOW = {
     "commands": {"shared", "data", "run_dir", "nets", "evaluate", "serve", "train", "bench"},
 }
 SHARED = {PACKAGE, f"{PACKAGE}.files", f"{PACKAGE}.config", f"{PACKAGE}.limits"}
-COMMANDS = {f"{PACKAGE}.prepare", f"{PACKAGE}.predict", f"{PACKAGE}.batch_predict"}
+COMMANDS = {f"{PACKAGE}.prepare", f"{PACKAGE}.predict", f"{PACKAGE}.batch_predict", f"{PACKAGE}.features"}
 
 
 def module_files() -> dict[str, Path]:

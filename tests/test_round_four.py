@@ -272,7 +272,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every command line of the project with arguments that make no sense; each must exit 2 with one error line.
 NONSENSE = [
     *[["-m", module, "--no-such-option"] for module in (
-        "genre_tf.prepare", "genre_tf.predict", "genre_tf.batch_predict", "genre_tf.bench", "genre_tf.bench.scale",
+        "genre_tf.prepare", "genre_tf.predict", "genre_tf.batch_predict", "genre_tf.features", "genre_tf.bench",
+        "genre_tf.bench.scale",
         "genre_tf.data.prepare", "genre_tf.nets.minilm", "genre_tf.nets.mpnet", "genre_tf.serve.predict",
         "genre_tf.serve.batch_predict", "genre_tf.serve.faithfulness", "genre_tf.train.migrate",
         "genre_tf.train.multiworker", "genre_tf.train.recalibrate")],
@@ -294,7 +295,7 @@ NONSENSE = [
 ]
 
 
-@pytest.mark.slow  # 33 processes that import TensorFlow: about 10 s of the fast tier's 2 minutes
+@pytest.mark.slow  # 34 processes that import TensorFlow: about 10 s of the fast tier's 2 minutes
 def test_every_command_answers_nonsense_arguments_with_exit_2_and_one_error_line(tmp_path):
     import subprocess
     import sys

@@ -222,19 +222,37 @@ def split_posters(prepared: PreparedDataset, split: str, image_size: int, batch_
     return np.concatenate(batches) if batches else np.zeros((0, image_size, image_size, 3), np.uint8)
 
 
+CACHE_ROW = "_cache_id"  # the movie_id a batch carries until its cached features are added (add_cached_features)
+
+
 def make_lookup(ids: Sequence[str], values: np.ndarray, name: str):
-    """A function mapping a movie_id tensor to its row of `values` (a feature cache)."""
+    """A function mapping a batch of movie_id tensors to their rows of `values` (a feature cache).
+
+    The rows are gathered by numpy from the cache's own array after batching: the features are held once, not again
+    as a graph constant, in a dataset's cache or in the shuffle buffer (those see ids and labels alone).
+    """
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(list(ids)), tf.range(len(ids), dtype=tf.int64)),
         default_value=-1, name=f"{name}_index")
-    values = tf.constant(values)
+    values = np.asarray(values, np.float32)
 
-    def lookup(movie_id):
-        row = table.lookup(movie_id)
-        tf.debugging.assert_non_negative(row, message=f"movie_id missing from the {name} cache")
-        return tf.gather(values, row)
+    def lookup(movie_ids):
+        rows = table.lookup(movie_ids)
+        tf.debugging.assert_non_negative(rows, message=f"movie_id missing from the {name} cache")
+        features = tf.numpy_function(lambda index: values[index], [rows], tf.float32, stateful=False)
+        return tf.ensure_shape(features, [None, values.shape[1]])
 
     return lookup
+
+
+def add_cached_features(lookups: dict, input_names: Sequence[str]):
+    """A map over batches that puts each cached input wanted in place of the batch's movie ids."""
+    def add(inputs, labels):
+        inputs = dict(inputs)
+        movie_ids = inputs.pop(CACHE_ROW)
+        inputs.update({name: lookup(movie_ids) for name, lookup in lookups.items() if name in input_names})
+        return inputs, labels
+    return add
 
 
 def has_poster(serialized) -> tf.Tensor:
@@ -296,9 +314,8 @@ def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, trai
     def parse(serialized):
         example = tf.io.parse_single_example(serialized, spec)
         inputs = {name: example[name] for name in input_names if name in example and name != POSTER}
-        for name, lookup in lookups.items():
-            if name in input_names:
-                inputs[name] = lookup(example[MOVIE_ID])
+        if lookups:
+            inputs[CACHE_ROW] = example[MOVIE_ID]
         if POSTER in input_names:
             inputs[POSTER] = tf.cond(tf.strings.length(example[POSTER]) > 0,
                                      lambda: decode_poster(example[POSTER], image_size),
@@ -312,14 +329,18 @@ def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, trai
         dataset = tf.data.TFRecordDataset(tf.data.Dataset.from_tensor_slices(files))
         dataset = dataset if keep is None else dataset.filter(keep)
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        dataset = (dataset.cache() if cache else dataset).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        dataset = (dataset.cache() if cache else dataset).batch(batch_size)
     else:
         size = sum(repeat_counts.values()) if repeat_counts else len(prepared.split[split])
         one_epoch = epoch_examples(files, parse, cache, repeat_counts is not None, min(size, 20_000), seed, keep)
         # Each epoch's order follows from (seed, epoch) alone, so a run resumed at epoch k reads what an
         # uninterrupted run reads there (a shuffle with reshuffle_each_iteration would start over).
         batches = [one_epoch(epoch).batch(batch_size, drop_remainder=True) for epoch in (epochs or range(1))]
-        dataset = functools.reduce(tf.data.Dataset.concatenate, batches).prefetch(tf.data.AUTOTUNE)
+        dataset = functools.reduce(tf.data.Dataset.concatenate, batches)
+    if lookups:
+        dataset = dataset.map(add_cached_features(lookups, input_names), num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
     # Multi-worker training shards by batch: a split may have fewer files than there are workers.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

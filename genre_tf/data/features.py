@@ -3,12 +3,15 @@
 A cache is a folder per encoder identity holding parts (`part-*.npz`: content digests and features). A movie's row
 is found by the sha256 of its own plot text or poster bytes, never by its dataset or split, so re-preparing a
 catalogue with another split, growing it, or training another run on it encodes only what was never encoded.
+The Beam job (beam_features.py, `python -m genre_tf.features`) fills the same stores through write_part.
 """
+import dataclasses
 import glob
 import hashlib
 import os
 import sys
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +23,22 @@ from genre_tf.data.readers import SPLIT_NAMES
 from genre_tf.files import atomic_path, cache_root
 
 PART_SIZE = 2048  # movies per part: a killed run loses at most this many encodings
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenEncoder:
+    """A frozen encoder whose outputs are stored: its store (name, identity key), the input it reads, the poster size
+    it reads, and how to build it (a picklable function, so each Beam worker builds its own)."""
+
+    name: str                   # poster_features | plot_embedding
+    key: str                    # the cache_key of the encoder's identity
+    input_name: str             # plot | poster
+    build: Callable[[], object]
+    image_size: int = 0         # posters only: the size they are decoded at
+
+    @property
+    def folder(self) -> str:
+        return store_folder(self.name, self.key)
 
 
 def store_folder(name: str, key: str) -> str:
@@ -47,20 +66,53 @@ def movie_digests(prepared: PreparedDataset, input_name: str) -> tuple[list[str]
     return ids, digests
 
 
+class DamagedPart(ValueError):
+    """A part of a feature store that cannot be read whole."""
+
+
+def read_part(path: str, width: int | None = None, features: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """One part's (digests, [rows, width] float32 features, or None when not wanted); DamagedPart when it cannot be
+    read whole or its arrays disagree (features of another width than `width`, when given)."""
+    try:
+        with np.load(path, allow_pickle=False) as part:
+            digests = part["digests"]
+            values = part["features"] if features else None
+        if values is not None and (values.ndim != 2 or len(digests) != len(values) or (
+                width is not None and values.shape[1] != width)):
+            raise ValueError(f"{len(digests)} digests for features of shape {values.shape}")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise DamagedPart(str(error)) from None
+    return digests, values
+
+
+def store_parts(folder: str) -> list[str]:
+    """The published parts of a store, in name order (staging files and set-aside parts start with a dot)."""
+    return sorted(glob.glob(os.path.join(folder, "part-*.npz")))
+
+
+def stored_digests(folder: str) -> set[str]:
+    """Every content digest a store holds, read from the parts' digest arrays alone (a damaged part is set aside)."""
+    found = set()
+    for path in store_parts(folder):
+        try:
+            digests, _ = read_part(path, features=False)
+        except DamagedPart as error:
+            set_aside(path, error)
+            continue
+        found.update(digests.tolist())
+    return found
+
+
 def read_store(folder: str, positions: dict[str, list[int]], movies: int) -> tuple[np.ndarray | None, set[str]]:
     """The cached rows of the wanted contents (digest -> the dataset rows that hold it), copied into one
     [movies, width] array, and the digests found. Parts are read one at a time and only wanted rows are kept, so a
     store shared by many catalogues costs this dataset's rows, not the store's. A damaged part is set aside with a
     warning naming it (its movies are encoded again, once)."""
     features, found = None, set()
-    for path in sorted(glob.glob(os.path.join(folder, "part-*.npz"))):
+    for path in store_parts(folder):
         try:
-            with np.load(path, allow_pickle=False) as part:
-                digests, values = part["digests"], part["features"]
-            if values.ndim != 2 or len(digests) != len(values) or (
-                    features is not None and values.shape[1] != features.shape[1]):
-                raise ValueError(f"{len(digests)} digests for features of shape {values.shape}")
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            digests, values = read_part(path, None if features is None else features.shape[1])
+        except DamagedPart as error:
             set_aside(path, error)
             continue
         for row, digest in enumerate(digests.tolist()):

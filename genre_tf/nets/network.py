@@ -1,4 +1,5 @@
 """The network a config describes: encoders and feature caches around models.build_model, built or restored."""
+import functools
 import os
 
 import numpy as np
@@ -6,13 +7,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from genre_tf import run_dir as runs
-from genre_tf.config import TrainConfig, fine_tunes_text, uses_poster, uses_text
-from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, POSTER_FEATURES, PreparedDataset, split_labels
+from genre_tf.config import PosterEncoderConfig, TrainConfig, fine_tunes_text, uses_poster, uses_text
+from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, PreparedDataset, split_labels
 from genre_tf.data.demo import prepared_demo
-from genre_tf.data.features import load_or_compute
+from genre_tf.data.features import FrozenEncoder, load_or_compute
 from genre_tf.files import cache_key, read_json
-from genre_tf.nets.encoders import (build_poster_encoder, build_text_encoder, for_inference, poster_encoder_identity,
-                                    text_encoder_identity)
+from genre_tf.nets.encoders import (build_poster_encoder, build_text_encoder, for_inference, load_backbone,
+                                    poster_encoder_identity, resolve_text_handles, text_encoder_identity)
 from genre_tf.nets.models import build_model
 from genre_tf.nets.precision import keras_policy
 
@@ -49,20 +50,42 @@ def precision_policy(config: TrainConfig):
     return keras_policy("float16" if config.mixed_precision else "float32")
 
 
-def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> dict[str, tuple]:
-    """The cached inputs this model reads: poster features and, for a frozen encoder, plot embeddings, keyed by the
-    encoder alone (each movie's row by its own content), so every dataset and split shares one cache per encoder."""
-    caches = {}
+def build_frozen_poster_encoder(config: PosterEncoderConfig):
+    """The poster encoder that computes stored poster features (BatchNorms folded)."""
+    return for_inference(build_poster_encoder(config))
+
+
+def frozen_encoders(config: TrainConfig) -> list[FrozenEncoder]:
+    """The frozen encoders whose stored outputs this model reads: the poster backbone unless its last stage is
+    trained, the text encoder unless it is fine-tuned. Each store is keyed by the encoder alone (each movie's row by
+    its own content), so every dataset and split, and the Beam features job, share one store per encoder."""
+    encoders = []
     if uses_poster(config.model) and not config.poster.fine_tune_last_stage:
-        key = cache_key(poster_encoder_identity(config.poster))
-        caches[POSTER_FEATURES] = load_or_compute(
-            prepared, POSTER_FEATURES, key, lambda: for_inference(build_poster_encoder(config.poster)), "poster",
-            image_size=config.poster.image_size)
+        encoders.append(FrozenEncoder(POSTER_FEATURES, cache_key(poster_encoder_identity(config.poster)), POSTER,
+                                      functools.partial(build_frozen_poster_encoder, config.poster),
+                                      config.poster.image_size))
     if uses_text(config.model) and not fine_tunes_text(config.model):
-        key = cache_key(text_encoder_identity(config.text))
-        caches[PLOT_EMBEDDING] = load_or_compute(
-            prepared, PLOT_EMBEDDING, key, lambda: build_text_encoder(config.text), PLOT)
-    return caches
+        encoders.append(FrozenEncoder(PLOT_EMBEDDING, cache_key(text_encoder_identity(config.text)), PLOT,
+                                      functools.partial(build_text_encoder, config.text)))
+    return encoders
+
+
+def fetch_encoder_files(config: TrainConfig) -> None:
+    """Make here, once, the files the frozen encoders load (the offline text encoder's TF-Hub conversion, random test
+    weights): Beam's worker processes, building the encoders at once, then read them instead of each writing its own
+    (random weights drawn in two processes need not agree)."""
+    for encoder in frozen_encoders(config):
+        if encoder.name == PLOT_EMBEDDING:
+            resolve_text_handles(config.text)
+        elif config.poster.weights == "random":
+            load_backbone(config.poster)
+
+
+def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> dict[str, tuple]:
+    """The cached inputs this model reads (ids, features) by input name, read from the stores of its frozen
+    encoders; movies never encoded are encoded here."""
+    return {encoder.name: load_or_compute(prepared, encoder.name, encoder.key, encoder.build, encoder.input_name,
+                                          image_size=encoder.image_size) for encoder in frozen_encoders(config)}
 
 
 def cached_dims(caches: dict[str, tuple]) -> dict[str, int]:
