@@ -264,3 +264,19 @@ def test_the_report_says_where_the_text_only_movies_are_and_what_poster_models_s
         "", "Text-only movies (no poster): train 10, dev 1, test 1, 9 of them added to train by extra_train. Models "
             "that read posters trained on the movies that have one and were scored on every movie, a text-only one "
             "with the mean training poster features, as the SavedModel serves it."]
+
+
+@pytest.mark.slow
+def test_the_beam_features_job_encodes_the_posters_there_are_and_names_no_text_only_movie(
+        text_only_prepared, make_tiny_config, tmp_path, monkeypatch):
+    from genre_tf.data import features
+    from genre_tf.data.beam_features import compute_features
+    from genre_tf.data.dataset import load_prepared
+    from genre_tf.nets.network import frozen_encoders
+
+    monkeypatch.setattr(features, "store_folder", lambda name, key: os.path.join(tmp_path, f"{name}-{key}"))
+    config = make_tiny_config("integrated", f"data={text_only_prepared}", run_dir=tmp_path / "run")
+    summary = compute_features(load_prepared(text_only_prepared), frozen_encoders(config), str(tmp_path / "dead.jsonl"),
+                               ["--direct_num_workers=1", "--direct_running_mode=in_memory"])
+    assert summary["dead_letters"] == []  # an empty poster is no error: training gives it the mean
+    assert summary["poster_features"]["encoded"] == 64 and summary["plot_embedding"]["encoded"] == 80
