@@ -113,7 +113,7 @@ def length_chunked(text_encoder: keras.Model, pooling: str, chunk_rows: int = CH
 
     The batch is ordered by plot length and encoded `chunk_rows` plots at a time, each chunk trimmed to its own
     longest plot, then put back in request order. On real plots (median 65 of 128 tokens) a request of 32 carries
-    46% padding trimmed to its longest and 9% in chunks of 8. Padding is masked out of attention and pooling, so
+    46% padding trimmed to its longest and 20% in chunks of 8. Padding is masked out of attention and pooling, so
     the embeddings are those of the whole batch up to float rounding. Works for plot strings and token ids.
     """
     encoder = text_encoder.get_layer("bert_encoder")
