@@ -410,4 +410,6 @@ def test_length_chunked_embeddings_equal_the_padded_batch_in_request_order(tiny_
         np.testing.assert_allclose(chunked, text(plots).numpy(), atol=1e-5, rtol=0)  # one call, padded to 128
         alone = np.concatenate([text(plots[i:i + 1]).numpy() for i in range(11)])  # no padding at all
         np.testing.assert_allclose(chunked, alone, atol=1e-5, rtol=0)
+        few = tf.function(length_chunked(text, pooling, chunk_rows=4))(plots[:3]).numpy()  # one chunk: no loop
+        np.testing.assert_allclose(few, alone[:3], atol=1e-5, rtol=0)
         assert tf.function(length_chunked(text, pooling, chunk_rows=4))(plots[:0]).shape == (0, 8)

@@ -120,8 +120,9 @@ def length_chunked(text_encoder: keras.Model, pooling: str, chunk_rows: int = CH
     # The ids as the preprocessor packs them (token-id encoders: the inputs themselves), before any trimming.
     tokenize = keras.Model(text_encoder.input, text_encoder.get_layer("trim_padding").input)
 
-    def embed(inputs):
-        ids = tokenize(inputs)
+    width = text_encoder.output.shape[-1]
+
+    def in_chunks(ids):
         mask = ids["input_mask"]
         ends = tf.reduce_max(tf.where(mask > 0, tf.range(1, tf.shape(mask)[1] + 1)[None, :], 0), axis=1)
         order = tf.argsort(ends, stable=True)
@@ -134,12 +135,20 @@ def length_chunked(text_encoder: keras.Model, pooling: str, chunk_rows: int = CH
                                  for name, value in ordered.items()})
             return index + 1, vectors.write(index, pooled_vector(encoder(part), part["input_mask"], pooling))
 
-        empty = tf.TensorArray(tf.float32, size=chunks, infer_shape=False,
-                               element_shape=tf.TensorShape([None, text_encoder.output.shape[-1]]))
+        empty = tf.TensorArray(tf.float32, size=chunks, infer_shape=False, element_shape=tf.TensorShape([None, width]))
         _, vectors = tf.while_loop(lambda index, _: index < chunks, encode_chunk, [0, empty],
                                    parallel_iterations=1)  # one chunk at a time: each already uses every core
-        vectors = tf.reshape(vectors.concat(), [count, text_encoder.output.shape[-1]])
+        vectors = tf.reshape(vectors.concat(), [count, width])
         return tf.scatter_nd(order[:, None], vectors, tf.shape(vectors))  # back in request order
+
+    def at_once(ids):
+        part = trim_padding(ids)
+        return pooled_vector(encoder(part), part["input_mask"], pooling)
+
+    def embed(inputs):
+        ids = tokenize(inputs)
+        # A request of one chunk or less has nothing to sort: it skips the loop (and its cost at batch 1).
+        return tf.cond(tf.shape(ids["input_mask"])[0] > chunk_rows, lambda: in_chunks(ids), lambda: at_once(ids))
 
     return embed
 
