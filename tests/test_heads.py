@@ -62,6 +62,7 @@ def test_each_head_learns_from_its_own_loss_only(l2):
                                                                    strict=True)) > 1e-4
 
 
+@pytest.mark.slow  # 5 s of training: the fast tier stays under 2 minutes
 def test_an_ensemble_fits_a_toy_problem_and_round_trips_its_weights(tmp_path):
     model = tiny(3)
     model.compile(keras.optimizers.Adam(0.01), SoftF1Loss())

@@ -584,6 +584,7 @@ def test_a_billion_laughs_config_is_refused_at_its_first_alias(tmp_path):
         assert result["message"] in stderr and len(stderr) < 2000  # argparse's usage line, then the message
 
 
+@pytest.mark.slow  # 4 s of processes starting TensorFlow
 def test_a_huge_option_value_is_quoted_short_in_its_error(tmp_path):
     from genre_tf.config import load_config
 
@@ -900,6 +901,7 @@ def test_genre_names_merge_across_unicode_forms_and_case_and_refuse_separators_a
     assert (tmp_path / "out" / "genres.txt").read_text(encoding="utf-8") == "Com\u00e9die\n"
 
 
+@pytest.mark.slow  # 4 s of GIF frames
 def test_a_long_animated_gif_is_judged_alike_by_prepare_and_serving(tmp_path):
     import tensorflow as tf
     from genre_tf.data.images import decode_posters

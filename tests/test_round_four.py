@@ -221,6 +221,7 @@ def test_a_batch_rerun_that_cannot_publish_leaves_the_last_run_s_two_files_as_th
     assert (tmp_path / "fresh" / PREDICTIONS_FILE).read_text() == "new predictions\n"
 
 
+@pytest.mark.slow  # 4 s: the fast tier stays under 2 minutes
 # 5,000 levels take PyYAML past Python's recursion limit as the 100,000 did, in a twentieth of the time
 @pytest.mark.parametrize("deep", ["[" * 5_000 + "]" * 5_000, "{a: " * 5_000 + "1" + "}" * 5_000,
                                   "[" * 17 + "1" + "]" * 17])
