@@ -55,6 +55,7 @@ class ModelConfig:
 
 
 TEXT_MODELS = ("mpnet", "minilm")
+TEXT_LAYERS = {"mpnet": 12, "minilm": 6}  # the offline encoders' transformer layers
 
 
 @dataclasses.dataclass
@@ -71,6 +72,11 @@ class TextEncoderConfig:
     # The offline encoder's compute dtype. bfloat16 embeds batches 1.3-1.4x faster on CPUs with AVX512_BF16,
     # test F1 within 0.5 points (README, "Speed"); much slower on hardware without native bfloat16.
     precision: str = "float32"   # float32 | bfloat16
+    # Fine-tune the offline encoder's top k layers (0: frozen). The hidden states below them are computed once per
+    # plot and cached (float16, read from disk batch by batch); training runs the top k layers, the pooling and the
+    # head, and the export carries the whole encoder with the trained layers. text_frozen and late fusion's text branch.
+    fine_tune_layers: int = 0
+    fine_tune_learning_rate: float = 5e-5  # Adam, for the fine-tuned layers (the head keeps learning_rate)
 
 
 @dataclasses.dataclass
@@ -373,9 +379,30 @@ def validate(config: TrainConfig) -> None:
         (config.text.precision == "float32" or not config.text.encoder,
          "text.precision=bfloat16 applies to the offline encoders; a TF-Hub SavedModel computes in the dtype it was "
          "saved with"),
+        *_fine_tune_layers_checks(config),
         (MIN_IMAGE_SIZE <= config.poster.image_size <= MAX_IMAGE_SIZE,  # 1024 px: 12 MB a poster, as prepare's cap
          f"poster.image_size must be {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {config.poster.image_size}"),
         (config.oversample_fraction >= 0, "oversample_fraction must be >= 0")])
+
+
+def _fine_tune_layers_checks(config: TrainConfig) -> list[tuple[bool, str]]:
+    """text.fine_tune_layers' conditions: an offline encoder cut in float32, under a single head over cached states."""
+    layers, text = config.text.fine_tune_layers, config.text
+    if layers == 0:
+        return [(True, "")]
+    top = TEXT_LAYERS.get(text.model, 0)
+    return [(0 <= layers <= top, f"text.fine_tune_layers must be 0 to {top} (the layers of text.model={text.model}), "
+                                 f"got {layers}"),
+            (not text.encoder, "text.fine_tune_layers cuts the offline text.model into layers; a TF-Hub text.encoder "
+                               "cannot be cut: fine-tune it whole with model.kind=text_finetuned instead"),
+            (not fine_tunes_text(config.model), "text.fine_tune_layers trains the top layers over cached states; "
+                                                "model.kind=text_finetuned and model.fine_tune_text=true train every "
+                                                "layer already: use one or the other"),
+            (text.precision == "float32", "text.fine_tune_layers trains in float32: leave text.precision=float32"),
+            (config.feature_cache, "text.fine_tune_layers trains over cached hidden states: leave feature_cache=true"),
+            (config.model.heads == 1, "text.fine_tune_layers trains one head: leave model.heads=1"),
+            (math.isfinite(text.fine_tune_learning_rate) and text.fine_tune_learning_rate > 0,
+             f"text.fine_tune_learning_rate must be a finite number > 0, got {text.fine_tune_learning_rate}")]
 
 
 def validate_prepare(config: PrepareConfig) -> None:

@@ -24,6 +24,7 @@ SLOW_TESTS = (
     "test_evaluation.py::test_bad_runs_give_clear_errors_",
     "test_evaluation.py::test_evaluate_writes_every_file_",
     "test_evaluation.py::test_table_across_runs_",
+    "test_fine_tune_layers.py::test_a_run_with_fine_tuned_top_layers_",
     "test_fusion.py::test_the_integrated_run_is_its_branches_",
     "test_hostile_inputs.py::test_a_damaged_checkpoint_is_",
     "test_hostile_inputs.py::test_a_failure_before_the_first_backup_",

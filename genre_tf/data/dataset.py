@@ -24,6 +24,8 @@ _WARNED_ID_ORDER: set[str] = set()
 # Keys of the dicts the pipelines yield; they are also the model's input names.
 MOVIE_ID, PLOT, POSTER, POSTER_FEATURES, PLOT_EMBEDDING = (
     "movie_id", "plot", "poster", "poster_features", "plot_embedding")
+# text.fine_tune_layers: the cached hidden states below the trained layers, and their mask (one cache, two inputs)
+PLOT_STATES, PLOT_MASK = "plot_states", "plot_mask"
 _PARSE_SPEC = {
     MOVIE_ID: tf.io.FixedLenFeature([], tf.string),
     PLOT: tf.io.FixedLenFeature([], tf.string),
@@ -225,24 +227,39 @@ def split_posters(prepared: PreparedDataset, split: str, image_size: int, batch_
 CACHE_ROW = "_cache_id"  # the movie_id a batch carries until its cached features are added (add_cached_features)
 
 
-def make_lookup(ids: Sequence[str], values: np.ndarray, name: str):
-    """A function mapping a batch of movie_id tensors to their rows of `values` (a feature cache).
+def make_lookup(ids: Sequence[str], values, name: str):
+    """A function mapping a batch of movie_id tensors to {input name: their rows} of a feature cache.
 
     The rows are gathered by numpy from the cache's own array after batching: the features are held once, not again
-    as a graph constant, in a dataset's cache or in the shuffle buffer (those see ids and labels alone).
+    as a graph constant, in a dataset's cache or in the shuffle buffer (those see ids and labels alone). A cache of
+    hidden states (data/states.StoredStates) reads each batch's rows from disk, padded to the batch's longest plot,
+    as two inputs: plot_states and plot_mask.
     """
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(list(ids)), tf.range(len(ids), dtype=tf.int64)),
         default_value=-1, name=f"{name}_index")
+    if not isinstance(values, np.ndarray):  # StoredStates
+        def read_states(movie_ids):
+            rows = table.lookup(movie_ids)
+            tf.debugging.assert_non_negative(rows, message=f"movie_id missing from the {name} cache")
+            states, mask = tf.numpy_function(values.batch, [rows], [tf.float32, tf.int32], stateful=False)
+            return {PLOT_STATES: tf.ensure_shape(states, [None, None, values.shape[1]]),
+                    PLOT_MASK: tf.ensure_shape(mask, [None, None])}
+        return read_states
     values = np.asarray(values, np.float32)
 
     def lookup(movie_ids):
         rows = table.lookup(movie_ids)
         tf.debugging.assert_non_negative(rows, message=f"movie_id missing from the {name} cache")
         features = tf.numpy_function(lambda index: values[index], [rows], tf.float32, stateful=False)
-        return tf.ensure_shape(features, [None, values.shape[1]])
+        return {name: tf.ensure_shape(features, [None, values.shape[1]])}
 
     return lookup
+
+
+def cache_inputs(name: str) -> tuple[str, ...]:
+    """The model inputs a feature cache named `name` provides."""
+    return (PLOT_STATES, PLOT_MASK) if name == PLOT_STATES else (name,)
 
 
 def add_cached_features(lookups: dict, input_names: Sequence[str]):
@@ -250,7 +267,9 @@ def add_cached_features(lookups: dict, input_names: Sequence[str]):
     def add(inputs, labels):
         inputs = dict(inputs)
         movie_ids = inputs.pop(CACHE_ROW)
-        inputs.update({name: lookup(movie_ids) for name, lookup in lookups.items() if name in input_names})
+        for name, lookup in lookups.items():
+            if set(cache_inputs(name)) & set(input_names):
+                inputs.update(lookup(movie_ids))
         return inputs, labels
     return add
 
@@ -303,7 +322,8 @@ def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, trai
     spec = dict(_PARSE_SPEC, labels=tf.io.FixedLenFeature([num_genres], tf.float32))
     lookups = {name: make_lookup(ids, values, name) for name, (ids, values) in (feature_caches or {}).items()}
     image_size = image_size or prepared.image_size
-    unknown = set(input_names) - {MOVIE_ID, PLOT, POSTER, "year", *lookups}
+    provided = {key for name in lookups for key in cache_inputs(name)}
+    unknown = set(input_names) - {MOVIE_ID, PLOT, POSTER, "year", *provided}
     if unknown:
         raise ValueError(f"the dataset cannot provide inputs {sorted(unknown)}; caches given: {sorted(lookups)}")
 

@@ -144,7 +144,7 @@ def write_part(folder: str, digests: list[str], features: np.ndarray) -> None:
         np.savez(staging, digests=np.asarray(digests), features=features.astype(np.float32))
 
 
-def _missing_batches(prepared: PreparedDataset, input_name: str, missing: dict[str, str], batch_size: int,
+def missing_batches(prepared: PreparedDataset, input_name: str, missing: dict[str, str], batch_size: int,
                      image_size: int):
     """(digests, encoder inputs) batches of the movies whose content is not cached (`missing`: id -> digest).
 
@@ -190,7 +190,7 @@ def encode_missing(prepared: PreparedDataset, folder: str, encoder, input_name: 
     predict = tf.function(lambda x: encoder(x, training=False))
     rows, pending = {}, []
     with tqdm(total=len(set(missing.values())), desc=f"encoding {input_name}", unit="movie", mininterval=2.0) as bar:
-        for digests, values in _missing_batches(prepared, input_name, missing, batch_size, image_size):
+        for digests, values in missing_batches(prepared, input_name, missing, batch_size, image_size):
             batch = predict(values).numpy().astype(np.float32)
             rows.update(zip(digests, batch, strict=False))
             pending.extend(digests)

@@ -127,8 +127,22 @@ class RelativePositionBias(keras.layers.Layer):
                     max_distance=self.max_distance)
 
 
-def build_bert_encoder(shape: BertShape = BertShape(), name: str = "bert_encoder") -> keras.Model:
-    """A BERT (or MPNet) encoder with TF-Hub's interface: a dict of int32 ids in, pooled/sequence outputs out."""
+STATES_CUT = "states_cut"  # the layer that rounds the hidden states below fine-tuned top layers to float16
+
+
+def round_to_float16(hidden):
+    """Hidden states as a float16 cache stores them (and back to their dtype): the top layers see the same values in
+    training, from the cache, and in serving, from the bottom layers."""
+    return tf.cast(tf.cast(hidden, tf.float16), hidden.dtype)
+
+
+def build_bert_encoder(shape: BertShape = BertShape(), name: str = "bert_encoder",
+                       cut: int | None = None) -> keras.Model:
+    """A BERT (or MPNet) encoder with TF-Hub's interface: a dict of int32 ids in, pooled/sequence outputs out.
+
+    `cut` rounds the hidden states after that many layers (0: the embeddings) to float16 (layer `states_cut`), as
+    text.fine_tune_layers caches them: the layers above are trained on the rounded states, and serve on them.
+    """
     inputs = {key: keras.Input(shape=(None,), dtype=tf.int32, name=key)
               for key in ("input_word_ids", "input_mask", "input_type_ids")}
     hidden = BertEmbeddings(shape.vocab_size, shape.hidden_size, shape.max_positions, shape.type_vocab_size,
@@ -138,17 +152,59 @@ def build_bert_encoder(shape: BertShape = BertShape(), name: str = "bert_encoder
     if shape.relative_buckets:
         position_bias = RelativePositionBias(shape.relative_buckets, shape.num_heads, shape.relative_max_distance,
                                              name="relative_position_bias")(inputs["input_word_ids"])
+    if cut == 0:
+        hidden = keras.layers.Lambda(round_to_float16, name=STATES_CUT)(hidden)
     encoder_outputs = []
     for index in range(shape.num_layers):
         hidden = TransformerBlock(shape.hidden_size, shape.num_heads, shape.intermediate_size,
                                   shape.layer_norm_epsilon, name=f"transformer_{index}")(
             hidden, inputs["input_mask"], position_bias)
+        if index + 1 == cut:
+            hidden = keras.layers.Lambda(round_to_float16, name=STATES_CUT)(hidden)
         encoder_outputs.append(hidden)
     first_token = keras.layers.Lambda(lambda x: x[:, 0, :], name="first_token")(hidden)
     pooled = keras.layers.Dense(shape.hidden_size, activation="tanh", name="pooler")(first_token)
     outputs = {"pooled_output": pooled, "sequence_output": hidden, "default": pooled,
                "encoder_outputs": encoder_outputs}
     return keras.Model(inputs, outputs, name=name)
+
+
+def states_model(encoder: keras.Model) -> keras.Model:
+    """The layers of an encoder built with `cut` below the cut: token ids in, the rounded hidden states out."""
+    return keras.Model(encoder.input, encoder.get_layer(STATES_CUT).output, name="bottom_layers")
+
+
+def top_layers(encoder: keras.Model, layers: int, pooling: str, states_name: str, mask_name: str) -> keras.Model:
+    """The top `layers` blocks of an encoder (the same layer objects: training them trains the encoder's) and the
+    pooling, as a model from the hidden states below them and their mask to the plot vector. MPNet's relative
+    position bias, shared by every layer, stays frozen."""
+    width = encoder.output["sequence_output"].shape[-1]
+    states = keras.Input(shape=(None, width), name=states_name)
+    mask = keras.Input(shape=(None,), dtype=tf.int32, name=mask_name)
+    blocks = [layer for layer in encoder.layers if isinstance(layer, TransformerBlock)]
+    position_bias = None
+    if any(isinstance(layer, RelativePositionBias) for layer in encoder.layers):
+        bias = encoder.get_layer("relative_position_bias")
+        bias.trainable = False
+        position_bias = bias(mask)  # it reads the length alone
+    hidden = states
+    for block in blocks[len(blocks) - layers:]:
+        hidden = block(hidden, mask, position_bias)
+    if pooling == "pooled":
+        first = keras.layers.Lambda(lambda x: x[:, 0, :], name="first_token")(hidden)
+        vector = encoder.get_layer("pooler")(first)
+    else:
+        vector = MaskedMean(name="masked_mean")(hidden, mask)
+    return keras.Model({states_name: states, mask_name: mask}, vector, name="text_top")
+
+
+@keras.utils.register_keras_serializable("genre_tf")
+class MaskedMean(keras.layers.Layer):
+    """The mean of the hidden states over the real tokens (mask 1), summed in float32."""
+
+    def call(self, hidden, mask):
+        mask = tf.cast(mask, tf.float32)[:, :, None]
+        return tf.reduce_sum(tf.cast(hidden, tf.float32) * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The paper's two branches: a TF-Hub BERT text encoder and an ImageNet CNN poster encoder."""
 import contextlib
+import dataclasses
 import functools
 import os
 
@@ -8,12 +9,13 @@ import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  must be imported before a BERT preprocessor SavedModel loads
 import tf_keras as keras
 
-from genre_tf.config import (POSTER_BACKBONES, ModelConfig, PosterEncoderConfig, TextEncoderConfig, fine_tunes_text,
-                             uses_poster, uses_text)
-from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
+from genre_tf.config import (POSTER_BACKBONES, TEXT_LAYERS, ModelConfig, PosterEncoderConfig, TextEncoderConfig,
+                             fine_tunes_text, uses_poster, uses_text)
+from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, PLOT_MASK, PLOT_STATES, POSTER, POSTER_FEATURES
 from genre_tf.files import atomic_path, cache_root, file_digest, short_digest
-from genre_tf.nets.minilm import WEIGHTS_SHA256, minilm_handles
-from genre_tf.nets.mpnet import WEIGHTS_SHA256 as MPNET_SHA256, mpnet_handles
+from genre_tf.nets.bert import states_model, top_layers
+from genre_tf.nets.minilm import WEIGHTS_SHA256, load_minilm_encoder, minilm_handles
+from genre_tf.nets.mpnet import WEIGHTS_SHA256 as MPNET_SHA256, load_mpnet_encoder, mpnet_handles
 from genre_tf.nets.precision import keras_policy
 
 RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -46,12 +48,24 @@ def text_encoder_identity(config: TextEncoderConfig) -> str:
     return f"{identity}-{config.preprocessor}-seq{config.seq_length}-{config.pooling}"
 
 
-def build_text_encoder(config: TextEncoderConfig, trainable: bool = False) -> keras.Model:
-    """plot (string) -> plot_embedding: the preprocessor, the encoder and the chosen pooling."""
+def build_text_encoder(config: TextEncoderConfig, trainable: bool = False,
+                       encoder: keras.Model | None = None) -> keras.Model:
+    """plot (string) -> plot_embedding: the preprocessor, the encoder and the chosen pooling. `encoder`, when given, is
+    a Keras BERT used in place of the TF-Hub one (a run's encoder with its fine-tuned top layers)."""
     if config.pooling not in ("mean", "pooled"):
         raise ValueError(f"text.pooling must be 'mean' or 'pooled', got {config.pooling!r}")
-    encoder_handle, preprocessor_handle = resolve_text_handles(config)
+    encoder_handle, _ = resolve_text_handles(config)
     plot = keras.Input(shape=(), dtype=tf.string, name=PLOT)
+    ids = plot_ids(config, plot)
+    if encoder is None:
+        encoder = hub.KerasLayer(encoder_handle, trainable=trainable, name="bert_encoder")
+    return keras.Model(plot, pool_encoder_outputs(encoder(ids), ids["input_mask"], config.pooling),
+                       name="text_encoder")
+
+
+def plot_ids(config: TextEncoderConfig, plot):
+    """The token ids of a plot input, packed by the text preprocessor and trimmed after the batch's longest plot."""
+    _, preprocessor_handle = resolve_text_handles(config)
     if config.encoder and config.seq_length != 128:
         # TF-Hub preprocessors pack 128 tokens by default; other lengths go through bert_pack_inputs.
         loaded = hub.load(preprocessor_handle)
@@ -65,10 +79,49 @@ def build_text_encoder(config: TextEncoderConfig, trainable: bool = False) -> ke
                              name="preprocessor")([tokens])
     else:
         ids = hub.KerasLayer(preprocessor_handle, name="preprocessor")(plot)
-    ids = keras.layers.Lambda(trim_padding, name="trim_padding")(ids)
-    encoder = hub.KerasLayer(encoder_handle, trainable=trainable, name="bert_encoder")
-    return keras.Model(plot, pool_encoder_outputs(encoder(ids), ids["input_mask"], config.pooling),
-                       name="text_encoder")
+    return keras.layers.Lambda(trim_padding, name="trim_padding")(ids)
+
+
+def states_cut(config: TextEncoderConfig) -> int:
+    """How many of the offline encoder's layers lie below text.fine_tune_layers' trained ones."""
+    return TEXT_LAYERS[config.model] - config.fine_tune_layers
+
+
+def load_keras_text_encoder(config: TextEncoderConfig) -> keras.Model:
+    """The offline text.model as a Keras BERT (the TF-Hub conversion's weights), its states rounded at the cut below
+    text.fine_tune_layers: a model whose layers can be cut, trained and served."""
+    cut = states_cut(config)
+    return load_mpnet_encoder(cut) if config.model == "mpnet" else load_minilm_encoder(cut=cut)
+
+
+def plot_states_identity(config: TextEncoderConfig) -> str:
+    """What the stored hidden states depend on: the encoder, the plot length and the cut."""
+    return f"{text_encoder_identity(dataclasses.replace(config, pooling='mean'))}-states{states_cut(config)}"
+
+
+def build_states_encoder(config: TextEncoderConfig) -> keras.Model:
+    """plot (string) -> (the hidden states below text.fine_tune_layers' layers, rounded to float16; the input mask)."""
+    bottom = states_model(load_keras_text_encoder(config))
+    plot = keras.Input(shape=(), dtype=tf.string, name=PLOT)
+    ids = plot_ids(config, plot)
+    return keras.Model(plot, [bottom(ids), ids["input_mask"]], name="states_encoder")
+
+
+def build_text_top(config: TextEncoderConfig) -> keras.Model:
+    """The top text.fine_tune_layers layers of the offline encoder and the pooling: plot_states and plot_mask in,
+    the plot vector out (named sub-model `text_top`)."""
+    return top_layers(load_keras_text_encoder(config), config.fine_tune_layers, config.pooling, PLOT_STATES,
+                      PLOT_MASK)
+
+
+def tuned_text_encoder(config: TextEncoderConfig, top: keras.Model) -> keras.Model:
+    """plot -> plot_embedding through the whole offline encoder, its top layers holding a run's trained `top`
+    (text_top) weights: what the export serves."""
+    encoder = load_keras_text_encoder(config)
+    for layer in top.layers:
+        if layer.weights:
+            encoder.get_layer(layer.name).set_weights(layer.get_weights())
+    return build_text_encoder(config, encoder=encoder)
 
 
 TRIM_MULTIPLE = 16  # lengths are rounded up to this: at most seq_length / 16 shapes for graphs and XLA to compile

@@ -85,12 +85,14 @@ def load_hf_weights(encoder, tensors: dict, num_layers: int, mapping: dict | Non
         variable.assign(value.astype(np.float32))
 
 
-def load_minilm_encoder(precision: str = "float32"):
-    """all-MiniLM-L6-v2 as a Keras BERT computing in `precision`, its weights checked and loaded."""
-    return _load_bert_folder(package_model_dir(), WEIGHTS_SHA256, precision)
+def load_minilm_encoder(precision: str = "float32", cut: int | None = None):
+    """all-MiniLM-L6-v2 as a Keras BERT computing in `precision`, its weights checked and loaded (`cut`: as
+    build_bert_encoder's)."""
+    return load_bert_folder(package_model_dir(), WEIGHTS_SHA256, precision, cut=cut)
 
 
-def _load_bert_folder(model_dir: str, expected_sha256: str = "", precision: str = "float32", architecture=None):
+def load_bert_folder(model_dir: str, expected_sha256: str = "", precision: str = "float32", architecture=None,
+                      cut: int | None = None):
     """A Keras BERT with the weights of a Hugging Face folder (model.safetensors, config.json).
 
     `architecture` (config dict -> (BertShape, weight mapping)) reads another BERT-like model, such as MPNet;
@@ -109,7 +111,7 @@ def _load_bert_folder(model_dir: str, expected_sha256: str = "", precision: str 
         config = json.load(handle)
     shape, mapping = architecture(config) if architecture else (shape_from_config(config), None)
     with keras_policy(precision):
-        encoder = build_bert_encoder(shape)
+        encoder = build_bert_encoder(shape, cut=cut)
     load_hf_weights(encoder, load_file(weights), shape.num_layers, mapping)
     return encoder
 
@@ -118,7 +120,7 @@ def convert_bert_folder(model_dir: str, out_dir: str, seq_length: int, expected_
                         precision: str = "float32", architecture=None,
                         special: SpecialTokens = BERT_TOKENS) -> tuple[str, str]:
     """Write <out_dir>/encoder and <out_dir>/preprocessor from a Hugging Face BERT(-like) folder, atomically."""
-    encoder = _load_bert_folder(model_dir, expected_sha256, precision, architecture)
+    encoder = load_bert_folder(model_dir, expected_sha256, precision, architecture)
     parent = os.path.dirname(os.path.abspath(out_dir))
     staging = staging_folder(parent, "convert")
     try:

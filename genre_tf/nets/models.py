@@ -36,9 +36,13 @@ def _encoded_input(encoder, name: str, feature_name: str, dim: int):
     """An encoder's raw input run through it, or (no encoder) a cached-feature input; returns (input, vector)."""
     if encoder is None:
         features = keras.Input(shape=(dim,), name=feature_name)
-        return features, features
+        return [features], features
+    if isinstance(encoder.input, dict):  # text_top: the cached hidden states and their mask
+        raw = {key: keras.Input(shape=value.shape[1:], dtype=value.dtype, name=key)
+               for key, value in encoder.input.items()}
+        return list(raw.values()), encoder(raw)
     raw = keras.Input(shape=encoder.input.shape[1:], dtype=encoder.input.dtype, name=name)
-    return raw, encoder(raw)
+    return [raw], encoder(raw)
 
 
 def build_genre_head(config: ModelConfig, num_genres: int, text_dim: int = 384, poster_dim: int = 1280) -> keras.Model:
@@ -115,11 +119,38 @@ def build_model(config: ModelConfig, num_genres: int, text_dim: int = 384, poste
                                                     poster_dim)):
         if used:
             raw, features[feature_name] = _encoded_input(encoder, name, feature_name, dim)
-            inputs.append(raw)
+            inputs.extend(raw)
     head = build_genre_head(config, num_genres, **{key: int(features[name].shape[-1]) for key, name in (
         ("text_dim", PLOT_EMBEDDING), ("poster_dim", POSTER_FEATURES)) if name in features})
     probabilities = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(head(features))
-    return (HeadEnsemble if config.heads > 1 else keras.Model)(inputs, probabilities, name=config.kind)
+    model_class = HeadEnsemble if config.heads > 1 else keras.Model
+    if text_encoder is not None and text_encoder.name == TEXT_TOP:
+        model_class = TopLayersModel
+    return model_class(inputs, probabilities, name=config.kind)
+
+
+TEXT_TOP = "text_top"  # the text encoder's fine-tuned top layers and pooling (text.fine_tune_layers)
+
+
+class TopLayersModel(keras.Model):
+    """A model whose text encoder's top layers (text_top) learn at their own, smaller rate: `top_optimizer`, set
+    before training, updates them; the compiled optimizer updates the rest."""
+
+    top_optimizer = None
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        with tf.GradientTape() as tape:
+            predictions = self(x, training=True)
+            loss = self.compiled_loss(y, predictions, regularization_losses=self.losses)
+        top = self.get_layer(TEXT_TOP).trainable_variables
+        in_top = {variable.ref() for variable in top}
+        rest = [variable for variable in self.trainable_variables if variable.ref() not in in_top]
+        gradients = tape.gradient(loss, top + rest)
+        self.top_optimizer.apply_gradients(zip(gradients[:len(top)], top, strict=True))
+        self.optimizer.apply_gradients(zip(gradients[len(top):], rest, strict=True))
+        self.compiled_metrics.update_state(y, predictions)
+        return {metric.name: metric.result() for metric in self.metrics}
 
 
 @keras.utils.register_keras_serializable("genre_tf")

@@ -99,6 +99,13 @@ def mpnet_architecture(config: dict) -> tuple[BertShape, dict]:
     return shape, mapping
 
 
+def load_mpnet_encoder(cut: int | None = None):
+    """all-mpnet-base-v2 as a Keras encoder, its weights checked and loaded (`cut`: as build_bert_encoder's)."""
+    from genre_tf.nets.minilm import load_bert_folder
+
+    return load_bert_folder(package_model_dir(), WEIGHTS_SHA256, "float32", mpnet_architecture, cut=cut)
+
+
 def mpnet_handles(seq_length: int = 128, precision: str = "float32") -> tuple[str, str]:
     """Local TF-Hub handles (encoder, preprocessor) of all-mpnet-base-v2, converting it on first use."""
     from genre_tf.nets.minilm import convert_bert_folder

@@ -8,12 +8,15 @@ import tf_keras as keras
 
 from genre_tf import run_dir as runs
 from genre_tf.config import PosterEncoderConfig, TrainConfig, fine_tunes_text, uses_poster, uses_text
-from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, PreparedDataset, split_labels
+from genre_tf.data.dataset import (PLOT, PLOT_EMBEDDING, PLOT_STATES, POSTER, POSTER_FEATURES, PreparedDataset,
+                                   split_labels)
 from genre_tf.data.demo import prepared_demo
 from genre_tf.data.features import FrozenEncoder, load_or_compute
+from genre_tf.data.states import load_or_compute_states
 from genre_tf.files import cache_key, read_json
-from genre_tf.nets.encoders import (build_poster_encoder, build_text_encoder, for_inference, load_backbone,
-                                    poster_encoder_identity, resolve_text_handles, text_encoder_identity)
+from genre_tf.nets.encoders import (build_poster_encoder, build_states_encoder, build_text_encoder, build_text_top,
+                                    for_inference, load_backbone, plot_states_identity, poster_encoder_identity,
+                                    resolve_text_handles, text_encoder_identity)
 from genre_tf.nets.models import build_model
 from genre_tf.nets.precision import keras_policy
 
@@ -64,7 +67,7 @@ def frozen_encoders(config: TrainConfig) -> list[FrozenEncoder]:
         encoders.append(FrozenEncoder(POSTER_FEATURES, cache_key(poster_encoder_identity(config.poster)), POSTER,
                                       functools.partial(build_frozen_poster_encoder, config.poster),
                                       config.poster.image_size))
-    if uses_text(config.model) and not fine_tunes_text(config.model):
+    if uses_text(config.model) and not fine_tunes_text(config.model) and not config.text.fine_tune_layers:
         encoders.append(FrozenEncoder(PLOT_EMBEDDING, cache_key(text_encoder_identity(config.text)), PLOT,
                                       functools.partial(build_text_encoder, config.text)))
     return encoders
@@ -84,8 +87,12 @@ def fetch_encoder_files(config: TrainConfig) -> None:
 def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> dict[str, tuple]:
     """The cached inputs this model reads (ids, features) by input name, read from the stores of its frozen
     encoders; movies never encoded are encoded here."""
-    return {encoder.name: load_or_compute(prepared, encoder.name, encoder.key, encoder.build, encoder.input_name,
-                                          image_size=encoder.image_size) for encoder in frozen_encoders(config)}
+    caches = {encoder.name: load_or_compute(prepared, encoder.name, encoder.key, encoder.build, encoder.input_name,
+                                            image_size=encoder.image_size) for encoder in frozen_encoders(config)}
+    if uses_text(config.model) and config.text.fine_tune_layers:
+        caches[PLOT_STATES] = load_or_compute_states(prepared, cache_key(plot_states_identity(config.text)),
+                                                     functools.partial(build_states_encoder, config.text))
+    return caches
 
 
 def cached_dims(caches: dict[str, tuple]) -> dict[str, int]:
@@ -96,9 +103,13 @@ def cached_dims(caches: dict[str, tuple]) -> dict[str, int]:
 def build_network(config: TrainConfig, num_genres: int, cached_dims: dict[str, int],
                   genre_frequency: np.ndarray | None = None) -> keras.Model:
     """The uncompiled model. Inputs in `cached_dims` (plot_embedding, poster_features) are cached features of that
-    width; the other inputs are encoded inside: fine-tuned text, conv5 fine-tuning, or feature_cache=false."""
-    text_encoder = (build_text_encoder(config.text, trainable=fine_tunes_text(config.model))
-                    if uses_text(config.model) and PLOT_EMBEDDING not in cached_dims else None)
+    width; the other inputs are encoded inside: fine-tuned text, conv5 fine-tuning, or feature_cache=false. With
+    plot_states there (text.fine_tune_layers), the encoder's top layers run inside on the cached states."""
+    text_encoder = None
+    if uses_text(config.model) and PLOT_STATES in cached_dims:
+        text_encoder = build_text_top(config.text)
+    elif uses_text(config.model) and PLOT_EMBEDDING not in cached_dims:
+        text_encoder = build_text_encoder(config.text, trainable=fine_tunes_text(config.model))
     poster_encoder = (build_poster_encoder(config.poster)
                       if uses_poster(config.model) and POSTER_FEATURES not in cached_dims else None)
     return build_model(config.model, num_genres, text_dim=cached_dims.get(PLOT_EMBEDDING, 0),

@@ -18,13 +18,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from genre_tf.config import TrainConfig, uses_poster, uses_text
-from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES
+from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, PLOT_STATES, POSTER, POSTER_FEATURES
 from genre_tf.data.images import decode_posters
 from genre_tf.limits import MAX_PLOT_BYTES, MAX_REQUEST_MOVIES, PLOT_TOO_LONG
 from genre_tf.files import read_json, refuse_to_write_into, staging_folder, write_json, write_text
 from genre_tf.nets.encoders import (CHUNK_ROWS, build_poster_encoder, build_text_encoder, for_inference,
-                                    length_chunked, resolve_text_handles, token_id_encoder)
-from genre_tf.nets.models import HEAD
+                                    length_chunked, resolve_text_handles, token_id_encoder, tuned_text_encoder)
+from genre_tf.nets.models import HEAD, TEXT_TOP
 from genre_tf.nets.network import build_network, load_best_weights, open_run_dataset, precision_policy
 from genre_tf.run_dir import genres as run_genres, load_config, read_serving_files, require_finished
 
@@ -78,6 +78,8 @@ def restore_model(run_dir: str, config: TrainConfig, num_genres: int, record: di
     """The trained model rebuilt from config.json and the serving record, with the best checkpoint loaded."""
     cached = {name: record["feature_dims"][name] for name in record["model_inputs"]
               if name in (PLOT_EMBEDDING, POSTER_FEATURES)}
+    if PLOT_STATES in record["model_inputs"]:  # text.fine_tune_layers: states as wide as the plot embedding
+        cached[PLOT_STATES] = record["feature_dims"][PLOT_EMBEDDING]
     with precision_policy(config):
         model = build_network(config, num_genres, cached)
     load_best_weights(model, run_dir)
@@ -92,7 +94,9 @@ def serving_parts(run_dir: str, config: TrainConfig, record: dict, token_ids: bo
     means = {name: np.asarray(values, np.float32) for name, values in record["fallback_means"].items()}
     text_encoder = poster_encoder = None
     with precision_policy(config):
-        if uses_text(config.model):
+        if PLOT_STATES in model.input_names:
+            text_encoder = tuned_text_encoder(config.text, model.get_layer(TEXT_TOP))
+        elif uses_text(config.model):
             text_encoder = model.get_layer("text_encoder") if PLOT in model.input_names else build_text_encoder(
                 config.text)
         if uses_poster(config.model):
@@ -332,12 +336,14 @@ def export_run(run_dir: str, model_base: str, *, token_ids: bool = False, model_
 
 def computing_in(config: TrainConfig, precision: str) -> TrainConfig:
     """The run's config with its encoders computing in `precision` over the same float32 weights (the poster's
-    always; the text's when it is an offline conversion, as text.precision allows); empty changes nothing."""
+    always; the text's when it is an offline conversion with no fine-tuned layers, as text.precision allows); empty
+    changes nothing."""
     if not precision:
         return config
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"the export precision must be float32 or bfloat16, got {precision!r}")
-    text = config.text if config.text.encoder else dataclasses.replace(config.text, precision=precision)
+    keep = config.text.encoder or config.text.fine_tune_layers
+    text = config.text if keep else dataclasses.replace(config.text, precision=precision)
     return dataclasses.replace(config, text=text, poster=dataclasses.replace(config.poster, precision=precision))
 
 

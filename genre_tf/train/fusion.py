@@ -15,7 +15,7 @@ sigmoid. It is saved as the run's best checkpoint and served like any other.
 import numpy as np
 import tf_keras as keras
 
-from genre_tf.nets.models import CALIBRATION, HEAD
+from genre_tf.nets.models import CALIBRATION, HEAD, TEXT_TOP
 from genre_tf.nets.network import make_predictor
 
 FOLDS = 5
@@ -72,6 +72,6 @@ def copy_branch_weights(target: keras.Model, text_model: keras.Model, poster_mod
         if layer.weights and layer.name not in ("poster_logits", "fusion_mix", CALIBRATION):
             layer.set_weights(text_head.get_layer(layer.name).get_weights())
     head.get_layer("poster_logits").set_weights(poster_head.get_layer("genre_logits").get_weights())
-    for name, source in (("text_encoder", text_model), ("poster_encoder", poster_model)):
+    for name, source in (("text_encoder", text_model), (TEXT_TOP, text_model), ("poster_encoder", poster_model)):
         if name in {layer.name for layer in target.layers} and name in {layer.name for layer in source.layers}:
             target.get_layer(name).set_weights(source.get_layer(name).get_weights())

@@ -14,8 +14,8 @@ import tf_keras as keras
 
 from genre_tf import run_dir as runs
 from genre_tf.config import TrainConfig, config_to_dict, fine_tunes_text, late_fusion, uses_poster, uses_text
-from genre_tf.data.dataset import (PLOT, PLOT_EMBEDDING, POSTER, POSTER_FEATURES, PreparedDataset, make_dataset,
-                                   raw_examples, split_labels)
+from genre_tf.data.dataset import (PLOT, PLOT_EMBEDDING, PLOT_MASK, PLOT_STATES, POSTER, POSTER_FEATURES,
+                                   PreparedDataset, make_dataset, raw_examples, split_labels)
 from genre_tf.data.demo import DEMO_NAME, open_prepared
 from genre_tf.data.features import mean_features
 from genre_tf.data.split import frequency_table, oversample_counts
@@ -23,7 +23,7 @@ from genre_tf.evaluate.baselines import degenerate_genres
 from genre_tf.evaluate.metrics import f1_scores, tune_thresholds, unseen_genres
 from genre_tf.files import write_json
 from genre_tf.nets.encoders import describe_encoders, encoders_summary, resolve_backbone
-from genre_tf.nets.models import HEAD
+from genre_tf.nets.models import HEAD, TEXT_TOP, TopLayersModel
 from genre_tf.nets.network import (build_network, cached_dims, feature_caches, load_best_weights, make_predictor,
                                    restore_trained)
 from genre_tf.run_dir import (BEST, DEV_SCORES, FINAL, HISTORY, MONITOR, RunDirectoryInUse, best_row, read_history,
@@ -104,6 +104,8 @@ def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_lab
     if config.model.kind != "most_common":
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                       loss=make_loss(config, train_labels), jit_compile=config.xla)
+    if isinstance(model, TopLayersModel):
+        model.top_optimizer = keras.optimizers.Adam(config.text.fine_tune_learning_rate)
     return model
 
 
@@ -379,7 +381,9 @@ def fallback_means(model: keras.Model, config: TrainConfig, prepared: PreparedDa
                    caches: dict[str, tuple]) -> dict[str, np.ndarray]:
     """Mean plot embedding and poster features over training movies: what serving uses for a missing input."""
     means = {}
-    if uses_text(config.model):
+    if PLOT_STATES in caches:  # the fine-tuned top layers' pooled vectors, as serving computes them
+        means[PLOT_EMBEDDING] = top_layers_mean(model.get_layer(TEXT_TOP), prepared, caches[PLOT_STATES])
+    elif uses_text(config.model):
         encoder = None if PLOT_EMBEDDING in caches else model.get_layer("text_encoder")
         means[PLOT_EMBEDDING] = mean_features(prepared, caches.get(PLOT_EMBEDDING), encoder, PLOT, limit=MEAN_SAMPLE)
     if uses_poster(config.model):
@@ -387,6 +391,15 @@ def fallback_means(model: keras.Model, config: TrainConfig, prepared: PreparedDa
         means[POSTER_FEATURES] = mean_features(prepared, caches.get(POSTER_FEATURES), encoder, POSTER,
                                                image_size=config.poster.image_size, limit=MEAN_SAMPLE)
     return means
+
+
+def top_layers_mean(top: keras.Model, prepared: PreparedDataset, cache: tuple) -> np.ndarray:
+    """The mean plot embedding of the first MEAN_SAMPLE training movies through the fine-tuned top layers."""
+    dataset = make_dataset(prepared, "train", 32, training=False, input_names=[PLOT_STATES, PLOT_MASK],
+                           feature_caches={PLOT_STATES: cache})
+    step = tf.function(lambda inputs: top(inputs, training=False), reduce_retracing=True)
+    batches = dataset.take(-(-min(MEAN_SAMPLE, len(prepared.split["train"])) // 32))
+    return np.concatenate([step(inputs).numpy() for inputs, _ in batches])[:MEAN_SAMPLE].mean(axis=0)
 
 
 def write_serving_files(run_dir: str, model: keras.Model, config: TrainConfig, prepared: PreparedDataset,
