@@ -398,7 +398,8 @@ def _fine_tune_layers_checks(config: TrainConfig) -> list[tuple[bool, str]]:
             (not fine_tunes_text(config.model), "text.fine_tune_layers trains the top layers over cached states; "
                                                 "model.kind=text_finetuned and model.fine_tune_text=true train every "
                                                 "layer already: use one or the other"),
-            (text.precision == "float32", "text.fine_tune_layers trains in float32: leave text.precision=float32"),
+            (text.precision == "float32" and not config.mixed_precision,
+             "text.fine_tune_layers trains in float32: leave text.precision=float32 and mixed_precision=false"),
             (config.feature_cache, "text.fine_tune_layers trains over cached hidden states: leave feature_cache=true"),
             (config.model.heads == 1, "text.fine_tune_layers trains one head: leave model.heads=1"),
             (math.isfinite(text.fine_tune_learning_rate) and text.fine_tune_learning_rate > 0,

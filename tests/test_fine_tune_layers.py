@@ -116,6 +116,7 @@ def test_stored_states_are_read_back_by_content_batch_by_batch_and_a_damaged_par
      "a TF-Hub text.encoder cannot be cut"),
     (["text.fine_tune_layers=2", "model.kind=text_finetuned"], "train every layer already"),
     (["text.fine_tune_layers=2", "text.precision=bfloat16"], "trains in float32"),
+    (["text.fine_tune_layers=2", "mixed_precision=true"], "and mixed_precision=false"),
     (["text.fine_tune_layers=2", "model.kind=text_frozen", "model.heads=3"], "leave model.heads=1"),
     (["text.fine_tune_layers=2", "text.fine_tune_learning_rate=0"], "must be a finite number > 0"),
 ])

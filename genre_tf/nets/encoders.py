@@ -405,6 +405,8 @@ def describe_encoders(model: ModelConfig, text: TextEncoderConfig, poster: Poste
                         "fine_tuned": fine_tunes_text(model)}
         if text.precision != "float32":  # recorded only when set, so runs from before the option still resume
             info["text"]["precision"] = text.precision
+        if text.fine_tune_layers:  # likewise
+            info["text"]["fine_tuned_top_layers"] = text.fine_tune_layers
     if uses_poster(model):
         info["poster"] = describe_poster_encoder(poster)
     return info
