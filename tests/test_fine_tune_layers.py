@@ -148,3 +148,10 @@ def test_a_run_with_fine_tuned_top_layers_serves_what_evaluate_scores(make_tiny_
     # one plot at a time: each trimmed to its own length, as the stored states were
     alone = serve(plot=tf.constant(plots[:1]), poster=tf.constant(posters[:1]))["probabilities"].numpy()
     assert np.abs(alone - expected[:1]).max() < 1e-5
+
+
+def test_the_fine_tune_preset_fine_tunes_the_top_two_layers_of_late_fusions_text_branch():
+    config = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "fine-tune.yaml"),
+                         ["data=somewhere"])
+    assert (config.text.fine_tune_layers, config.text.model, config.model.kind, config.model.fusion) == (
+        2, "mpnet", "integrated", "late")
