@@ -24,8 +24,8 @@ def random_ids(lengths, width=24, vocab=50, seed=0):
             "input_type_ids": tf.zeros_like(tf.constant(mask))}
 
 
-@pytest.mark.parametrize("relative_buckets", [0, 8])  # BERT (MiniLM) and MPNet's shared relative position bias
-@pytest.mark.parametrize("pooling", ["mean", "pooled"])
+# BERT (MiniLM) and MPNet's shared relative position bias, each with one of the two poolings
+@pytest.mark.parametrize("relative_buckets, pooling", [(0, "pooled"), (8, "mean")])
 def test_the_top_layers_over_the_cut_states_are_the_whole_encoder(relative_buckets, pooling):
     shape = BertShape(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32,
                       max_positions=40, type_vocab_size=0 if relative_buckets else 2, relative_buckets=relative_buckets)
