@@ -203,8 +203,14 @@ class MaskedMean(keras.layers.Layer):
     """The mean of the hidden states over the real tokens (mask 1), summed in float32."""
 
     def call(self, hidden, mask):
-        mask = tf.cast(mask, tf.float32)[:, :, None]
-        return tf.reduce_sum(tf.cast(hidden, tf.float32) * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        return masked_mean(hidden, mask)
+
+
+def masked_mean(hidden, mask):
+    """The mean of hidden states [batch, tokens, width] over the tokens whose mask is 1, summed in float32 (a bfloat16
+    encoder's 8-bit mantissa would lose most of a 128-token sum)."""
+    mask = tf.cast(mask, tf.float32)[:, :, None]
+    return tf.reduce_sum(tf.cast(hidden, tf.float32) * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

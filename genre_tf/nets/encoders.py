@@ -13,7 +13,7 @@ from genre_tf.config import (POSTER_BACKBONES, TEXT_LAYERS, ModelConfig, PosterE
                              fine_tunes_text, uses_poster, uses_text)
 from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, PLOT_MASK, PLOT_STATES, POSTER, POSTER_FEATURES
 from genre_tf.files import atomic_path, cache_root, file_digest, short_digest
-from genre_tf.nets.bert import states_model, top_layers
+from genre_tf.nets.bert import masked_mean, states_model, top_layers
 from genre_tf.nets.minilm import WEIGHTS_SHA256, load_minilm_encoder, minilm_handles
 from genre_tf.nets.mpnet import WEIGHTS_SHA256 as MPNET_SHA256, load_mpnet_encoder, mpnet_handles
 from genre_tf.nets.precision import keras_policy
@@ -152,10 +152,7 @@ def pooled_vector(outputs, input_mask, pooling: str):
     """pool_encoder_outputs' float32 vector, without a Keras layer (for use inside a tf.function)."""
     if pooling == "pooled":
         return tf.cast(outputs["pooled_output"], tf.float32)
-    # summed in float32: a bfloat16 encoder's 8-bit mantissa would lose most of a 128-token sum
-    sequence = tf.cast(outputs["sequence_output"], tf.float32)
-    mask = tf.cast(input_mask, tf.float32)[:, :, None]
-    return tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+    return masked_mean(outputs["sequence_output"], input_mask)
 
 
 CHUNK_ROWS = 8  # plots per encoder call when serving: small enough to pad little, large enough for fast matmuls
