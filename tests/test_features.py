@@ -1,6 +1,7 @@
 """Feature caches keyed by encoder and by each movie's own content: any split, a grown catalogue, another run."""
 import glob
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -10,8 +11,14 @@ import tf_keras as keras
 from conftest import image_bytes, write_mmimdb
 from genre_tf.config import PrepareConfig, ValidationRules
 from genre_tf.data.dataset import PLOT, POSTER, load_prepared
-from genre_tf.data.features import load_or_compute, store_folder, write_part
+from genre_tf.data.features import StoredRows, load_or_compute, read_store, store_folder, write_part
 from genre_tf.data.prepare import prepare
+
+
+def loaded(*args, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """load_or_compute's (ids, rows), the rows read from the store at once (later steps of a test change the store)."""
+    ids, rows = load_or_compute(*args, **kwargs)
+    return ids, np.asarray(rows)
 
 
 def counting_poster_encoder(scale: float, encoded: tf.Variable):
@@ -61,13 +68,13 @@ def test_another_split_or_a_grown_catalogue_encodes_only_movies_never_encoded(ca
             built.append(1)
             return factory(encoded)
 
-        first_ids, first = load_or_compute(catalogues["seed0"], name, f"counting-{name}", build, input_name)
+        first_ids, first = loaded(catalogues["seed0"], name, f"counting-{name}", build, input_name)
         assert int(encoded.numpy()) == 60 and len(built) == 1
-        ids, again = load_or_compute(catalogues["seed1"], name, f"counting-{name}", build, input_name)
+        ids, again = loaded(catalogues["seed1"], name, f"counting-{name}", build, input_name)
         assert int(encoded.numpy()) == 60 and len(built) == 1  # zero encoder calls: every movie was cached
         row = {movie_id: index for index, movie_id in enumerate(first_ids)}
         np.testing.assert_array_equal(again, first[[row[i] for i in ids]])
-        grown_ids, grown = load_or_compute(catalogues["grown"], name, f"counting-{name}", build, input_name)
+        grown_ids, grown = loaded(catalogues["grown"], name, f"counting-{name}", build, input_name)
         assert int(encoded.numpy()) == 72 and len(built) == 2  # the 12 new movies only
         assert sorted(grown_ids) == sorted(f"tt{i:07d}" for i in range(72)) and grown.shape[0] == 72
 
@@ -75,9 +82,9 @@ def test_another_split_or_a_grown_catalogue_encodes_only_movies_never_encoded(ca
 def test_features_are_keyed_by_encoder_and_a_damaged_part_is_encoded_again(catalogues, capsys):
     prepared = catalogues["seed0"]
     encoded = tf.Variable(0, dtype=tf.int64)
-    ids, once = load_or_compute(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
+    ids, once = loaded(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
                                 POSTER)
-    _, twice = load_or_compute(prepared, "poster_features", "scale-2", lambda: counting_poster_encoder(2, encoded),
+    _, twice = loaded(prepared, "poster_features", "scale-2", lambda: counting_poster_encoder(2, encoded),
                                POSTER)
     np.testing.assert_allclose(twice, 2 * once, rtol=1e-6)  # another encoder never reads the first one's rows
     assert int(encoded.numpy()) == 120
@@ -86,12 +93,12 @@ def test_features_are_keyed_by_encoder_and_a_damaged_part_is_encoded_again(catal
     with open(parts[0], "r+b") as handle:
         handle.truncate(100)
     # through another split: the re-encoded part gets another name, and the damaged one must not haunt every load
-    other_ids, again = load_or_compute(catalogues["seed1"], "poster_features", "scale-1",
+    other_ids, again = loaded(catalogues["seed1"], "poster_features", "scale-1",
                                        lambda: counting_poster_encoder(1, encoded), POSTER)
     assert "is damaged" in capsys.readouterr().err and int(encoded.numpy()) == 180
     row = {movie_id: index for index, movie_id in enumerate(ids)}
     np.testing.assert_allclose(again, once[[row[i] for i in other_ids]], rtol=1e-6)
-    _, third = load_or_compute(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
+    _, third = loaded(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
                                POSTER)
     assert "damaged" not in capsys.readouterr().err and int(encoded.numpy()) == 180  # set aside, read no more
     np.testing.assert_allclose(third, once, rtol=1e-6)
@@ -100,7 +107,7 @@ def test_features_are_keyed_by_encoder_and_a_damaged_part_is_encoded_again(catal
     rng = np.random.default_rng(0)
     write_part(store_folder("poster_features", "scale-1"), [f"{i:032x}" for i in range(500)],
                rng.random((500, 3), dtype=np.float32))
-    _, fourth = load_or_compute(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
+    _, fourth = loaded(prepared, "poster_features", "scale-1", lambda: counting_poster_encoder(1, encoded),
                                 POSTER)
     np.testing.assert_array_equal(fourth, third)
     assert int(encoded.numpy()) == 180
@@ -109,7 +116,7 @@ def test_features_are_keyed_by_encoder_and_a_damaged_part_is_encoded_again(catal
     os.makedirs(os.path.dirname(staging))
     with open(staging, "wb") as handle:
         handle.write(b"half")
-    load_or_compute(prepared, "poster_features", "scale-3", lambda: counting_poster_encoder(3, encoded), POSTER)
+    loaded(prepared, "poster_features", "scale-3", lambda: counting_poster_encoder(3, encoded), POSTER)
     assert int(encoded.numpy()) == 240
 
 
@@ -118,7 +125,7 @@ def test_a_changed_plot_is_encoded_again_and_an_unchanged_one_is_not(catalogues,
 
     source = catalogues["seed0"]
     encoded = tf.Variable(0, dtype=tf.int64)
-    ids, before = load_or_compute(source, "plot_embedding", "edit", lambda: counting_plot_encoder(encoded), PLOT)
+    ids, before = loaded(source, "plot_embedding", "edit", lambda: counting_plot_encoder(encoded), PLOT)
     raw = tmp_path / "raw"
     write_mmimdb(str(raw), count=60, seed=3)
     for index in range(60):  # the same posters as the fixture's, so only the plot differs
@@ -129,7 +136,7 @@ def test_a_changed_plot_is_encoded_again_and_an_unchanged_one_is_not(catalogues,
     (raw / "tt0000007.json").write_text(json.dumps(meta))
     prepare(PrepareConfig(catalogue=str(raw), out=str(tmp_path / "edited"), rules=ValidationRules(image_size=32),
                           num_genres=4, min_train_movies=8), progress=False)
-    edited_ids, after = load_or_compute(load_prepared(str(tmp_path / "edited")), "plot_embedding", "edit",
+    edited_ids, after = loaded(load_prepared(str(tmp_path / "edited")), "plot_embedding", "edit",
                                         lambda: counting_plot_encoder(encoded), PLOT)
     assert int(encoded.numpy()) == 61  # the 60 plots once, then the edited one alone
     row = {movie_id: index for index, movie_id in enumerate(ids)}
@@ -145,8 +152,10 @@ def test_cached_features_reach_the_batches_of_the_ids_read(small_prepared):
     prepared = load_prepared(small_prepared)
     ids = [i for split in ("train", "dev", "test") for i in prepared.split[split]][::-1]
     rng = np.random.default_rng(0)
-    caches = {PLOT_EMBEDDING: (ids, rng.random((len(ids), 6), dtype=np.float32)),
-              POSTER_FEATURES: (ids, rng.random((len(ids), 3), dtype=np.float32))}
+    folder = store_folder("poster_features", "batches")  # one cache read from a store's part, one an array
+    write_part(folder, [f"{row:032x}" for row in range(len(ids))], rng.random((len(ids), 3), dtype=np.float32))
+    stored, _ = read_store(folder, [f"{row:032x}" for row in range(len(ids))])
+    caches = {PLOT_EMBEDDING: (ids, rng.random((len(ids), 6), dtype=np.float32)), POSTER_FEATURES: (ids, stored)}
     options = dict(training=True, seed=3, epochs=[1])
     with_ids = make_dataset(prepared, "train", 8, input_names=[MOVIE_ID], **options)
     with_features = make_dataset(prepared, "train", 8, input_names=[MOVIE_ID, PLOT_EMBEDDING, POSTER_FEATURES],
@@ -158,7 +167,41 @@ def test_cached_features_reach_the_batches_of_the_ids_read(small_prepared):
         np.testing.assert_array_equal(same_labels.numpy(), labels.numpy())
         rows = [row[movie_id.decode()] for movie_id in plain[MOVIE_ID].numpy()]
         for name, (_, values) in caches.items():
-            np.testing.assert_array_equal(inputs[name].numpy(), values[rows])
+            np.testing.assert_array_equal(inputs[name].numpy(), np.asarray(values)[rows])
         assert set(inputs) == {MOVIE_ID, PLOT_EMBEDDING, POSTER_FEATURES}
         batches += 1
     assert batches == 73 // 8
+
+
+def test_stored_rows_are_read_from_the_parts_and_a_part_that_lies_is_set_aside(capsys):
+    """A dataset's rows are located in the parts (12 bytes a movie in memory) and read from disk when asked: in any
+    order, repeated, with the fill row for a movie without the input. A part whose array is compressed, is of another
+    shape than its digests, or is cut short is set aside, and its movies are not found."""
+    folder = store_folder("poster_features", "stored-rows")
+    rng = np.random.default_rng(1)
+    first, second = rng.random((5, 4), dtype=np.float32), rng.random((3, 4), dtype=np.float32)
+    write_part(folder, [f"a{i}" for i in range(5)], first)
+    write_part(folder, [f"b{i}" for i in range(3)], second)
+    digests = ["b2", "a0", "", "a4", "b0", "a0", "missing"]
+    rows, found = read_store(folder, digests)
+    assert found == {"a0", "a4", "b0", "b2"} and rows.shape == (7, 4)
+    assert rows.part.nbytes + rows.offsets.nbytes == 12 * 7
+    rows.fill = np.full(4, -1.0, np.float32)
+    expected = np.stack([second[2], first[0], rows.fill, first[4], second[0], first[0]])
+    np.testing.assert_array_equal(rows[[0, 1, 2, 3, 4, 5]], expected)
+    np.testing.assert_array_equal(rows[np.array([5, 0])], expected[[5, 0]])
+    np.testing.assert_array_equal(rows[3], first[4])
+    np.testing.assert_allclose(rows.mean([0, 1, 3]), expected[[0, 1, 3]].mean(axis=0), rtol=1e-6)
+    with open(glob.glob(f"{folder}/part-*.npz")[0], "rb") as handle:
+        whole = handle.read()
+    lying = {"compressed": lambda path: np.savez_compressed(path, digests=np.array(["c0"]), features=first[:1]),
+             "shape": lambda path: np.savez(path, digests=np.array(["c1"]), features=first[:2]),
+             "short": lambda path: pathlib.Path(path).write_bytes(whole[:-40])}
+    for name, write in lying.items():
+        write(os.path.join(folder, f"part-zz-{name}.npz"))
+    rows, found = read_store(folder, ["c0", "c1", "a1", "b1"])
+    assert found == {"a1", "b1"} and isinstance(rows, StoredRows)
+    np.testing.assert_array_equal(rows[[2, 3]], [first[1], second[1]])
+    warnings = capsys.readouterr().err
+    assert all(f"part-zz-{name}.npz is damaged" in warnings for name in lying)
+    assert "compressed" in warnings and "shape (2, 4)" in warnings

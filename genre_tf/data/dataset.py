@@ -230,15 +230,15 @@ CACHE_ROW = "_cache_id"  # the movie_id a batch carries until its cached feature
 def make_lookup(ids: Sequence[str], values, name: str):
     """A function mapping a batch of movie_id tensors to {input name: their rows} of a feature cache.
 
-    The rows are gathered by numpy from the cache's own array after batching: the features are held once, not again
-    as a graph constant, in a dataset's cache or in the shuffle buffer (those see ids and labels alone). A cache of
-    hidden states (data/states.StoredStates) reads each batch's rows from disk, padded to the batch's longest plot,
-    as two inputs: plot_states and plot_mask.
+    The rows are gathered after batching, never held again as a graph constant, in a dataset's cache or in the shuffle
+    buffer (those see ids and labels alone): a store's rows (data/features.StoredRows) are read from disk batch by
+    batch, an array's are indexed. A cache of hidden states (data/states.StoredStates) reads each batch's rows from
+    disk, padded to the batch's longest plot, as two inputs: plot_states and plot_mask.
     """
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(list(ids)), tf.range(len(ids), dtype=tf.int64)),
         default_value=-1, name=f"{name}_index")
-    if not isinstance(values, np.ndarray):  # StoredStates
+    if name == PLOT_STATES:
         def read_states(movie_ids):
             rows = table.lookup(movie_ids)
             tf.debugging.assert_non_negative(rows, message=f"movie_id missing from the {name} cache")
@@ -246,7 +246,8 @@ def make_lookup(ids: Sequence[str], values, name: str):
             return {PLOT_STATES: tf.ensure_shape(states, [None, None, values.shape[1]]),
                     PLOT_MASK: tf.ensure_shape(mask, [None, None])}
         return read_states
-    values = np.asarray(values, np.float32)
+    if isinstance(values, np.ndarray | list):
+        values = np.asarray(values, np.float32)
 
     def lookup(movie_ids):
         rows = table.lookup(movie_ids)
@@ -312,7 +313,7 @@ def make_dataset(prepared: PreparedDataset, split: str, batch_size: int, *, trai
                  seed: int = 0, epochs: Sequence[int] | None = None, with_poster_only: bool = False) -> tf.data.Dataset:
     """Batches of ({input_name: tensor}, multi-hot labels) for one split.
 
-    feature_caches maps an input name (poster_features, plot_embedding) to (ids, array); those
+    feature_caches maps an input name (poster_features, plot_embedding) to (ids, rows: a store's or an array); those
     inputs are looked up by movie_id instead of being computed. repeat_counts oversamples training
     rows. Training shuffles and drops the last partial batch (soft-F1 is computed over a batch); its dataset
     holds the given epochs (default: one) one after the other, each in the order of (seed, epoch).

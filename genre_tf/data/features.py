@@ -3,12 +3,15 @@
 A cache is a folder per encoder identity holding parts (`part-*.npz`: content digests and features). A movie's row
 is found by the sha256 of its own plot text or poster bytes, never by its dataset or split, so re-preparing a
 catalogue with another split, growing it, or training another run on it encodes only what was never encoded.
-The Beam job (beam_features.py, `python -m genre_tf.features`) fills the same stores through write_part.
+The Beam job (beam_features.py, `python -m genre_tf.features`) fills the same stores through write_part. Training
+locates its movies' rows in the parts (the features array is stored uncompressed) and reads them batch by batch
+(StoredRows), so its memory does not grow with the catalogue's features.
 """
 import dataclasses
 import glob
 import hashlib
 import os
+import struct
 import sys
 import zipfile
 from collections.abc import Callable
@@ -103,25 +106,113 @@ def stored_digests(folder: str) -> set[str]:
     return found
 
 
-def read_store(folder: str, positions: dict[str, list[int]], movies: int) -> tuple[np.ndarray | None, set[str]]:
-    """The cached rows of the wanted contents (digest -> the dataset rows that hold it), copied into one
-    [movies, width] array, and the digests found. Parts are read one at a time and only wanted rows are kept, so a
-    store shared by many catalogues costs this dataset's rows, not the store's. A damaged part is set aside with a
-    warning naming it (its movies are encoded again, once)."""
-    features, found = None, set()
+@dataclasses.dataclass
+class StoredRows:
+    """A dataset's cached features (in dataset order), read from the store's parts row by row (os.pread): memory holds
+    where each movie's row is (12 bytes a movie), never the rows, so training's memory does not grow with the
+    catalogue. Indexing (`rows[index]`) reads the rows asked for; `np.asarray(rows)` reads them all."""
+
+    files: list[str]          # the parts
+    part: np.ndarray          # [movies] int32, the part holding each movie's row; -1: the `fill` row
+    offsets: np.ndarray       # [movies] int64, where the row starts in that part's file
+    width: int
+    fill: np.ndarray | None = None  # the row of movies without the input (a text-only movie's poster)
+    _handles: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.part), self.width
+
+    def __len__(self) -> int:
+        return len(self.part)
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = np.arange(len(self))[index]
+        if np.ndim(rows) == 0:
+            return self[[int(rows)]][0]
+        values = np.empty((len(rows), self.width), np.float32)
+        for out, row in enumerate(np.asarray(rows, np.int64)):
+            part = int(self.part[row])
+            if part < 0:
+                values[out] = self.fill
+                continue
+            path = self.files[part]
+            handle = self._handles.get(path)
+            if handle is None:
+                handle = self._handles[path] = open(path, "rb")  # noqa: SIM115  kept open for the next batches
+            raw = os.pread(handle.fileno(), self.width * 4, int(self.offsets[row]))
+            values[out] = np.frombuffer(raw, "<f4")
+        return values
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        values = self[:]
+        return values if dtype is None else values.astype(dtype)
+
+    def mean(self, rows, chunk: int = 4096) -> np.ndarray:
+        """The mean row over `rows`, read `chunk` rows at a time."""
+        rows = np.asarray(rows, np.int64)
+        total = np.zeros(self.width, np.float64)
+        for start in range(0, len(rows), chunk):
+            total += self[rows[start:start + chunk]].sum(axis=0, dtype=np.float64)
+        return (total / max(len(rows), 1)).astype(np.float32)
+
+
+def features_offset(path: str, movies: int, width: int | None) -> tuple[int, int]:
+    """(the byte offset of row 0 of an uncompressed part's [movies, width] float32 `features`, width), read from the
+    zip's local header and the array's .npy header, both checked against the file's size; DamagedPart otherwise."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("features.npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError("its features are compressed")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(member)
+                header = member.tell()
+        with open(path, "rb") as handle:
+            handle.seek(info.header_offset)
+            local = handle.read(30)
+        signature, *_, name_length, extra_length = struct.unpack("<4s5H3I2H", local)
+        if signature != b"PK\x03\x04":
+            raise ValueError("no local header where the zip says")
+        start = info.header_offset + 30 + name_length + extra_length + header
+        if (len(shape) != 2 or fortran or dtype != np.dtype("<f4") or shape[0] != movies
+                or (width is not None and shape[1] != width)):
+            raise ValueError(f"{movies} digests for features of shape {shape}, {dtype}")
+        if start + shape[0] * shape[1] * 4 > os.path.getsize(path):
+            raise ValueError("shorter than its features")
+    except (OSError, ValueError, KeyError, EOFError, struct.error, zipfile.BadZipFile) as error:
+        raise DamagedPart(str(error)) from None
+    return start, int(shape[1])
+
+
+def read_store(folder: str, digests: list[str]) -> tuple[StoredRows, set[str]]:
+    """Where each wanted content's row is in the store (for `digests`, one a dataset row; "" for none), and the
+    digests found. Only the parts' digest arrays and headers are read, so a store shared by many catalogues costs
+    this dataset's row locations. A damaged part is set aside with a warning naming it (its movies are encoded
+    again, once)."""
+    positions = {}
+    for row, digest in enumerate(digests):
+        if digest:
+            positions.setdefault(digest, []).append(row)
+    part, offsets = np.full(len(digests), -1, np.int32), np.zeros(len(digests), np.int64)
+    files, width, found = [], None, set()
     for path in store_parts(folder):
         try:
-            digests, values = read_part(path, None if features is None else features.shape[1])
+            stored, _ = read_part(path, features=False)
+            start, width = features_offset(path, len(stored), width)
         except DamagedPart as error:
             set_aside(path, error)
             continue
-        for row, digest in enumerate(digests.tolist()):
+        files.append(path)
+        for row, digest in enumerate(stored.tolist()):
             if digest in positions and digest not in found:
-                if features is None:
-                    features = np.empty((movies, values.shape[1]), np.float32)
-                features[positions[digest]] = values[row]
+                part[positions[digest]] = len(files) - 1
+                offsets[positions[digest]] = start + row * width * 4
                 found.add(digest)
-    return features, found
+    return StoredRows(files, part, offsets, width or 0), found
 
 
 def set_aside(path: str, error: Exception) -> None:
@@ -185,63 +276,57 @@ def missing_batches(prepared: PreparedDataset, input_name: str, missing: dict[st
 
 
 def encode_missing(prepared: PreparedDataset, folder: str, encoder, input_name: str, missing: dict[str, str],
-                   batch_size: int, image_size: int) -> dict[str, np.ndarray]:
-    """Encode the missing movies, publishing a part every PART_SIZE movies; returns their rows by digest."""
+                   batch_size: int, image_size: int) -> None:
+    """Encode the missing movies, publishing a part every PART_SIZE movies (only a part's rows are held)."""
     predict = tf.function(lambda x: encoder(x, training=False))
-    rows, pending = {}, []
+    digests, rows = [], []
     with tqdm(total=len(set(missing.values())), desc=f"encoding {input_name}", unit="movie", mininterval=2.0) as bar:
-        for digests, values in missing_batches(prepared, input_name, missing, batch_size, image_size):
-            batch = predict(values).numpy().astype(np.float32)
-            rows.update(zip(digests, batch, strict=False))
-            pending.extend(digests)
-            bar.update(len(digests))
-            if len(pending) >= PART_SIZE:
-                write_part(folder, pending, np.stack([rows[d] for d in pending]))
-                pending = []
-    if pending:
-        write_part(folder, pending, np.stack([rows[d] for d in pending]))
-    return rows
+        for chosen, values in missing_batches(prepared, input_name, missing, batch_size, image_size):
+            digests.extend(chosen)
+            rows.append(predict(values).numpy().astype(np.float32))
+            bar.update(len(chosen))
+            if len(digests) >= PART_SIZE:
+                write_part(folder, digests, np.concatenate(rows))
+                digests, rows = [], []
+    if digests:
+        write_part(folder, digests, np.concatenate(rows))
 
 
 def load_or_compute(prepared: PreparedDataset, name: str, key: str, encoder_factory, input_name: str,
-                    batch_size: int = 32, image_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(movie ids, float32 features) of every movie of the dataset, split by split, for the encoder identified by
+                    batch_size: int = 32, image_size: int = 0) -> tuple[np.ndarray, StoredRows]:
+    """(movie ids, their StoredRows) of every movie of the dataset, split by split, for the encoder identified by
     `key`: cached rows are reused by content, and only movies never encoded are run through the encoder."""
     folder = store_folder(name, key)
     ids, digests = movie_digests(prepared, input_name)
-    positions = {}
-    for row, digest in enumerate(digests):
-        positions.setdefault(digest, []).append(row)
-    absent = positions.pop("", [])  # text-only movies: nothing to encode
-    features, found = read_store(folder, positions, len(ids))
+    absent = [row for row, digest in enumerate(digests) if not digest]  # text-only movies: nothing to encode
+    rows, found = read_store(folder, digests)
     missing = {movie_id: digest for movie_id, digest in zip(ids, digests, strict=True)
                if digest and digest not in found}
     if missing:
         no_poster = f", {len(absent)} without a poster" if absent else ""
         print(f"{name}: {len(ids) - len(missing) - len(absent)} of {len(ids)} movies from the cache {folder}, "
               f"{len(missing)} to encode{no_poster}", file=sys.stderr)
-        encoded = encode_missing(prepared, folder, encoder_factory(), input_name, missing, batch_size,
-                                 image_size or prepared.image_size)
-        for digest, row in encoded.items():
-            if features is None:
-                features = np.empty((len(ids), len(row)), np.float32)
-            features[positions[digest]] = row
+        encode_missing(prepared, folder, encoder_factory(), input_name, missing, batch_size,
+                       image_size or prepared.image_size)
+        rows, found = read_store(folder, digests)
+        lost = [movie_id for movie_id, digest in zip(ids, digests, strict=True) if digest and digest not in found]
+        if lost:  # another process set a part aside after this one wrote it
+            raise RuntimeError(f"{name}: {len(lost)} movies (first {lost[0]}) are missing from {folder} after "
+                               "encoding them; run again")
     if absent:
-        features = fill_absent_posters(prepared, features, absent)
-    return np.asarray(ids), features if features is not None else np.zeros((0, 0), np.float32)
+        rows.fill = absent_poster_row(prepared, rows, absent)
+    return np.asarray(ids), rows
 
 
-def fill_absent_posters(prepared: PreparedDataset, features: np.ndarray | None,
-                        absent: list[int]) -> np.ndarray:
-    """The features with each text-only movie's row set to the mean poster features of the training movies that
-    have one: what the SavedModel uses for a missing poster, so dev, test and serving treat such a movie alike."""
+def absent_poster_row(prepared: PreparedDataset, rows: StoredRows, absent: list[int]) -> np.ndarray:
+    """The row of each text-only movie: the mean poster features of the training movies that have one, what the
+    SavedModel uses for a missing poster, so dev, test and serving treat such a movie alike."""
     without = set(absent)
     train = [row for row in range(len(prepared.split["train"])) if row not in without]
-    if features is None or not train:
+    if not train:
         raise ValueError(f"no training movie of {prepared.path} has a poster: a model that reads posters cannot "
                          "learn from it; train a text model (model.kind=text_frozen) instead")
-    features[absent] = features[train].mean(axis=0)
-    return features
+    return rows.mean(train)
 
 
 def mean_features(prepared: PreparedDataset, cache: tuple | None, encoder, input_name: str, image_size: int = 0,
@@ -253,7 +338,8 @@ def mean_features(prepared: PreparedDataset, cache: tuple | None, encoder, input
     if cache is not None:
         cached_ids, values = cache
         row = {movie_id: index for index, movie_id in enumerate(cached_ids)}
-        return values[[row[i] for i in train]].mean(axis=0).astype(np.float32)
+        rows = [row[i] for i in train]
+        return values.mean(rows) if isinstance(values, StoredRows) else values[rows].mean(axis=0).astype(np.float32)
     dataset = make_dataset(prepared, "train", batch_size, training=False, input_names=[MOVIE_ID, input_name],
                            image_size=image_size or None, with_poster_only=input_name == POSTER)
     dataset = dataset.take(-(-len(train[:limit]) // batch_size))

@@ -85,8 +85,8 @@ def fetch_encoder_files(config: TrainConfig) -> None:
 
 
 def feature_caches(config: TrainConfig, prepared: PreparedDataset) -> dict[str, tuple]:
-    """The cached inputs this model reads (ids, features) by input name, read from the stores of its frozen
-    encoders; movies never encoded are encoded here."""
+    """The cached inputs this model reads (ids, rows read from disk when asked) by input name, from the stores of its
+    frozen encoders; movies never encoded are encoded here."""
     caches = {encoder.name: load_or_compute(prepared, encoder.name, encoder.key, encoder.build, encoder.input_name,
                                             image_size=encoder.image_size) for encoder in frozen_encoders(config)}
     if uses_text(config.model) and config.text.fine_tune_layers:
