@@ -1,6 +1,7 @@
 """The prepared dataset on disk (TFRecord shards + metadata) and the tf.data pipelines that read it."""
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import os
@@ -227,6 +228,23 @@ def split_posters(prepared: PreparedDataset, split: str, image_size: int, batch_
 CACHE_ROW = "_cache_id"  # the movie_id a batch carries until its cached features are added (add_cached_features)
 
 
+_ROW_INDEXES: dict[str, tf.lookup.StaticHashTable] = {}
+ROW_INDEXES_KEPT = 8
+
+
+def row_index(ids: Sequence[str]) -> tf.lookup.StaticHashTable:
+    """A movie_id -> row table over a cache's ids, built once per list of ids and shared by every dataset that reads
+    it (the plot and poster caches of a dataset have the same ids): a table per dataset would hold a copy of every
+    id for as long as the process runs."""
+    key = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    if key not in _ROW_INDEXES:
+        if len(_ROW_INDEXES) >= ROW_INDEXES_KEPT:
+            _ROW_INDEXES.pop(next(iter(_ROW_INDEXES)))
+        _ROW_INDEXES[key] = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(ids)), tf.range(len(ids), dtype=tf.int64)), default_value=-1, name="cache_row_index")
+    return _ROW_INDEXES[key]
+
+
 def make_lookup(ids: Sequence[str], values, name: str):
     """A function mapping a batch of movie_id tensors to {input name: their rows} of a feature cache.
 
@@ -235,9 +253,7 @@ def make_lookup(ids: Sequence[str], values, name: str):
     batch, an array's are indexed. A cache of hidden states (data/states.StoredStates) reads each batch's rows from
     disk, padded to the batch's longest plot, as two inputs: plot_states and plot_mask.
     """
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(list(ids)), tf.range(len(ids), dtype=tf.int64)),
-        default_value=-1, name=f"{name}_index")
+    table = row_index(ids)
     if name == PLOT_STATES:
         def read_states(movie_ids):
             rows = table.lookup(movie_ids)

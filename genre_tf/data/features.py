@@ -148,7 +148,7 @@ class StoredRows:
         values = self[:]
         return values if dtype is None else values.astype(dtype)
 
-    def mean(self, rows, chunk: int = 4096) -> np.ndarray:
+    def mean(self, rows, chunk: int = 512) -> np.ndarray:
         """The mean row over `rows`, read `chunk` rows at a time."""
         rows = np.asarray(rows, np.int64)
         total = np.zeros(self.width, np.float64)
