@@ -219,7 +219,7 @@ def caching_rows(run_dir: str, peak: dict[str, float], movies: int = 256) -> lis
     from genre_tf.nets.network import open_run_dataset
 
     config, prepared = runs.load_config(run_dir), open_run_dataset(run_dir)
-    count = len(prepared.movies())
+    count = sum(1 for _ in prepared.movies())
     plots = sorted(split_plots(prepared, "test")[:movies], key=len)
     images = split_posters(prepared, "test", config.poster.image_size)[:movies] if uses_poster(config.model) else []
     rows = []

@@ -107,10 +107,12 @@ class PreparedDataset:
     def shards(self, split: str) -> list[str]:
         return [os.path.join(self.path, name) for name in self.metadata["shards"][split]]
 
-    def movies(self) -> list[dict]:
-        """The validated records (id, title, plot, genres, year, language, split, has_poster), in file order."""
+    def movies(self) -> Iterable[dict]:
+        """The validated records (id, title, plot, genres, year, language, split, has_poster), in file order, read one
+        at a time (a large catalogue's plots are not held at once)."""
         with open(os.path.join(self.path, "movies.jsonl"), encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle]
+            for line in handle:
+                yield json.loads(line)
 
     @property
     def text_only_movies(self) -> int:
@@ -195,8 +197,9 @@ def changed_files(prepared: PreparedDataset, recorded: dict[str, list[str]]) -> 
 
 def split_labels(prepared: PreparedDataset, split: str) -> dict[str, np.ndarray]:
     """Ids and multi-hot labels of one split, in the split's order."""
-    genres_of = {movie["movie_id"]: movie["genres"] for movie in prepared.movies()}
     ids = prepared.split[split]
+    wanted = set(ids)
+    genres_of = {movie["movie_id"]: movie["genres"] for movie in prepared.movies() if movie["movie_id"] in wanted}
     return {"ids": ids, "labels": multi_hot([genres_of[i] for i in ids], prepared.genres)}
 
 
@@ -214,7 +217,8 @@ def raw_examples(prepared: PreparedDataset, split: str, limit: int | None = None
 
 def split_plots(prepared: PreparedDataset, split: str) -> list[str]:
     """Every plot of a split, in split order (for classic models)."""
-    plot_of = {movie["movie_id"]: movie["plot"] for movie in prepared.movies()}
+    wanted = set(prepared.split[split])
+    plot_of = {movie["movie_id"]: movie["plot"] for movie in prepared.movies() if movie["movie_id"] in wanted}
     return [plot_of[movie_id] for movie_id in prepared.split[split]]
 
 
