@@ -240,12 +240,16 @@ def row_index(ids: Sequence[str]) -> tf.lookup.StaticHashTable:
     """A movie_id -> row table over a cache's ids, built once per list of ids and shared by every dataset that reads
     it (the plot and poster caches of a dataset have the same ids): a table per dataset would hold a copy of every
     id for as long as the process runs."""
+    def build():
+        return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(ids)), tf.range(len(ids), dtype=tf.int64)), default_value=-1, name="cache_row_index")
+    if not tf.executing_eagerly():  # a table made inside a graph cannot serve a later one
+        return build()
     key = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     if key not in _ROW_INDEXES:
         if len(_ROW_INDEXES) >= ROW_INDEXES_KEPT:
             _ROW_INDEXES.pop(next(iter(_ROW_INDEXES)))
-        _ROW_INDEXES[key] = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            tf.constant(list(ids)), tf.range(len(ids), dtype=tf.int64)), default_value=-1, name="cache_row_index")
+        _ROW_INDEXES[key] = build()
     return _ROW_INDEXES[key]
 
 

@@ -80,10 +80,12 @@ def read_part(path: str, width: int | None = None, features: bool = True) -> tup
         with np.load(path, allow_pickle=False) as part:
             digests = part["digests"]
             values = part["features"] if features else None
+        if digests.ndim != 1 or digests.dtype.kind != "U":
+            raise ValueError(f"digests of shape {digests.shape} and type {digests.dtype}")
         if values is not None and (values.ndim != 2 or len(digests) != len(values) or (
                 width is not None and values.shape[1] != width)):
             raise ValueError(f"{len(digests)} digests for features of shape {values.shape}")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError, TypeError, zipfile.BadZipFile) as error:
         raise DamagedPart(str(error)) from None
     return digests, values
 
@@ -110,14 +112,14 @@ def stored_digests(folder: str) -> set[str]:
 class StoredRows:
     """A dataset's cached features (in dataset order), read from the store's parts row by row (os.pread): memory holds
     where each movie's row is (12 bytes a movie), never the rows, so training's memory does not grow with the
-    catalogue. Indexing (`rows[index]`) reads the rows asked for; `np.asarray(rows)` reads them all."""
+    catalogue. Indexing (`rows[index]`) reads the rows asked for; `np.asarray(rows)` reads them all. The parts are
+    opened when they are checked, so the file read is the file checked, even if another process sets it aside."""
 
-    files: list[str]          # the parts
+    parts: list               # open binary files, one a part
     part: np.ndarray          # [movies] int32, the part holding each movie's row; -1: the `fill` row
     offsets: np.ndarray       # [movies] int64, where the row starts in that part's file
     width: int
     fill: np.ndarray | None = None  # the row of movies without the input (a text-only movie's poster)
-    _handles: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -127,20 +129,31 @@ class StoredRows:
         return len(self.part)
 
     def __getitem__(self, index) -> np.ndarray:
-        rows = np.arange(len(self))[index]
-        if np.ndim(rows) == 0:
-            return self[[int(rows)]][0]
+        if isinstance(index, slice):
+            return self.read(np.arange(*index.indices(len(self))))
+        rows = np.asarray(index)
+        if rows.ndim == 0:
+            return self.read(rows.reshape(1))[0]
+        return self.read(np.flatnonzero(rows) if rows.dtype == bool else rows)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The [len(rows), width] float32 rows at the (1-D, possibly negative) positions `rows`."""
+        rows = np.asarray(rows, np.int64)
+        rows = np.where(rows < 0, rows + len(self), rows)
+        if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(self))):
+            raise IndexError(f"rows {rows.tolist()[:8]} are not 1-D positions below {len(self)}")
         values = np.empty((len(rows), self.width), np.float32)
-        for out, row in enumerate(np.asarray(rows, np.int64)):
+        size = self.width * 4
+        for out, row in enumerate(rows.tolist()):
             part = int(self.part[row])
             if part < 0:
+                if self.fill is None:
+                    raise ValueError(f"row {row} has no stored features and no fill row")
                 values[out] = self.fill
                 continue
-            path = self.files[part]
-            handle = self._handles.get(path)
-            if handle is None:
-                handle = self._handles[path] = open(path, "rb")  # noqa: SIM115  kept open for the next batches
-            raw = os.pread(handle.fileno(), self.width * 4, int(self.offsets[row]))
+            raw = os.pread(self.parts[part].fileno(), size, int(self.offsets[row]))
+            if len(raw) != size:
+                raise OSError(f"{self.parts[part].name} is shorter than when it was checked")
             values[out] = np.frombuffer(raw, "<f4")
         return values
 
@@ -153,66 +166,91 @@ class StoredRows:
         rows = np.asarray(rows, np.int64)
         total = np.zeros(self.width, np.float64)
         for start in range(0, len(rows), chunk):
-            total += self[rows[start:start + chunk]].sum(axis=0, dtype=np.float64)
+            total += self.read(rows[start:start + chunk]).sum(axis=0, dtype=np.float64)
         return (total / max(len(rows), 1)).astype(np.float32)
 
+    def close(self) -> None:
+        for handle in self.parts:
+            handle.close()
 
-def features_offset(path: str, movies: int, width: int | None) -> tuple[int, int]:
-    """(the byte offset of row 0 of an uncompressed part's [movies, width] float32 `features`, width), read from the
-    zip's local header and the array's .npy header, both checked against the file's size; DamagedPart otherwise."""
+
+NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
+
+
+def open_part(path: str, width: int | None):
+    """(the open part, its digests, the byte offset of row 0 of its [movies, width] float32 features, width).
+
+    Everything is checked through the handle that will be read: the digests (1-D text), the features member
+    (uncompressed, its size exactly its .npy header and rows, its CRC), the .npy header (a known version, 2-D
+    float32, one row a digest, `width` wide when given) and the zip's local header. DamagedPart otherwise."""
+    handle = open(path, "rb")  # noqa: SIM115  kept open for the rows, closed here if the part is refused
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(handle) as archive:
+            with archive.open("digests.npy") as member:
+                digests = np.lib.format.read_array(member, allow_pickle=False)
+            if digests.ndim != 1 or digests.dtype.kind != "U":
+                raise ValueError(f"digests of shape {digests.shape} and type {digests.dtype}")
             info = archive.getinfo("features.npy")
             if info.compress_type != zipfile.ZIP_STORED:
                 raise ValueError("its features are compressed")
             with archive.open(info) as member:
                 version = np.lib.format.read_magic(member)
+                if version not in NPY_VERSIONS:
+                    raise ValueError(f"features in .npy format {version}")
                 read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                else np.lib.format.read_array_header_2_0)
                 shape, fortran, dtype = read_header(member)
                 header = member.tell()
-        with open(path, "rb") as handle:
-            handle.seek(info.header_offset)
-            local = handle.read(30)
+                if (len(shape) != 2 or fortran or dtype != np.dtype("<f4") or shape[0] != len(digests)
+                        or shape[1] <= 0 or (width is not None and shape[1] != width)):
+                    raise ValueError(f"{len(digests)} digests for features of shape {shape}, {dtype}")
+                if not info.file_size == info.compress_size == header + shape[0] * shape[1] * 4:
+                    raise ValueError(f"a features member of {info.file_size} bytes for shape {shape}")
+                while member.read(1 << 20):  # to the end: zipfile checks the CRC there
+                    pass
+        local = os.pread(handle.fileno(), 30, info.header_offset)
         signature, *_, name_length, extra_length = struct.unpack("<4s5H3I2H", local)
         if signature != b"PK\x03\x04":
             raise ValueError("no local header where the zip says")
         start = info.header_offset + 30 + name_length + extra_length + header
-        if (len(shape) != 2 or fortran or dtype != np.dtype("<f4") or shape[0] != movies
-                or (width is not None and shape[1] != width)):
-            raise ValueError(f"{movies} digests for features of shape {shape}, {dtype}")
-        if start + shape[0] * shape[1] * 4 > os.path.getsize(path):
+        if start + shape[0] * shape[1] * 4 > os.fstat(handle.fileno()).st_size:
             raise ValueError("shorter than its features")
-    except (OSError, ValueError, KeyError, EOFError, struct.error, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError, TypeError, struct.error,
+            zipfile.BadZipFile) as error:
+        handle.close()
         raise DamagedPart(str(error)) from None
-    return start, int(shape[1])
+    return handle, digests, start, int(shape[1])
 
 
 def read_store(folder: str, digests: list[str]) -> tuple[StoredRows, set[str]]:
     """Where each wanted content's row is in the store (for `digests`, one a dataset row; "" for none), and the
-    digests found. Only the parts' digest arrays and headers are read, so a store shared by many catalogues costs
-    this dataset's row locations. A damaged part is set aside with a warning naming it (its movies are encoded
-    again, once)."""
+    digests found. The rows are not loaded: a store shared by many catalogues costs this dataset's row locations,
+    and only the parts holding them stay open. A damaged part is set aside with a warning naming it (its movies are
+    encoded again, once)."""
     positions = {}
     for row, digest in enumerate(digests):
         if digest:
             positions.setdefault(digest, []).append(row)
     part, offsets = np.full(len(digests), -1, np.int32), np.zeros(len(digests), np.int64)
-    files, width, found = [], None, set()
+    parts, width, found = [], None, set()
     for path in store_parts(folder):
         try:
-            stored, _ = read_part(path, features=False)
-            start, width = features_offset(path, len(stored), width)
+            handle, stored, start, width = open_part(path, width)
         except DamagedPart as error:
             set_aside(path, error)
             continue
-        files.append(path)
+        wanted = False
         for row, digest in enumerate(stored.tolist()):
             if digest in positions and digest not in found:
-                part[positions[digest]] = len(files) - 1
+                part[positions[digest]] = len(parts)
                 offsets[positions[digest]] = start + row * width * 4
                 found.add(digest)
-    return StoredRows(files, part, offsets, width or 0), found
+                wanted = True
+        if wanted:
+            parts.append(handle)
+        else:
+            handle.close()
+    return StoredRows(parts, part, offsets, width or 0), found
 
 
 def set_aside(path: str, error: Exception) -> None:
