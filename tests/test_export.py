@@ -242,7 +242,7 @@ def test_export_reads_the_run_directory_alone(make_tiny_config, small_prepared, 
     run = restore_run(run_dir)
     expected = predict_split(run, "dev")
     train_ids = run.prepared.split["train"]
-    cached_means = {name: values[[list(ids).index(i) for i in train_ids]].mean(axis=0)
+    cached_means = {name: values[[list(ids).index(i) for i in train_ids]].mean(axis=0, dtype=np.float64)
                     for name, (ids, values) in run.caches.items()}
     plots, posters = raw_examples(load_prepared(str(data)), "dev")
     written_at_training = read_json(os.path.join(run_dir, "serving", "serving.json"))
@@ -271,7 +271,7 @@ def test_export_reads_the_run_directory_alone(make_tiny_config, small_prepared, 
         info = read_json(os.path.join(version_dir, "assets.extra", "export_info.json"))
         assert info["thresholds"] == tune_thresholds(expected["labels"], expected["probabilities"]).tolist()
     for name, mean in cached_means.items():  # the missing-input fallbacks are the training means of the caches
-        assert np.array_equal(np.float32(written_at_training["fallback_means"][name]), mean.astype(np.float32))
+        np.testing.assert_allclose(written_at_training["fallback_means"][name], mean, rtol=1e-6, atol=1e-30)
     odd = serve_dev(second, [plots[0], "", ""], [b"", posters[0], b""])
     assert odd["inputs_used"].tolist() == [b"plot", b"poster", b"none"] and np.isfinite(odd["probabilities"]).all()
 

@@ -165,10 +165,10 @@ def test_poster_features_of_a_text_only_movie_are_the_mean_training_poster(text_
         "poster_features", "text-only-test"), "part-*.npz"))]
     assert len(with_poster) == sum(map(len, stored)) == 64  # only movies with a poster were encoded and stored
     row = {movie_id: index for index, movie_id in enumerate(ids.tolist())}
-    mean = features[[row[i] for i in prepared.ids_with_poster("train")]].mean(axis=0)
+    mean = features[[row[i] for i in prepared.ids_with_poster("train")]].mean(axis=0, dtype=np.float64)
     for movie_id in set(ids.tolist()) - with_poster:
-        np.testing.assert_array_equal(features[row[movie_id]], mean)
-    np.testing.assert_array_equal(mean_features(prepared, (ids, features), None, "poster"), mean)
+        np.testing.assert_allclose(features[row[movie_id]], mean, rtol=1e-6)
+    np.testing.assert_allclose(mean_features(prepared, (ids, features), None, "poster"), mean, rtol=1e-6)
     assert not np.allclose(features[row["m0001"]], mean)
 
 
