@@ -77,6 +77,12 @@ class TextEncoderConfig:
     # head, and the export carries the whole encoder with the trained layers. text_frozen and late fusion's text branch.
     fine_tune_layers: int = 0
     fine_tune_learning_rate: float = 5e-5  # Adam, for the fine-tuned layers (the head keeps learning_rate)
+    # A model training the top layers (and so late fusion's text branch, not its poster branch) trains at most this
+    # many epochs, stopping after fine_tune_patience without a better dev score, in place of epochs and patience:
+    # the layers overfit within a few epochs (real movies: 6 and 3 beat 10 and 3 on dev, benchmarks/2026-12-07-
+    # fine-tune-layers-real-movies.md).
+    fine_tune_epochs: int = 6
+    fine_tune_patience: int = 3
 
 
 @dataclasses.dataclass
@@ -103,6 +109,14 @@ class PosterEncoderConfig:
 def fine_tunes_text(config: ModelConfig) -> bool:
     """Whether the model trains the text encoder (so plots, not cached embeddings, are its input)."""
     return config.kind == "text_finetuned" or (config.kind == "integrated" and config.fine_tune_text)
+
+
+def training_length(config: "TrainConfig") -> tuple[int, int]:
+    """(epochs, patience) of the model: text.fine_tune_epochs and text.fine_tune_patience when it trains the text
+    encoder's top layers, else epochs and patience."""
+    if uses_text(config.model) and config.text.fine_tune_layers:
+        return config.text.fine_tune_epochs, config.text.fine_tune_patience
+    return config.epochs, config.patience
 
 
 def late_fusion(config: ModelConfig) -> bool:
@@ -403,7 +417,9 @@ def _fine_tune_layers_checks(config: TrainConfig) -> list[tuple[bool, str]]:
             (config.feature_cache, "text.fine_tune_layers trains over cached hidden states: leave feature_cache=true"),
             (config.model.heads == 1, "text.fine_tune_layers trains one head: leave model.heads=1"),
             (math.isfinite(text.fine_tune_learning_rate) and text.fine_tune_learning_rate > 0,
-             f"text.fine_tune_learning_rate must be a finite number > 0, got {text.fine_tune_learning_rate}")]
+             f"text.fine_tune_learning_rate must be a finite number > 0, got {text.fine_tune_learning_rate}"),
+            (text.fine_tune_epochs >= 1 and text.fine_tune_patience >= 1,
+             "text.fine_tune_epochs and text.fine_tune_patience must be >= 1")]
 
 
 def validate_prepare(config: PrepareConfig) -> None:

@@ -1,4 +1,5 @@
 """text.fine_tune_layers: the encoder cut into cached bottom states and trained top layers, stored, trained, served."""
+import dataclasses
 import os
 import re
 
@@ -7,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import genre_tf  # noqa: F401
-from genre_tf.config import load_config
+from genre_tf.config import load_config, training_length
 from genre_tf.data import states as stored
 from genre_tf.data.dataset import PLOT_MASK, PLOT_STATES, load_prepared, make_dataset, raw_examples
 from genre_tf.nets.bert import BertShape, build_bert_encoder, states_model, top_layers
@@ -119,6 +120,7 @@ def test_stored_states_are_read_back_by_content_batch_by_batch_and_a_damaged_par
     (["text.fine_tune_layers=2", "mixed_precision=true"], "and mixed_precision=false"),
     (["text.fine_tune_layers=2", "model.kind=text_frozen", "model.heads=3"], "leave model.heads=1"),
     (["text.fine_tune_layers=2", "text.fine_tune_learning_rate=0"], "must be a finite number > 0"),
+    (["text.fine_tune_layers=2", "text.fine_tune_epochs=0"], "text.fine_tune_epochs and text.fine_tune_patience"),
 ])
 def test_fine_tune_layers_refuses_what_it_cannot_train(options, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -135,7 +137,11 @@ def test_a_run_with_fine_tuned_top_layers_serves_what_evaluate_scores(make_tiny_
 
     run_dir = train(make_tiny_config("integrated", "model.fusion=late", "text.encoder=", "text.preprocessor=",
                                      "text.model=minilm", "text.seq_length=64", "text.fine_tune_layers=1",
-                                     "text.fine_tune_learning_rate=0.001", "epochs=1", run_dir=tmp_path / "run"))
+                                     "text.fine_tune_learning_rate=0.001", "text.fine_tune_epochs=1", "epochs=2",
+                                     run_dir=tmp_path / "run"))
+    for branch, epochs in (("text_frozen", 1), ("poster", 2)):  # the text branch's length is text.fine_tune_epochs
+        with open(os.path.join(run_dir, "branches", branch, "history.csv")) as handle:
+            assert len(handle.read().splitlines()) == 1 + epochs
     run = restore_run(run_dir)
     trained = run.model.get_layer("text_top").get_layer("transformer_5").get_weights()
     pretrained = load_minilm_encoder().get_layer("transformer_5").get_weights()
@@ -155,3 +161,7 @@ def test_the_fine_tune_preset_fine_tunes_the_top_two_layers_of_late_fusions_text
                          ["data=somewhere"])
     assert (config.text.fine_tune_layers, config.text.model, config.model.kind, config.model.fusion) == (
         2, "mpnet", "integrated", "late")
+    # the measured budgets: the fine-tuned text branch 6 epochs with patience 3, the poster branch 60 and 10
+    text_branch = dataclasses.replace(config, model=dataclasses.replace(config.model, kind="text_frozen"))
+    poster_branch = dataclasses.replace(config, model=dataclasses.replace(config.model, kind="poster"))
+    assert (training_length(text_branch), training_length(poster_branch)) == ((6, 3), (60, 10))

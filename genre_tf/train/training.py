@@ -13,7 +13,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from genre_tf import run_dir as runs
-from genre_tf.config import TrainConfig, config_to_dict, fine_tunes_text, late_fusion, uses_poster, uses_text
+from genre_tf.config import (TrainConfig, config_to_dict, fine_tunes_text, late_fusion, training_length, uses_poster,
+                             uses_text)
 from genre_tf.data.dataset import (PLOT, PLOT_EMBEDDING, PLOT_MASK, PLOT_STATES, POSTER, POSTER_FEATURES,
                                    PreparedDataset, make_dataset, raw_examples, split_labels)
 from genre_tf.data.demo import DEMO_NAME, open_prepared
@@ -110,10 +111,12 @@ def build_for_training(config: TrainConfig, prepared: PreparedDataset, train_lab
 
 
 def epochs_to_run(config: TrainConfig, history: list[dict]) -> int:
-    """fit's `epochs`: config.epochs, or one past the last epoch when early stopping had already ended the run."""
-    if history and history[-1]["epoch"] - best_row(history)["epoch"] >= config.patience:
+    """fit's `epochs` (config's training_length), or one past the last epoch when early stopping had already ended
+    the run."""
+    epochs, patience = training_length(config)
+    if history and history[-1]["epoch"] - best_row(history)["epoch"] >= patience:
         return history[-1]["epoch"] + 1
-    return config.epochs
+    return epochs
 
 
 def epoch_callbacks(config: TrainConfig, model: keras.Model, run_dir: str, shared_run_dir: str,
@@ -124,7 +127,8 @@ def epoch_callbacks(config: TrainConfig, model: keras.Model, run_dir: str, share
     epoch's evaluation: a repeated row is superseded, an interrupted checkpoint is saved on resume.
     """
     checkpoint = BestCheckpoint(run_dir)
-    early_stopping = keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=config.patience, verbose=1)
+    early_stopping = keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=training_length(config)[1],
+                                                   verbose=1)
     learning_rate = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(
         learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate))))
     # BackupAndRestore sends non-chief workers' writes to temporary folders itself.
