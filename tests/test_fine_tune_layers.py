@@ -165,3 +165,30 @@ def test_the_fine_tune_preset_fine_tunes_the_top_two_layers_of_late_fusions_text
     text_branch = dataclasses.replace(config, model=dataclasses.replace(config.model, kind="text_frozen"))
     poster_branch = dataclasses.replace(config, model=dataclasses.replace(config.model, kind="poster"))
     assert (training_length(text_branch), training_length(poster_branch)) == ((6, 3), (60, 10))
+
+
+@pytest.mark.parametrize("lie", ["negative length", "overlapping starts", "zero width", "2-d digests", "no digests"])
+def test_a_states_index_that_lies_is_set_aside_and_the_other_parts_are_read(lie, tmp_path, capsys):
+    """An index whose lengths, starts, width or digests do not describe its states file as write_states_part lays
+    one out is set aside with its reason, never read, and never sets the good part after it aside."""
+    folder = str(tmp_path / "store")
+    good = [np.full((3, 4), 1.0, np.float16), np.full((2, 4), 2.0, np.float16)]
+    stored.write_states_part(folder, ["g0", "g1"], good)
+    index = {"digests": np.array(["x0", "x1"]), "starts": np.array([0, 2]), "lengths": np.array([2, 2]),
+             "width": np.int64(4)}
+    index.update({"negative length": {"starts": np.array([0, 5]), "lengths": np.array([5, -1])},  # 4 rows in all
+                  "overlapping starts": {"starts": np.array([0, 1])},
+                  "zero width": {"width": np.int64(0)},
+                  "2-d digests": {"digests": np.array([["x0", "x1"]])},
+                  "no digests": {"digests": np.array([1.0, 2.0])}}[lie])
+    np.savez(os.path.join(folder, "part-0000.npz"), **index)
+    with open(os.path.join(folder, "part-0000.f16"), "wb") as handle:
+        handle.write(np.ones((4, 4), np.float16).tobytes())
+    found, files, width = stored.read_index(folder)
+    assert set(found) == {"g0", "g1"} and width == 4 and len(files) == 1
+    assert "part-0000.npz is damaged" in capsys.readouterr().err
+    states = stored.StoredStates(files, *np.array([found["g1"], found["g0"]]).T, width)
+    values, mask = states.batch(np.array([0, 1]))
+    np.testing.assert_array_equal(values[0, :2], good[1])
+    np.testing.assert_array_equal(values[1], good[0])
+    assert mask.tolist() == [[1, 1, 0], [1, 1, 1]]

@@ -73,13 +73,17 @@ def read_index(folder: str) -> tuple[dict[str, tuple[int, int, int]], list[str],
             with np.load(index_path, allow_pickle=False) as part:
                 digests, starts, lengths, part_width = (part["digests"], part["starts"], part["lengths"],
                                                         int(part["width"]))
-            expected = int((starts + lengths).max(initial=0)) * part_width * BYTES
-            if len(digests) != len(starts) or len(starts) != len(lengths) or (width and part_width != width):
-                raise ValueError(f"{len(digests)} digests, {len(starts)} starts, {len(lengths)} lengths, "
-                                 f"width {part_width}")
+            # as write_states_part lays a part out: 1-D text digests, each plot's rows right after the one before
+            if (digests.ndim != 1 or digests.dtype.kind != "U" or lengths.shape != digests.shape
+                    or starts.shape != digests.shape or lengths.dtype.kind != "i" or (lengths < 1).any()
+                    or not np.array_equal(starts, np.cumsum(lengths) - lengths) or part_width <= 0
+                    or (width and part_width != width)):
+                raise ValueError(f"{digests.shape} digests, {starts.shape} starts, {lengths.shape} lengths not laid "
+                                 f"out one after the other, width {part_width}")
+            expected = int(lengths.sum()) * part_width * BYTES
             if not os.path.exists(states_path) or os.path.getsize(states_path) != expected:
                 raise ValueError(f"{states_path} missing or not {expected} bytes long")
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, KeyError, EOFError, RuntimeError, TypeError, zipfile.BadZipFile) as error:
             set_aside(index_path, error)
             continue
         width = part_width
