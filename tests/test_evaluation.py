@@ -28,6 +28,18 @@ def hand_sets():
     return dev, test, movies
 
 
+def test_movie_details_hold_the_asked_movies_title_year_and_plot_excerpt():
+    from types import SimpleNamespace
+
+    from genre_tf.evaluate.evaluation import movie_details
+    records = [{"movie_id": "a", "title": "A", "year": 1999, "plot": " ".join(f"w{i}" for i in range(45))},
+               {"movie_id": "b", "title": "B", "plot": "short  plot"}, {"movie_id": "c", "plot": "not asked"}]
+    details = movie_details(SimpleNamespace(movies=lambda: iter(records)), ["b", "a"])
+    assert details == {"a": {"movie_id": "a", "title": "A", "year": 1999,
+                             "plot_excerpt": " ".join(f"w{i}" for i in range(40)) + " ..."},
+                       "b": {"movie_id": "b", "title": "B", "year": None, "plot_excerpt": "short plot"}}
+
+
 def test_metrics_by_hand_with_thresholds_tuned_on_dev_only():
     dev, test, movies = hand_sets()
     metrics = compute_metrics(["A", "B"], dev, test, movies)
@@ -56,7 +68,7 @@ def trained_run(tiny_config):
     return train(tiny_config("poster", "epochs=3"))
 
 
-def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
+def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run, monkeypatch, tmp_path):
     metrics = evaluate_run(trained_run)
     for name in REPORT_FILES:
         path = os.path.join(trained_run, name)
@@ -82,6 +94,10 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
             f"before 1990, {years['test']['from_2000']:.0%} from 2000 on; the catalogue's: median "
             f"{years['catalogue']['median']:.0f}") in report
     assert len(metrics["examples"]) == 6 and metrics["examples"] == evaluate_run(trained_run)["examples"]
+    plots = {movie["movie_id"]: movie["plot"].split() for movie in run.prepared.movies()}
+    for example in metrics["examples"]:  # the first 40 words, and " ..." when there are more
+        words = plots[example["movie_id"]]
+        assert example["plot_excerpt"] == " ".join(words[:40]) + (" ..." if len(words) > 40 else "")
     # intervals: around the score itself, from a bootstrap of this test split, in metrics.json and the report
     test = metrics["splits"]["test"]
     for key in ("at_0.5", "tuned"):
@@ -127,6 +143,28 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run):
     with Image.open(os.path.join(folder, "sprite.png")) as sprite:
         side = int(np.ceil(np.sqrt(len(rows) - 1))) * 48
         assert sprite.size == (side, side)
+        full_sprite = np.asarray(sprite.convert("RGB"))
+    # a large test split shows its first PROJECTOR_MOVIES movies: the same points, rows and thumbnails
+    import dataclasses
+
+    from genre_tf.evaluate import projector
+    monkeypatch.setattr(projector, "PROJECTOR_MOVIES", 5)
+    capped = projector.write_projector(dataclasses.replace(run, run_dir=str(tmp_path)), test_split,
+                                       metrics["thresholds"], {i: {"title": i} for i in test_split["ids"]})
+    assert [row.split("\t")[0] for row in Path(capped, "metadata.tsv").read_text().splitlines()[1:]] == list(
+        test_split["ids"][:5])
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(capped))
+    np.testing.assert_allclose(reader.get_tensor("embedding/.ATTRIBUTES/VARIABLE_VALUE"), vectors[:5])
+    with Image.open(os.path.join(capped, "sprite.png")) as sprite:
+        small = np.asarray(sprite.convert("RGB"))
+    columns = int(np.ceil(np.sqrt(len(rows) - 1)))
+    assert small.shape == (3 * 48, 3 * 48, 3) and (small[2 * 48:, 2 * 48:] == 255).all()  # 5 of a 3 x 3 grid
+    def cell(index, columns):
+        top, left = index // columns * 48, index % columns * 48
+        return np.s_[top:top + 48, left:left + 48]
+
+    for index in range(5):
+        np.testing.assert_array_equal(small[cell(index, 3)], full_sprite[cell(index, columns)])
 
 
 def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config, capsys):

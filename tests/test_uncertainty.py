@@ -5,7 +5,7 @@ import pytest
 from genre_tf.evaluate.baselines import METRICS
 from genre_tf.evaluate.metrics import f1_scores
 from genre_tf.evaluate.uncertainty import (bootstrap_intervals, format_interval, paired_difference, resample_counts,
-                                           resample_indices, resampled_scores, seed_spread)
+                                           resample_indices, resampled, resampled_scores, seed_spread)
 
 
 def random_set(seed, movies=30, genres=4):
@@ -26,6 +26,23 @@ def test_resampled_scores_equal_scikit_learn_on_every_explicit_resample():
         for metric in METRICS:
             assert scores[metric][row] == pytest.approx(expected[metric], abs=1e-12)
         np.testing.assert_allclose(scores["f1"][row], expected["f1"], atol=1e-12)
+
+
+def test_resamples_drawn_in_chunks_are_the_one_draw_of_resample_indices():
+    labels, predicted = random_set(3)
+    chunks = []
+
+    def score(counts):
+        chunks.append(len(counts))
+        return {"counts": counts, **resampled_scores(labels, predicted, counts)}
+
+    chunked = resampled(score, len(labels), resamples=700, seed=4, chunk_cells=1)  # 256 resamples a chunk at least
+    assert chunks == [256, 256, 188]
+    whole = resample_counts(resample_indices(len(labels), 700, 4), len(labels))
+    np.testing.assert_array_equal(chunked["counts"], whole)
+    np.testing.assert_array_equal(chunked["weighted_f1"], resampled_scores(labels, predicted, whole)["weighted_f1"])
+    with pytest.raises(ValueError, match="at least one movie"):
+        resampled(score, 0)
 
 
 def test_interval_is_the_percentile_of_a_brute_force_bootstrap():

@@ -23,8 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from genre_tf.config import CALIBRATIONS as METHODS
-from genre_tf.evaluate.uncertainty import (LEVEL, RESAMPLES, SEED, format_interval, interval, resample_counts,
-                                          resample_indices)
+from genre_tf.evaluate.uncertainty import LEVEL, RESAMPLES, SEED, format_interval, interval, resampled
 
 BINS = 10                       # equal-mass bins: about 77 test movies per genre bin on real movies
 EPS = np.finfo(np.float64).eps  # scikit-learn's log-loss clipping
@@ -77,10 +76,15 @@ def resampled_calibration(labels: np.ndarray, probabilities, counts: np.ndarray,
     if stack.shape[1:] != truth.shape or counts.shape[1] != len(truth):
         raise ValueError(f"labels {truth.shape}, probabilities {stack.shape[1:]} and counts over {counts.shape[1]} "
                          "movies must agree")
-    movies, genres = counts.sum(1), truth.shape[1]
+    return _scores([_per_movie_terms(truth, seed_probabilities, bins) for seed_probabilities in stack], counts, bins)
+
+
+def _scores(per_seed_terms: list[dict[str, np.ndarray]], counts: np.ndarray, bins: int) -> dict:
+    """resampled_calibration from each seed's _per_movie_terms, computed once for every chunk of resamples."""
+    movies = counts.sum(1)
     totals: dict[str, np.ndarray] = {}
-    for seed_probabilities in stack:
-        terms = _per_movie_terms(truth, seed_probabilities, bins)
+    for terms in per_seed_terms:
+        genres = terms["brier"].shape[1]
         scores = {}
         for name in ("brier", "log_loss"):
             per_genre = counts @ terms[name] / movies[:, None]
@@ -90,7 +94,7 @@ def resampled_calibration(labels: np.ndarray, probabilities, counts: np.ndarray,
         scores["ece"] = np.abs(counts @ terms["ece_pooled"]).sum(1) / (movies * genres)
         for name, value in scores.items():
             totals[name] = totals.get(name, 0.0) + value
-    return {name: total / len(stack) for name, total in totals.items()}
+    return {name: total / len(per_seed_terms) for name, total in totals.items()}
 
 
 def calibration_intervals(labels: np.ndarray, probabilities, resamples: int = RESAMPLES, seed: int = SEED,
@@ -98,11 +102,11 @@ def calibration_intervals(labels: np.ndarray, probabilities, resamples: int = RE
     """{ece, brier, log_loss: {value, low, high}} pooled over genres, and each "{score}_per_genre": [...]."""
     truth = np.asarray(labels)
     full = resampled_calibration(truth, probabilities, np.ones((1, len(truth))), bins)
-    counts = resample_counts(resample_indices(len(truth), resamples, seed), len(truth))
-    resampled = resampled_calibration(truth, probabilities, counts, bins)
-    result = {name: interval(full[name][0], resampled[name], level) for name in SCORES}
+    terms = [_per_movie_terms(truth, seed_probabilities, bins) for seed_probabilities in _as_stack(probabilities)]
+    scores = resampled(lambda counts: _scores(terms, counts, bins), len(truth), resamples, seed)
+    result = {name: interval(full[name][0], scores[name], level) for name in SCORES}
     for name in SCORES:
-        result[f"{name}_per_genre"] = [interval(full[f"{name}_per_genre"][0, g], resampled[f"{name}_per_genre"][:, g],
+        result[f"{name}_per_genre"] = [interval(full[f"{name}_per_genre"][0, g], scores[f"{name}_per_genre"][:, g],
                                                  level) for g in range(truth.shape[1])]
     result.update(bins=bins, binning="equal mass", resamples=resamples, level=level, seed=seed, movies=len(truth))
     return result

@@ -139,6 +139,19 @@ def _number(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
+def movie_details(prepared: PreparedDataset, ids: Sequence[str], words: int = 40) -> dict[str, dict]:
+    """{movie_id: its title, year and plot excerpt (the first `words` words, " ..." when there are more)} for the
+    given movies: what the report and the projector show, read record by record, never a catalogue's plots."""
+    wanted, details = set(ids), {}
+    for movie in prepared.movies():
+        if movie["movie_id"] in wanted:
+            plot = movie["plot"].split()
+            excerpt = " ".join(plot[:words]) + (" ..." if len(plot) > words else "")
+            details[movie["movie_id"]] = {"movie_id": movie["movie_id"], "title": movie.get("title", ""),
+                                          "year": movie.get("year"), "plot_excerpt": excerpt}
+    return details
+
+
 def choose_examples(test: dict, movies: dict[str, dict], genres: Sequence[str], thresholds,
                     count: int = NUM_EXAMPLES, seed: int = 0) -> list[dict]:
     """A reproducible handful of test predictions with plot excerpts (the paper's Appendix A)."""
@@ -146,11 +159,10 @@ def choose_examples(test: dict, movies: dict[str, dict], genres: Sequence[str], 
     examples = []
     for row in sorted(order):
         movie = movies[test["ids"][row]]
-        words = movie["plot"].split()
         probabilities = test["probabilities"][row]
         examples.append({
             "movie_id": movie["movie_id"], "title": movie.get("title", ""),
-            "plot_excerpt": " ".join(words[:40]) + (" ..." if len(words) > 40 else ""),
+            "plot_excerpt": movie["plot_excerpt"],
             "true": [g for g, on in zip(genres, test["labels"][row], strict=True) if on],
             "predicted": [g for g, p, t in zip(genres, probabilities, thresholds, strict=True) if p >= t],
             "probabilities": {g: round(float(p), 3) for g, p in zip(genres, probabilities, strict=True)}})
@@ -450,7 +462,7 @@ def evaluate_locked(run_dir: str) -> dict:
     dev, test = predict_split(run, "dev"), predict_split(run, "test")
     # a model fitted on dev (late fusion) is scored on dev, and tuned, out of fold
     dev["probabilities"] = threshold_probabilities(run_dir, dev["ids"], dev["probabilities"])
-    movies = {movie["movie_id"]: movie for movie in run.prepared.movies()}
+    movies = movie_details(run.prepared, [*dev["ids"], *test["ids"]])
     metrics = compute_metrics(run.prepared.genres, dev, test, movies, served_thresholds(run))
     metrics.update(reference_scores(split_labels(run.prepared, "train")["labels"], dev, test, run.prepared.genres,
                                     metrics))

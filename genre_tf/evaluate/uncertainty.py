@@ -1,15 +1,17 @@
 """How sure a score is: bootstrap intervals over the evaluated movies, and paired differences between models.
 
 numpy only. A resample draws the movies with replacement; every F1 is then recomputed from per-genre counts, so
-1,000s of resamples of an 800-movie test split take milliseconds. The scores follow genre_tf.evaluate.metrics.f1_scores
-(scikit-learn's definitions, with the same zero-division choices), and the tests check them against it.
+1,000s of resamples of an 800-movie test split take milliseconds. Resamples are drawn and scored in chunks (at most
+CHUNK_CELLS resample x movie counts), never all at once (320 MB at 20,000 movies), with the same draws. The scores
+follow genre_tf.evaluate.metrics.f1_scores (scikit-learn's definitions, with the same zero-division choices), and the
+tests check them against it.
 
 A paired difference scores two models on the *same* resample, so what both get right or wrong together
 cancels out; that is why it can tell two close models apart where their separate intervals overlap. Models
 trained with several seeds are scored as the mean over seeds inside each resample: the interval is then the
 test-set uncertainty of the seed mean.
 """
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -17,12 +19,18 @@ from genre_tf.evaluate.baselines import METRICS
 RESAMPLES = 2000
 LEVEL = 0.95
 SEED = 0
+CHUNK_CELLS = 2_000_000  # resample x movie counts made at once (16 MB of float64), and at least
+CHUNK_ROWS = 256  # resamples: OpenBLAS multiplies [rows, 20,000] by [20,000, 150] 10x slower per row under ~200 rows
+
+
+def _check_sizes(movies: int, resamples: int) -> None:
+    if movies < 1 or resamples < 1:
+        raise ValueError(f"need at least one movie and one resample, got {movies} and {resamples}")
 
 
 def resample_indices(movies: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
     """[resamples, movies] row indices, each row a draw of `movies` movies with replacement (fixed seed)."""
-    if movies < 1 or resamples < 1:
-        raise ValueError(f"need at least one movie and one resample, got {movies} and {resamples}")
+    _check_sizes(movies, resamples)
     return np.random.default_rng(seed).integers(0, movies, size=(resamples, movies))
 
 
@@ -31,6 +39,24 @@ def resample_counts(indices: np.ndarray, movies: int) -> np.ndarray:
     counts = np.zeros((len(indices), movies), np.float64)
     np.add.at(counts, (np.arange(len(indices))[:, None], indices), 1.0)
     return counts
+
+
+def resampled(score: Callable[[np.ndarray], dict[str, np.ndarray]], movies: int, resamples: int = RESAMPLES,
+              seed: int = SEED, chunk_cells: int = CHUNK_CELLS) -> dict[str, np.ndarray]:
+    """{name: [resamples, ...]}: score(counts) over every resample, its counts (resample_counts) made at most
+    `chunk_cells` resample x movie counts at a time, or CHUNK_ROWS resamples where that is more.
+
+    The draws are those of resample_indices(movies, resamples, seed): the generator fills rows in order, however
+    many a call asks for.
+    """
+    _check_sizes(movies, resamples)
+    generator, parts, chunk = np.random.default_rng(seed), [], max(CHUNK_ROWS, chunk_cells // movies)
+    for start in range(0, resamples, chunk):
+        counts = np.empty((min(chunk, resamples - start), movies), np.float64)
+        for row in counts:  # one resample's indices at a time
+            row[:] = np.bincount(generator.integers(0, movies, size=movies), minlength=movies)
+        parts.append(score(counts))
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def _as_stack(predicted) -> np.ndarray:
@@ -86,10 +112,9 @@ def bootstrap_intervals(labels: np.ndarray, predicted, resamples: int = RESAMPLE
     """
     truth = np.asarray(labels)
     full = resampled_scores(truth, predicted, np.ones((1, len(truth))))
-    resampled = resampled_scores(truth, predicted, resample_counts(resample_indices(len(truth), resamples, seed),
-                                                                   len(truth)))
-    result = {name: interval(full[name][0], resampled[name], level) for name in METRICS}
-    result["per_genre_f1"] = [interval(full["f1"][0, g], resampled["f1"][:, g], level)
+    scores = resampled(lambda counts: resampled_scores(truth, predicted, counts), len(truth), resamples, seed)
+    result = {name: interval(full[name][0], scores[name], level) for name in METRICS}
+    result["per_genre_f1"] = [interval(full["f1"][0, g], scores["f1"][:, g], level)
                               for g in range(truth.shape[1])]
     result.update(resamples=resamples, level=level, seed=seed, movies=len(truth))
     return result
@@ -102,13 +127,16 @@ def paired_difference(labels: np.ndarray, predicted_a, predicted_b, resamples: i
     `excludes_zero` means the difference is real at this level: the whole interval lies on one side of 0.
     """
     truth = np.asarray(labels)
-    counts = resample_counts(resample_indices(len(truth), resamples, seed), len(truth))
-    full = np.ones((1, len(truth)))
-    a, b = resampled_scores(truth, predicted_a, counts), resampled_scores(truth, predicted_b, counts)
-    a_full, b_full = resampled_scores(truth, predicted_a, full), resampled_scores(truth, predicted_b, full)
+
+    def differences(counts: np.ndarray) -> dict[str, np.ndarray]:
+        a, b = resampled_scores(truth, predicted_a, counts), resampled_scores(truth, predicted_b, counts)
+        return {name: a[name] - b[name] for name in metrics}
+
+    full, resampled_differences = differences(np.ones((1, len(truth)))), resampled(differences, len(truth),
+                                                                                     resamples, seed)
     result = {}
     for name in metrics:
-        row = interval(a_full[name][0] - b_full[name][0], a[name] - b[name], level)
+        row = interval(full[name][0], resampled_differences[name], level)
         result[name] = dict(row, excludes_zero=bool(row["low"] > 0 or row["high"] < 0))
     result.update(resamples=resamples, level=level, seed=seed, movies=len(truth))
     return result
