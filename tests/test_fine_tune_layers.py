@@ -192,3 +192,14 @@ def test_a_states_index_that_lies_is_set_aside_and_the_other_parts_are_read(lie,
     np.testing.assert_array_equal(values[0, :2], good[1])
     np.testing.assert_array_equal(values[1], good[0])
     assert mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+def test_states_cut_short_after_they_were_checked_are_named_not_misread(tmp_path):
+    folder = str(tmp_path / "store")
+    stored.write_states_part(folder, ["g0", "g1"], [np.ones((3, 4), np.float16), np.ones((2, 4), np.float16)])
+    found, files, width = stored.read_index(folder)
+    states = stored.StoredStates(files, *np.array([found["g0"], found["g1"]]).T, width)
+    assert states.batch(np.array([1]))[1].tolist() == [[1, 1]]
+    os.truncate(files[0], 4 * 4 * 2)  # another process cut it: g1's rows are gone
+    with pytest.raises(OSError, match="part-.*f16 is shorter than when it was checked"):
+        states.batch(np.array([1]))

@@ -73,6 +73,21 @@ class DamagedPart(ValueError):
     """A part of a feature store that cannot be read whole."""
 
 
+def check_digests(digests: np.ndarray) -> None:
+    """A part's content digests must be a 1-D text array (ValueError otherwise)."""
+    if digests.ndim != 1 or digests.dtype.kind != "U":
+        raise ValueError(f"digests of shape {digests.shape} and type {digests.dtype}")
+
+
+def pread_exactly(handle, size: int, offset: int) -> bytes:
+    """`size` bytes of an open file from `offset` (os.pread: no shared position, safe from any thread); OSError when
+    the file ends first, as when it was cut after it was checked."""
+    raw = os.pread(handle.fileno(), size, offset)
+    if len(raw) != size:
+        raise OSError(f"{handle.name} is shorter than when it was checked")
+    return raw
+
+
 def read_part(path: str, width: int | None = None, features: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """One part's (digests, [rows, width] float32 features, or None when not wanted); DamagedPart when it cannot be
     read whole or its arrays disagree (features of another width than `width`, when given)."""
@@ -80,8 +95,7 @@ def read_part(path: str, width: int | None = None, features: bool = True) -> tup
         with np.load(path, allow_pickle=False) as part:
             digests = part["digests"]
             values = part["features"] if features else None
-        if digests.ndim != 1 or digests.dtype.kind != "U":
-            raise ValueError(f"digests of shape {digests.shape} and type {digests.dtype}")
+        check_digests(digests)
         if values is not None and (values.ndim != 2 or len(digests) != len(values) or (
                 width is not None and values.shape[1] != width)):
             raise ValueError(f"{len(digests)} digests for features of shape {values.shape}")
@@ -151,10 +165,7 @@ class StoredRows:
                     raise ValueError(f"row {row} has no stored features and no fill row")
                 values[out] = self.fill
                 continue
-            raw = os.pread(self.parts[part].fileno(), size, int(self.offsets[row]))
-            if len(raw) != size:
-                raise OSError(f"{self.parts[part].name} is shorter than when it was checked")
-            values[out] = np.frombuffer(raw, "<f4")
+            values[out] = np.frombuffer(pread_exactly(self.parts[part], size, int(self.offsets[row])), "<f4")
         return values
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -188,8 +199,7 @@ def open_part(path: str, width: int | None):
         with zipfile.ZipFile(handle) as archive:
             with archive.open("digests.npy") as member:
                 digests = np.lib.format.read_array(member, allow_pickle=False)
-            if digests.ndim != 1 or digests.dtype.kind != "U":
-                raise ValueError(f"digests of shape {digests.shape} and type {digests.dtype}")
+            check_digests(digests)
             info = archive.getinfo("features.npy")
             if info.compress_type != zipfile.ZIP_STORED:
                 raise ValueError("its features are compressed")

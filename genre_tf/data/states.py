@@ -19,7 +19,8 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from genre_tf.data.dataset import PLOT, PLOT_STATES, PreparedDataset
-from genre_tf.data.features import missing_batches, movie_digests, set_aside, store_folder
+from genre_tf.data.features import (check_digests, missing_batches, movie_digests, pread_exactly, set_aside,
+                                    store_folder)
 from genre_tf.files import atomic_path
 
 PART_MOVIES = 512  # plots per part (about 60 MB of MPNet states): a killed run loses at most this many encodings
@@ -53,7 +54,7 @@ class StoredStates:
             handle = self._handles.get(path)
             if handle is None:
                 handle = self._handles[path] = open(path, "rb")  # noqa: SIM115  kept open for the next batches
-            raw = os.pread(handle.fileno(), length * self.width * BYTES, int(self.starts[row]) * self.width * BYTES)
+            raw = pread_exactly(handle, length * self.width * BYTES, int(self.starts[row]) * self.width * BYTES)
             states[index, :length] = np.frombuffer(raw, np.float16).reshape(length, self.width)
             mask[index, :length] = 1
         return states, mask
@@ -74,10 +75,10 @@ def read_index(folder: str) -> tuple[dict[str, tuple[int, int, int]], list[str],
                 digests, starts, lengths, part_width = (part["digests"], part["starts"], part["lengths"],
                                                         int(part["width"]))
             # as write_states_part lays a part out: 1-D text digests, each plot's rows right after the one before
-            if (digests.ndim != 1 or digests.dtype.kind != "U" or lengths.shape != digests.shape
-                    or starts.shape != digests.shape or lengths.dtype.kind != "i" or (lengths < 1).any()
-                    or not np.array_equal(starts, np.cumsum(lengths) - lengths) or part_width <= 0
-                    or (width and part_width != width)):
+            check_digests(digests)
+            if (lengths.shape != digests.shape or starts.shape != digests.shape or lengths.dtype.kind != "i"
+                    or (lengths < 1).any() or not np.array_equal(starts, np.cumsum(lengths) - lengths)
+                    or part_width <= 0 or (width and part_width != width)):
                 raise ValueError(f"{digests.shape} digests, {starts.shape} starts, {lengths.shape} lengths not laid "
                                  f"out one after the other, width {part_width}")
             expected = int(lengths.sum()) * part_width * BYTES
