@@ -1,5 +1,6 @@
 """genre_tf.bench.table3: Table 3 has every row, and every figure is a measurement."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -118,3 +119,33 @@ def test_seeds_fold_into_one_row_with_their_mean_and_range(small_prepared, tiny_
     assert text["spread"]["weighted_f1"] == pytest.approx(
         {"mean": np.mean(scores), "sd": np.std(scores, ddof=1), "min": min(scores), "max": max(scores), "seeds": 2})
     assert f"2 seeds, {min(scores):.3f}-{max(scores):.3f}" in table3_markdown(table)
+
+
+def test_scale_steps_measure_beam_features_per_worker_count_into_empty_stores_and_growth_is_measured(tmp_path):
+    from genre_tf.bench import scale
+
+    config = scale.ScaleConfig(sizes=(10, 100), root=str(tmp_path), config="configs/fast.yaml", workers=(1, 2))
+    steps = scale.step_commands(config, 10, str(tmp_path / "10"))
+    assert list(steps) == ["generate", "prepare", "features_1_worker", "features_2_workers", "train_epoch", "evaluate",
+                           "export", "batch_predict"]
+    one, two = steps["features_1_worker"], steps["features_2_workers"]
+    assert "--direct_num_workers=1" in one[0] and "--direct_num_workers=2" in two[0]
+    assert (one[2], two[2]) == (str(tmp_path / "10" / "cache-1"), str(tmp_path / "10" / "cache-2"))
+    for name in ("train_epoch", "evaluate", "export", "batch_predict"):  # what the 2-worker job stored
+        assert steps[name][2] == two[2]
+    preset = os.path.join(scale.ROOT, "configs", "fast.yaml")
+    for name in ("features_1_worker", "train_epoch"):  # the same encoders, at the benchmark's sizes
+        command = steps[name][0]
+        assert command[command.index("--config") + 1] == preset
+        assert "text.seq_length=64" in command and "poster.image_size=96" in command
+    assert "--config" not in scale.model_options(dataclasses.replace(config, config=""))  # the default encoders
+    # growth from the smallest size to the largest, measured: 10 -> 100 movies
+    point = lambda movies, seconds, peak: {"movies": movies, "disk_mb": 1.0, "steps": {  # noqa: E731
+        "train_epoch": {"seconds": seconds, "peak_rss_mb": peak, "movies_per_second": movies / seconds}}}
+    report = {"points": [point(10, 2.0, 800.0), point(100, 10.0, 880.0)]}
+    report["growth"] = scale.growth(report["points"])
+    assert report["growth"]["train_epoch"] == {"ms_per_movie": [200.0, 100.0], "peak_ratio": 1.1,
+                                               "kb_per_added_movie": round(80 * 1024 / 90, 2),
+                                               "ms_per_movie_ratio": 0.5}
+    table = scale.scale_markdown(report)
+    assert "| train_epoch | 200.00 | 100.00 | 0.50 | 1.10 | 910.2 |" in table and "projected" not in table

@@ -281,6 +281,8 @@ def main(argv=None) -> int:
                         help="speed: only the --serve-run rows (serving paths and feature caching), no training")
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 10000], help="scale: catalogue sizes")
     parser.add_argument("--scale-root", default=os.path.join("runs", "scale"), help="scale: where its data goes")
+    parser.add_argument("--scale-config", default=os.path.join("configs", "fast.yaml"),
+                        help="scale: the encoders' preset, as train.py's --config (none: the default encoders)")
     parser.add_argument("overrides", nargs="*", metavar="[KIND:]key=value",
                         help="train.py options for every run, or for one model kind (text_finetuned:epochs=8)")
     args = parser.parse_intermixed_args(argv)  # options may come after the key=value list
@@ -308,6 +310,8 @@ def check_arguments(args) -> None:
                          "python -m genre_tf.prepare first, or leave --data out for the demo")
     if any(size < 1 for size in args.sizes):
         raise ValueError(f"--sizes must be positive movie counts, got {args.sizes}")
+    if args.what == "scale" and args.scale_config != "none":
+        load_config(args.scale_config)  # a missing or bad preset answers now, not after the first catalogue
     for kind in KINDS:
         load_config(overrides=[f"model.kind={kind}", *for_kind(args.overrides, kind)])
 
@@ -337,7 +341,8 @@ def run_benchmarks(args) -> int:
     if args.what == "scale":  # genre_tf/bench/scale.py: cost and peak memory by catalogue size
         from genre_tf.bench import scale
 
-        report["scale"] = scale.scale(scale.ScaleConfig(sizes=tuple(args.sizes), root=args.scale_root))
+        preset = "" if args.scale_config == "none" else os.path.abspath(args.scale_config)
+        report["scale"] = scale.scale(scale.ScaleConfig(sizes=tuple(args.sizes), root=args.scale_root, config=preset))
         sections += ["## Cost by catalogue size", "", scale.__doc__.split("\n\n", 2)[2].strip(), "",
                      scale.scale_markdown(report["scale"])]
     os.makedirs(args.out, exist_ok=True)
