@@ -10,6 +10,7 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 import genre_tf  # noqa: F401
+from genre_tf.data.dataset import split_posters
 from genre_tf.evaluate.evaluation import REPORT_FILES, compute_metrics, evaluate_run, predict_split, restore_run
 from genre_tf.evaluate.metrics import tune_thresholds
 from genre_tf.files import read_json
@@ -144,27 +145,45 @@ def test_evaluate_writes_every_file_and_tunes_on_dev(trained_run, monkeypatch, t
         side = int(np.ceil(np.sqrt(len(rows) - 1))) * 48
         assert sprite.size == (side, side)
         full_sprite = np.asarray(sprite.convert("RGB"))
-    # a large test split shows its first PROJECTOR_MOVIES movies: the same points, rows and thumbnails
+    # a larger test split shows PROJECTOR_MOVIES of its movies drawn at random: the same points, rows and thumbnails
     import dataclasses
 
     from genre_tf.evaluate import projector
     monkeypatch.setattr(projector, "PROJECTOR_MOVIES", 5)
+    chosen = projector.projected_rows(len(test_split["ids"]), 5)
+    assert len(chosen) == 5 and chosen.tolist() != list(range(5)) and (np.diff(chosen) > 0).all()
     capped = projector.write_projector(dataclasses.replace(run, run_dir=str(tmp_path)), test_split,
                                        metrics["thresholds"], {i: {"title": i} for i in test_split["ids"]})
-    assert [row.split("\t")[0] for row in Path(capped, "metadata.tsv").read_text().splitlines()[1:]] == list(
-        test_split["ids"][:5])
+    assert [row.split("\t")[0] for row in Path(capped, "metadata.tsv").read_text().splitlines()[1:]] == [
+        test_split["ids"][row] for row in chosen]
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(capped))
-    np.testing.assert_allclose(reader.get_tensor("embedding/.ATTRIBUTES/VARIABLE_VALUE"), vectors[:5])
+    np.testing.assert_allclose(reader.get_tensor("embedding/.ATTRIBUTES/VARIABLE_VALUE"), vectors[chosen])
     with Image.open(os.path.join(capped, "sprite.png")) as sprite:
         small = np.asarray(sprite.convert("RGB"))
     columns = int(np.ceil(np.sqrt(len(rows) - 1)))
     assert small.shape == (3 * 48, 3 * 48, 3) and (small[2 * 48:, 2 * 48:] == 255).all()  # 5 of a 3 x 3 grid
+
     def cell(index, columns):
         top, left = index // columns * 48, index % columns * 48
         return np.s_[top:top + 48, left:left + 48]
 
-    for index in range(5):
-        np.testing.assert_array_equal(small[cell(index, 3)], full_sprite[cell(index, columns)])
+    for index, row in enumerate(chosen):
+        np.testing.assert_array_equal(small[cell(index, 3)], full_sprite[cell(row, columns)])
+    thumbnails = split_posters(run.prepared, "test", 48)  # the sprite's cells are the test posters, in split order
+    for row in range(len(thumbnails)):
+        np.testing.assert_array_equal(full_sprite[cell(row, columns)], np.clip(np.round(thumbnails[row]), 0, 255))
+
+
+def test_the_sprite_places_the_chosen_rows_of_every_batch_in_order():
+    from genre_tf.evaluate.projector import rows_of_batches, sprite
+    images = np.arange(7)[:, None, None, None] * np.ones((7, 2, 2, 3)) * 10.2   # image i is filled with 10.2 i
+    batches = [images[:3], images[3:6], images[6:]]
+    picked = list(rows_of_batches(batches, np.array([1, 2, 4, 6])))
+    assert [len(batch) for batch in picked] == [2, 1, 1]
+    canvas = sprite(iter(picked), 4)
+    assert canvas.shape == (4, 4, 4) and (canvas[..., 3] == 255).all()  # 2 x 2 cells of 2 pixels, opaque
+    assert [canvas[r, c, 0] for r, c in ((0, 0), (0, 2), (2, 0), (2, 2))] == [10, 20, 41, 61]  # rounded
+    assert sprite(iter([images]), 3)[2:, 2:, :3].tolist() == np.full((2, 2, 3), 255).tolist()  # 3 of 4 cells: white
 
 
 def test_table_across_runs_and_refusal_of_another_split(trained_run, tiny_config, capsys):

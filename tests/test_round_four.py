@@ -282,6 +282,8 @@ NONSENSE = [
                                                    "export/client.py")],
     ["-m", "genre_tf.bench", "table3", "--seeds", "0"], ["-m", "genre_tf.bench", "table3", "--seeds", "abc"],
     ["-m", "genre_tf.bench", "table3", "--data", "/nonexistent"],
+    ["-m", "genre_tf.bench", "scale", "--sizes", "9", "9"],
+    ["-m", "genre_tf.bench", "scale", "--scale-config", "no.yaml"],
     ["-m", "genre_tf.bench", "table3", "nokind:epochs=1"], ["-m", "genre_tf.bench", "table3", "epochs=0"],
     ["-m", "genre_tf.serve.faithfulness", "--model", "m", "--csv", "c", "--limit", "0"],
     ["-m", "genre_tf.serve.faithfulness", "--model", "m", "--csv", "c", "--words", "100000"],

@@ -60,13 +60,19 @@ def measure(command: list[str], log: str, out: str = os.devnull, cache: str = ""
     return measured
 
 
+def encoder_sizes(config: ScaleConfig) -> list[str]:
+    """The benchmark's plot and poster sizes as train.py options."""
+    return [f"text.seq_length={config.seq_length}", f"poster.image_size={config.image_size}"]
+
+
 def model_options(config: ScaleConfig) -> list[str]:
     """The encoders' options of every step: the preset file, at the benchmark's plot and poster sizes."""
     preset = ["--config", os.path.join(ROOT, config.config)] if config.config else []
-    return [*preset, f"text.seq_length={config.seq_length}", f"poster.image_size={config.image_size}"]
+    return [*preset, *encoder_sizes(config)]
 
 
 def features_step(workers: int) -> str:
+    """The features step's name for a number of workers: features_1_worker, features_2_workers."""
     return f"features_{workers}_worker{'s' if workers > 1 else ''}"
 
 
@@ -148,7 +154,13 @@ def growth(points: list[dict]) -> dict:
 
 
 def scale(config: ScaleConfig) -> dict:
-    """Measure every size, then the growth between them."""
+    """Measure every size (the encoders' files made first, so that no step converts weights), then the growth."""
+    import genre_tf  # noqa: F401  sets up tf-keras before TensorFlow loads
+    from genre_tf.config import load_config
+    from genre_tf.nets.network import fetch_encoder_files
+
+    preset = os.path.join(ROOT, config.config) if config.config else ""
+    fetch_encoder_files(load_config(preset, ["data=scale", *encoder_sizes(config)]))  # data: not the demo preset
     points = [measure_size(config, size) for size in config.sizes]
     return {"config": dataclasses.asdict(config), "points": points,
             "growth": growth(points) if len(points) > 1 else {}}
@@ -157,7 +169,8 @@ def scale(config: ScaleConfig) -> dict:
 def scale_markdown(report: dict) -> str:
     """The table of steps by size, and the measured growth from the smallest size to the largest."""
     points = report["points"]
-    lines = ["| step | " + " | ".join(f"{p['movies']:,} movies: s / movies/s / peak MB" for p in points) + " |",
+    lines = ["Peak MB: the largest process of the step (for a Beam job, its largest worker or the driver).", "",
+             "| step | " + " | ".join(f"{p['movies']:,} movies: s / movies/s / peak MB" for p in points) + " |",
              "| --- " * (len(points) + 1) + "|"]
     for step in points[0]["steps"]:
         cells = [f"{p['steps'][step]['seconds']:.1f} / {p['steps'][step]['movies_per_second']:.0f} / "

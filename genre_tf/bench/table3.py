@@ -281,8 +281,8 @@ def main(argv=None) -> int:
                         help="speed: only the --serve-run rows (serving paths and feature caching), no training")
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 10000], help="scale: catalogue sizes")
     parser.add_argument("--scale-root", default=os.path.join("runs", "scale"), help="scale: where its data goes")
-    parser.add_argument("--scale-config", default=os.path.join("configs", "fast.yaml"),
-                        help="scale: the encoders' preset, as train.py's --config (none: the default encoders)")
+    parser.add_argument("--scale-config", default=None, help="scale: the encoders' preset, as train.py's --config "
+                        "(default: the repository's configs/fast.yaml; none: the default encoders)")
     parser.add_argument("overrides", nargs="*", metavar="[KIND:]key=value",
                         help="train.py options for every run, or for one model kind (text_finetuned:epochs=8)")
     args = parser.parse_intermixed_args(argv)  # options may come after the key=value list
@@ -308,10 +308,13 @@ def check_arguments(args) -> None:
     if args.what in ("table3", "speed", "all") and args.data != "demo" and not is_prepared_folder(args.data):
         raise ValueError(f"--data {args.data} is not a prepared dataset (no split.json and movies.jsonl): run "
                          "python -m genre_tf.prepare first, or leave --data out for the demo")
-    if any(size < 1 for size in args.sizes):
-        raise ValueError(f"--sizes must be positive movie counts, got {args.sizes}")
-    if args.what == "scale" and args.scale_config != "none":
-        load_config(args.scale_config)  # a missing or bad preset answers now, not after the first catalogue
+    if any(size < 1 for size in args.sizes) or len(set(args.sizes)) != len(args.sizes):
+        raise ValueError(f"--sizes must be different positive movie counts, got {args.sizes}")
+    if args.what == "scale" and args.scale_config not in (None, "none"):
+        if not os.path.isfile(args.scale_config):
+            raise ValueError(f"--scale-config {args.scale_config} is not a file (a preset, as configs/fast.yaml, or "
+                             "none)")
+        load_config(args.scale_config)  # a bad preset answers now, not after the first catalogue
     for kind in KINDS:
         load_config(overrides=[f"model.kind={kind}", *for_kind(args.overrides, kind)])
 
@@ -341,8 +344,10 @@ def run_benchmarks(args) -> int:
     if args.what == "scale":  # genre_tf/bench/scale.py: cost and peak memory by catalogue size
         from genre_tf.bench import scale
 
-        preset = "" if args.scale_config == "none" else os.path.abspath(args.scale_config)
-        report["scale"] = scale.scale(scale.ScaleConfig(sizes=tuple(args.sizes), root=args.scale_root, config=preset))
+        preset = {None: scale.ScaleConfig.config, "none": ""}.get(args.scale_config, args.scale_config)
+        report["scale"] = scale.scale(scale.ScaleConfig(sizes=tuple(sorted(args.sizes)), root=args.scale_root,
+                                                        config=os.path.abspath(os.path.join(scale.ROOT, preset))
+                                                        if preset else ""))
         sections += ["## Cost by catalogue size", "", scale.__doc__.split("\n\n", 2)[2].strip(), "",
                      scale.scale_markdown(report["scale"])]
     os.makedirs(args.out, exist_ok=True)

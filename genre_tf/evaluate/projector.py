@@ -1,8 +1,9 @@
 """A map of the catalogue: the test movies in TensorBoard's projector, placed by the genre head's last hidden layer.
 
-evaluate.py writes RUN/logs/projector for the test split's first PROJECTOR_MOVIES movies: the embedding (a checkpoint
-variable), metadata.tsv (title, year, true and predicted genres, one row per movie) and sprite.png (the posters as
-thumbnails), tied together by projector_config.pbtxt. `tensorboard --logdir RUN/logs` shows it under Projector.
+evaluate.py writes RUN/logs/projector for the test movies (a random 10,000 of a larger split): the embedding (a
+checkpoint variable), metadata.tsv (title, year, true and predicted genres, one row per movie) and sprite.png (the
+posters as thumbnails), tied together by projector_config.pbtxt. `tensorboard --logdir RUN/logs` shows it under
+Projector.
 """
 import os
 from collections.abc import Iterable, Sequence
@@ -18,7 +19,7 @@ from genre_tf.nets.network import make_predictor
 
 PROJECTOR = "projector"   # under RUN/logs
 THUMBNAIL = 48            # sprite cell side in pixels: 1,023 movies make a 1,536-pixel sprite (the limit is 8,192)
-PROJECTOR_MOVIES = 10_000  # at most: a 4,800-pixel sprite, and as many points as the browser's t-SNE handles
+PROJECTOR_MOVIES = 10_000  # at most: a 4,800-pixel sprite (28,901 would pass 8,192), what the browser's t-SNE takes
 
 
 def hidden_model(model: keras.Model) -> keras.Model:
@@ -66,26 +67,44 @@ def sprite(thumbnails: Iterable[np.ndarray], count: int) -> np.ndarray:
     return canvas if canvas is not None else np.full((0, 0, 4), 255, np.uint8)
 
 
+def projected_rows(movies: int, limit: int, seed: int = 0) -> np.ndarray:
+    """The test rows the projector shows, in split order: every one, or `limit` drawn at random (fixed seed) from a
+    larger split, whose order is by id (its first movies would be an IMDb catalogue's oldest)."""
+    if movies <= limit:
+        return np.arange(movies)
+    return np.sort(np.random.default_rng(seed).choice(movies, limit, replace=False))
+
+
+def rows_of_batches(batches: Iterable[np.ndarray], rows: np.ndarray) -> Iterable[np.ndarray]:
+    """The rows at the sorted positions `rows` of a split given batch by batch, batch by batch."""
+    start = 0
+    for batch in batches:
+        chosen = rows[(rows >= start) & (rows < start + len(batch))] - start
+        start += len(batch)
+        if len(chosen):
+            yield batch[chosen]
+
+
 def write_projector(run, test: dict, thresholds: Sequence[float], movies: dict[str, dict]) -> str:
-    """Write the projector of the test split's first PROJECTOR_MOVIES movies into RUN/logs/projector; returns that
-    folder. (The split is shuffled, so the first ones are a random sample.)"""
+    """Write the projector of the test movies (at most PROJECTOR_MOVIES, projected_rows) into RUN/logs/projector;
+    returns that folder."""
     folder = os.path.join(run.run_dir, "logs", PROJECTOR)
     os.makedirs(folder, exist_ok=True)
-    count, batch = min(len(test["ids"]), PROJECTOR_MOVIES), 64
-    inputs = make_dataset(run.prepared, "test", batch, training=False, input_names=list(run.model.input_names),
-                          image_size=run.config.poster.image_size, feature_caches=run.caches)
-    vectors = make_predictor(hidden_model(run.model))(inputs.take(-(-count // batch)))[:count].astype(np.float32)
-    posters = make_dataset(run.prepared, "test", batch, training=False, input_names=[POSTER], image_size=THUMBNAIL)
-    predicted = test["probabilities"][:count] >= np.asarray(thresholds)
+    rows = projected_rows(len(test["ids"]), PROJECTOR_MOVIES)
+    features = make_dataset(run.prepared, "test", 64, training=False, input_names=list(run.model.input_names),
+                            image_size=run.config.poster.image_size, feature_caches=run.caches)
+    vectors = make_predictor(hidden_model(run.model))(features)[rows].astype(np.float32)
+    posters = make_dataset(run.prepared, "test", 64, training=False, input_names=[POSTER], image_size=THUMBNAIL)
+    predicted = test["probabilities"][rows] >= np.asarray(thresholds)
     with open(os.path.join(folder, "metadata.tsv"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(metadata_rows(test["ids"][:count], test["labels"][:count], predicted, movies,
-                                              run.prepared.genres)) + "\n")
-    Image.fromarray(sprite((inputs[POSTER].numpy() for inputs, _ in posters), count)).save(
-        os.path.join(folder, "sprite.png"))
+        handle.write("\n".join(metadata_rows(np.asarray(test["ids"])[rows].tolist(), test["labels"][rows], predicted,
+                                              movies, run.prepared.genres)) + "\n")
+    thumbnails = rows_of_batches((batch[POSTER].numpy() for batch, _ in posters), rows)
+    Image.fromarray(sprite(thumbnails, len(rows))).save(os.path.join(folder, "sprite.png"))
     return _save_embedding(folder, vectors, len(test["ids"]))
 
 
-def _save_embedding(folder: str, vectors: np.ndarray, movies: int) -> str:
+def _save_embedding(folder: str, vectors: np.ndarray, test_movies: int) -> str:
     from tensorboard.plugins import projector
 
     checkpoint = tf.train.Checkpoint(embedding=tf.Variable(vectors))
@@ -99,7 +118,8 @@ def _save_embedding(folder: str, vectors: np.ndarray, movies: int) -> str:
     projector.visualize_embeddings(folder, config)
     # TensorBoard lists a subfolder as a run (and the projector looks for its config there) only if it holds events
     with tf.summary.create_file_writer(folder).as_default(step=0):
-        shown = f"{len(vectors)} test movies" + (f" (the first of {movies})" if movies > len(vectors) else "")
+        shown = f"{len(vectors)} test movies" + (f" (a random sample of {test_movies})" if test_movies > len(vectors)
+                                                 else "")
         tf.summary.text("projector/about", f"{shown}, {vectors.shape[1]} dimensions: the genre head's last hidden "
                         "layer. Open the Projector tab.")
     return folder

@@ -1,8 +1,9 @@
 """How sure a score is: bootstrap intervals over the evaluated movies, and paired differences between models.
 
 numpy only. A resample draws the movies with replacement; every F1 is then recomputed from per-genre counts, so
-1,000s of resamples of an 800-movie test split take milliseconds. Resamples are drawn and scored in chunks (at most
-CHUNK_CELLS resample x movie counts), never all at once (320 MB at 20,000 movies), with the same draws. The scores
+1,000s of resamples of an 800-movie test split take milliseconds. Resamples are drawn and scored in chunks (CHUNK_CELLS
+resample x movie counts, or CHUNK_ROWS resamples where that is more), never all at once (320 MB at 20,000 movies),
+with the same draws. The scores
 follow genre_tf.evaluate.metrics.f1_scores (scikit-learn's definitions, with the same zero-division choices), and the
 tests check them against it.
 
