@@ -154,7 +154,8 @@ def movie_details(prepared: PreparedDataset, ids: Sequence[str], words: int = 40
 
 def choose_examples(test: dict, movies: dict[str, dict], genres: Sequence[str], thresholds,
                     count: int = NUM_EXAMPLES, seed: int = 0) -> list[dict]:
-    """A reproducible handful of test predictions with plot excerpts (the paper's Appendix A)."""
+    """A reproducible handful of test predictions with plot excerpts (the paper's Appendix A); `movies` as movie_details
+    gives them."""
     order = np.random.default_rng(seed).permutation(len(test["ids"]))[:count]
     examples = []
     for row in sorted(order):
