@@ -1,6 +1,7 @@
 """genre_tf.serve.batch_predict: Beam RunInference on the DirectRunner gives predict's rows and sets bad rows aside."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -52,8 +53,9 @@ def read_lines(path: str) -> dict[str, dict]:
 
 @pytest.mark.parametrize("beam_args", [[], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]],
                          ids=["in_process", "two_worker_processes"])
-def test_batch_predict_equals_predict_and_sets_bad_rows_aside(tiny_export, tmp_path, monkeypatch, beam_args):
+def test_batch_predict_equals_predict_and_sets_bad_rows_aside(tiny_export, tmp_path, monkeypatch, beam_args, capfd):
     monkeypatch.setenv("PYTHONPATH", ROOT)  # worker processes import genre_tf to unpickle the model handler
+    monkeypatch.setattr("genre_tf.data.beam_features.PROGRESS_SECONDS", 0)  # a progress line every batch
     csv_path, good_csv = write_catalogue(tmp_path)
     out = tmp_path / "out"
     assert main(["--model", tiny_export, "--input", csv_path, "--output", str(out), "--digits", "-1",
@@ -64,6 +66,9 @@ def test_batch_predict_equals_predict_and_sets_bad_rows_aside(tiny_export, tmp_p
     assert "poster file not found" in dead["missing-poster"]["reason"]
     assert "fewer fields than the header" in dead["short-row"]["reason"]
     assert dead["short-row"]["source"] == f"{csv_path}:9"
+    if not beam_args:  # long work shows progress: each batch of 2 counted, up to the 6 movies the model scored
+        progress = re.findall(r"batch_predict: (\d+) movies scored by worker \d+ \(", capfd.readouterr().err)
+        assert progress == ["2", "4", "6"]  # the 5 good ones and broken-poster (scored, then set aside by to_row)
     rows = read_lines(out / "predictions.jsonl")
     # predict on the same rows, in its own batches of 64: the same genres and inputs, and (rounded as predict
     # rounds) the same probabilities

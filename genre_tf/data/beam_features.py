@@ -103,6 +103,26 @@ def plot_words(content: Content) -> int:
     return len(content.value.split())
 
 
+class WorkerProgress:
+    """A line on stderr every PROGRESS_SECONDS from each worker process of a RunInference step: what it has done and
+    how fast. Its clock starts at the first count, in the process that counts (a handler is built by the driver and
+    unpickled in each worker)."""
+
+    def __init__(self, label: str, verb: str):
+        self.label, self.verb, self.state = label, verb, None
+
+    def add(self, count: int) -> None:
+        now = time.monotonic()
+        started, done, shown = self.state or (now, 0, now)
+        done += count
+        if now - shown >= PROGRESS_SECONDS:
+            rate = done / max(now - started, 1e-6)
+            print(f"{self.label}: {done} {self.verb} by worker {os.getpid()} ({rate:.1f} a second)", file=sys.stderr,
+                  flush=True)
+            shown = now
+        self.state = (started, done, shown)
+
+
 class FrozenEncoderHandler(ModelHandler):
     """RunInference's handle on a frozen encoder: built once per worker process, called per batch of contents."""
 
@@ -114,6 +134,7 @@ class FrozenEncoderHandler(ModelHandler):
                          batch_bucket_boundaries=PLOT_WORD_BUCKETS if plots else None)
         self.encoder = encoder
         self.encoded = Metrics.counter(NAMESPACE, f"encoded_{encoder.name}")
+        self.progress = WorkerProgress(encoder.name, "encoded")
 
     def load_model(self):
         model = self.encoder.build()
@@ -123,21 +144,9 @@ class FrozenEncoderHandler(ModelHandler):
         values = [content.value for content in batch]
         rows = model(tf.constant(values) if self.encoder.input_name == PLOT else np.stack(values))
         self.encoded.inc(len(batch))
-        self.show_progress(len(batch))
+        self.progress.add(len(batch))
         return [PredictionResult(content, row) for content, row in zip(batch, rows.numpy().astype(np.float32),
                                                                        strict=True)]
-
-    def show_progress(self, count: int) -> None:
-        """A line on stderr every PROGRESS_SECONDS: what this worker process has encoded, and how fast."""
-        now = time.monotonic()
-        started, done, shown = getattr(self, "progress", (now, 0, now))
-        done += count
-        if now - shown >= PROGRESS_SECONDS:
-            rate = done / (now - started)
-            print(f"{self.encoder.name}: {done} encoded by worker {os.getpid()} ({rate:.1f} a second)", file=sys.stderr,
-                  flush=True)
-            shown = now
-        self.progress = (started, done, shown)
 
     def get_metrics_namespace(self) -> str:
         return NAMESPACE

@@ -26,6 +26,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from genre_tf.limits import MAX_REQUEST_MOVIES, oversized_plot
+from genre_tf.data.beam_features import WorkerProgress
 from genre_tf.data.records import has_words
 from genre_tf.files import InputFileError, read_poster_file, refuse_to_write_into, staging_folder
 from genre_tf.serve.predict import PREDICT_BATCH, export_info, latest_version, load_serving, read_csv_rows
@@ -98,6 +99,7 @@ class GenreModelHandler(ModelHandler):
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size,
                          element_size_fn=functools.partial(movie_weight, batch_size=batch_size))
         self.model_dir = model_dir
+        self.progress = WorkerProgress("batch_predict", "movies scored")
 
     def load_model(self):
         return load_serving(self.model_dir)
@@ -106,6 +108,7 @@ class GenreModelHandler(ModelHandler):
         outputs = model.score(list(batch))
         probabilities = outputs["probabilities"].numpy()
         genres, used = outputs["genres"].numpy(), outputs["inputs_used"].numpy()
+        self.progress.add(len(batch))
         return [PredictionResult(movie, {"probabilities": probabilities[i], "genres": genres[i].decode("utf-8"),
                                          "inputs_used": used[i].decode("utf-8"), "genre_names": model.genres})
                 for i, movie in enumerate(batch)]
