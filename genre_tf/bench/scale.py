@@ -38,7 +38,7 @@ class ScaleConfig:
 
     sizes: tuple = (1000, 10000)
     root: str = os.path.join("runs", "scale")  # catalogues, prepared data, stores, runs and logs, one folder a size
-    config: str = os.path.join("configs", "fast.yaml")  # train.py's --config ("" for the default encoders)
+    config: str = os.path.join("configs", "fast.yaml")  # train.py's --config, from ROOT ("": the default encoders)
     workers: tuple = (1, 2)    # DirectRunner worker processes of each features step; training reads the last
     poster_size: int = 64      # generated posters, pixels a side
     image_size: int = 96       # prepared and served posters
@@ -65,9 +65,14 @@ def encoder_sizes(config: ScaleConfig) -> list[str]:
     return [f"text.seq_length={config.seq_length}", f"poster.image_size={config.image_size}"]
 
 
+def preset_file(config: ScaleConfig) -> str:
+    """The preset's path ("" for none): an absolute one as given, a relative one from the repository."""
+    return os.path.join(ROOT, config.config) if config.config else ""
+
+
 def model_options(config: ScaleConfig) -> list[str]:
     """The encoders' options of every step: the preset file, at the benchmark's plot and poster sizes."""
-    preset = ["--config", os.path.join(ROOT, config.config)] if config.config else []
+    preset = ["--config", preset_file(config)] if config.config else []
     return [*preset, *encoder_sizes(config)]
 
 
@@ -159,8 +164,7 @@ def scale(config: ScaleConfig) -> dict:
     from genre_tf.config import load_config
     from genre_tf.nets.network import fetch_encoder_files
 
-    preset = os.path.join(ROOT, config.config) if config.config else ""
-    fetch_encoder_files(load_config(preset, ["data=scale", *encoder_sizes(config)]))  # data: not the demo preset
+    fetch_encoder_files(load_config(preset_file(config), ["data=scale", *encoder_sizes(config)]))  # not the demo preset
     points = [measure_size(config, size) for size in config.sizes]
     return {"config": dataclasses.asdict(config), "points": points,
             "growth": growth(points) if len(points) > 1 else {}}

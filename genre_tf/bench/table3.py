@@ -344,10 +344,10 @@ def run_benchmarks(args) -> int:
     if args.what == "scale":  # genre_tf/bench/scale.py: cost and peak memory by catalogue size
         from genre_tf.bench import scale
 
-        preset = {None: scale.ScaleConfig.config, "none": ""}.get(args.scale_config, args.scale_config)
+        preset = {None: scale.ScaleConfig.config, "none": ""}.get(args.scale_config)
+        preset = os.path.abspath(args.scale_config) if preset is None else preset  # the user's: from where they are
         report["scale"] = scale.scale(scale.ScaleConfig(sizes=tuple(sorted(args.sizes)), root=args.scale_root,
-                                                        config=os.path.abspath(os.path.join(scale.ROOT, preset))
-                                                        if preset else ""))
+                                                        config=preset))
         sections += ["## Cost by catalogue size", "", scale.__doc__.split("\n\n", 2)[2].strip(), "",
                      scale.scale_markdown(report["scale"])]
     os.makedirs(args.out, exist_ok=True)

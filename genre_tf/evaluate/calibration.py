@@ -71,12 +71,17 @@ def resampled_calibration(labels: np.ndarray, probabilities, counts: np.ndarray,
     `counts` weights each movie per resample (a row of ones is the whole set); several seeds' probabilities
     ([seeds, movies, genres]) are scored as the mean of their scores.
     """
+    return _scores(_seed_terms(labels, probabilities, bins, counts.shape[1]), counts, bins)
+
+
+def _seed_terms(labels: np.ndarray, probabilities, bins: int, movies: int) -> list[dict[str, np.ndarray]]:
+    """Each seed's _per_movie_terms, once the labels, probabilities and the resamples' movies agree."""
     truth = np.asarray(labels, np.float64)
     stack = _as_stack(probabilities)
-    if stack.shape[1:] != truth.shape or counts.shape[1] != len(truth):
-        raise ValueError(f"labels {truth.shape}, probabilities {stack.shape[1:]} and counts over {counts.shape[1]} "
+    if stack.shape[1:] != truth.shape or movies != len(truth):
+        raise ValueError(f"labels {truth.shape}, probabilities {stack.shape[1:]} and counts over {movies} "
                          "movies must agree")
-    return _scores([_per_movie_terms(truth, seed_probabilities, bins) for seed_probabilities in stack], counts, bins)
+    return [_per_movie_terms(truth, seed_probabilities, bins) for seed_probabilities in stack]
 
 
 def _scores(per_seed_terms: list[dict[str, np.ndarray]], counts: np.ndarray, bins: int) -> dict:
@@ -101,8 +106,8 @@ def calibration_intervals(labels: np.ndarray, probabilities, resamples: int = RE
                           level: float = LEVEL, bins: int = BINS) -> dict:
     """{ece, brier, log_loss: {value, low, high}} pooled over genres, and each "{score}_per_genre": [...]."""
     truth = np.asarray(labels)
-    full = resampled_calibration(truth, probabilities, np.ones((1, len(truth))), bins)
-    terms = [_per_movie_terms(truth, seed_probabilities, bins) for seed_probabilities in _as_stack(probabilities)]
+    terms = _seed_terms(truth, probabilities, bins, len(truth))  # computed once, for the whole set and each chunk
+    full = _scores(terms, np.ones((1, len(truth))), bins)
     scores = resampled(lambda counts: _scores(terms, counts, bins), len(truth), resamples, seed)
     result = {name: interval(full[name][0], scores[name], level) for name in SCORES}
     for name in SCORES:

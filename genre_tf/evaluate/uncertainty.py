@@ -3,9 +3,8 @@
 numpy only. A resample draws the movies with replacement; every F1 is then recomputed from per-genre counts, so
 1,000s of resamples of an 800-movie test split take milliseconds. Resamples are drawn and scored in chunks (CHUNK_CELLS
 resample x movie counts, or CHUNK_ROWS resamples where that is more), never all at once (320 MB at 20,000 movies),
-with the same draws. The scores
-follow genre_tf.evaluate.metrics.f1_scores (scikit-learn's definitions, with the same zero-division choices), and the
-tests check them against it.
+with the same draws. The scores follow genre_tf.evaluate.metrics.f1_scores (scikit-learn's definitions, with the same
+zero-division choices), and the tests check them against it.
 
 A paired difference scores two models on the *same* resample, so what both get right or wrong together
 cancels out; that is why it can tell two close models apart where their separate intervals overlap. Models
