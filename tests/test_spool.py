@@ -1,12 +1,13 @@
 """prepare keeps validated posters in a disk spool, not in memory, and writes byte-identical shards."""
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 import genre_tf  # noqa: F401
 from conftest import image_bytes, write_csv
 from genre_tf.config import PrepareConfig, ValidationRules
-from genre_tf.data.prepare import validate_all, write_prepared
+from genre_tf.data.prepare import map_in_order, validate_all, write_prepared
 from genre_tf.data.readers import read_catalogue
 from genre_tf.data.spool import PosterSpool, SpooledPoster
 
@@ -21,6 +22,22 @@ def test_the_spool_gives_back_each_poster_it_was_given(tmp_path):
         assert [spool.get(place) for place in reversed(places)] == posters[::-1]
         assert spool.get(b"given bytes") == b"given bytes"
     assert os.listdir(tmp_path) == []  # the spool file has no name: nothing is left behind
+
+
+def test_validation_reads_records_only_a_bounded_window_ahead():
+    taken = []
+
+    def items():
+        for number in range(100):
+            taken.append(number)
+            yield number
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = []
+        for position, result in enumerate(map_in_order(pool, lambda n: n * n, items(), ahead=4)):
+            assert len(taken) == min(position + 4, 100)  # Executor.map would have read all 100 first
+            results.append(result)
+    assert results == [n * n for n in range(100)]
 
 
 def test_spooled_prepare_writes_the_same_shards_as_in_memory(tmp_path):

@@ -6,6 +6,7 @@
 import argparse
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -13,21 +14,22 @@ import re
 import shutil
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
 from genre_tf.config import CommandLine, PrepareConfig, ValidationRules, config_to_dict, describe_keys, load_config
 from genre_tf.data.readers import SPLIT_NAMES, read_catalogue
-from genre_tf.data.records import Movie, RecordError, Reject, genre_key, id_key, validate_movie
+from genre_tf.data.records import Movie, RawMovie, RecordError, Reject, genre_key, id_key, validate_movie
 from genre_tf.data.split import (frequency_table, multi_hot, stratified_split, time_split, top_genres, year_summary,
                                  year_table)
 from genre_tf.data.spool import PosterSpool
 from genre_tf.files import enclosing, is_run_folder, refuse_to_write_into, staging_folder
 
 TEXT_ONLY = "text_only.csv"  # the movies kept without a poster, named as rejects.csv names the others
+READ_AHEAD = 16  # records read ahead of validation, per worker: enough to keep every worker busy
 
 
 def check_trainable(split: dict[str, list[str]], config: PrepareConfig, rejects: list[Reject]) -> None:
@@ -46,25 +48,17 @@ def check_trainable(split: dict[str, list[str]], config: PrepareConfig, rejects:
         print(f"warning: the test part is empty ({sizes}); evaluate.py will refuse to score test", file=sys.stderr)
 
 
-def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0, progress: bool = True,
+def validate_all(records: Iterable, rules: ValidationRules, workers: int = 0, progress: bool = True,
                  spool: PosterSpool | None = None) -> tuple[list[Movie], list[Reject]]:
-    """Validate records in parallel, keeping order; duplicates of an earlier id are rejected.
+    """Validate records in parallel as they are read, keeping order; duplicates of an earlier id are rejected.
 
     With a spool, each kept movie's poster_png is where its PNG lies in the spool, not the bytes.
     """
-    def check(record):
-        if isinstance(record, Reject):
-            return record
-        try:
-            return validate_movie(record, rules)
-        except RecordError as error:
-            return Reject(record.source, str(record.movie_id or ""), str(error))
-
     movies, rejects, first_seen = [], [], {}
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        results = pool.map(check, records)
-        for result in tqdm(results, total=len(records), desc="validating", unit="movie",
-                           disable=not progress, mininterval=1.0):
+    workers = workers or os.cpu_count()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = map_in_order(pool, functools.partial(validated, rules=rules), records, READ_AHEAD * workers)
+        for result in tqdm(results, desc="validating", unit="movie", disable=not progress, mininterval=1.0):
             if isinstance(result, Reject):
                 rejects.append(result)
                 continue
@@ -80,6 +74,40 @@ def validate_all(records: Sequence, rules: ValidationRules, workers: int = 0, pr
                 movies.append(result if spool is None or not result.has_poster else dataclasses.replace(
                     result, poster_png=spool.put(result.poster_png)))
     return movies, rejects
+
+
+def validated(record: RawMovie | Reject, rules: ValidationRules) -> Movie | Reject:
+    """The record validated, or its Reject (a reader's Reject as it is)."""
+    if isinstance(record, Reject):
+        return record
+    try:
+        return validate_movie(record, rules)
+    except RecordError as error:
+        return Reject(record.source, str(record.movie_id or ""), str(error))
+
+
+def map_in_order(pool: ThreadPoolExecutor, function: Callable, items: Iterable, ahead: int) -> Iterator:
+    """function(item) for each item, run on the pool and given back in order, reading at most `ahead` items
+    before their results are taken (Executor.map reads every item at once: the whole catalogue in memory)."""
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # stopped early (an error): what was not started need not run
+        for future in pending:
+            future.cancel()
+
+
+def noting_ids(records: Iterable, seen: dict[str, str]) -> Iterator:
+    """The records as they come, each one's id noted on the way in `seen` (its id_key: the first source)."""
+    for record in records:
+        if str(record.movie_id or "").strip():
+            seen.setdefault(id_key(str(record.movie_id).strip()), record.source)
+        yield record
 
 
 def resolve_split(movies: list[Movie], given: dict[str, list[str]] | None, config: PrepareConfig,
@@ -112,19 +140,16 @@ def resolve_split(movies: list[Movie], given: dict[str, list[str]] | None, confi
     return {name: [movie_id for movie_id in given[name] if movie_id in valid] for name in SPLIT_NAMES}
 
 
-def read_extra_train(config: PrepareConfig, main_records: Sequence, progress: bool,
+def read_extra_train(config: PrepareConfig, main_ids: dict[str, str], progress: bool,
                      spool: PosterSpool | None) -> tuple[list[Movie], list[Reject]]:
-    """The valid movies of config.extra_train whose id no record of the main catalogue carries, and its rejects.
+    """The valid movies of config.extra_train whose id no record of the main catalogue carries (main_ids: every id
+    key of its records, with the first source), and its rejects.
 
     Its rows may lack a poster whatever rules.require_poster says: the option is there to add text-only catalogues.
     """
     catalogue = read_catalogue(config.extra_train, columns=config.columns, require_poster=False)
     rules = dataclasses.replace(config.rules, require_poster=False)
     movies, rejects = validate_all(catalogue.records, rules, config.workers, progress, spool)
-    main_ids = {}
-    for record in main_records:
-        if str(record.movie_id or "").strip():
-            main_ids.setdefault(id_key(str(record.movie_id).strip()), record.source)
     kept = []
     for movie in movies:
         source = main_ids.get(id_key(movie.movie_id))
@@ -300,14 +325,14 @@ def summarize_rejects(rejects: list[Reject], limit: int = 10, report: str | None
     return "\n".join(lines)
 
 
-def add_extra_train(movies: list[Movie], split: dict[str, list[str]], main_records: Sequence, config: PrepareConfig,
+def add_extra_train(movies: list[Movie], split: dict[str, list[str]], main_ids: dict[str, str], config: PrepareConfig,
                     progress: bool, spool: PosterSpool | None,
                     rejects: list[Reject]) -> tuple[list[Movie], dict[str, list[str]], dict]:
     """The movies and split with extra_train's valid movies added to train (nothing when it is not set), and what
     dataset.json says of them."""
     if not config.extra_train:
         return movies, split, {}
-    extra, extra_rejects = read_extra_train(config, main_records, progress, spool)
+    extra, extra_rejects = read_extra_train(config, main_ids, progress, spool)
     rejects.extend(extra_rejects)
     spelled = {genre_key(genre): genre for movie in movies for genre in movie.genres}
     extra = unify_spellings(extra, fixed=spelled)
@@ -351,7 +376,9 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns,
                                config.rules.require_poster)
     spool = PosterSpool(os.path.dirname(os.path.abspath(config.out)))  # closed, and gone, when prepare returns
-    movies, rejects = validate_all(catalogue.records, config.rules, config.workers, progress, spool)
+    main_ids: dict[str, str] = {}  # every id of the catalogue's records, for extra_train's
+    records = noting_ids(catalogue.records, main_ids) if config.extra_train else catalogue.records
+    movies, rejects = validate_all(records, config.rules, config.workers, progress, spool)
     if not movies:
         raise ValueError(f"no valid movie in {config.catalogue}\n{summarize_rejects(rejects, report=None)}")
     movies = unify_spellings(movies)
@@ -359,7 +386,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
     by_id = {movie.movie_id: movie for movie in movies}
     genres = choose_vocabulary([by_id[movie_id].genres for movie_id in split["train"]], config)
     # drawn before the extra movies join train, so that dev, test and the vocabulary are the main catalogue's alone
-    movies, split, extra = add_extra_train(movies, split, catalogue.records, config, progress, spool, rejects)
+    movies, split, extra = add_extra_train(movies, split, main_ids, config, progress, spool, rejects)
     split, vocabulary = apply_vocabulary(movies, split, genres, config.genreless, rejects)
     if extra:  # genreless=drop may have dropped some of them
         train = set(split["train"])

@@ -1,9 +1,10 @@
 """Readers for the three catalogue layouts: the paper's CSV, MM-IMDb folders, and MMF-style JSONL."""
 import dataclasses
+import itertools
 import json
 import os
 import reprlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from genre_tf.config import CsvColumns
 from genre_tf.data.csv_records import read_records
@@ -16,52 +17,77 @@ _HEADER = reprlib.Repr()  # a header shown in an error: bounded, whatever the fi
 _HEADER.maxlist, _HEADER.maxstring = 30, 60
 
 
+class Records:
+    """A catalogue's records, read from its files afresh each time they are iterated: prepare validates each one
+    as it is read, and holding 100,000 raw records (their plots) made its peak grow with the catalogue."""
+
+    def __init__(self, read: Callable[[], Iterator[RawMovie | Reject]]):
+        self._read = read
+
+    def __iter__(self) -> Iterator[RawMovie | Reject]:
+        return self._read()
+
+
 @dataclasses.dataclass
 class Catalogue:
     """What a reader found: records (raw or already rejected), and a split when the layout defines one."""
 
-    records: list[RawMovie | Reject]
+    records: Iterable[RawMovie | Reject]
     split: dict[str, list[str]] | None = None
 
 
 def read_paper_csv(path: str, poster_dir: str | None = None, columns: CsvColumns | None = None,
                    require_poster: bool = True) -> Catalogue:
     """Read the paper's layout: one CSV row per movie, posters relative to (and inside) poster_dir; without
-    require_poster the poster column may be absent (every movie then names no poster)."""
+    require_poster the poster column may be absent (every movie then names no poster).
+
+    The header is checked at once; the rows are read when the records are iterated.
+    """
     columns = columns or CsvColumns()
     poster_dir = poster_dir or os.path.dirname(os.path.abspath(path))
-    records: list[RawMovie | Reject] = []
+    header = _csv_header(path, columns, require_poster)
+    return Catalogue(Records(lambda: _csv_rows(path, header, poster_dir, columns)))
+
+
+def _csv_header(path: str, columns: CsvColumns, require_poster: bool) -> list[str]:
+    """The CSV's header, refused when unreadable or lacking a column the reader needs."""
     # predict's bounded reader: a row over its limit or with an unterminated quote is refused on its own line and
     # reading goes on (Python's csv would swallow the rest of the file into one field); surrogateescape keeps a
     # row with bad bytes readable so that only that row is rejected, naming the column.
     with open(path, "rb") as handle:
+        first = next(read_records(handle, errors="surrogateescape"), None)
+    if first is not None and first.error:
+        raise ValueError(f"{path}:{first.line}: the header cannot be read: {first.error}")
+    header = list(first.fields) if first else []
+    if any(has_undecodable(name) for name in header):
+        raise ValueError(f"{path}:1: the header is not UTF-8 text; is this a CSV file? (save it as UTF-8)")
+    missing = [getattr(columns, name) for name in CsvColumns.required
+               if getattr(columns, name) not in header and (require_poster or name != "poster")]
+    if missing:
+        without = (" A catalogue without posters: rules.require_poster=false keeps its movies as text-only."
+                   if columns.poster in missing else "")
+        raise ValueError(f"{path}: missing column(s) {missing}; the header has {_HEADER.repr(header)}. Map "
+                         "columns with columns.FIELD=HEADER (e.g. columns.plot=Overview), or "
+                         f"CsvColumns(plot='Overview').{without}")
+    _refuse_repeated_columns(header, path, columns)
+    return header
+
+
+def _csv_rows(path: str, header: list[str], poster_dir: str, columns: CsvColumns) -> Iterator[RawMovie | Reject]:
+    """The CSV's rows after the header, one record at a time."""
+    with open(path, "rb") as handle:
         rows = read_records(handle, errors="surrogateescape")
-        first = next(rows, None)
-        if first is not None and first.error:
-            raise ValueError(f"{path}:{first.line}: the header cannot be read: {first.error}")
-        header = list(first.fields) if first else []
-        if any(has_undecodable(name) for name in header):
-            raise ValueError(f"{path}:1: the header is not UTF-8 text; is this a CSV file? (save it as UTF-8)")
-        missing = [getattr(columns, name) for name in CsvColumns.required
-                   if getattr(columns, name) not in header and (require_poster or name != "poster")]
-        if missing:
-            without = (" A catalogue without posters: rules.require_poster=false keeps its movies as text-only."
-                       if columns.poster in missing else "")
-            raise ValueError(f"{path}: missing column(s) {missing}; the header has {_HEADER.repr(header)}. Map "
-                             "columns with columns.FIELD=HEADER (e.g. columns.plot=Overview), or "
-                             f"CsvColumns(plot='Overview').{without}")
-        _refuse_repeated_columns(header, path, columns)
+        next(rows, None)  # the header, checked by _csv_header
         for row in rows:
             source = f"{path}:{row.line}"
             if row.error:
-                records.append(Reject(source, "", f"unreadable CSV row: {row.error}"))
+                yield Reject(source, "", f"unreadable CSV row: {row.error}")
             elif len(row.fields) != len(header):
                 id_field = header.index(columns.id)
                 movie_id = row.fields[id_field].strip() if id_field < len(row.fields) else ""
-                records.append(Reject(source, movie_id, "wrong number of fields in the row"))
+                yield Reject(source, movie_id, "wrong number of fields in the row")
             else:
-                records.append(_csv_record(dict(zip(header, row.fields, strict=True)), source, poster_dir, columns))
-    return Catalogue(records)
+                yield _csv_record(dict(zip(header, row.fields, strict=True)), source, poster_dir, columns)
 
 
 def _refuse_repeated_columns(header: list[str], path: str, columns: CsvColumns) -> None:
@@ -138,7 +164,13 @@ def read_split_file(path: str) -> dict[str, list[str]]:
 
 def read_mmimdb(folder: str) -> Catalogue:
     """Read MM-IMDb: <id>.json beside <id>.jpeg, with an optional split.json defining the split."""
-    records: list[RawMovie | Reject] = []
+    split_path = os.path.join(folder, "split.json")
+    return Catalogue(Records(lambda: _mmimdb_records(folder)),
+                     read_split_file(split_path) if os.path.exists(split_path) else None)
+
+
+def _mmimdb_records(folder: str) -> Iterator[RawMovie | Reject]:
+    """The folder's <id>.json files in name order, one record at a time."""
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".json") or name == "split.json":
             continue
@@ -147,20 +179,17 @@ def read_mmimdb(folder: str) -> Catalogue:
         try:
             meta = _load_json(path, folder)
         except (InputFileError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            records.append(Reject(path, movie_id, f"unreadable JSON: {error}"))
+            yield Reject(path, movie_id, f"unreadable JSON: {error}")
             continue
         if not isinstance(meta, dict):
-            records.append(Reject(path, movie_id, "JSON is not an object"))
+            yield Reject(path, movie_id, "JSON is not an object")
             continue
         poster = next((os.path.join(folder, movie_id + ext) for ext in (".jpeg", ".jpg", ".png")
                        if os.path.exists(os.path.join(folder, movie_id + ext))),
                       os.path.join(folder, movie_id + ".jpeg"))
-        records.append(RawMovie(movie_id=movie_id, plot=_longest(meta.get("plot", "")),
-                                genres=meta.get("genres", []), poster=poster, source=path,
-                                title=meta.get("title", ""), year=meta.get("year"),
-                                language=_languages(meta.get("languages")), poster_root=folder))
-    split_path = os.path.join(folder, "split.json")
-    return Catalogue(records, read_split_file(split_path) if os.path.exists(split_path) else None)
+        yield RawMovie(movie_id=movie_id, plot=_longest(meta.get("plot", "")), genres=meta.get("genres", []),
+                       poster=poster, source=path, title=meta.get("title", ""), year=meta.get("year"),
+                       language=_languages(meta.get("languages")), poster_root=folder)
 
 
 def _read_jsonl_file(path: str, image_root: str) -> Iterator[RawMovie | Reject]:
@@ -192,24 +221,29 @@ def read_jsonl(path: str, image_root: str | None = None) -> Catalogue:
     """
     if os.path.isfile(path):
         root = image_root or os.path.dirname(os.path.abspath(path))
-        return Catalogue(list(_read_jsonl_file(path, root)))
+        return Catalogue(Records(lambda: _read_jsonl_file(path, root)))
     root = image_root or path
-    records: list[RawMovie | Reject] = []
+    files = [os.path.join(path, f"{name}.jsonl") for name in SPLIT_NAMES]
+    if not all(os.path.isfile(file_path) for file_path in files):
+        raise ValueError(f"{path}: a JSONL folder needs the files train.jsonl, dev.jsonl and test.jsonl")
+    split = _jsonl_folder_split(path, files, root)
+    return Catalogue(Records(lambda: itertools.chain.from_iterable(_read_jsonl_file(f, root) for f in files)), split)
+
+
+def _jsonl_folder_split(path: str, files: list[str], root: str) -> dict[str, list[str]]:
+    """The split the train, dev and test files define, read at once so that an id in two of them is refused
+    before anything is validated; only the ids are kept (the records are read again when iterated)."""
     split: dict[str, list[str]] = {}
     places: dict[str, dict[str, str]] = {}
-    for name in SPLIT_NAMES:
-        file_path = os.path.join(path, f"{name}.jsonl")
-        if not os.path.isfile(file_path):
-            raise ValueError(f"{path}: a JSONL folder needs the files train.jsonl, dev.jsonl and test.jsonl")
-        part = list(_read_jsonl_file(file_path, root))
-        ids = [record.movie_id.strip() for record in part if isinstance(record, RawMovie) and record.movie_id.strip()]
-        split[name] = list(dict.fromkeys(ids))
-        for record in part:
+    for name, file_path in zip(SPLIT_NAMES, files, strict=True):
+        ids = []
+        for record in _read_jsonl_file(file_path, root):
             if isinstance(record, RawMovie) and record.movie_id.strip():
+                ids.append(record.movie_id.strip())
                 places.setdefault(record.movie_id.strip(), {}).setdefault(name, os.path.basename(record.source))
-        records.extend(part)
+        split[name] = list(dict.fromkeys(ids))
     _refuse_repeated_ids({i: list(p.values()) for i, p in places.items() if len(p) > 1}, path)
-    return Catalogue(records, split)
+    return split
 
 
 def detect_format(path: str) -> str:
