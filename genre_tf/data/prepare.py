@@ -25,11 +25,12 @@ from genre_tf.data.readers import SPLIT_NAMES, read_catalogue
 from genre_tf.data.records import Movie, RawMovie, RecordError, Reject, genre_key, id_key, validate_movie
 from genre_tf.data.split import (frequency_table, multi_hot, stratified_split, time_split, top_genres, year_summary,
                                  year_table)
-from genre_tf.data.spool import PosterSpool
+from genre_tf.data.spool import MovieSpool, SpooledMovie
 from genre_tf.files import enclosing, is_run_folder, refuse_to_write_into, staging_folder
 
 TEXT_ONLY = "text_only.csv"  # the movies kept without a poster, named as rejects.csv names the others
 READ_AHEAD = 16  # records read ahead of validation, per worker: enough to keep every worker busy
+Kept = Movie | SpooledMovie  # a validated movie, or what prepare holds of one whose record waits in a MovieSpool
 
 
 def check_trainable(split: dict[str, list[str]], config: PrepareConfig, rejects: list[Reject]) -> None:
@@ -49,10 +50,10 @@ def check_trainable(split: dict[str, list[str]], config: PrepareConfig, rejects:
 
 
 def validate_all(records: Iterable, rules: ValidationRules, workers: int = 0, progress: bool = True,
-                 spool: PosterSpool | None = None) -> tuple[list[Movie], list[Reject]]:
+                 spool: MovieSpool | None = None) -> tuple[list[Kept], list[Reject]]:
     """Validate records in parallel as they are read, keeping order; duplicates of an earlier id are rejected.
 
-    With a spool, each kept movie's poster_png is where its PNG lies in the spool, not the bytes.
+    With a spool, each kept movie goes to disk as it is validated and the list holds its SpooledMovie.
     """
     movies, rejects, first_seen = [], [], {}
     workers = workers or os.cpu_count()
@@ -70,9 +71,7 @@ def validate_all(records: Iterable, rules: ValidationRules, workers: int = 0, pr
                                       f"duplicate id (first seen at {source}{seen_as})"))
             else:
                 first_seen[key] = (result.source, result.movie_id)
-                # posters go to disk as they come: in memory they were ~46 KB a movie of prepare's peak
-                movies.append(result if spool is None or not result.has_poster else dataclasses.replace(
-                    result, poster_png=spool.put(result.poster_png)))
+                movies.append(result if spool is None else spool.put(result))
     return movies, rejects
 
 
@@ -110,7 +109,7 @@ def noting_ids(records: Iterable, seen: dict[str, str]) -> Iterator:
         yield record
 
 
-def resolve_split(movies: list[Movie], given: dict[str, list[str]] | None, config: PrepareConfig,
+def resolve_split(movies: list[Kept], given: dict[str, list[str]] | None, config: PrepareConfig,
                   rejects: list[Reject]) -> dict[str, list[str]]:
     """The layout's own split restricted to valid movies, or a split of them drawn by config.split."""
     if given is not None and config.split == "time":
@@ -141,7 +140,7 @@ def resolve_split(movies: list[Movie], given: dict[str, list[str]] | None, confi
 
 
 def read_extra_train(config: PrepareConfig, main_ids: dict[str, str], progress: bool,
-                     spool: PosterSpool | None) -> tuple[list[Movie], list[Reject]]:
+                     spool: MovieSpool | None) -> tuple[list[Kept], list[Reject]]:
     """The valid movies of config.extra_train whose id no record of the main catalogue carries (main_ids: every id
     key of its records, with the first source), and its rejects.
 
@@ -160,7 +159,7 @@ def read_extra_train(config: PrepareConfig, main_ids: dict[str, str], progress: 
     return kept, rejects
 
 
-def unify_spellings(movies: list[Movie], fixed: dict[str, str] | None = None) -> list[Movie]:
+def unify_spellings(movies: list[Kept], fixed: dict[str, str] | None = None) -> list[Kept]:
     """Spell each genre one way: the catalogue's most common spelling among those equal ignoring case, or the one
     `fixed` gives for its key (extra_train's genres are spelled as the main catalogue spells them)."""
     spellings: dict[str, Counter] = {}
@@ -184,7 +183,7 @@ def choose_vocabulary(train_genres: list[tuple], config: PrepareConfig) -> list[
     return [spelled[genre_key(g)] for g in config.genres]
 
 
-def apply_vocabulary(movies: list[Movie], split: dict[str, list[str]], genres: list[str],
+def apply_vocabulary(movies: list[Kept], split: dict[str, list[str]], genres: list[str],
                      policy: str, rejects: list[Reject]) -> tuple[dict[str, list[str]], dict]:
     """Apply the genreless policy; returns the split and counts for the summary.
 
@@ -209,14 +208,14 @@ def apply_vocabulary(movies: list[Movie], split: dict[str, list[str]], genres: l
     return {name: [i for i in ids if i not in dropped] for name, ids in split.items()}, counts
 
 
-def genre_counts(movies: list[Movie], ids: list[str]) -> dict[str, int]:
+def genre_counts(movies: list[Kept], ids: list[str]) -> dict[str, int]:
     """How many of the given movies carry each genre, most frequent first."""
     wanted = set(ids)
     counts = Counter(genre for movie in movies if movie.movie_id in wanted for genre in movie.genres)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def split_record(movies: list[Movie], split: dict[str, list[str]], config: PrepareConfig, given: bool) -> dict:
+def split_record(movies: list[Kept], split: dict[str, list[str]], config: PrepareConfig, given: bool) -> dict:
     """What dataset.json says of the split: how it was drawn and the release years of the catalogue and each part."""
     year_of = {movie.movie_id: movie.year for movie in movies}
     kept = [movie_id for name in SPLIT_NAMES for movie_id in split[name]]
@@ -236,21 +235,16 @@ def describe_split(record: dict) -> str:
     return f"split: {method}{seed} ({record.get('detail', '')}).\n{year_table(record.get('years', {}))}"
 
 
-def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: list[str], rejects: list[Reject],
-                   config: PrepareConfig, directory: str, vocabulary: dict, spool: PosterSpool | None = None,
+def write_prepared(movies: list[Kept], split: dict[str, list[str]], genres: list[str], rejects: list[Reject],
+                   config: PrepareConfig, directory: str, vocabulary: dict, spool: MovieSpool | None = None,
                    split_given: bool = False, extra: dict | None = None) -> dict:
-    """Write every artifact of a prepared dataset into `directory` (posters from `spool`, if given); returns its
-    metadata."""
+    """Write every artifact of a prepared dataset into `directory` (the movies' records and posters from `spool`, if
+    given); returns its metadata."""
     from genre_tf.data.dataset import DATASET_FORMAT, POSTER_STORAGE, file_digests, serialize_example, write_shards
 
     by_id = {movie.movie_id: movie for movie in movies}
-    part_of = {movie_id: name for name, ids in split.items() for movie_id in ids}
-    with open(os.path.join(directory, "movies.jsonl"), "w", encoding="utf-8") as handle:
-        for movie in movies:
-            if movie.movie_id in part_of:
-                row = {k: v for k, v in dataclasses.asdict(movie).items() if k not in ("poster_png", "no_poster")}
-                row.update(split=part_of[movie.movie_id], has_poster=movie.has_poster)
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    whole = spool.movie if spool else lambda movie: movie  # each movie's plot and poster, read back one at a time
+    write_movies_jsonl(map(whole, movies), split, os.path.join(directory, "movies.jsonl"))
     with open(os.path.join(directory, "genres.txt"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(genres) + "\n")
     with open(os.path.join(directory, "split.json"), "w", encoding="utf-8") as handle:
@@ -264,7 +258,7 @@ def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: lis
         labels[name] = multi_hot([movie.genres for movie in chosen], genres)
         # a generator: one serialized example at a time
         examples = (serialize_example(m.movie_id, m.plot, spool.get(m.poster_png) if spool else m.poster_png,
-                                      row, m.year) for m, row in zip(chosen, labels[name], strict=True))
+                                      row, m.year) for m, row in zip(map(whole, chosen), labels[name], strict=True))
         shards[name] = write_shards(examples, directory, name, config.shard_size, len(chosen))
     files = file_digests(directory, shards)  # each file read once; the fingerprint is made of the shards' digests
     # The format is hashed too, so a dataset of another format never shares a fingerprint (nor feature caches).
@@ -289,6 +283,17 @@ def write_prepared(movies: list[Movie], split: dict[str, list[str]], genres: lis
     print(frequency_table(genres, labels))
     return metadata
 
+
+
+def write_movies_jsonl(movies: Iterable[Movie], split: dict[str, list[str]], path: str) -> None:
+    """movies.jsonl: each movie of the split, in catalogue order, with its part and whether it has a poster."""
+    part_of = {movie_id: name for name, ids in split.items() for movie_id in ids}
+    with open(path, "w", encoding="utf-8") as handle:
+        for movie in movies:
+            if movie.movie_id in part_of:
+                row = {k: v for k, v in dataclasses.asdict(movie).items() if k not in ("poster_png", "no_poster")}
+                row.update(split=part_of[movie.movie_id], has_poster=movie.has_poster)
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def text_only_record(notes: list[Reject], config: PrepareConfig) -> dict:
@@ -325,9 +330,9 @@ def summarize_rejects(rejects: list[Reject], limit: int = 10, report: str | None
     return "\n".join(lines)
 
 
-def add_extra_train(movies: list[Movie], split: dict[str, list[str]], main_ids: dict[str, str], config: PrepareConfig,
-                    progress: bool, spool: PosterSpool | None,
-                    rejects: list[Reject]) -> tuple[list[Movie], dict[str, list[str]], dict]:
+def add_extra_train(movies: list[Kept], split: dict[str, list[str]], main_ids: dict[str, str], config: PrepareConfig,
+                    progress: bool, spool: MovieSpool | None,
+                    rejects: list[Reject]) -> tuple[list[Kept], dict[str, list[str]], dict]:
     """The movies and split with extra_train's valid movies added to train (nothing when it is not set), and what
     dataset.json says of them."""
     if not config.extra_train:
@@ -344,7 +349,7 @@ def add_extra_train(movies: list[Movie], split: dict[str, list[str]], main_ids: 
                 "dev and test are those it gives without extra_train; its movies may lack posters"}
 
 
-def text_only_notes(movies: list[Movie], split: dict[str, list[str]]) -> list[Reject]:
+def text_only_notes(movies: list[Kept], split: dict[str, list[str]]) -> list[Reject]:
     """Each kept movie without a poster, named by its source and id, with why it has none (as rejects are)."""
     part_of = {movie_id: name for name, ids in split.items() for movie_id in ids}
     return [Reject(movie.source, movie.movie_id, f"{part_of[movie.movie_id]}: {movie.no_poster}") for movie in movies
@@ -375,7 +380,7 @@ def prepare(config: PrepareConfig, progress: bool = True) -> dict:
                          "must be separate folders: choose another out=DIR")
     catalogue = read_catalogue(config.catalogue, config.layout, config.poster_dir or None, config.columns,
                                config.rules.require_poster)
-    spool = PosterSpool(os.path.dirname(os.path.abspath(config.out)))  # closed, and gone, when prepare returns
+    spool = MovieSpool(os.path.dirname(os.path.abspath(config.out)))  # closed, and gone, when prepare returns
     main_ids: dict[str, str] = {}  # every id of the catalogue's records, for extra_train's
     records = noting_ids(catalogue.records, main_ids) if config.extra_train else catalogue.records
     movies, rejects = validate_all(records, config.rules, config.workers, progress, spool)
