@@ -94,13 +94,10 @@ def test_training_brings_the_student_closer_to_the_teacher_and_resumes_where_it_
 
 def test_a_checkpoint_folder_of_other_settings_is_refused(tmp_path):
     folder = str(tmp_path / "out.checkpoints")
-    with distill.open_settings(folder, "data", distill.DistillConfig(epochs=1)):
-        pass
-    with distill.open_settings(folder, "data", distill.DistillConfig(epochs=1)):
-        pass  # the same run resumes
+    distill.claim_checkpoints(folder, "data", distill.DistillConfig(epochs=1))
+    distill.claim_checkpoints(folder, "data", distill.DistillConfig(epochs=1))  # the same run resumes
     with pytest.raises(ValueError, match="other settings"):
-        with distill.open_settings(folder, "data", distill.DistillConfig(epochs=2)):
-            pass
+        distill.claim_checkpoints(folder, "data", distill.DistillConfig(epochs=2))
 
 
 @pytest.mark.slow

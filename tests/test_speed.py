@@ -105,3 +105,34 @@ def test_serving_paths_and_feature_caching_are_timed_on_the_runs_test_movies(mak
         (what, dtype) for dtype in ("float32", "bfloat16") for what in ("caching plot embeddings",
                                                                          "caching poster features")]
     assert all(row["projected_s"] > 0 for row in caching)
+
+
+@pytest.mark.slow
+def test_runs_served_in_turns_hold_a_smaller_text_encoder_against_the_first(make_tiny_config, tiny_hub_bert,
+                                                                             tmp_path):
+    import os
+
+    import tf_keras as keras
+
+    from genre_tf.bench.speed import runs_in_turns, turns_markdown
+    from genre_tf.nets.bert import BertShape, build_bert_encoder, save_hub_encoder
+    from genre_tf.train.training import train
+
+    encoder, _ = tiny_hub_bert
+    keras.utils.set_random_seed(4)
+    with open(os.path.join(os.path.dirname(encoder), "vocab.txt"), encoding="utf-8") as handle:
+        vocab_size = len(handle.read().split())
+    one_layer = build_bert_encoder(BertShape(vocab_size=vocab_size, hidden_size=8, num_layers=1, num_heads=2,
+                                             intermediate_size=16, max_positions=128))
+    save_hub_encoder(one_layer, str(tmp_path / "student"))
+    runs = [train(make_tiny_config("integrated", "epochs=1", "model.fusion=late", *extra, run_dir=tmp_path / name))
+            for name, extra in (("teacher", ()), ("student", (f"text.encoder={tmp_path / 'student'}",)))]
+    rows = runs_in_turns(runs, {"float32": 100.0, "bfloat16": 200.0}, movies=40, calls=3)
+    assert [row["run_dir"] for row in rows] == runs
+    # the generated plots are 20 words (32 tokens): one layer's work instead of two, and the same pooler
+    layer, pooler = 2 * 32 * (4 * 8 * 8 + 2 * 8 * 16) + 2 * 2 * 32 * 32 * 8, 2 * 8 * 8
+    assert [round(row["text_gflop"] * 1e9) for row in rows] == [2 * layer + pooler, layer + pooler]
+    assert all(row["batch_movies_per_s"] > 0 and row["p95_ms"] >= row["p50_ms"] > 0 and row["caching_plots_per_s"] > 0
+               for row in rows)
+    table = turns_markdown(rows)
+    assert f"| `{runs[0]}` | 0.00 |" in table and table.count("(1.00x)") >= 4  # the first run against itself

@@ -242,6 +242,80 @@ def caching_rows(run_dir: str, peak: dict[str, float], movies: int = 256) -> lis
     return rows
 
 
+def runs_in_turns(run_dirs: Sequence[str], peak: dict[str, float], movies: int = 128,
+                  calls: int = 40) -> list[dict]:
+    """Several runs (the default against the same model over a distilled student, say) exported as served today,
+    loaded together and timed in turns on the first run's real test movies: batch 32 and batch 1 (its median-length
+    plot with its poster), the text encoder alone at batch 32 with its GFLOP a plot, and plot-embedding caching
+    (plots sorted by length, batches of 32). The runs' ratios come from the same minutes."""
+    import tensorflow as tf
+
+    from genre_tf import run_dir as runs
+    from genre_tf.bench.flops import model_flops
+    from genre_tf.data.dataset import raw_examples
+    from genre_tf.nets.encoders import CHUNK_ROWS
+    from genre_tf.nets.network import open_run_dataset
+    from genre_tf.serve.serving import export_run, serving_parts
+
+    plots, posters = raw_examples(open_run_dataset(run_dirs[0]), "test", limit=movies)
+    base, served = tempfile.mkdtemp(prefix="genre_tf_turns_bench_"), []
+    try:
+        for run_dir in run_dirs:
+            parts = serving_parts(run_dir, runs.load_config(run_dir), runs.read_serving_files(run_dir)[0])
+            serve = tf.saved_model.load(export_run(run_dir, base)).signatures["serving_default"]
+            served.append((run_dir, parts, serve))
+        lengths = token_lengths(served[0][1].text_encoder, plots)
+        median = int(np.argsort(lengths, kind="stable")[len(lengths) // 2])
+        times = {run_dir: {"batch": [], "one": [], "caching": []} for run_dir, *_ in served}
+        for _ in range(ROUNDS):
+            for run_dir, parts, serve in served:
+                measured = _time_served(serve, plots, posters, median, max(calls // ROUNDS, 3))
+                times[run_dir]["batch"].append(measured["batch"])
+                times[run_dir]["one"] += measured["one"]
+                text = _time_stages(parts, CHUNK_ROWS, plots, posters)["text encoder"]
+                times[run_dir]["text"] = min(text, times[run_dir].get("text", np.inf))
+                times[run_dir]["caching"].append(_caching_seconds(parts.text_encoder, plots))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    padded, rows = padded_lengths(lengths, 32, CHUNK_ROWS), []
+    for run_dir, parts, _ in served:
+        text_flops = float(np.mean([model_flops(parts.text_encoder, int(n)).forward for n in padded]))
+        measured = times[run_dir]
+        rows.append({"run_dir": run_dir, "text_gflop": text_flops / 1e9, "text_ms": measured["text"] * 1000,
+                     "text_fraction_of_peak": text_flops * 32 / (measured["text"] * peak["float32"] * 1e9),
+                     "batch_movies_per_s": 32 / min(measured["batch"]),
+                     "p50_ms": float(np.median(measured["one"])) * 1000,
+                     "p95_ms": float(np.percentile(measured["one"], 95)) * 1000,
+                     "caching_plots_per_s": len(plots) / min(measured["caching"])})
+    return rows
+
+
+def _caching_seconds(text_encoder, plots: list[str]) -> float:
+    """Seconds to embed the plots as feature caching does: sorted by length, batches of 32, each to its longest."""
+    import tensorflow as tf
+
+    ordered = sorted(plots, key=len)
+    run = tf.function(lambda batch: text_encoder(batch, training=False))
+    batches = [tf.constant(ordered[i:i + 32]) for i in range(0, len(ordered), 32)]
+    return min(call_times(lambda: [run(batch).numpy() for batch in batches], 1, warmup=1))
+
+
+def turns_markdown(rows: list[dict]) -> str:
+    """The runs timed in turns, each figure also as a ratio to the first run's."""
+    first = rows[0]
+    lines = ["| run | text GFLOP a plot | text encoder, ms a batch of 32 | its share of the float32 peak | "
+             "batch 32, movies/s | batch 1, p50 ms | p95 ms | caching plots/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        lines.append(f"| `{row['run_dir']}` | {row['text_gflop']:.2f} | {row['text_ms']:.0f} "
+                     f"({first['text_ms'] / row['text_ms']:.2f}x) | {row['text_fraction_of_peak']:.0%} | "
+                     f"{row['batch_movies_per_s']:.1f} ({row['batch_movies_per_s'] / first['batch_movies_per_s']:.2f}x)"
+                     f" | {row['p50_ms']:.1f} ({first['p50_ms'] / row['p50_ms']:.2f}x) | {row['p95_ms']:.1f} | "
+                     f"{row['caching_plots_per_s']:.1f} "
+                     f"({row['caching_plots_per_s'] / first['caching_plots_per_s']:.2f}x) |")
+    return "\n".join(lines) + "\n"
+
+
 STAGES = ("text encoder", "poster decoding", "poster encoder")
 
 
@@ -390,9 +464,10 @@ def _fine_tuning_row(peak: dict[str, float], seq_length: int, calls: int) -> dic
 
 
 def speed(data: str = "demo", overrides: Sequence[str] = (), serve_runs: Sequence[str] = (),
-          encoders: bool = True, training: bool = True) -> dict:
+          encoders: bool = True, training: bool = True, in_turns: bool = False) -> dict:
     """The matmul peaks, then training, encoder, serving and feature-caching rows measured against them, and peak
-    memory; `training=False` leaves the training and encoder rows out (the served runs' rows only)."""
+    memory; `training=False` leaves the training and encoder rows out (the served runs' rows only). `in_turns`: the
+    served runs timed against each other in turns (runs_in_turns) in place of each run's serving paths."""
     print("speed: measuring the matmul peaks", flush=True)
     peak = peaks()
     result = {"peak_gflops": peak, "training": training_rows(data, overrides, peak) if training else [],
@@ -401,6 +476,10 @@ def speed(data: str = "demo", overrides: Sequence[str] = (), serve_runs: Sequenc
         print("speed: each encoder alone", flush=True)
         result["encoders"] = encoder_rows(peak)
     result["serving"] = []
+    if in_turns:
+        print(f"speed: {len(serve_runs)} runs served in turns", flush=True)
+        result["turns"] = runs_in_turns(serve_runs, peak)
+        serve_runs = []
     for run_dir in serve_runs:
         print(f"speed: serving {run_dir}", flush=True)
         result["serving"].append({"run_dir": run_dir, **serving_rows(run_dir, peak)})
@@ -463,6 +542,9 @@ def speed_markdown(result: dict) -> str:
                       f"{row['pipeline_examples_per_s']:.0f}" for row in result["training"]) + " examples/s."]
     if "encoders" in result:
         lines += ["", "### Encoders alone", "", rows_markdown(result["encoders"])]
+    if result.get("turns"):
+        lines += ["", "### Runs served in turns (float32, plots in chunks of 8; real test movies)", "",
+                  turns_markdown(result["turns"])]
     for served in result.get("serving", []):
         lines += ["", f"### Serving `{served['run_dir']}` (its SavedModel, loaded in process, real test movies)", "",
                   serving_markdown(served["rows"], served.get("padding", {}), served.get("stages"))]

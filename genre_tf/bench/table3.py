@@ -4,6 +4,7 @@
     python -m genre_tf.bench table3 --data prepared/mmimdb
     python -m genre_tf.bench speed --serve-run RUN     # training, encoders, serving (repeatable) against the peak
     python -m genre_tf.bench speed --serving-only --serve-run RUN  # serving paths side by side, feature caching
+    python -m genre_tf.bench speed --serving-only --in-turns --serve-run A --serve-run B  # runs against each other
     python -m genre_tf.bench encoders                  # each encoder alone, float32 and bfloat16, batch 1 and 32
     python -m genre_tf.bench all --quick               # both, into one dated benchmarks/ file
 
@@ -279,6 +280,9 @@ def main(argv=None) -> int:
                         "serving, repeatable (default: table3's integrated run when measured together)")
     parser.add_argument("--serving-only", action="store_true",
                         help="speed: only the --serve-run rows (serving paths and feature caching), no training")
+    parser.add_argument("--in-turns", action="store_true",
+                        help="speed: time the --serve-run runs against each other in turns (the same movies, one "
+                             "sitting), in place of each run's serving paths")
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 10000], help="scale: catalogue sizes")
     parser.add_argument("--scale-root", default=os.path.join("runs", "scale"), help="scale: where its data goes")
     parser.add_argument("--scale-config", default=None, help="scale: the encoders' preset, as train.py's --config "
@@ -335,7 +339,8 @@ def run_benchmarks(args) -> int:
     if args.what in ("speed", "all"):
         serve_runs = args.serve_run or [row["run_dir"] for row in report.get("table3", {}).get("rows", [])
                                         if row["model"] == "integrated" and not row["oversampled"]]
-        report["speed"] = speed.speed(args.data, args.overrides, serve_runs, training=not args.serving_only)
+        report["speed"] = speed.speed(args.data, args.overrides, serve_runs, training=not args.serving_only,
+                                      in_turns=args.in_turns)
         sections += ["## Speed against the limit", "", speed.speed_markdown(report["speed"])]
     if args.what == "encoders":
         peak = speed.peaks()

@@ -122,7 +122,7 @@ def make_train_step(student, optimizer):
         with tf.GradientTape() as tape:
             vectors = masked_mean(student(inputs, training=True)["sequence_output"], inputs["input_mask"])
             loss = tf.reduce_mean(tf.square(vectors - targets))
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
     return step
@@ -234,9 +234,9 @@ def distill(data: str, out: str, config: DistillConfig) -> dict:
     print(f"student of {config.layers} layers {kept_layers(shape.num_layers, config.layers)}, before training: dev "
           f"mse {before['mse']:.5f}, cosine {before['cosine']:.4f}; {len(train_words)} training plots", file=sys.stderr)
     checkpoints = os.path.abspath(out).rstrip(os.sep) + ".checkpoints"
-    with open_settings(checkpoints, data, config):
-        losses = train_student(student, train_words, train_mask, train_targets, config, checkpoints,
-                               report=lambda line: print(line, file=sys.stderr))
+    claim_checkpoints(checkpoints, data, config)
+    losses = train_student(student, train_words, train_mask, train_targets, config, checkpoints,
+                           report=lambda line: print(line, file=sys.stderr))
     after = fidelity(embed(student, dev_words, dev_mask), dev_targets)
     record = {"teacher": "all-mpnet-base-v2, mean pooling", "kept_layers": kept_layers(shape.num_layers, config.layers),
               "config": dataclasses.asdict(config), "data": os.path.abspath(data), "fingerprint": prepared.fingerprint,
@@ -247,26 +247,18 @@ def distill(data: str, out: str, config: DistillConfig) -> dict:
     return record
 
 
-class open_settings:
-    """The checkpoint folder of a run, refused when it holds another run's settings (a resume must continue the same
-    run)."""
+def claim_checkpoints(folder: str, data: str, config: DistillConfig) -> None:
+    """Make the checkpoint folder of a run with these settings, refused when it holds another run's (a resume must
+    continue the same run)."""
+    from genre_tf.files import read_json, write_json
 
-    def __init__(self, folder: str, data: str, config: DistillConfig):
-        self.folder, self.settings = folder, {"data": os.path.abspath(data), "config": dataclasses.asdict(config)}
-
-    def __enter__(self):
-        from genre_tf.files import read_json, write_json
-
-        path = os.path.join(self.folder, "settings.json")
-        if os.path.exists(path) and read_json(path) != self.settings:
-            raise ValueError(f"{self.folder} holds checkpoints of a run with other settings ({read_json(path)}); "
-                             "remove it, or run with those settings to resume")
-        os.makedirs(self.folder, exist_ok=True)
-        write_json(path, self.settings)
-        return self.folder
-
-    def __exit__(self, *exc):
-        return False
+    settings = {"data": os.path.abspath(data), "config": dataclasses.asdict(config)}
+    path = os.path.join(folder, "settings.json")
+    if os.path.exists(path) and read_json(path) != settings:
+        raise ValueError(f"{folder} holds checkpoints of a run with other settings ({read_json(path)}); remove it, "
+                         "or run with those settings to resume")
+    os.makedirs(folder, exist_ok=True)
+    write_json(path, settings)
 
 
 def parse_args(argv=None) -> tuple[str, str, DistillConfig]:
