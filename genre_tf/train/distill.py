@@ -6,10 +6,11 @@ The student is MPNet with `layers` of its 12 transformer blocks, evenly spaced f
 8, 10, as sentence-transformers' layer-reduction distillation keeps them), initialised from them, and trained to
 reproduce MPNet's mean-pooled plot embeddings (the frozen text features genre_tf trains on) with a mean squared
 error. It learns from the training plots of a prepared dataset only (a dataset prepared with extra_train= brings its
-text-only plots too); dev's plots measure how close it came, test's are never read. MPNet's embeddings come from the
-feature store, computed there first if missing. The blocks are trained; the embeddings and MPNet's relative position
-bias stay as they are. Batches hold plots of similar length, padded to their longest (little padding to train on).
-Each epoch is checkpointed beside --out, so a killed run resumes at its last finished epoch.
+text-only plots too); dev's plots measure how close it came, test's teach and measure nothing. MPNet's embeddings
+come from the feature store, computed there first if missing (as training would). The blocks are trained; the
+embeddings and MPNet's relative position bias stay as they are. Batches hold plots of similar length, padded to their
+longest (little padding to train on). Each epoch is checkpointed beside --out, so a killed run resumes at its last
+finished epoch.
 
 Use the student as any TF-Hub text encoder: `text.encoder=OUT/encoder text.preprocessor=OUT/preprocessor`.
 """
