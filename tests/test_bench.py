@@ -149,3 +149,12 @@ def test_scale_steps_measure_beam_features_per_worker_count_into_empty_stores_an
                                                "ms_per_movie_ratio": 0.5}
     table = scale.scale_markdown(report)
     assert "| train_epoch | 200.00 | 100.00 | 0.50 | 1.10 | 910.2 |" in table and "projected" not in table
+
+
+def test_in_turns_needs_speed_and_two_runs(capsys):
+    from genre_tf.bench.table3 import main
+
+    for argv in (["speed", "--serving-only", "--in-turns", "--serve-run", "a"], ["table3", "--in-turns"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2 and "--in-turns times two or more runs" in capsys.readouterr().err

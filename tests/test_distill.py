@@ -92,12 +92,26 @@ def test_training_brings_the_student_closer_to_the_teacher_and_resumes_where_it_
         np.testing.assert_allclose(mine, theirs, atol=1e-6)
 
 
-def test_a_checkpoint_folder_of_other_settings_is_refused(tmp_path):
-    folder = str(tmp_path / "out.checkpoints")
-    distill.claim_checkpoints(folder, "data", distill.DistillConfig(epochs=1))
-    distill.claim_checkpoints(folder, "data", distill.DistillConfig(epochs=1))  # the same run resumes
+def test_a_checkpoint_folder_of_other_settings_or_data_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    folder, data = str(tmp_path / "out.checkpoints"), SimpleNamespace(path="data", fingerprint="abc")
+    distill.claim_checkpoints(folder, data, distill.DistillConfig(epochs=1))
+    distill.claim_checkpoints(folder, data, distill.DistillConfig(epochs=1))  # the same run resumes
     with pytest.raises(ValueError, match="other settings"):
-        distill.claim_checkpoints(folder, "data", distill.DistillConfig(epochs=2))
+        distill.claim_checkpoints(folder, data, distill.DistillConfig(epochs=2))
+    with pytest.raises(ValueError, match="other settings"):  # the same folder prepared again, other movies
+        distill.claim_checkpoints(folder, SimpleNamespace(path="data", fingerprint="def"),
+                                  distill.DistillConfig(epochs=1))
+
+
+def test_batches_cut_after_the_last_real_token_even_with_gaps():
+    mask = np.array([[1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]], np.int32)
+    words = np.arange(18, dtype=np.int32).reshape(3, 6) * mask
+    assert distill.token_ends(mask).tolist() == [2, 4, 5]
+    assert [rows.tolist() for rows in distill.length_batches(mask, 2)] == [[0, 1], [2]]
+    inputs = distill.batch_inputs(words, mask, np.array([0, 1]))
+    assert inputs["input_word_ids"].numpy().tolist() == [[0, 1, 0, 0], [6, 0, 8, 9]]  # row 1's gap keeps 8 and 9
 
 
 @pytest.mark.slow
@@ -119,8 +133,15 @@ def test_the_saved_student_is_a_hub_text_encoder_giving_its_embeddings(teacher, 
     assert distill.read_record(out)["kept_layers"] == [0, 2]
 
 
-def test_the_command_refuses_a_student_of_more_layers_than_the_teacher(tmp_path, capsys):
+def test_the_command_refuses_a_student_of_more_layers_or_a_folder_it_would_replace(tmp_path, capsys):
     assert distill.main([str(tmp_path / "data"), "--out", str(tmp_path / "s"), "--layers", "13"]) == 2
     assert "1 to 12" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert distill.main([str(tmp_path / "data"), "--out", str(tmp_path / "mine")]) == 2
+    assert "holds no student" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / distill.STUDENT_FILE).write_text("{}")
+    distill.check_out(str(tmp_path / "old"), str(tmp_path / "data"))  # an earlier student may be replaced
     assert dataclasses.asdict(distill.parse_args(["d", "--out", "o", "--learning-rate", "2e-4"])[2])[
         "learning_rate"] == 2e-4

@@ -309,6 +309,9 @@ def check_arguments(args) -> None:
     from genre_tf.files import is_prepared_folder
 
     seed_counts(args.seeds)
+    if args.in_turns and (args.what != "speed" or len(args.serve_run) < 2):
+        raise ValueError("--in-turns times two or more runs against each other: give speed and --serve-run at "
+                         "least twice")
     if args.what in ("table3", "speed", "all") and args.data != "demo" and not is_prepared_folder(args.data):
         raise ValueError(f"--data {args.data} is not a prepared dataset (no split.json and movies.jsonl): run "
                          "python -m genre_tf.prepare first, or leave --data out for the demo")

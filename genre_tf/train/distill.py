@@ -78,11 +78,18 @@ def tokenize(preprocessor_handle: str, plots: list[str], batch_size: int = 256):
     return np.concatenate(words).astype(np.int32), np.concatenate(masks).astype(np.int32)
 
 
-def length_batches(mask, batch_size: int) -> list:
-    """Row indices in batches of plots of similar length (sorted by their token count)."""
+def token_ends(mask):
+    """Each row's last real token + 1 (as trim_padding cuts: a gapped or left-padded mask keeps every real token)."""
     import numpy as np
 
-    order = np.argsort(mask.sum(axis=1), kind="stable")
+    return (mask * np.arange(1, mask.shape[1] + 1)[None, :]).max(axis=1)
+
+
+def length_batches(mask, batch_size: int) -> list:
+    """Row indices in batches of plots of similar length (sorted by where their tokens end)."""
+    import numpy as np
+
+    order = np.argsort(token_ends(mask), kind="stable")
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
@@ -90,7 +97,7 @@ def batch_inputs(words, mask, rows) -> dict:
     """The encoder's inputs for `rows`, cut after their longest plot."""
     import tensorflow as tf
 
-    length = max(int(mask[rows].sum(axis=1).max()), 1)
+    length = max(int(token_ends(mask[rows]).max()), 1)
     return {"input_word_ids": tf.constant(words[rows, :length]), "input_mask": tf.constant(mask[rows, :length]),
             "input_type_ids": tf.zeros((len(rows), length), tf.int32)}
 
@@ -210,10 +217,11 @@ def teacher_embeddings(prepared, config: DistillConfig):
     from genre_tf.nets.encoders import build_text_encoder, text_encoder_identity
 
     teacher = TextEncoderConfig(model="mpnet", seq_length=config.seq_length, pooling="mean")
-    _, rows = load_or_compute(prepared, PLOT_EMBEDDING, cache_key(text_encoder_identity(teacher)),
-                              functools.partial(build_text_encoder, teacher), PLOT)
-    train = len(prepared.split["train"])
-    return rows.read(np.arange(train)), rows.read(np.arange(train, train + len(prepared.split["dev"])))
+    ids, rows = load_or_compute(prepared, PLOT_EMBEDDING, cache_key(text_encoder_identity(teacher)),
+                                functools.partial(build_text_encoder, teacher), PLOT)
+    row_of = {movie_id: row for row, movie_id in enumerate(ids.tolist())}
+    return tuple(rows.read(np.asarray([row_of[movie_id] for movie_id in prepared.split[split]], np.int64))
+                 for split in ("train", "dev"))
 
 
 def distill(data: str, out: str, config: DistillConfig) -> dict:
@@ -223,6 +231,8 @@ def distill(data: str, out: str, config: DistillConfig) -> dict:
 
     started = time.monotonic()
     prepared = load_prepared(data)
+    checkpoints = os.path.abspath(out).rstrip(os.sep) + ".checkpoints"
+    claim_checkpoints(checkpoints, prepared, config)  # before the minutes of tokenising: a refusal answers at once
     train_targets, dev_targets = teacher_embeddings(prepared, config)
     _, preprocessor = mpnet_handles(config.seq_length)
     train_words, train_mask = tokenize(preprocessor, split_plots(prepared, "train"))
@@ -234,8 +244,6 @@ def distill(data: str, out: str, config: DistillConfig) -> dict:
     before = fidelity(embed(student, dev_words, dev_mask), dev_targets)
     print(f"student of {config.layers} layers {kept_layers(shape.num_layers, config.layers)}, before training: dev "
           f"mse {before['mse']:.5f}, cosine {before['cosine']:.4f}; {len(train_words)} training plots", file=sys.stderr)
-    checkpoints = os.path.abspath(out).rstrip(os.sep) + ".checkpoints"
-    claim_checkpoints(checkpoints, data, config)
     losses = train_student(student, train_words, train_mask, train_targets, config, checkpoints,
                            report=lambda line: print(line, file=sys.stderr))
     after = fidelity(embed(student, dev_words, dev_mask), dev_targets)
@@ -248,12 +256,13 @@ def distill(data: str, out: str, config: DistillConfig) -> dict:
     return record
 
 
-def claim_checkpoints(folder: str, data: str, config: DistillConfig) -> None:
+def claim_checkpoints(folder: str, prepared, config: DistillConfig) -> None:
     """Make the checkpoint folder of a run with these settings, refused when it holds another run's (a resume must
-    continue the same run)."""
+    continue the same run, on the same data)."""
     from genre_tf.files import read_json, write_json
 
-    settings = {"data": os.path.abspath(data), "config": dataclasses.asdict(config)}
+    settings = {"data": os.path.abspath(prepared.path), "fingerprint": prepared.fingerprint,
+                "config": dataclasses.asdict(config)}
     path = os.path.join(folder, "settings.json")
     if os.path.exists(path) and read_json(path) != settings:
         raise ValueError(f"{folder} holds checkpoints of a run with other settings ({read_json(path)}); remove it, "
@@ -275,13 +284,23 @@ def parse_args(argv=None) -> tuple[str, str, DistillConfig]:
     return args.data, args.out, config
 
 
-def main(argv=None) -> int:
-    data, out, config = parse_args(argv)
+def check_out(out: str, data: str) -> None:
+    """ValueError unless --out is a new folder or an earlier student (its distill.json), outside the data: the
+    student replaces it whole, so any other folder there would be lost."""
     from genre_tf.files import refuse_to_write_into
 
+    refuse_to_write_into(out, "--out", {"data": data})
+    if os.path.exists(out) and not os.path.isfile(os.path.join(out, STUDENT_FILE)):
+        raise ValueError(f"--out {out} exists and holds no student ({STUDENT_FILE}); the student would replace it "
+                         "whole: choose a new folder")
+
+
+def main(argv=None) -> int:
+    """The command line: exit 0 with the student written, 2 on a usage error."""
+    data, out, config = parse_args(argv)
     try:
-        refuse_to_write_into(out, "--out", {"data": data})
-        kept_layers(12, config.layers)
+        check_out(out, data)
+        kept_layers(12, config.layers)  # all-mpnet-base-v2's 12
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
