@@ -143,5 +143,8 @@ def test_the_command_refuses_a_student_of_more_layers_or_a_folder_it_would_repla
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / distill.STUDENT_FILE).write_text("{}")
     distill.check_out(str(tmp_path / "old"), str(tmp_path / "data"))  # an earlier student may be replaced
+    (tmp_path / "data").mkdir()  # a folder that is no prepared dataset: named, nothing written
+    assert distill.main([str(tmp_path / "data"), "--out", str(tmp_path / "new")]) == 1
+    assert "is not a prepared dataset" in capsys.readouterr().err and not (tmp_path / "new").exists()
     assert dataclasses.asdict(distill.parse_args(["d", "--out", "o", "--learning-rate", "2e-4"])[2])[
         "learning_rate"] == 2e-4

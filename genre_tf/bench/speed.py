@@ -543,8 +543,8 @@ def speed_markdown(result: dict) -> str:
     if "encoders" in result:
         lines += ["", "### Encoders alone", "", rows_markdown(result["encoders"])]
     if result.get("turns"):
-        lines += ["", "### Runs served in turns (float32, plots in chunks of 8; real test movies)", "",
-                  turns_markdown(result["turns"])]
+        lines += ["", "### Runs served in turns (each in its run's precision, plots in chunks of 8; real test "
+                  "movies)", "", turns_markdown(result["turns"])]
     for served in result.get("serving", []):
         lines += ["", f"### Serving `{served['run_dir']}` (its SavedModel, loaded in process, real test movies)", "",
                   serving_markdown(served["rows"], served.get("padding", {}), served.get("stages"))]

@@ -296,7 +296,7 @@ def check_out(out: str, data: str) -> None:
 
 
 def main(argv=None) -> int:
-    """The command line: exit 0 with the student written, 2 on a usage error."""
+    """The command line: exit 0 with the student written, 2 on a usage error, 1 on data it cannot use."""
     data, out, config = parse_args(argv)
     try:
         check_out(out, data)
@@ -304,7 +304,11 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    record = distill(data, out, config)
+    try:
+        record = distill(data, out, config)
+    except (ValueError, OSError) as error:  # not a prepared dataset, a damaged one, a checkpoint of other settings
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(json.dumps({key: record[key] for key in ("kept_layers", "epoch_losses", "dev_before", "dev_after",
                                                    "seconds")}))
     return 0
