@@ -272,7 +272,7 @@ def runs_in_turns(run_dirs: Sequence[str], peak: dict[str, float], movies: int =
                 measured = _time_served(serve, plots, posters, median, max(calls // ROUNDS, 3))
                 times[run_dir]["batch"].append(measured["batch"])
                 times[run_dir]["one"] += measured["one"]
-                text = _time_stages(parts, CHUNK_ROWS, plots, posters)["text encoder"]
+                text = _time_stages(parts, CHUNK_ROWS, plots, [])["text encoder"]
                 times[run_dir]["text"] = min(text, times[run_dir].get("text", np.inf))
                 times[run_dir]["caching"].append(_caching_seconds(parts.text_encoder, plots))
     finally:
@@ -333,7 +333,7 @@ def _time_stages(parts, chunk_rows: int, plots: list[str], posters: list[bytes])
     if parts.text_encoder is not None:
         embed = length_chunked(parts.text_encoder, parts.pooling, chunk_rows) if chunk_rows else parts.text_encoder
         stages["text encoder"] = (tf.function(embed), plot_batches)
-    if parts.poster_encoder is not None:
+    if parts.poster_encoder is not None and posters:  # none given: the text encoder's time alone
         decode = tf.function(lambda batch: decode_posters(batch, parts.image_size)[0])
         stages["poster decoding"] = (decode, poster_batches)
         stages["poster encoder"] = (tf.function(lambda images: parts.poster_encoder(images, training=False)),
