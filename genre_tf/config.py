@@ -68,7 +68,9 @@ class TextEncoderConfig:
     encoder: str = ""            # TF-Hub URL or local SavedModel folder
     preprocessor: str = ""       # the matching preprocessor (URL or folder)
     seq_length: int = 128        # tokens per plot, [CLS] and [SEP] included (the paper's 128)
-    pooling: str = "mean"        # mean (masked mean of sequence_output) | pooled (pooled_output)
+    # mean (masked mean of sequence_output) | pooled (pooled_output) | mean_last_N (the mean of the last N layers'
+    # masked means; with fine_tune_layers=k, N is at most k + 1: the cached layer below the trained ones and those)
+    pooling: str = "mean"
     # The offline encoder's compute dtype. bfloat16 embeds batches 1.3-1.4x faster on CPUs with AVX512_BF16,
     # test F1 within 0.5 points (README, "Speed"); much slower on hardware without native bfloat16.
     precision: str = "float32"   # float32 | bfloat16
@@ -385,7 +387,11 @@ def validate(config: TrainConfig) -> None:
          f"batch_size must be 2 to {MAX_BATCH_SIZE} (soft-F1 is a batch statistic), got {config.batch_size}"),
         (config.epochs >= 1, "epochs must be >= 1"), (config.patience >= 1, "patience must be >= 1"),
         (8 <= config.text.seq_length <= 512, "text.seq_length must be in [8, 512]"),
-        (config.text.pooling in ("mean", "pooled"), "text.pooling must be mean or pooled"),
+        (valid_pooling(config.text.pooling),
+         f"text.pooling must be mean, pooled or mean_last_N (N 2 to 12), got {_quoted(config.text.pooling)}"),
+        (config.text.encoder or not valid_pooling(config.text.pooling)
+         or mean_layers(config.text.pooling) <= TEXT_LAYERS.get(config.text.model, 12),
+         f"text.pooling={config.text.pooling} averages more layers than text.model={config.text.model} has"),
         (config.text.model in TEXT_MODELS,
          f"text.model must be one of {TEXT_MODELS}, got {_quoted(config.text.model)}"),
         (config.text.precision in ("float32", "bfloat16"), "text.precision must be float32 or bfloat16"),
@@ -399,13 +405,34 @@ def validate(config: TrainConfig) -> None:
         (config.oversample_fraction >= 0, "oversample_fraction must be >= 0")])
 
 
+MEAN_LAST = "mean_last_"
+
+
+def valid_pooling(pooling: str) -> bool:
+    """mean, pooled, or mean_last_N for N from 2 to 12."""
+    if pooling in ("mean", "pooled"):
+        return True
+    count = pooling[len(MEAN_LAST):] if pooling.startswith(MEAN_LAST) else ""
+    return count.isdigit() and count.isascii() and 2 <= int(count) <= 12
+
+
+def mean_layers(pooling: str) -> int:
+    """How many of the encoder's last layers a valid text.pooling averages (pooled: 0, the pooler's output)."""
+    if pooling == "pooled":
+        return 0
+    return 1 if pooling == "mean" else int(pooling[len(MEAN_LAST):])
+
+
 def _fine_tune_layers_checks(config: TrainConfig) -> list[tuple[bool, str]]:
     """text.fine_tune_layers' conditions: an offline encoder cut in float32, under a single head over cached states."""
     layers, text = config.text.fine_tune_layers, config.text
     if layers == 0:
         return [(True, "")]
     top = TEXT_LAYERS.get(text.model, 0)
-    return [(0 <= layers <= top, f"text.fine_tune_layers must be 0 to {top} (the layers of text.model={text.model}), "
+    return [(not valid_pooling(text.pooling) or mean_layers(text.pooling) <= layers + 1,
+             f"text.pooling={text.pooling} averages more layers than the {layers + 1} that text.fine_tune_layers="
+             f"{layers} trains or caches: at most mean_last_{layers + 1}"),
+            (0 <= layers <= top, f"text.fine_tune_layers must be 0 to {top} (the layers of text.model={text.model}), "
                                  f"got {layers}"),
             (not text.encoder, "text.fine_tune_layers cuts the offline text.model into layers; a TF-Hub text.encoder "
                                "cannot be cut: fine-tune it whole with model.kind=text_finetuned instead"),

@@ -62,6 +62,11 @@ def test_pooling_choices_differ_and_mean_ignores_padding(tiny_hub_bert):
     # Pooling that counted the padding would move with it, far beyond the tolerance above.
     with_padding = np.stack([sequence.mean(axis=0) for sequence in sequences])
     assert min(np.abs(with_padding[a] - with_padding[b]).max() for a, b in [(0, 1), (0, 2), (1, 2)]) > 1e-2
+    # mean_last_2 through the TF-Hub handle: the mean of both layers' masked means over the 4 real tokens
+    both = build_text_encoder(TextEncoderConfig(encoder=encoder, preprocessor=preprocessor, pooling="mean_last_2"))
+    layers = [hidden.numpy()[0][:4].mean(axis=0) for hidden in bert(ids[2])["encoder_outputs"]]
+    np.testing.assert_allclose(both(tf.constant(batches[2])).numpy()[0], np.mean(layers, axis=0), atol=1e-5, rtol=0)
+    assert np.abs(layers[0] - layers[1]).max() > 1e-2
 
 
 SENTENCES = ["A detective hunts a serial killer through the rain-soaked streets of 1970s Chicago.",

@@ -12,6 +12,7 @@ from genre_tf.config import load_config, training_length
 from genre_tf.data import states as stored
 from genre_tf.data.dataset import PLOT_MASK, PLOT_STATES, load_prepared, make_dataset, raw_examples
 from genre_tf.nets.bert import BertShape, build_bert_encoder, states_model, top_layers
+from genre_tf.nets.encoders import pooled_vector
 
 WIDTH = 6
 
@@ -25,8 +26,8 @@ def random_ids(lengths, width=24, vocab=50, seed=0):
             "input_type_ids": tf.zeros_like(tf.constant(mask))}
 
 
-# BERT (MiniLM) and MPNet's shared relative position bias, each with one of the two poolings
-@pytest.mark.parametrize("relative_buckets, pooling", [(0, "pooled"), (8, "mean")])
+# BERT (MiniLM) and MPNet's shared relative position bias, each with a pooling; mean_last_3 averages the cut states too
+@pytest.mark.parametrize("relative_buckets, pooling", [(0, "pooled"), (8, "mean"), (8, "mean_last_3")])
 def test_the_top_layers_over_the_cut_states_are_the_whole_encoder(relative_buckets, pooling):
     shape = BertShape(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32,
                       max_positions=40, type_vocab_size=0 if relative_buckets else 2, relative_buckets=relative_buckets)
@@ -35,8 +36,14 @@ def test_the_top_layers_over_the_cut_states_are_the_whole_encoder(relative_bucke
     ids = random_ids([5, 24, 1, 13])
     outputs = encoder(ids)
     mask = ids["input_mask"].numpy()
-    expected = (outputs["pooled_output"].numpy() if pooling == "pooled" else
-                (outputs["sequence_output"].numpy() * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True))
+    def mean(hidden):
+        return (hidden.numpy() * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
+
+    expected = {"pooled": outputs["pooled_output"].numpy(), "mean": mean(outputs["sequence_output"]),
+                "mean_last_3": np.mean([mean(hidden) for hidden in outputs["encoder_outputs"]], axis=0)}[pooling]
+    assert not np.allclose(expected, mean(outputs["sequence_output"]), atol=1e-3) or pooling == "mean"
+    # the served path (pooled_vector over the whole encoder) pools as the trained top does
+    np.testing.assert_allclose(pooled_vector(outputs, ids["input_mask"], pooling), expected, atol=1e-5)
     states = states_model(encoder)(ids).numpy()
     assert np.array_equal(states, states.astype(np.float16).astype(np.float32))  # what a float16 store keeps exactly
     top = top_layers(encoder, 2, pooling, PLOT_STATES, PLOT_MASK)
@@ -121,6 +128,10 @@ def test_stored_states_are_read_back_by_content_batch_by_batch_and_a_damaged_par
     (["text.fine_tune_layers=2", "model.kind=text_frozen", "model.heads=3"], "leave model.heads=1"),
     (["text.fine_tune_layers=2", "text.fine_tune_learning_rate=0"], "must be a finite number > 0"),
     (["text.fine_tune_layers=2", "text.fine_tune_epochs=0"], "text.fine_tune_epochs and text.fine_tune_patience"),
+    (["text.fine_tune_layers=2", "text.pooling=mean_last_4"], "at most mean_last_3"),
+    (["text.model=minilm", "text.pooling=mean_last_7"], "averages more layers than text.model=minilm has"),
+    (["text.pooling=mean_last_1"], "text.pooling must be mean, pooled or mean_last_N (N 2 to 12)"),
+    (["text.pooling=mean_last_٣"], "text.pooling must be mean, pooled or mean_last_N"),
 ])
 def test_fine_tune_layers_refuses_what_it_cannot_train(options, message):
     with pytest.raises(ValueError, match=re.escape(message)):

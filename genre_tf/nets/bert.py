@@ -6,6 +6,8 @@ import tensorflow as tf
 import tensorflow_text as tf_text  # noqa: F401  registers the ops a preprocessor needs
 import tf_keras as keras
 
+from genre_tf.config import mean_layers
+
 
 @dataclasses.dataclass(frozen=True)
 class BertShape:
@@ -187,14 +189,18 @@ def top_layers(encoder: keras.Model, layers: int, pooling: str, states_name: str
         bias = encoder.get_layer("relative_position_bias")
         bias.trainable = False
         position_bias = bias(mask)  # it reads the length alone
-    hidden = states
+    hiddens = [states]
     for block in blocks[len(blocks) - layers:]:
-        hidden = block(hidden, mask, position_bias)
+        hiddens.append(block(hiddens[-1], mask, position_bias))
     if pooling == "pooled":
-        first = keras.layers.Lambda(lambda x: x[:, 0, :], name="first_token")(hidden)
+        first = keras.layers.Lambda(lambda x: x[:, 0, :], name="first_token")(hiddens[-1])
         vector = encoder.get_layer("pooler")(first)
-    else:
-        vector = MaskedMean(name="masked_mean")(hidden, mask)
+    elif mean_layers(pooling) == 1:
+        vector = MaskedMean(name="masked_mean")(hiddens[-1], mask)
+    else:  # mean_last_N: as pooled_vector averages the encoder's last N outputs (the states are layer 12 - k's)
+        vector = keras.layers.Average(name="mean_of_layers")(
+            [MaskedMean(name=f"masked_mean_{index}")(hidden, mask)
+             for index, hidden in enumerate(hiddens[-mean_layers(pooling):])])
     return keras.Model({states_name: states, mask_name: mask}, vector, name="text_top")
 
 

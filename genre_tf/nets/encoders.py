@@ -9,7 +9,7 @@ import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  must be imported before a BERT preprocessor SavedModel loads
 import tf_keras as keras
 
-from genre_tf.config import (POSTER_BACKBONES, TEXT_LAYERS, ModelConfig, PosterEncoderConfig, TextEncoderConfig,
+from genre_tf.config import (POSTER_BACKBONES, TEXT_LAYERS, mean_layers, valid_pooling, ModelConfig, PosterEncoderConfig, TextEncoderConfig,
                              fine_tunes_text, uses_poster, uses_text)
 from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, PLOT_MASK, PLOT_STATES, POSTER, POSTER_FEATURES
 from genre_tf.files import atomic_path, cache_root, file_digest, short_digest
@@ -52,8 +52,8 @@ def build_text_encoder(config: TextEncoderConfig, trainable: bool = False,
                        encoder: keras.Model | None = None) -> keras.Model:
     """plot (string) -> plot_embedding: the preprocessor, the encoder and the chosen pooling. `encoder`, when given, is
     a Keras BERT used in place of the TF-Hub one (a run's encoder with its fine-tuned top layers)."""
-    if config.pooling not in ("mean", "pooled"):
-        raise ValueError(f"text.pooling must be 'mean' or 'pooled', got {config.pooling!r}")
+    if not valid_pooling(config.pooling):
+        raise ValueError(f"text.pooling must be mean, pooled or mean_last_N (N 2 to 12), got {config.pooling!r}")
     encoder_handle, _ = resolve_text_handles(config)
     plot = keras.Input(shape=(), dtype=tf.string, name=PLOT)
     ids = plot_ids(config, plot)
@@ -152,7 +152,10 @@ def pooled_vector(outputs, input_mask, pooling: str):
     """pool_encoder_outputs' float32 vector, without a Keras layer (for use inside a tf.function)."""
     if pooling == "pooled":
         return tf.cast(outputs["pooled_output"], tf.float32)
-    return masked_mean(outputs["sequence_output"], input_mask)
+    layers = mean_layers(pooling)
+    if layers == 1:
+        return masked_mean(outputs["sequence_output"], input_mask)
+    return tf.add_n([masked_mean(hidden, input_mask) for hidden in outputs["encoder_outputs"][-layers:]]) / layers
 
 
 CHUNK_ROWS = 8  # plots per encoder call when serving: small enough to pad little, large enough for fast matmuls
