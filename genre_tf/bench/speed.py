@@ -150,26 +150,19 @@ def serving_rows(run_dir: str, peak: dict[str, float], movies: int = 128, calls:
     """Each SERVING_PATHS export of the run, loaded in process, on its dataset's first `movies` real test movies:
     batches of 32 (movies/s) and batch 1 on the median-length plot with its poster (p50, p95), against the peak;
     and the share of padding each path encodes over every plot of the dataset."""
-    import tensorflow as tf
-
     from genre_tf import run_dir as runs
     from genre_tf.data.dataset import raw_examples
     from genre_tf.nets.network import open_run_dataset
     from genre_tf.bench.flops import model_flops
-    from genre_tf.serve.serving import computing_in, export_run, serving_parts
 
     config, prepared = runs.load_config(run_dir), open_run_dataset(run_dir)
     plots, posters = raw_examples(prepared, "test", limit=movies)
     base, rows, padding, stages = tempfile.mkdtemp(prefix="genre_tf_serving_bench_"), [], {}, {}
     try:
-        paths = []
-        for label, precision, chunk_rows in SERVING_PATHS:  # every export loaded first, then timed in turns
-            parts = serving_parts(run_dir, computing_in(config, precision), runs.read_serving_files(run_dir)[0])
-            serve = tf.saved_model.load(export_run(run_dir, base, precision=precision, chunk_rows=chunk_rows)
-                                        ).signatures["serving_default"]
-            paths.append((label, precision or config.text.precision, chunk_rows, parts, serve))
+        paths = [(label, precision or config.text.precision, chunk, *loaded_export(run_dir, base, precision, chunk))
+                 for label, precision, chunk in SERVING_PATHS]  # every export loaded first, then timed in turns
         lengths = token_lengths(paths[0][3].text_encoder, plots)
-        median = int(np.argsort(lengths, kind="stable")[len(lengths) // 2])  # the median-length plot's movie
+        median = median_movie(lengths)
         times = {label: {"batch": [], "one": []} for label, *_ in paths}
         for _ in range(ROUNDS):  # round after round, so a burst of load elsewhere falls on every path alike
             for label, _, chunk_rows, parts, serve in paths:
@@ -248,24 +241,17 @@ def runs_in_turns(run_dirs: Sequence[str], peak: dict[str, float], movies: int =
     loaded together and timed in turns on the first run's real test movies: batch 32 and batch 1 (its median-length
     plot with its poster), the text encoder alone at batch 32 with its GFLOP a plot, and plot-embedding caching
     (plots sorted by length, batches of 32). The runs' ratios come from the same minutes."""
-    import tensorflow as tf
-
-    from genre_tf import run_dir as runs
     from genre_tf.bench.flops import model_flops
     from genre_tf.data.dataset import raw_examples
     from genre_tf.nets.encoders import CHUNK_ROWS
     from genre_tf.nets.network import open_run_dataset
-    from genre_tf.serve.serving import export_run, serving_parts
 
     plots, posters = raw_examples(open_run_dataset(run_dirs[0]), "test", limit=movies)
-    base, served = tempfile.mkdtemp(prefix="genre_tf_turns_bench_"), []
+    base = tempfile.mkdtemp(prefix="genre_tf_turns_bench_")
     try:
-        for run_dir in run_dirs:
-            parts = serving_parts(run_dir, runs.load_config(run_dir), runs.read_serving_files(run_dir)[0])
-            serve = tf.saved_model.load(export_run(run_dir, base)).signatures["serving_default"]
-            served.append((run_dir, parts, serve))
+        served = [(run_dir, *loaded_export(run_dir, base)) for run_dir in run_dirs]
         lengths = token_lengths(served[0][1].text_encoder, plots)
-        median = int(np.argsort(lengths, kind="stable")[len(lengths) // 2])
+        median = median_movie(lengths)
         times = {run_dir: {"batch": [], "one": [], "caching": []} for run_dir, *_ in served}
         for _ in range(ROUNDS):
             for run_dir, parts, serve in served:
@@ -340,6 +326,28 @@ def _time_stages(parts, chunk_rows: int, plots: list[str], posters: list[bytes])
                                     [decode(batch) for batch in poster_batches])
     return {name: min(call_times(lambda run=run, batches=batches: [run(b).numpy() for b in batches], 1, warmup=1))
             / len(batches) for name, (run, batches) in stages.items()}
+
+
+def loaded_export(run_dir: str, base: str, precision: str = "", chunk_rows: int | None = None) -> tuple:
+    """(the run's serving parts, its SavedModel's serving signature): the run exported under `base` as export does,
+    in `precision` (empty: the run's) with plots padded `chunk_rows` at a time (0: to the request's longest; None:
+    the export's default)."""
+    import tensorflow as tf
+
+    from genre_tf import run_dir as runs
+    from genre_tf.nets.encoders import CHUNK_ROWS
+    from genre_tf.serve.serving import computing_in, export_run, serving_parts
+
+    chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
+    parts = serving_parts(run_dir, computing_in(runs.load_config(run_dir), precision),
+                          runs.read_serving_files(run_dir)[0])
+    return parts, tf.saved_model.load(export_run(run_dir, base, precision=precision, chunk_rows=chunk_rows)
+                                      ).signatures["serving_default"]
+
+
+def median_movie(lengths: np.ndarray) -> int:
+    """The index of the median-length plot (the batch-1 case)."""
+    return int(np.argsort(lengths, kind="stable")[len(lengths) // 2])
 
 
 def _time_served(serve, plots: list[str], posters: list[bytes], one: int, calls: int) -> dict:

@@ -9,8 +9,8 @@ import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  must be imported before a BERT preprocessor SavedModel loads
 import tf_keras as keras
 
-from genre_tf.config import (POSTER_BACKBONES, TEXT_LAYERS, mean_layers, valid_pooling, ModelConfig, PosterEncoderConfig, TextEncoderConfig,
-                             fine_tunes_text, uses_poster, uses_text)
+from genre_tf.config import (POSTER_BACKBONES, TEXT_LAYERS, ModelConfig, PosterEncoderConfig, TextEncoderConfig,
+                             fine_tunes_text, mean_layers, uses_poster, uses_text, valid_pooling)
 from genre_tf.data.dataset import PLOT, PLOT_EMBEDDING, PLOT_MASK, PLOT_STATES, POSTER, POSTER_FEATURES
 from genre_tf.files import atomic_path, cache_root, file_digest, short_digest
 from genre_tf.nets.bert import masked_mean, states_model, top_layers
