@@ -106,9 +106,12 @@ def test_a_checkpoint_folder_of_other_settings_or_data_is_refused(tmp_path):
 
 
 def test_batches_cut_after_the_last_real_token_even_with_gaps():
-    mask = np.array([[1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]], np.int32)
+    from genre_tf.nets.encoders import token_ends
+
+    mask = np.array([[1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0]], np.int32)
+    assert token_ends(mask).numpy().tolist() == [2, 4, 5, 0]  # where trim_padding and length_chunked cut too
+    mask = mask[:3]
     words = np.arange(18, dtype=np.int32).reshape(3, 6) * mask
-    assert distill.token_ends(mask).tolist() == [2, 4, 5]
     assert [rows.tolist() for rows in distill.length_batches(mask, 2)] == [[0, 1], [2]]
     inputs = distill.batch_inputs(words, mask, np.array([0, 1]))
     assert inputs["input_word_ids"].numpy().tolist() == [[0, 1, 0, 0], [6, 0, 8, 9]]  # row 1's gap keeps 8 and 9

@@ -127,6 +127,13 @@ def tuned_text_encoder(config: TextEncoderConfig, top: keras.Model) -> keras.Mod
 TRIM_MULTIPLE = 16  # lengths are rounded up to this: at most seq_length / 16 shapes for graphs and XLA to compile
 
 
+def token_ends(mask):
+    """Each row's last real token + 1 (0 for none): where a plot's tokens end, so that a left-padded or gapped mask
+    (token-id clients) keeps every real token when a batch is cut there."""
+    mask = tf.convert_to_tensor(mask)
+    return tf.reduce_max(tf.where(mask > 0, tf.range(1, tf.shape(mask)[1] + 1)[None, :], 0), axis=1)
+
+
 def trim_padding(ids: dict) -> dict:
     """Token ids cut after the batch's longest plot (rounded up to TRIM_MULTIPLE tokens).
 
@@ -135,9 +142,7 @@ def trim_padding(ids: dict) -> dict:
     of 128 tokens).
     """
     mask = ids["input_mask"]
-    # The last real token + 1, so a left-padded or gapped mask (token-id clients) keeps every real token.
-    ends = tf.where(mask > 0, tf.range(1, tf.shape(mask)[1] + 1)[None, :], 0)
-    longest = tf.maximum(tf.reduce_max(ends), 1)
+    longest = tf.maximum(tf.reduce_max(token_ends(mask)), 1)
     length = tf.minimum((longest + TRIM_MULTIPLE - 1) // TRIM_MULTIPLE * TRIM_MULTIPLE, tf.shape(mask)[1])
     return {name: value[:, :length] for name, value in ids.items()}
 
@@ -176,9 +181,7 @@ def length_chunked(text_encoder: keras.Model, pooling: str, chunk_rows: int = CH
     width = text_encoder.output.shape[-1]
 
     def in_chunks(ids):
-        mask = ids["input_mask"]
-        ends = tf.reduce_max(tf.where(mask > 0, tf.range(1, tf.shape(mask)[1] + 1)[None, :], 0), axis=1)
-        order = tf.argsort(ends, stable=True)
+        order = tf.argsort(token_ends(ids["input_mask"]), stable=True)
         ordered = {name: tf.gather(value, order) for name, value in ids.items()}
         count = tf.shape(order)[0]
         chunks = (count + chunk_rows - 1) // chunk_rows

@@ -78,18 +78,13 @@ def tokenize(preprocessor_handle: str, plots: list[str], batch_size: int = 256):
     return np.concatenate(words).astype(np.int32), np.concatenate(masks).astype(np.int32)
 
 
-def token_ends(mask):
-    """Each row's last real token + 1 (as trim_padding cuts: a gapped or left-padded mask keeps every real token)."""
-    import numpy as np
-
-    return (mask * np.arange(1, mask.shape[1] + 1)[None, :]).max(axis=1)
-
-
 def length_batches(mask, batch_size: int) -> list:
     """Row indices in batches of plots of similar length (sorted by where their tokens end)."""
     import numpy as np
 
-    order = np.argsort(token_ends(mask), kind="stable")
+    from genre_tf.nets.encoders import token_ends
+
+    order = np.argsort(token_ends(mask).numpy(), kind="stable")
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
@@ -97,7 +92,9 @@ def batch_inputs(words, mask, rows) -> dict:
     """The encoder's inputs for `rows`, cut after their longest plot."""
     import tensorflow as tf
 
-    length = max(int(token_ends(mask[rows]).max()), 1)
+    from genre_tf.nets.encoders import token_ends
+
+    length = max(int(tf.reduce_max(token_ends(mask[rows]))), 1)
     return {"input_word_ids": tf.constant(words[rows, :length]), "input_mask": tf.constant(mask[rows, :length]),
             "input_type_ids": tf.zeros((len(rows), length), tf.int32)}
 
