@@ -388,7 +388,7 @@ def validate(config: TrainConfig) -> None:
         (config.epochs >= 1, "epochs must be >= 1"), (config.patience >= 1, "patience must be >= 1"),
         (8 <= config.text.seq_length <= 512, "text.seq_length must be in [8, 512]"),
         (valid_pooling(config.text.pooling),
-         f"text.pooling must be mean, pooled or mean_last_N (N 2 to 12), got {_quoted(config.text.pooling)}"),
+         f"text.pooling must be mean, pooled or mean_last_N (N 2 to 99), got {_quoted(config.text.pooling)}"),
         (config.text.encoder or not valid_pooling(config.text.pooling)
          or mean_layers(config.text.pooling) <= TEXT_LAYERS.get(config.text.model, 12),
          f"text.pooling={config.text.pooling} averages more layers than text.model={config.text.model} has"),
@@ -409,11 +409,12 @@ MEAN_LAST = "mean_last_"
 
 
 def valid_pooling(pooling: str) -> bool:
-    """mean, pooled, or mean_last_N for N from 2 to 12."""
+    """mean, pooled, or mean_last_N for N from 2 to 99 written without a leading zero (one spelling, one cache key);
+    the encoder must have N layers (checked against the offline models here, against a TF-Hub encoder when built)."""
     if pooling in ("mean", "pooled"):
         return True
     count = pooling[len(MEAN_LAST):] if pooling.startswith(MEAN_LAST) else ""
-    return count.isdigit() and count.isascii() and 2 <= int(count) <= 12
+    return count.isascii() and count.isdigit() and not count.startswith("0") and 2 <= int(count) <= 99
 
 
 def mean_layers(pooling: str) -> int:

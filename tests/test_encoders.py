@@ -67,6 +67,8 @@ def test_pooling_choices_differ_and_mean_ignores_padding(tiny_hub_bert):
     layers = [hidden.numpy()[0][:4].mean(axis=0) for hidden in bert(ids[2])["encoder_outputs"]]
     np.testing.assert_allclose(both(tf.constant(batches[2])).numpy()[0], np.mean(layers, axis=0), atol=1e-5, rtol=0)
     assert np.abs(layers[0] - layers[1]).max() > 1e-2
+    with pytest.raises(ValueError, match="averages the encoder's last 3 layers, and this encoder gives 2"):
+        build_text_encoder(TextEncoderConfig(encoder=encoder, preprocessor=preprocessor, pooling="mean_last_3"))
 
 
 SENTENCES = ["A detective hunts a serial killer through the rain-soaked streets of 1970s Chicago.",

@@ -27,7 +27,8 @@ def random_ids(lengths, width=24, vocab=50, seed=0):
 
 
 # BERT (MiniLM) and MPNet's shared relative position bias, each with a pooling; mean_last_3 averages the cut states too
-@pytest.mark.parametrize("relative_buckets, pooling", [(0, "pooled"), (8, "mean"), (8, "mean_last_3")])
+@pytest.mark.parametrize("relative_buckets, pooling", [(0, "pooled"), (8, "mean"), (8, "mean_last_3"),
+                                                      (0, "mean_last_2")])
 def test_the_top_layers_over_the_cut_states_are_the_whole_encoder(relative_buckets, pooling):
     shape = BertShape(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32,
                       max_positions=40, type_vocab_size=0 if relative_buckets else 2, relative_buckets=relative_buckets)
@@ -39,9 +40,11 @@ def test_the_top_layers_over_the_cut_states_are_the_whole_encoder(relative_bucke
     def mean(hidden):
         return (hidden.numpy() * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
 
-    expected = {"pooled": outputs["pooled_output"].numpy(), "mean": mean(outputs["sequence_output"]),
-                "mean_last_3": np.mean([mean(hidden) for hidden in outputs["encoder_outputs"]], axis=0)}[pooling]
-    assert not np.allclose(expected, mean(outputs["sequence_output"]), atol=1e-3) or pooling == "mean"
+    layers = [mean(hidden) for hidden in outputs["encoder_outputs"]]  # the cut (rounded) states' layer first
+    expected = {"pooled": outputs["pooled_output"].numpy(), "mean": layers[-1],
+                "mean_last_2": np.mean(layers[-2:], axis=0), "mean_last_3": np.mean(layers, axis=0)}[pooling]
+    assert not np.allclose(expected, layers[-1], atol=1e-3) or pooling == "mean"
+    assert not np.allclose(np.mean(layers[-2:], axis=0), np.mean(layers, axis=0), atol=1e-3)  # 2 and 3 differ
     # the served path (pooled_vector over the whole encoder) pools as the trained top does
     np.testing.assert_allclose(pooled_vector(outputs, ids["input_mask"], pooling), expected, atol=1e-5)
     states = states_model(encoder)(ids).numpy()
@@ -130,7 +133,8 @@ def test_stored_states_are_read_back_by_content_batch_by_batch_and_a_damaged_par
     (["text.fine_tune_layers=2", "text.fine_tune_epochs=0"], "text.fine_tune_epochs and text.fine_tune_patience"),
     (["text.fine_tune_layers=2", "text.pooling=mean_last_4"], "at most mean_last_3"),
     (["text.model=minilm", "text.pooling=mean_last_7"], "averages more layers than text.model=minilm has"),
-    (["text.pooling=mean_last_1"], "text.pooling must be mean, pooled or mean_last_N (N 2 to 12)"),
+    (["text.pooling=mean_last_1"], "text.pooling must be mean, pooled or mean_last_N (N 2 to 99)"),
+    (["text.pooling=mean_last_02"], "text.pooling must be mean, pooled or mean_last_N"),
     (["text.pooling=mean_last_٣"], "text.pooling must be mean, pooled or mean_last_N"),
 ])
 def test_fine_tune_layers_refuses_what_it_cannot_train(options, message):

@@ -53,7 +53,7 @@ def build_text_encoder(config: TextEncoderConfig, trainable: bool = False,
     """plot (string) -> plot_embedding: the preprocessor, the encoder and the chosen pooling. `encoder`, when given, is
     a Keras BERT used in place of the TF-Hub one (a run's encoder with its fine-tuned top layers)."""
     if not valid_pooling(config.pooling):
-        raise ValueError(f"text.pooling must be mean, pooled or mean_last_N (N 2 to 12), got {config.pooling!r}")
+        raise ValueError(f"text.pooling must be mean, pooled or mean_last_N (N 2 to 99), got {config.pooling!r}")
     encoder_handle, _ = resolve_text_handles(config)
     plot = keras.Input(shape=(), dtype=tf.string, name=PLOT)
     ids = plot_ids(config, plot)
@@ -160,7 +160,11 @@ def pooled_vector(outputs, input_mask, pooling: str):
     layers = mean_layers(pooling)
     if layers == 1:
         return masked_mean(outputs["sequence_output"], input_mask)
-    return tf.add_n([masked_mean(hidden, input_mask) for hidden in outputs["encoder_outputs"][-layers:]]) / layers
+    hiddens = list(outputs.get("encoder_outputs") or [])
+    if len(hiddens) < layers:  # a TF-Hub encoder of fewer layers, or one without encoder_outputs
+        raise ValueError(f"text.pooling={pooling} averages the encoder's last {layers} layers, and this encoder "
+                         f"gives {len(hiddens)} (its encoder_outputs)")
+    return tf.add_n([masked_mean(hidden, input_mask) for hidden in hiddens[-layers:]]) / layers
 
 
 CHUNK_ROWS = 8  # plots per encoder call when serving: small enough to pad little, large enough for fast matmuls
