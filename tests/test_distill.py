@@ -64,7 +64,8 @@ def test_training_brings_the_student_closer_to_the_teacher_and_resumes_where_it_
     def trained(checkpoints="", report=lambda line: None):
         tf.keras.utils.set_random_seed(0)
         student = distill.build_student(teacher, SHAPE, config.layers)
-        losses, seconds = distill.train_student(student, words, mask, targets, config, checkpoints, report)
+        losses, seconds = distill.train_student(student, words, mask, targets, config, checkpoints, report,
+                                                save_every=2)  # 6 batches an epoch: saved after 2 and 4 of them
         assert len(losses) == config.epochs and seconds > 0
         return student, losses
 
@@ -87,8 +88,8 @@ def test_training_brings_the_student_closer_to_the_teacher_and_resumes_where_it_
         trained(checkpoints, kill_in_epoch_three)
     lines = []
     resumed, resumed_losses = trained(checkpoints, lines.append)
-    assert lines[0].startswith("resuming after epoch 2")
-    assert {line.split(":")[0] for line in lines[1:]} == {"epoch 3/3"}  # only epoch 3 ran again
+    assert lines[0].startswith("resuming after epoch 2, batch 4 of the next")  # killed after epoch 3's last batch
+    assert {line.split(":")[0] for line in lines[1:]} == {"epoch 3/3"}  # only batches 5 and 6 of epoch 3 ran again
     np.testing.assert_allclose(resumed_losses, losses, rtol=1e-5)  # epochs 1-2 from the checkpoint, 3 run again
     for mine, theirs in zip(resumed.get_weights(), student.get_weights(), strict=True):
         np.testing.assert_allclose(mine, theirs, atol=1e-6)

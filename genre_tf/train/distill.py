@@ -9,8 +9,8 @@ error. It learns from the training plots of a prepared dataset only (a dataset p
 text-only plots too); dev's plots measure how close it came, test's teach and measure nothing. MPNet's embeddings
 come from the feature store, computed there first if missing (as training would). The blocks are trained; the
 embeddings and MPNet's relative position bias stay as they are. Batches hold plots of similar length, padded to their
-longest (little padding to train on). Each epoch is checkpointed beside --out, so a killed run resumes at its last
-finished epoch.
+longest (little padding to train on). Training is checkpointed beside --out every 50 batches and at each epoch's end,
+so a killed run resumes at its last checkpoint.
 
 Use the student as any TF-Hub text encoder: `text.encoder=OUT/encoder text.preprocessor=OUT/preprocessor`.
 """
@@ -142,10 +142,14 @@ def fidelity(student_vectors, teacher_vectors) -> dict:
     return {"mse": float(np.mean((student_vectors - teacher_vectors) ** 2)), "cosine": float(cosine.mean())}
 
 
+SAVE_EVERY = 50  # batches between checkpoints inside an epoch (about 4 minutes of a 6-layer student here)
+
+
 def train_student(student, words, mask, targets, config: DistillConfig, checkpoint_dir: str = "",
-                  report=print) -> tuple[list[float], float]:
-    """Train the student's blocks for config.epochs over the rows (resuming from checkpoint_dir's last finished
-    epoch); (the mean loss of every epoch, the seconds spent training), a killed process's epochs included."""
+                  report=print, save_every: int = SAVE_EVERY) -> tuple[list[float], float]:
+    """Train the student's blocks for config.epochs over the rows, checkpointed every `save_every` batches and at each
+    epoch's end (a killed run resumes at its last checkpoint: the epochs' batch orders are fixed by the seed);
+    (the mean loss of every epoch, the seconds spent training), a killed process's batches included."""
     import numpy as np
     import tensorflow as tf
     import tf_keras as keras
@@ -154,34 +158,49 @@ def train_student(student, words, mask, targets, config: DistillConfig, checkpoi
     total = max(config.epochs * len(batches), 1)
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.PolynomialDecay(config.learning_rate, total, 0.0))
     step = make_train_step(student, optimizer)
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    # each finished epoch's mean loss and the seconds trained so far, checkpointed with the weights
+    # where training stands (epoch, batches done in it, their summed loss), each finished epoch's mean loss and the
+    # seconds trained so far: checkpointed with the weights
+    epoch, done_in_epoch = (tf.Variable(0, dtype=tf.int64, trainable=False) for _ in range(2))
+    loss_sum, seconds = (tf.Variable(0.0, dtype=tf.float64, trainable=False) for _ in range(2))
     losses = tf.Variable(tf.zeros([config.epochs], tf.float64), trainable=False)
-    seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
     manager = None
     if checkpoint_dir:
         checkpoint = tf.train.Checkpoint(student=student, optimizer=optimizer, epoch=epoch, losses=losses,
-                                         seconds=seconds)
+                                         seconds=seconds, done_in_epoch=done_in_epoch, loss_sum=loss_sum)
         manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=1)
         if manager.latest_checkpoint:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            report(f"resuming after epoch {int(epoch.numpy())} from {manager.latest_checkpoint}")
-    while int(epoch.numpy()) < config.epochs:
-        order = np.random.default_rng([config.seed, int(epoch.numpy())]).permutation(len(batches))
-        started, epoch_losses = time.monotonic(), []
-        for done, index in enumerate(order, 1):
-            rows = batches[index]
-            epoch_losses.append(float(step(batch_inputs(words, mask, rows), tf.constant(targets[rows]))))
-            if done % 20 == 0 or done == len(order):
-                rate = done * config.batch_size / (time.monotonic() - started)
-                report(f"epoch {int(epoch.numpy()) + 1}/{config.epochs}: {done}/{len(order)} batches, loss "
-                       f"{np.mean(epoch_losses[-20:]):.5f}, {rate:.1f} plots/s, "
-                       f"{(len(order) - done) * config.batch_size / rate / 60:.1f} min left in the epoch")
-        losses[int(epoch.numpy())].assign(np.mean(epoch_losses))
-        seconds.assign_add(time.monotonic() - started)
-        epoch.assign_add(1)
+            report(f"resuming after epoch {int(epoch.numpy())}, batch {int(done_in_epoch.numpy())} of the next, "
+                   f"from {manager.latest_checkpoint}")
+    mark = time.monotonic()
+
+    def save():
+        nonlocal mark
+        seconds.assign_add(time.monotonic() - mark)
+        mark = time.monotonic()
         if manager:
             manager.save()
+
+    while int(epoch.numpy()) < config.epochs:
+        order = np.random.default_rng([config.seed, int(epoch.numpy())]).permutation(len(batches))
+        skipped, started, recent = int(done_in_epoch.numpy()), time.monotonic(), []
+        for done, index in enumerate(order[skipped:], skipped + 1):
+            rows = batches[index]
+            recent = [*recent[-19:], float(step(batch_inputs(words, mask, rows), tf.constant(targets[rows])))]
+            loss_sum.assign_add(recent[-1])
+            done_in_epoch.assign(done)
+            if done % 20 == 0 or done == len(order):
+                rate = (done - skipped) * config.batch_size / (time.monotonic() - started)
+                report(f"epoch {int(epoch.numpy()) + 1}/{config.epochs}: {done}/{len(order)} batches, loss "
+                       f"{np.mean(recent):.5f}, {rate:.1f} plots/s, "
+                       f"{(len(order) - done) * config.batch_size / rate / 60:.1f} min left in the epoch")
+            if done % save_every == 0 and done < len(order):
+                save()
+        losses[int(epoch.numpy())].assign(loss_sum / max(len(order), 1))
+        epoch.assign_add(1)
+        done_in_epoch.assign(0)
+        loss_sum.assign(0.0)
+        save()
     return losses.numpy().tolist(), float(seconds.numpy())
 
 
